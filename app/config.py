@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     dispatch_poll_seconds: float = Field(default=1.0, gt=0)
     # A backend whose WebSocket is down, or which refuses connections, is retried after this long.
     backend_retry_seconds: float = Field(default=2.0, gt=0)
+    # A job whose backend lost it this many times fails with `backend_lost`.
+    max_attempts: int = Field(default=3, ge=1, le=100)
 
     # --- auth -------------------------------------------------------------------------------
     admin_api_key: str | None = None

@@ -1,0 +1,57 @@
+"""Templates: anyone with a key lists and reads them; admins register, replace and delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request, Response
+
+from app.api.deps import AdminDep, PrincipalDep, SessionDep
+from app.api.schemas import PROBLEMS, TemplateList, TemplateOut
+from app.domain import templates
+from app.templates import TemplateDocument
+
+router = APIRouter(tags=["templates"])
+
+
+@router.get("/v1/templates", response_model=TemplateList, responses=PROBLEMS)
+async def list_templates(
+    session: SessionDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict:
+    rows, next_cursor = await templates.list_page(session, limit=limit, cursor=cursor)
+    items = [templates.summary(r.name, TemplateDocument.model_validate(r.document)) for r in rows]
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get("/v1/templates/{name}", response_model=TemplateOut, response_model_exclude_none=True, responses=PROBLEMS)
+async def get_template(name: str, session: SessionDep, principal: PrincipalDep) -> dict:
+    doc = await templates.get_document(session, name)
+    return templates.summary(name, doc, with_workflow=principal.is_admin)
+
+
+@router.put("/v1/templates/{name}", response_model=TemplateOut, responses=PROBLEMS)
+async def put_template(
+    name: str,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    admin: AdminDep,
+    document: Annotated[dict[str, Any], Body(description="A template document.")],
+) -> dict:
+    # With a backend's node definitions at hand, binds are checked against the real node inputs.
+    object_info = request.app.state.object_info()
+    row, created = await templates.put_template(session, name, document, object_info=object_info)
+    view = templates.summary(row.name, TemplateDocument.model_validate(row.document), with_workflow=True)
+    await session.commit()
+    response.status_code = 201 if created else 200
+    return view
+
+
+@router.delete("/v1/templates/{name}", status_code=204, responses=PROBLEMS)
+async def delete_template(name: str, session: SessionDep, admin: AdminDep) -> Response:
+    await templates.delete_template(session, name)
+    await session.commit()
+    return Response(status_code=204)

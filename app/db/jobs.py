@@ -1,0 +1,194 @@
+"""Job rows: every state change is a conditional UPDATE, so that a restart, a late WebSocket message
+or a second dispatcher can never move a job backwards or send it twice.
+
+Each function returns whether it changed the row; callers commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Job, Output
+from app.db.types import utcnow
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+async def get_job(session: AsyncSession, job_id: str, *, user_id: str | None = None) -> Job | None:
+    stmt = select(Job).where(Job.id == job_id)
+    if user_id is not None:
+        stmt = stmt.where(Job.user_id == user_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_job_by_prompt(session: AsyncSession, prompt_id: str) -> Job | None:
+    return (await session.execute(select(Job).where(Job.prompt_id == prompt_id))).scalar_one_or_none()
+
+
+async def outputs_for(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, list[Output]]:
+    result: dict[str, list[Output]] = {job_id: [] for job_id in job_ids}
+    if not job_ids:
+        return result
+    rows = await session.execute(
+        select(Output).where(Output.job_id.in_(job_ids)).order_by(Output.created_at, Output.id)
+    )
+    for out in rows.scalars():
+        result[out.job_id].append(out)
+    return result
+
+
+async def list_jobs(
+    session: AsyncSession,
+    *,
+    user_id: str | None,
+    statuses: Sequence[str] | None,
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> tuple[list[Job], bool]:
+    """Newest first; returns the page and whether there is more."""
+    stmt = select(Job)
+    if user_id is not None:
+        stmt = stmt.where(Job.user_id == user_id)
+    if statuses:
+        stmt = stmt.where(Job.status.in_(statuses))
+    if after is not None:
+        created, job_id = after
+        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list((await session.execute(stmt)).scalars())
+    return jobs[:limit], len(jobs) > limit
+
+
+async def queue_position(session: AsyncSession, job: Job) -> int | None:
+    """How many queued jobs will start before this one.
+
+    Jobs already handed to a backend come first (they wait in ComfyUI's own queue), then the
+    gateway's queue in dispatch order (priority, then age).
+    """
+    if job.status != "queued":
+        return None
+    if job.backend is not None:
+        stmt = select(func.count()).where(
+            Job.status == "queued",
+            Job.backend == job.backend,
+            Job.dispatched_at < job.dispatched_at,
+        )
+        return int((await session.execute(stmt)).scalar_one())
+    dispatched = select(func.count()).where(Job.status == "queued", Job.backend.is_not(None))
+    ahead = select(func.count()).where(
+        Job.status == "queued",
+        Job.backend.is_(None),
+        or_(
+            Job.priority > job.priority,
+            and_(Job.priority == job.priority, Job.created_at < job.created_at),
+            and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
+        ),
+    )
+    return int((await session.execute(dispatched)).scalar_one()) + int((await session.execute(ahead)).scalar_one())
+
+
+async def next_queued(session: AsyncSession, limit: int) -> list[Job]:
+    """The next undispatched jobs, highest priority first, then oldest."""
+    stmt = (
+        select(Job)
+        .where(Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False))
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def in_flight(session: AsyncSession, backend: str | None = None) -> list[Job]:
+    """Jobs handed to a backend and not finished: what the tracker follows."""
+    stmt = select(Job).where(Job.status.in_(ACTIVE), Job.backend.is_not(None))
+    if backend is not None:
+        stmt = stmt.where(Job.backend == backend)
+    return list((await session.execute(stmt)).scalars())
+
+
+async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **values: Any) -> bool:
+    values.setdefault("updated_at", utcnow())
+    result = await session.execute(update(Job).where(Job.id == job_id, *where).values(**values))
+    return result.rowcount == 1
+
+
+async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> bool:
+    """Hand a queued job to a backend. Only one dispatcher can win this."""
+    return await _update(
+        session,
+        job_id,
+        [Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False)],
+        backend=backend,
+        prompt_id=prompt_id,
+        dispatched_at=utcnow(),
+        attempts=Job.attempts + 1,
+    )
+
+
+async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_attempt: bool) -> bool:
+    """Give a job back to the queue (the backend never took it, or lost it)."""
+    values: dict[str, Any] = {"backend": None, "prompt_id": None, "dispatched_at": None, "progress": None}
+    if not count_attempt:
+        values["attempts"] = Job.attempts - 1
+    return await _update(session, job_id, [Job.prompt_id == prompt_id, Job.status.in_(ACTIVE)], status="queued", **values)
+
+
+async def mark_running(session: AsyncSession, job_id: str, *, prompt_id: str) -> bool:
+    return await _update(
+        session, job_id, [Job.prompt_id == prompt_id, Job.status == "queued"], status="running", started_at=utcnow()
+    )
+
+
+async def mark_succeeded(session: AsyncSession, job_id: str, *, prompt_id: str) -> bool:
+    now = utcnow()
+    return await _update(
+        session,
+        job_id,
+        [Job.prompt_id == prompt_id, Job.status.in_(ACTIVE)],
+        status="succeeded",
+        finished_at=now,
+        # A job that ran from cache never sent execution_start; it still started.
+        started_at=func.coalesce(Job.started_at, now),
+    )
+
+
+async def mark_failed(session: AsyncSession, job_id: str, *, error: dict[str, Any], prompt_id: str | None) -> bool:
+    where: list[Any] = [Job.status.in_(ACTIVE)]
+    if prompt_id is not None:
+        where.append(Job.prompt_id == prompt_id)
+    return await _update(session, job_id, where, status="failed", finished_at=utcnow(), error=error)
+
+
+async def mark_canceled(session: AsyncSession, job_id: str) -> bool:
+    """Cancel a job that has not ended. `cancel_requested` stays set until the backend has been told."""
+    return await _update(
+        session,
+        job_id,
+        [Job.status.in_(ACTIVE)],
+        status="canceled",
+        finished_at=utcnow(),
+        cancel_requested=Job.backend.is_not(None),
+    )
+
+
+async def canceled_needing_cleanup(session: AsyncSession, limit: int = 100) -> list[Job]:
+    stmt = (
+        select(Job)
+        .where(Job.status == "canceled", Job.cancel_requested.is_(True), Job.backend.is_not(None))
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def cleanup_done(session: AsyncSession, job_id: str) -> bool:
+    return await _update(session, job_id, [Job.cancel_requested.is_(True)], cancel_requested=False)
+
+
+async def set_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
+    return await _update(session, job_id, [Job.status.in_(ACTIVE)], progress=progress)

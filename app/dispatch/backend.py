@@ -1,0 +1,66 @@
+"""One ComfyUI backend as the dispatcher sees it: its clients, health and the prompts it holds."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.comfy.client import ComfyClient
+from app.comfy.websocket import ComfyWebSocket
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A prompt handed to this backend and not finished: what the WebSocket messages are matched to."""
+
+    job_id: str
+    user_id: str
+    started_at: float | None = None
+    last_progress_persist: float = 0.0
+    succeeded: bool = False
+
+
+@dataclass(eq=False)
+class BackendLink:
+    url: str
+    client_id: str
+    client: ComfyClient
+    ws: ComfyWebSocket
+    connected: bool = False
+    # After a failed HTTP call, no new work until this time (monotonic), even if the socket is up.
+    retry_at: float = 0.0
+    last_error: str | None = None
+    # Set when prompts may have been missed (socket reconnected, ambiguous submit): the dispatcher
+    # then compares its in-flight prompts with the backend's /queue and /history.
+    needs_reconcile: bool = True
+    queue_remaining: int | None = None
+    object_info: dict[str, Any] | None = None
+    inflight: dict[str, InFlight] = field(default_factory=dict)
+    # Prompts claimed in the database whose POST /prompt has not returned yet: not "lost".
+    submitting: set[str] = field(default_factory=set)
+    # Prompts whose outputs are being collected, so that two triggers never collect twice.
+    collecting: set[str] = field(default_factory=set)
+
+    @property
+    def healthy(self) -> bool:
+        return self.connected and time.monotonic() >= self.retry_at
+
+    def free_slots(self, max_inflight: int) -> int:
+        return max(0, max_inflight - len(self.inflight))
+
+    def mark_unreachable(self, error: str, retry_seconds: float) -> None:
+        self.last_error = error
+        self.retry_at = time.monotonic() + retry_seconds
+        self.needs_reconcile = True
+
+    def mark_reachable(self) -> None:
+        self.retry_at = 0.0
+        self.last_error = None
+
+    def job_of(self, prompt_id: str | None) -> InFlight | None:
+        return self.inflight.get(prompt_id) if prompt_id else None
+
+    async def aclose(self) -> None:
+        await self.ws.close()
+        await self.client.aclose()

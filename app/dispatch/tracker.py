@@ -1,0 +1,291 @@
+"""Following prompts on a backend: WebSocket messages become job transitions.
+
+The WebSocket is fast but lossy (it drops, it replays nothing, ComfyUI may restart), so it is
+only a trigger: outputs are always taken from `/history` (the truth), and whenever messages may
+have been missed the in-flight prompts are reconciled with `/queue` and `/history`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.comfy.errors import BackendUnavailable, ComfyError, NotFound
+from app.comfy.messages import (
+    ExecutionError,
+    ExecutionInterrupted,
+    ExecutionStart,
+    ExecutionSuccess,
+    Executing,
+    Progress,
+    Status,
+)
+from app.comfy.models import HistoryEntry
+from app.comfy.websocket import Connected, Disconnected
+from app.config import Settings
+from app.db import jobs as repo
+from app.dispatch import job_errors
+from app.dispatch.backend import BackendLink, InFlight
+from app.dispatch.collector import collect
+from app.domain.notify import Notifier
+from app.metrics import Metrics
+from app.storage.local import LocalStorage
+
+log = logging.getLogger("app.dispatch")
+
+
+@dataclass
+class DispatchContext:
+    sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings
+    storage: LocalStorage
+    notifier: Notifier
+    metrics: Metrics
+    spawn: Callable[[Coroutine[Any, Any, Any], str], None]
+    wake: Callable[[], None]
+
+
+class Tracker:
+    def __init__(self, ctx: DispatchContext) -> None:
+        self.ctx = ctx
+
+    # ---- the socket ------------------------------------------------------------------------
+
+    async def follow(self, link: BackendLink) -> None:
+        """Consume the backend's socket until it is closed; each message is handled in order."""
+        async for event in link.ws.events():
+            try:
+                await self.handle(link, event)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the backend's tracking
+                log.exception("handling %s from %s", type(event).__name__, link.url)
+
+    async def handle(self, link: BackendLink, msg: object) -> None:
+        match msg:
+            case Connected():
+                link.connected = True
+                link.mark_reachable()
+                link.needs_reconcile = True
+                self.ctx.metrics.backend_up.labels(link.url).set(1)
+                self.ctx.spawn(self._refresh_object_info(link), f"object_info {link.url}")
+                self.ctx.wake()
+            case Disconnected(reason=reason):
+                link.connected = False
+                link.last_error = reason
+                self.ctx.metrics.backend_up.labels(link.url).set(0)
+                log.warning("lost the socket of %s: %s", link.url, reason)
+            case Status(queue_remaining=remaining):
+                link.queue_remaining = remaining
+            case ExecutionStart(prompt_id=pid):
+                await self._started(link, pid)
+            case Progress(prompt_id=pid, node=node, value=value, max=maximum):
+                await self._progress(link, pid, {"value": value, "max": maximum, "node": node})
+            case ExecutionSuccess(prompt_id=pid):
+                if (flight := link.job_of(pid)) is not None:
+                    flight.succeeded = True
+            case Executing(prompt_id=pid, node=None) if pid:
+                # Sent after ComfyUI stored the history entry: the moment to collect.
+                if link.job_of(pid) is not None:
+                    self.ctx.spawn(self.finish(link, pid), f"finish {pid}")
+            case ExecutionError(prompt_id=pid) as err:
+                await self.fail(
+                    link,
+                    pid,
+                    job_errors.execution_error(
+                        node_id=err.node_id,
+                        node_type=err.node_type,
+                        exception_type=err.exception_type,
+                        message=err.exception_message,
+                    ),
+                )
+            case ExecutionInterrupted(prompt_id=pid):
+                await self._interrupted(link, pid)
+            case _:
+                pass
+
+    async def _refresh_object_info(self, link: BackendLink) -> None:
+        try:
+            link.object_info = await link.client.object_info()
+        except ComfyError as exc:
+            log.warning("object_info of %s: %s", link.url, exc)
+
+    # ---- transitions -----------------------------------------------------------------------
+
+    async def _started(self, link: BackendLink, pid: str | None) -> None:
+        flight = link.job_of(pid)
+        if flight is None or pid is None:
+            return
+        flight.started_at = time.monotonic()
+        async with self.ctx.sessionmaker() as session:
+            changed = await repo.mark_running(session, flight.job_id, prompt_id=pid)
+            await session.commit()
+        if changed:
+            await self.ctx.notifier.job_changed(flight.job_id)
+
+    async def _progress(self, link: BackendLink, pid: str | None, progress: dict[str, Any]) -> None:
+        flight = link.job_of(pid)
+        if flight is None:
+            return
+        self.ctx.notifier.progress(flight.job_id, flight.user_id, progress)
+        now = time.monotonic()
+        # Live subscribers get every step; the row gets one write a second, enough for polling clients.
+        if now - flight.last_progress_persist >= self.ctx.settings.progress_persist_seconds:
+            flight.last_progress_persist = now
+            async with self.ctx.sessionmaker() as session:
+                await repo.set_progress(session, flight.job_id, progress)
+                await session.commit()
+
+    async def fail(self, link: BackendLink, pid: str | None, error: dict[str, Any]) -> None:
+        flight = link.job_of(pid)
+        if flight is None or pid is None:
+            return
+        async with self.ctx.sessionmaker() as session:
+            changed = await repo.mark_failed(session, flight.job_id, error=error, prompt_id=pid)
+            await session.commit()
+        link.inflight.pop(pid, None)
+        self.ctx.wake()
+        if changed:
+            await self.ctx.notifier.job_changed(flight.job_id)
+
+    async def _interrupted(self, link: BackendLink, pid: str | None) -> None:
+        flight = link.job_of(pid)
+        if flight is None or pid is None:
+            return
+        async with self.ctx.sessionmaker() as session:
+            job = await repo.get_job(session, flight.job_id)
+            if job is not None and job.status == "canceled":
+                # Our own cancel: nothing more to tell the backend.
+                await repo.cleanup_done(session, job.id)
+                await session.commit()
+                link.inflight.pop(pid, None)
+                self.ctx.wake()
+                return
+        await self.fail(link, pid, job_errors.interrupted())
+
+    async def finish(self, link: BackendLink, pid: str) -> None:
+        """The prompt ended: read its history entry and apply it."""
+        if pid in link.collecting:
+            return
+        link.collecting.add(pid)
+        try:
+            entry = None
+            # ComfyUI stores history before `executing: null`; a short retry covers proxies and races.
+            for delay in (0.0, 0.05, 0.2, 0.5):
+                await asyncio.sleep(delay)
+                entry = await link.client.get_history(pid)
+                if entry is not None:
+                    break
+            if entry is None:
+                link.needs_reconcile = True
+                self.ctx.wake()
+                return
+            await self.apply_history(link, pid, entry)
+        except BackendUnavailable as exc:
+            link.mark_unreachable(str(exc), self.ctx.settings.backend_retry_seconds)
+        finally:
+            link.collecting.discard(pid)
+
+    async def apply_history(self, link: BackendLink, pid: str, entry: HistoryEntry) -> None:
+        flight = link.job_of(pid)
+        if flight is None:
+            return
+        if entry.interrupted:
+            await self._interrupted(link, pid)
+            return
+        if not entry.succeeded:
+            err = entry.error()
+            error = (
+                job_errors.execution_error(
+                    node_id=err.node_id,
+                    node_type=err.node_type,
+                    exception_type=err.exception_type,
+                    message=err.exception_message,
+                )
+                if err
+                else {"type": "execution_error", "message": f"ComfyUI ended the prompt with status {entry.status_str!r}."}
+            )
+            await self.fail(link, pid, error)
+            return
+        await self._succeeded(link, pid, flight, entry)
+
+    async def _succeeded(self, link: BackendLink, pid: str, flight: InFlight, entry: HistoryEntry) -> None:
+        async with self.ctx.sessionmaker() as session:
+            job = await repo.get_job(session, flight.job_id)
+        if job is None or job.prompt_id != pid or job.status not in repo.ACTIVE:
+            link.inflight.pop(pid, None)
+            return
+        # No database connection is held while files are copied.
+        try:
+            outputs = await collect(link.client, self.ctx.storage, job, entry)
+        except NotFound as exc:
+            await self.fail(link, pid, job_errors.output_missing(str(exc)))
+            return
+        async with self.ctx.sessionmaker() as session:
+            session.add_all(outputs)
+            if await repo.mark_succeeded(session, job.id, prompt_id=pid):
+                await session.commit()
+            else:
+                # Canceled while the files were copied: the cancel wins, the copies go.
+                await session.rollback()
+                for out in outputs:
+                    await self.ctx.storage.delete(out.storage_key)
+                outputs = []
+        link.inflight.pop(pid, None)
+        self.ctx.wake()
+        await self.ctx.notifier.job_changed(flight.job_id, new_outputs=outputs)
+
+    # ---- reconciliation --------------------------------------------------------------------
+
+    async def reconcile(self, link: BackendLink) -> None:
+        """Compare the prompts we believe are on the backend with what it says.
+
+        /queue is read before /history: ComfyUI moves a prompt from its queue to its history
+        under one lock, so a prompt absent from both is really unknown to it.
+        """
+        queue = await link.client.get_queue()
+        running = {item.prompt_id for item in queue.running}
+        pending = {item.prompt_id for item in queue.pending}
+        async with self.ctx.sessionmaker() as session:
+            jobs = await repo.in_flight(session, backend=link.url)
+        for job in jobs:
+            pid = job.prompt_id
+            if pid is None or pid in link.submitting:
+                continue
+            flight = link.inflight.setdefault(pid, InFlight(job.id, job.user_id))
+            if pid in running:
+                if job.status == "queued":
+                    await self._started(link, pid)
+                continue
+            if pid in pending:
+                continue
+            entry = await link.client.get_history(pid)
+            if entry is not None:
+                if pid not in link.collecting:
+                    await self.apply_history(link, pid, entry)
+                continue
+            await self.requeue(link, pid, flight, count_attempt=True)
+        link.needs_reconcile = False
+
+    async def requeue(self, link: BackendLink, pid: str, flight: InFlight, *, count_attempt: bool) -> None:
+        """The backend does not have the prompt: the job goes back to the queue, or fails when
+        it has been lost too often."""
+        async with self.ctx.sessionmaker() as session:
+            job = await repo.get_job(session, flight.job_id)
+            if job is None or job.prompt_id != pid:
+                link.inflight.pop(pid, None)
+                return
+            if count_attempt and job.attempts >= self.ctx.settings.max_attempts:
+                changed = await repo.mark_failed(session, job.id, error=job_errors.backend_lost(job.attempts), prompt_id=pid)
+            else:
+                changed = await repo.unclaim(session, job.id, prompt_id=pid, count_attempt=count_attempt)
+            await session.commit()
+        link.inflight.pop(pid, None)
+        self.ctx.wake()
+        if changed:
+            log.info("job %s: backend %s does not have prompt %s; requeued", flight.job_id, link.url, pid)
+            await self.ctx.notifier.job_changed(flight.job_id)

@@ -1,0 +1,65 @@
+"""In-process fan-out of job events to live subscribers (SSE, WebSocket).
+
+The database row is the truth; these events only tell subscribers that it changed, carrying the
+new view so that a thousand subscribers do not each re-read the row. A slow subscriber never
+blocks the dispatcher: its queue is bounded and, when full, it is told to resynchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class JobEvent:
+    job_id: str
+    user_id: str
+    event: str  # status | progress | output
+    data: dict[str, Any]
+    terminal: bool = False
+
+
+@dataclass(eq=False)
+class Subscription:
+    scope: str  # "job" or "user"
+    key: str
+    queue: asyncio.Queue[JobEvent | None] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
+    # Set when events were dropped because the subscriber fell behind.
+    overflowed: bool = False
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._by_job: dict[str, set[Subscription]] = defaultdict(set)
+        self._by_user: dict[str, set[Subscription]] = defaultdict(set)
+
+    def subscribe_job(self, job_id: str) -> Subscription:
+        sub = Subscription("job", job_id)
+        self._by_job[job_id].add(sub)
+        return sub
+
+    def subscribe_user(self, user_id: str) -> Subscription:
+        sub = Subscription("user", user_id)
+        self._by_user[user_id].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        index = self._by_job if sub.scope == "job" else self._by_user
+        subs = index.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del index[sub.key]
+
+    def publish(self, event: JobEvent) -> None:
+        for sub in (*self._by_job.get(event.job_id, ()), *self._by_user.get(event.user_id, ())):
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.overflowed = True
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._by_job.values()) + sum(len(s) for s in self._by_user.values())

@@ -1,0 +1,120 @@
+"""The template registry: built-ins ship as files and are copied into the database at start;
+operators add or replace templates through the admin API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.cursor import decode_cursor, encode_cursor
+from app.db.models import Template
+from app.domain.errors import NotFound, ValidationFailed
+from app.templates import (
+    TemplateDocument,
+    TemplateInvalid,
+    check_template,
+    load_builtin,
+    output_nodes,
+    params_schema,
+    validate_name,
+)
+
+
+async def sync_builtins(session: AsyncSession) -> None:
+    """Insert or refresh the built-in templates; one an operator replaced (builtin=False) is left alone."""
+    for name, doc in load_builtin().items():
+        data = doc.model_dump(mode="json", exclude_none=True)
+        row = await session.get(Template, name)
+        if row is None:
+            session.add(Template(name=name, document=data, builtin=True))
+        elif row.builtin and row.document != data:
+            row.document = data
+    await session.flush()
+
+
+def parse_document(data: Any) -> TemplateDocument:
+    try:
+        return TemplateDocument.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
+            for err in exc.errors(include_url=False)
+        ]
+        raise ValidationFailed("The template document is not valid.", errors=errors) from None
+
+
+def _check_name(name: str) -> None:
+    try:
+        validate_name(name)
+    except (ValueError, TemplateInvalid) as exc:
+        raise ValidationFailed(str(exc), errors=[{"field": "name", "message": str(exc)}]) from None
+
+
+async def get_document(session: AsyncSession, name: str) -> TemplateDocument:
+    row = await session.get(Template, name)
+    if row is None:
+        raise NotFound(f"There is no template named {name!r}.")
+    return TemplateDocument.model_validate(row.document)
+
+
+def summary(name: str, doc: TemplateDocument, *, with_workflow: bool = False) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "name": name,
+        "description": doc.description,
+        "params_schema": params_schema(doc),
+        "outputs": output_nodes(doc),
+    }
+    if with_workflow:
+        view["workflow"] = doc.workflow
+    return view
+
+
+async def list_page(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[Template], str | None]:
+    """Newest first, like every list of the API."""
+    stmt = select(Template)
+    if cursor:
+        after = decode_cursor(cursor)
+        if after is None:
+            raise ValidationFailed("The cursor is not valid.", errors=[{"field": "cursor", "message": "not a cursor from this API"}])
+        created_at, name = after
+        stmt = stmt.where(
+            or_(Template.created_at < created_at, and_(Template.created_at == created_at, Template.name > name))
+        )
+    stmt = stmt.order_by(Template.created_at.desc(), Template.name).limit(limit + 1)
+    rows = list((await session.execute(stmt)).scalars())
+    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].name) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def put_template(
+    session: AsyncSession, name: str, data: Any, *, object_info: dict[str, Any] | None
+) -> tuple[Template, bool]:
+    """Register or replace; returns the row and whether it was created."""
+    _check_name(name)
+    doc = parse_document(data)
+    try:
+        check_template(doc, object_info)
+    except TemplateInvalid as exc:
+        raise ValidationFailed("The template does not fit its workflow.", errors=exc.errors) from None
+    stored = doc.model_dump(mode="json", exclude_none=True)
+    row = await session.get(Template, name)
+    created = row is None
+    if row is None:
+        row = Template(name=name, document=stored, builtin=False)
+        session.add(row)
+    else:
+        row.document = stored
+        row.builtin = False
+    await session.flush()
+    return row, created
+
+
+async def delete_template(session: AsyncSession, name: str) -> None:
+    row = await session.get(Template, name)
+    if row is None:
+        raise NotFound(f"There is no template named {name!r}.")
+    await session.delete(row)
+    await session.flush()

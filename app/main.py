@@ -1,0 +1,109 @@
+"""create_app() and its lifespan: the one place that builds and closes engines, clients and loops."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import events, generate, health, jobs, me, outputs, problems, templates
+from app.api.limits import BodySizeLimit
+from app.config import Settings, get_settings
+from app.db.engine import create_engine, create_sessionmaker
+from app.db.migrate import upgrade_async
+from app.db.state import get_or_create
+from app.dispatch.dispatcher import Dispatcher
+from app.domain.events import EventBus
+from app.domain.notify import Notifier
+from app.domain.templates import sync_builtins
+from app.domain.users import ensure_bootstrap_admin
+from app.metrics import Metrics
+from app.storage.local import LocalStorage
+from app.storage.signing import UrlSigner
+
+log = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            await upgrade_async(settings.database_url)
+        engine = create_engine(settings.database_url)
+        sessionmaker = create_sessionmaker(engine)
+        storage = LocalStorage(settings.storage_dir)
+        storage.ensure_root()
+
+        async with sessionmaker() as session:
+            await ensure_bootstrap_admin(session)
+            await sync_builtins(session)
+            await session.commit()
+        secret = settings.signing_secret or await get_or_create(
+            sessionmaker, "signing_secret", lambda: secrets.token_urlsafe(48)
+        )
+        # A stable client id per backend: ComfyUI sends a prompt's messages only to the socket of
+        # the client id it was queued with, so after a restart we must reconnect with the same one.
+        client_ids = {
+            url: await get_or_create(sessionmaker, f"client_id:{url}", lambda: f"comfy-gateway-{uuid.uuid4()}")
+            for url in settings.comfyui_urls
+        }
+        metrics = Metrics()
+        signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
+        bus = EventBus()
+        notifier = Notifier(sessionmaker, signer, bus, metrics)
+        dispatcher = Dispatcher(
+            sessionmaker=sessionmaker,
+            settings=settings,
+            storage=storage,
+            notifier=notifier,
+            metrics=metrics,
+            client_ids=client_ids,
+        )
+
+        state = app.state
+        state.settings = settings
+        state.engine = engine
+        state.sessionmaker = sessionmaker
+        state.storage = storage
+        state.signer = signer
+        state.bus = bus
+        state.metrics = metrics
+        state.notifier = notifier
+        state.dispatcher = dispatcher
+        state.dispatcher_wake = dispatcher.wake
+        state.on_job_canceled = dispatcher.job_canceled
+        state.backend_health = dispatcher.backend_health
+        state.object_info = dispatcher.object_info
+
+        if settings.run_dispatcher:
+            await dispatcher.start()
+        try:
+            yield
+        finally:
+            await dispatcher.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="comfy-gateway",
+        version="0.1.0",
+        description="A multi-user, durable API gateway in front of ComfyUI servers.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    problems.install(app)
+    for module in (generate, jobs, outputs, events, templates, me, health):
+        app.include_router(module.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` works, without building an app (and reading settings) at import time.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

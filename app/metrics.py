@@ -1,0 +1,26 @@
+"""Prometheus metrics. Each app gets its own registry, so several apps in one process (tests) never clash."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.jobs_submitted = Counter(
+            "gateway_jobs_submitted_total", "Jobs accepted by /v1/generate", ["template"], registry=self.registry
+        )
+        self.jobs_finished = Counter(
+            "gateway_jobs_finished_total", "Jobs that reached a terminal status", ["status"], registry=self.registry
+        )
+        self.job_run_seconds = Histogram(
+            "gateway_job_run_seconds",
+            "From start on a backend to the end, for finished jobs",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+        )
+        self.backend_up = Gauge("gateway_backend_up", "1 while the backend is healthy", ["backend"], registry=self.registry)
+        self.backend_inflight = Gauge(
+            "gateway_backend_inflight", "Prompts handed to the backend and not finished", ["backend"], registry=self.registry
+        )

@@ -1,0 +1,24 @@
+"""The storage interface: outputs (and later uploads) live in the gateway's own storage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+class Storage(Protocol):
+    async def write_stream(self, key: str, chunks: AsyncIterable[bytes]) -> StoredObject:
+        """Store the bytes under `key` as they arrive, never holding the whole file in memory."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def exists(self, key: str) -> bool: ...

@@ -1,0 +1,132 @@
+"""The gateway as users meet it: uvicorn on a loopback port, a real database, the emulator on another port."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+from comfy_emulator import Emulator, EmulatorConfig
+
+ADMIN_KEY = "cgw_test_admin_key_0123456789"
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class Gateway:
+    def __init__(self, app: Any, server: uvicorn.Server, task: asyncio.Task, base_url: str) -> None:
+        self.app = app
+        self.server = server
+        self.task = task
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+        self.admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    @property
+    def dispatcher(self):  # noqa: ANN201
+        return self.app.state.dispatcher
+
+    async def generate(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+        return await self.http.post("/v1/generate", json=body, headers=headers or self.admin)
+
+    async def job(self, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        resp = await self.http.get(f"/v1/jobs/{job_id}", headers=headers or self.admin)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    async def wait(
+        self, job_id: str, statuses: set[str] = TERMINAL, *, timeout: float = 20, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.job(job_id, headers)
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
+            await asyncio.sleep(0.02)
+
+    async def create_user(self, name: str, *, is_admin: bool = False, limits: dict | None = None) -> tuple[str, dict[str, str]]:
+        """A user and a key, made through the domain layer (the admin API belongs to another issue)."""
+        from app.domain import users
+
+        async with self.app.state.sessionmaker() as session:
+            user = await users.create_user(session, name=name, is_admin=is_admin, limits=limits)
+            _, key = await users.create_key(session, user)
+            await session.commit()
+        return user.id, {"Authorization": f"Bearer {key}"}
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, timeout=15)
+
+
+async def start_gateway(settings: Settings) -> Gateway:
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the gateway did not start")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return Gateway(app, server, task, f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    emu = Emulator(EmulatorConfig(step_seconds=0.01))
+    await emu.start(host="127.0.0.1", port=0)
+    yield emu
+    await emu.stop()
+
+
+@pytest.fixture
+def make_settings(db_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": db_url,
+            "storage_dir": tmp_path / "outputs",
+            "admin_api_key": ADMIN_KEY,
+            "dispatch_poll_seconds": 0.2,
+            "backend_retry_seconds": 0.2,
+            "_env_file": None,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def gateway_factory() -> AsyncIterator[Callable[[Settings], Awaitable[Gateway]]]:
+    started: list[Gateway] = []
+
+    async def factory(settings: Settings) -> Gateway:
+        gw = await start_gateway(settings)
+        started.append(gw)
+        return gw
+
+    yield factory
+    for gw in reversed(started):
+        await gw.close()
+
+
+@pytest.fixture
+async def gateway(emulator: Emulator, make_settings, gateway_factory) -> Gateway:  # noqa: ANN001
+    gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
+    # Ready means the backend's socket is up, so tests do not race the first connection.
+    deadline = time.monotonic() + 10
+    while not all(gw.dispatcher.backend_health().values()):
+        assert time.monotonic() < deadline, "the gateway never connected to the emulator"
+        await asyncio.sleep(0.02)
+    return gw
