@@ -67,7 +67,10 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pg_template() -> str:
     if not PG_AVAILABLE:
-        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: PostgreSQL variants skipped")
+        message = f"PostgreSQL is not reachable at {PG_ADMIN_URL}: PostgreSQL variants skipped"
+        if os.environ.get("GATEWAY_TEST_REQUIRE_PG"):
+            pytest.fail(message.replace("skipped", "required (GATEWAY_TEST_REQUIRE_PG is set)"))
+        pytest.skip(message)
     _pg_exec(f'DROP DATABASE IF EXISTS "{_PG_TEMPLATE}"')
     _pg_exec(f'CREATE DATABASE "{_PG_TEMPLATE}"')
     upgrade(_pg_url(_PG_TEMPLATE))

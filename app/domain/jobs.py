@@ -69,7 +69,10 @@ async def submit(session: AsyncSession, principal: Principal, req: GenerateInput
 
     timeout_seconds: float | None = None
     if req.template is not None:
-        doc = await get_document(session, req.template)
+        try:
+            doc = await get_document(session, req.template)
+        except NotFound as exc:
+            raise ValidationFailed(exc.detail, errors=[{"field": "template", "message": "no such template"}]) from None
         try:
             resolved = resolve_params(doc, req.params)
         except ParamsInvalid as exc:

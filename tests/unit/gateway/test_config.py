@@ -1,0 +1,24 @@
+from pathlib import Path
+
+from app.config import Settings
+
+ROOT = Path(__file__).parents[3]
+
+
+def test_env_example_documents_every_setting_and_loads() -> None:
+    text = (ROOT / ".env.example").read_text()
+    documented = {line.split("=", 1)[0] for line in text.splitlines() if line.startswith("GATEWAY_")}
+    expected = {"GATEWAY_" + name.upper() for name in Settings.model_fields}
+    assert documented == expected
+    settings = Settings(_env_file=ROOT / ".env.example")
+    assert settings.comfyui_urls == ["http://127.0.0.1:8188"]
+    assert settings.outbound_allowlist == []
+    assert settings.admin_api_key in (None, "")
+
+
+def test_comma_separated_lists(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("GATEWAY_COMFYUI_URLS", "http://a:8188/, http://b:8188")
+    monkeypatch.setenv("GATEWAY_OUTBOUND_ALLOWLIST", "10.0.0.0/8,hooks.internal")
+    settings = Settings(_env_file=None)
+    assert settings.comfyui_urls == ["http://a:8188", "http://b:8188"]
+    assert settings.outbound_allowlist == ["10.0.0.0/8", "hooks.internal"]
