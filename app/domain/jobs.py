@@ -78,7 +78,7 @@ async def submit(session: AsyncSession, principal: Principal, req: GenerateInput
         except ParamsInvalid as exc:
             raise ValidationFailed(
                 "Some params are not valid for template " + repr(req.template) + ": "
-                + ", ".join(sorted({e["param"] for e in exc.errors})) + ".",
+                + ", ".join(sorted({str(e["param"]) for e in exc.errors if e.get("param")})) + ".",
                 errors=exc.errors,
             ) from None
         workflow = render(doc, resolved)

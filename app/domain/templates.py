@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +18,7 @@ from app.templates import (
     load_builtin,
     output_nodes,
     params_schema,
+    parse_template,
     validate_name,
 )
 
@@ -26,7 +26,7 @@ from app.templates import (
 async def sync_builtins(session: AsyncSession) -> None:
     """Insert or refresh the built-in templates; one an operator replaced (builtin=False) is left alone."""
     for name, doc in load_builtin().items():
-        data = doc.model_dump(mode="json", exclude_none=True)
+        data = doc.to_dict()
         row = await session.get(Template, name)
         if row is None:
             session.add(Template(name=name, document=data, builtin=True))
@@ -37,13 +37,9 @@ async def sync_builtins(session: AsyncSession) -> None:
 
 def parse_document(data: Any) -> TemplateDocument:
     try:
-        return TemplateDocument.model_validate(data)
-    except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
-            for err in exc.errors(include_url=False)
-        ]
-        raise ValidationFailed("The template document is not valid.", errors=errors) from None
+        return parse_template(data)
+    except TemplateInvalid as exc:
+        raise ValidationFailed("The template document is not valid.", errors=exc.errors) from None
 
 
 def _check_name(name: str) -> None:
@@ -99,7 +95,7 @@ async def put_template(
         check_template(doc, object_info)
     except TemplateInvalid as exc:
         raise ValidationFailed("The template does not fit its workflow.", errors=exc.errors) from None
-    stored = doc.model_dump(mode="json", exclude_none=True)
+    stored = doc.to_dict()
     row = await session.get(Template, name)
     created = row is None
     if row is None:
