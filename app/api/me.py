@@ -19,7 +19,7 @@ async def me(session: SessionDep, principal: PrincipalDep) -> dict:
         .where(Job.user_id == principal.user_id, Job.status.in_(("queued", "running")))
         .group_by(Job.status)
     )
-    counts = dict(rows.tuples().all())
+    counts = {status: count for status, count in rows.all()}
     return {
         "id": principal.user_id,
         "name": principal.name,

@@ -67,16 +67,19 @@ class JobList(BaseModel):
     next_cursor: str | None
 
 
-class TemplateOut(BaseModel):
+class TemplateSummary(BaseModel):
     name: str
     description: str | None
     params_schema: dict[str, Any]
     outputs: list[str]
-    workflow: dict[str, Any] | None = Field(default=None, description="Only for admins.")
+
+
+class TemplateOut(TemplateSummary):
+    workflow: dict[str, Any] | None = Field(default=None, description="Only for admins; absent otherwise.")
 
 
 class TemplateList(BaseModel):
-    items: list[TemplateOut]
+    items: list[TemplateSummary]
     next_cursor: str | None
 
 

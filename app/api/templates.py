@@ -32,7 +32,7 @@ async def get_template(name: str, session: SessionDep, principal: PrincipalDep) 
     return templates.summary(name, doc, with_workflow=principal.is_admin)
 
 
-@router.put("/v1/templates/{name}", response_model=TemplateOut, responses=PROBLEMS)
+@router.put("/v1/templates/{name}", response_model=TemplateOut, response_model_exclude_none=True, responses=PROBLEMS)
 async def put_template(
     name: str,
     request: Request,

@@ -207,7 +207,8 @@ async def test_cancel_queued_pending_and_running_jobs(gateway: Gateway, emulator
 
     final3 = await gateway.wait(ids[2])
     assert final3["status"] == "succeeded"
-    queue = httpx.get(f"{emulator.base_url}/queue").json()
+    async with httpx.AsyncClient() as client:
+        queue = (await client.get(f"{emulator.base_url}/queue")).json()
     assert queue["queue_running"] == [] and queue["queue_pending"] == []
     async with gateway.app.state.sessionmaker() as s:
         from app.db.models import Job

@@ -1,0 +1,227 @@
+"""Throughput and added latency: N jobs through the gateway vs. the same N straight to the emulator.
+
+    python bench/throughput.py [--jobs 200] [--job-ms 20] [--sequential 50] [--database-url ...]
+
+One run starts the emulator and the gateway as separate processes (as they would be deployed) and
+measures from this process, over loopback:
+- burst: all jobs submitted at once; jobs/s from the first submit to the last output downloaded;
+- sequential: one job at a time; per-job latency from submit to output downloaded, so the
+  gateway's added latency is not hidden behind queueing.
+"Direct" is what a client of ComfyUI itself does: POST /prompt, wait on the WebSocket for the end
+of the prompt, read /history, download /view. "Gateway" is POST /v1/generate, wait on the job's
+SSE stream for the final status, download the signed output URL.
+Job length is set with the HarnessSlowSampler node (steps × seconds_per_step); 0 ms jobs skip it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import suppress
+from pathlib import Path
+
+import httpx
+import websockets
+
+ADMIN_KEY = "cgw_bench_" + uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def workflow(i: int, job_ms: float) -> dict:
+    """A distinct prompt per job (the color), so ComfyUI's cache never answers for it."""
+    nodes: dict = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": i}}}
+    image = ["1", 0]
+    if job_ms > 0:
+        nodes["2"] = {
+            "class_type": "HarnessSlowSampler",
+            "inputs": {"image": image, "steps": 2, "seconds_per_step": job_ms / 2000.0},
+        }
+        image = ["2", 0]
+    nodes["9"] = {"class_type": "SaveImage", "inputs": {"images": image, "filename_prefix": "bench"}}
+    return nodes
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as client:
+        while True:
+            with suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer")
+            await asyncio.sleep(0.1)
+
+
+# ---- direct to the emulator -----------------------------------------------------------------
+
+
+class Direct:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.client_id = "bench-" + uuid.uuid4().hex
+        self.done: dict[str, asyncio.Future] = {}
+        self.http = httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=50))
+
+    async def __aenter__(self) -> Direct:
+        ws_url = self.base.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
+        self.ws = await websockets.connect(ws_url, max_size=None)
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.reader.cancel()
+        await self.ws.close()
+        await self.http.aclose()
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            if isinstance(raw, bytes):
+                continue
+            msg = json.loads(raw)
+            data = msg.get("data") or {}
+            if msg.get("type") == "executing" and data.get("node") is None:
+                fut = self.done.get(data.get("prompt_id"))
+                if fut and not fut.done():
+                    fut.set_result(time.perf_counter())
+
+    async def run_job(self, i: int, job_ms: float) -> float:
+        t0 = time.perf_counter()
+        prompt_id = str(uuid.uuid4())
+        self.done[prompt_id] = asyncio.get_running_loop().create_future()
+        resp = await self.http.post("/prompt", json={"prompt": workflow(i, job_ms), "client_id": self.client_id, "prompt_id": prompt_id})
+        resp.raise_for_status()
+        await self.done[prompt_id]
+        history = (await self.http.get(f"/history/{prompt_id}")).json()[prompt_id]
+        for out in history["outputs"].values():
+            for image in out.get("images", []):
+                view = await self.http.get("/view", params=image)
+                view.raise_for_status()
+        return time.perf_counter() - t0
+
+
+# ---- through the gateway --------------------------------------------------------------------
+
+
+class Gateway:
+    def __init__(self, base: str) -> None:
+        self.headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        self.http = httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=None))
+
+    async def run_job(self, i: int, job_ms: float) -> float:
+        t0 = time.perf_counter()
+        resp = await self.http.post("/v1/generate", json={"workflow": workflow(i, job_ms)}, headers=self.headers)
+        resp.raise_for_status()
+        job_id = resp.json()["id"]
+        final = None
+        async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=self.headers) as stream:
+            event = None
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "status":
+                    data = json.loads(line[5:])
+                    if data["status"] in ("succeeded", "failed", "canceled"):
+                        final = data
+        if final is None or final["status"] != "succeeded":
+            raise RuntimeError(f"job {job_id} ended as {final}")
+        for out in final["outputs"]:
+            (await self.http.get(out["url"])).raise_for_status()
+        return time.perf_counter() - t0
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+async def burst(runner, n: int, job_ms: float, offset: int) -> tuple[float, list[float]]:  # noqa: ANN001
+    t0 = time.perf_counter()
+    latencies = await asyncio.gather(*(runner.run_job(offset + i, job_ms) for i in range(n)))
+    return n / (time.perf_counter() - t0), list(latencies)
+
+
+async def sequential(runner, n: int, job_ms: float, offset: int) -> list[float]:  # noqa: ANN001
+    return [await runner.run_job(offset + i, job_ms) for i in range(n)]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--job-ms", type=float, default=20.0, help="length of each job on the emulated GPU")
+    parser.add_argument("--sequential", type=int, default=50, help="jobs run one at a time for latency")
+    parser.add_argument("--inflight", type=int, default=2, help="GATEWAY_MAX_INFLIGHT_PER_BACKEND")
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+    emu_port, gw_port = free_port(), free_port()
+    emu_base, gw_base = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{gw_port}"
+    env = {
+        **os.environ,
+        "GATEWAY_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db",
+        "GATEWAY_STORAGE_DIR": str(tmp / "outputs"),
+        "GATEWAY_COMFYUI_URLS": emu_base,
+        "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
+        "GATEWAY_MAX_INFLIGHT_PER_BACKEND": str(args.inflight),
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "comfy_emulator", "--host", "127.0.0.1", "--port", str(emu_port)], env=env),
+        subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port)], env=env),
+    ]
+    try:
+        await wait_http(f"{emu_base}/system_stats")
+        await wait_http(f"{gw_base}/readyz")
+        async with Direct(emu_base) as direct:
+            # Warm both paths (imports, connections, first PNG encoder call).
+            await direct.run_job(10_000_000, 0)
+            gateway = Gateway(gw_base)
+            await gateway.run_job(10_000_001, 0)
+
+            d_rate, d_burst = await burst(direct, args.jobs, args.job_ms, 0)
+            g_rate, g_burst = await burst(gateway, args.jobs, args.job_ms, 1_000_000)
+            d_seq = await sequential(direct, args.sequential, args.job_ms, 2_000_000)
+            g_seq = await sequential(gateway, args.sequential, args.job_ms, 3_000_000)
+            await gateway.aclose()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            with suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+
+    db = "sqlite" if args.database_url is None else args.database_url.split(":", 1)[0]
+    print(f"\n{args.jobs} jobs of {args.job_ms:g} ms, burst, 1 emulated backend, {args.inflight} in flight, {db}")
+    print(f"  direct to emulator : {d_rate:8.1f} jobs/s")
+    print(f"  through gateway    : {g_rate:8.1f} jobs/s")
+    print(f"  ratio              : {g_rate / d_rate:8.3f}")
+    print(f"\n{args.sequential} jobs one at a time: latency submit -> output downloaded (ms)")
+    for name, values in (("direct", d_seq), ("gateway", g_seq)):
+        print(f"  {name:8s} p50 {pct(values, .5) * 1000:7.1f}  p95 {pct(values, .95) * 1000:7.1f}  mean {statistics.mean(values) * 1000:7.1f}")
+    print(
+        f"  added    p50 {(pct(g_seq, .5) - pct(d_seq, .5)) * 1000:7.1f}  p95 {(pct(g_seq, .95) - pct(d_seq, .95)) * 1000:7.1f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
