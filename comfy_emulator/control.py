@@ -1,0 +1,134 @@
+"""`/emulator/...`: the emulator's control API, for an emulator running as a process.
+
+Each route calls the Emulator method of the same name (see emulator.py); bodies are JSON with
+the method's arguments. These routes have no `/api` alias and are not affected by the HTTP
+faults they inject.
+
+    POST /emulator/fail_next          {"n": 1, "message": "..."}
+    POST /emulator/fail_class         {"class_type": "KSampler", "message": "...", "count": null}
+    POST /emulator/hang_next          {"n": 1}
+    POST /emulator/drop_websockets    {"abrupt": true}
+    POST /emulator/refuse_websockets  {"refuse": true}
+    POST /emulator/stall_websockets   {"stall": true}
+    POST /emulator/slow_responses     {"path_prefix": "/prompt", "seconds": 2.0}
+    POST /emulator/error_responses    {"path_prefix": "/prompt", "status": 500, "count": null}
+    POST /emulator/clear_faults
+    POST /emulator/restart
+    POST /emulator/kill               {"revive_after": 1.5}   (answers first; SIGUSR1 also revives)
+    GET  /emulator/stats              prompts_received, executed_prompts, interrupts, websockets
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .emulator import Emulator
+
+
+def control_routes(emu: Emulator) -> web.RouteTableDef:
+    routes = web.RouteTableDef()
+
+    async def body(request: web.Request) -> dict[str, Any]:
+        if not request.can_read_body:
+            return {}
+        try:
+            data = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text="body must be JSON") from None
+        return data if isinstance(data, dict) else {}
+
+    def ok(**extra: Any) -> web.Response:
+        return web.json_response({"ok": True, **extra})
+
+    @routes.post("/emulator/fail_next")
+    async def fail_next(request: web.Request) -> web.Response:
+        b = await body(request)
+        emu.fail_next(int(b.get("n", 1)), **({"message": b["message"]} if "message" in b else {}))
+        return ok()
+
+    @routes.post("/emulator/fail_class")
+    async def fail_class(request: web.Request) -> web.Response:
+        b = await body(request)
+        if "class_type" not in b:
+            raise web.HTTPBadRequest(text="class_type is required")
+        emu.fail_class(b["class_type"], message=b.get("message"), count=b.get("count"))
+        return ok()
+
+    @routes.post("/emulator/hang_next")
+    async def hang_next(request: web.Request) -> web.Response:
+        emu.hang_next(int((await body(request)).get("n", 1)))
+        return ok()
+
+    @routes.post("/emulator/drop_websockets")
+    async def drop_websockets(request: web.Request) -> web.Response:
+        emu.drop_websockets(abrupt=bool((await body(request)).get("abrupt", True)))
+        return ok()
+
+    @routes.post("/emulator/refuse_websockets")
+    async def refuse_websockets(request: web.Request) -> web.Response:
+        emu.refuse_websockets(bool((await body(request)).get("refuse", True)))
+        return ok()
+
+    @routes.post("/emulator/stall_websockets")
+    async def stall_websockets(request: web.Request) -> web.Response:
+        emu.stall_websockets(bool((await body(request)).get("stall", True)))
+        return ok()
+
+    @routes.post("/emulator/slow_responses")
+    async def slow_responses(request: web.Request) -> web.Response:
+        b = await body(request)
+        emu.slow_responses(str(b.get("path_prefix", "/")), float(b.get("seconds", 0)))
+        return ok()
+
+    @routes.post("/emulator/error_responses")
+    async def error_responses(request: web.Request) -> web.Response:
+        b = await body(request)
+        count = b.get("count")
+        emu.error_responses(str(b.get("path_prefix", "/")), int(b.get("status", 500)), None if count is None else int(count))
+        return ok()
+
+    @routes.post("/emulator/clear_faults")
+    async def clear_faults(request: web.Request) -> web.Response:
+        emu.clear_faults()
+        return ok()
+
+    @routes.post("/emulator/restart")
+    async def restart(request: web.Request) -> web.Response:
+        await emu.restart()
+        return ok()
+
+    @routes.post("/emulator/kill")
+    async def kill(request: web.Request) -> web.Response:
+        """Answers first, then stops listening; `revive_after` (seconds) brings it back."""
+        revive_after = (await body(request)).get("revive_after")
+        loop = asyncio.get_running_loop()
+
+        async def later() -> None:
+            await asyncio.sleep(0.05)
+            await emu.kill()
+            if revive_after is not None:
+                await asyncio.sleep(float(revive_after))
+                await emu.revive()
+
+        emu._background(loop.create_task(later()))
+        return ok()
+
+    @routes.get("/emulator/stats")
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "prompts_received": emu.prompts_received,
+                "executed_prompts": emu.executed_prompts,
+                "interrupts": emu.interrupts,
+                "websockets": list(emu.hub.sockets),
+                "queue_remaining": emu.state.queue.tasks_remaining(),
+                "python": platform.python_version(),
+            }
+        )
+
+    return routes
