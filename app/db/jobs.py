@@ -80,17 +80,21 @@ async def queue_position(session: AsyncSession, job: Job) -> int | None:
             Job.dispatched_at < job.dispatched_at,
         )
         return int((await session.execute(stmt)).scalar_one())
-    dispatched = select(func.count()).where(Job.status == "queued", Job.backend.is_not(None))
-    ahead = select(func.count()).where(
-        Job.status == "queued",
-        Job.backend.is_(None),
-        or_(
-            Job.priority > job.priority,
-            and_(Job.priority == job.priority, Job.created_at < job.created_at),
-            and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
-        ),
+    dispatched = select(func.count()).where(Job.status == "queued", Job.backend.is_not(None)).scalar_subquery()
+    ahead = (
+        select(func.count())
+        .where(
+            Job.status == "queued",
+            Job.backend.is_(None),
+            or_(
+                Job.priority > job.priority,
+                and_(Job.priority == job.priority, Job.created_at < job.created_at),
+                and_(Job.priority == job.priority, Job.created_at == job.created_at, Job.id < job.id),
+            ),
+        )
+        .scalar_subquery()
     )
-    return int((await session.execute(dispatched)).scalar_one()) + int((await session.execute(ahead)).scalar_one())
+    return int((await session.execute(select(dispatched + ahead))).scalar_one())
 
 
 async def next_queued(session: AsyncSession, limit: int) -> list[Job]:
@@ -112,13 +116,14 @@ async def in_flight(session: AsyncSession, backend: str | None = None) -> list[J
     return list((await session.execute(stmt)).scalars())
 
 
-async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **values: Any) -> bool:
+async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **values: Any) -> Job | None:
+    """One conditional UPDATE; the changed row comes back (RETURNING), or None if nothing matched."""
     values.setdefault("updated_at", utcnow())
-    result = await session.execute(update(Job).where(Job.id == job_id, *where).values(**values))
-    return result.rowcount == 1
+    stmt = update(Job).where(Job.id == job_id, *where).values(**values).returning(Job)
+    return (await session.execute(stmt)).scalars().first()
 
 
-async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> bool:
+async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> Job | None:
     """Hand a queued job to a backend. Only one dispatcher can win this."""
     return await _update(
         session,
@@ -131,7 +136,7 @@ async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: 
     )
 
 
-async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_attempt: bool) -> bool:
+async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_attempt: bool) -> Job | None:
     """Give a job back to the queue (the backend never took it, or lost it)."""
     values: dict[str, Any] = {"backend": None, "prompt_id": None, "dispatched_at": None, "progress": None}
     if not count_attempt:
@@ -139,13 +144,13 @@ async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_a
     return await _update(session, job_id, [Job.prompt_id == prompt_id, Job.status.in_(ACTIVE)], status="queued", **values)
 
 
-async def mark_running(session: AsyncSession, job_id: str, *, prompt_id: str) -> bool:
+async def mark_running(session: AsyncSession, job_id: str, *, prompt_id: str) -> Job | None:
     return await _update(
         session, job_id, [Job.prompt_id == prompt_id, Job.status == "queued"], status="running", started_at=utcnow()
     )
 
 
-async def mark_succeeded(session: AsyncSession, job_id: str, *, prompt_id: str) -> bool:
+async def mark_succeeded(session: AsyncSession, job_id: str, *, prompt_id: str) -> Job | None:
     now = utcnow()
     return await _update(
         session,
@@ -158,14 +163,16 @@ async def mark_succeeded(session: AsyncSession, job_id: str, *, prompt_id: str) 
     )
 
 
-async def mark_failed(session: AsyncSession, job_id: str, *, error: dict[str, Any], prompt_id: str | None) -> bool:
+async def mark_failed(
+    session: AsyncSession, job_id: str, *, error: dict[str, Any], prompt_id: str | None
+) -> Job | None:
     where: list[Any] = [Job.status.in_(ACTIVE)]
     if prompt_id is not None:
         where.append(Job.prompt_id == prompt_id)
     return await _update(session, job_id, where, status="failed", finished_at=utcnow(), error=error)
 
 
-async def mark_canceled(session: AsyncSession, job_id: str) -> bool:
+async def mark_canceled(session: AsyncSession, job_id: str) -> Job | None:
     """Cancel a job that has not ended. `cancel_requested` stays set until the backend has been told."""
     return await _update(
         session,
@@ -186,9 +193,9 @@ async def canceled_needing_cleanup(session: AsyncSession, limit: int = 100) -> l
     return list((await session.execute(stmt)).scalars())
 
 
-async def cleanup_done(session: AsyncSession, job_id: str) -> bool:
+async def cleanup_done(session: AsyncSession, job_id: str) -> Job | None:
     return await _update(session, job_id, [Job.cancel_requested.is_(True)], cancel_requested=False)
 
 
-async def set_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
+async def set_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> Job | None:
     return await _update(session, job_id, [Job.status.in_(ACTIVE)], progress=progress)

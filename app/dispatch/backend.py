@@ -36,7 +36,11 @@ class BackendLink:
     needs_reconcile: bool = True
     queue_remaining: int | None = None
     object_info: dict[str, Any] | None = None
+    # Every prompt we follow on this backend, until its job's outcome is recorded.
     inflight: dict[str, InFlight] = field(default_factory=dict)
+    # The prompts that occupy the backend (queued or running in ComfyUI). A prompt leaves this set
+    # the moment ComfyUI is done with it, before its outputs are copied, so the next prompt can go.
+    slots: set[str] = field(default_factory=set)
     # Prompts claimed in the database whose POST /prompt has not returned yet: not "lost".
     submitting: set[str] = field(default_factory=set)
     # Prompts whose outputs are being collected, so that two triggers never collect twice.
@@ -47,7 +51,20 @@ class BackendLink:
         return self.connected and time.monotonic() >= self.retry_at
 
     def free_slots(self, max_inflight: int) -> int:
-        return max(0, max_inflight - len(self.inflight))
+        return max(0, max_inflight - len(self.slots))
+
+    def track(self, prompt_id: str, flight: InFlight) -> None:
+        self.inflight[prompt_id] = flight
+        self.slots.add(prompt_id)
+
+    def release(self, prompt_id: str) -> None:
+        """ComfyUI no longer holds the prompt."""
+        self.slots.discard(prompt_id)
+
+    def forget(self, prompt_id: str) -> None:
+        """The prompt's outcome is recorded: nothing more to follow."""
+        self.slots.discard(prompt_id)
+        self.inflight.pop(prompt_id, None)
 
     def mark_unreachable(self, error: str, retry_seconds: float) -> None:
         self.last_error = error

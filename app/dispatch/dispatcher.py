@@ -134,7 +134,7 @@ class Dispatcher:
         for job in jobs:
             link = self._by_url.get(job.backend or "")
             if link is not None and job.prompt_id:
-                link.inflight[job.prompt_id] = InFlight(job.id, job.user_id)
+                link.track(job.prompt_id, InFlight(job.id, job.user_id))
                 link.needs_reconcile = True
 
     # ---- one round -------------------------------------------------------------------------
@@ -167,16 +167,16 @@ class Dispatcher:
                 if free[url] == 0:
                     break
                 prompt_id = str(uuid.uuid4())
-                if await repo.claim(session, job.id, backend=url, prompt_id=prompt_id):
+                if await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
                     free[url] -= 1
                     assigned[url].append((job, prompt_id))
             await session.commit()
         for url, items in assigned.items():
             link = self._by_url[url]
             for job, prompt_id in items:
-                link.inflight[prompt_id] = InFlight(job.id, job.user_id)
+                link.track(prompt_id, InFlight(job.id, job.user_id))
                 link.submitting.add(prompt_id)
-            self.ctx.metrics.backend_inflight.labels(url).set(len(link.inflight))
+            self.ctx.metrics.backend_inflight.labels(url).set(len(link.slots))
         # One backend's prompts in order (ComfyUI numbers them as they come); backends in parallel.
         await asyncio.gather(*(self._submit_all(self._by_url[url], items) for url, items in assigned.items()))
         return sum(len(items) for items in assigned.values())
@@ -225,7 +225,7 @@ class Dispatcher:
                 except BackendUnavailable as exc:
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
                     continue
-                link.inflight.pop(job.prompt_id, None)
+                link.forget(job.prompt_id)
             async with self._sessionmaker() as session:
                 await repo.cleanup_done(session, job.id)
                 await session.commit()

@@ -91,8 +91,10 @@ class Tracker:
             case Executing(prompt_id=pid, node=None) if pid:
                 # Sent after ComfyUI stored the history entry: the moment to collect.
                 if link.job_of(pid) is not None:
+                    self._ended_on_backend(link, pid)
                     self.ctx.spawn(self.finish(link, pid), f"finish {pid}")
             case ExecutionError(prompt_id=pid) as err:
+                self._ended_on_backend(link, pid)
                 await self.fail(
                     link,
                     pid,
@@ -104,6 +106,7 @@ class Tracker:
                     ),
                 )
             case ExecutionInterrupted(prompt_id=pid):
+                self._ended_on_backend(link, pid)
                 await self._interrupted(link, pid)
             case _:
                 pass
@@ -120,12 +123,12 @@ class Tracker:
         flight = link.job_of(pid)
         if flight is None or pid is None:
             return
-        flight.started_at = time.monotonic()
+        flight.started_at = flight.last_progress_persist = time.monotonic()
         async with self.ctx.sessionmaker() as session:
-            changed = await repo.mark_running(session, flight.job_id, prompt_id=pid)
+            job = await repo.mark_running(session, flight.job_id, prompt_id=pid)
             await session.commit()
-        if changed:
-            await self.ctx.notifier.job_changed(flight.job_id)
+        if job is not None:
+            self.ctx.notifier.publish(job)
 
     async def _progress(self, link: BackendLink, pid: str | None, progress: dict[str, Any]) -> None:
         flight = link.job_of(pid)
@@ -140,17 +143,23 @@ class Tracker:
                 await repo.set_progress(session, flight.job_id, progress)
                 await session.commit()
 
+    def _ended_on_backend(self, link: BackendLink, pid: str | None) -> None:
+        """ComfyUI is done with the prompt: its slot goes to the next job right away."""
+        if pid is not None and pid in link.slots:
+            link.release(pid)
+            self.ctx.wake()
+
     async def fail(self, link: BackendLink, pid: str | None, error: dict[str, Any]) -> None:
         flight = link.job_of(pid)
         if flight is None or pid is None:
             return
         async with self.ctx.sessionmaker() as session:
-            changed = await repo.mark_failed(session, flight.job_id, error=error, prompt_id=pid)
+            job = await repo.mark_failed(session, flight.job_id, error=error, prompt_id=pid)
             await session.commit()
-        link.inflight.pop(pid, None)
+        link.forget(pid)
         self.ctx.wake()
-        if changed:
-            await self.ctx.notifier.job_changed(flight.job_id)
+        if job is not None:
+            self.ctx.notifier.publish(job)
 
     async def _interrupted(self, link: BackendLink, pid: str | None) -> None:
         flight = link.job_of(pid)
@@ -162,7 +171,7 @@ class Tracker:
                 # Our own cancel: nothing more to tell the backend.
                 await repo.cleanup_done(session, job.id)
                 await session.commit()
-                link.inflight.pop(pid, None)
+                link.forget(pid)
                 self.ctx.wake()
                 return
         await self.fail(link, pid, job_errors.interrupted())
@@ -194,6 +203,7 @@ class Tracker:
         flight = link.job_of(pid)
         if flight is None:
             return
+        self._ended_on_backend(link, pid)
         if entry.interrupted:
             await self._interrupted(link, pid)
             return
@@ -217,7 +227,7 @@ class Tracker:
         async with self.ctx.sessionmaker() as session:
             job = await repo.get_job(session, flight.job_id)
         if job is None or job.prompt_id != pid or job.status not in repo.ACTIVE:
-            link.inflight.pop(pid, None)
+            link.forget(pid)
             return
         # No database connection is held while files are copied.
         try:
@@ -227,17 +237,17 @@ class Tracker:
             return
         async with self.ctx.sessionmaker() as session:
             session.add_all(outputs)
-            if await repo.mark_succeeded(session, job.id, prompt_id=pid):
+            done = await repo.mark_succeeded(session, job.id, prompt_id=pid)
+            if done is not None:
                 await session.commit()
             else:
                 # Canceled while the files were copied: the cancel wins, the copies go.
                 await session.rollback()
                 for out in outputs:
                     await self.ctx.storage.delete(out.storage_key)
-                outputs = []
-        link.inflight.pop(pid, None)
-        self.ctx.wake()
-        await self.ctx.notifier.job_changed(flight.job_id, new_outputs=outputs)
+        link.forget(pid)
+        if done is not None:
+            self.ctx.notifier.publish(done, outputs, new_outputs=outputs)
 
     # ---- reconciliation --------------------------------------------------------------------
 
@@ -256,7 +266,10 @@ class Tracker:
             pid = job.prompt_id
             if pid is None or pid in link.submitting:
                 continue
-            flight = link.inflight.setdefault(pid, InFlight(job.id, job.user_id))
+            flight = link.inflight.get(pid)
+            if flight is None:
+                flight = InFlight(job.id, job.user_id)
+                link.track(pid, flight)
             if pid in running:
                 if job.status == "queued":
                     await self._started(link, pid)
@@ -277,15 +290,15 @@ class Tracker:
         async with self.ctx.sessionmaker() as session:
             job = await repo.get_job(session, flight.job_id)
             if job is None or job.prompt_id != pid:
-                link.inflight.pop(pid, None)
+                link.forget(pid)
                 return
             if count_attempt and job.attempts >= self.ctx.settings.max_attempts:
                 changed = await repo.mark_failed(session, job.id, error=job_errors.backend_lost(job.attempts), prompt_id=pid)
             else:
                 changed = await repo.unclaim(session, job.id, prompt_id=pid, count_attempt=count_attempt)
             await session.commit()
-        link.inflight.pop(pid, None)
+        link.forget(pid)
         self.ctx.wake()
-        if changed:
-            log.info("job %s: backend %s does not have prompt %s; requeued", flight.job_id, link.url, pid)
+        if changed is not None:
+            log.info("job %s: backend %s does not have prompt %s; %s", flight.job_id, link.url, pid, changed.status)
             await self.ctx.notifier.job_changed(flight.job_id)

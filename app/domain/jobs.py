@@ -154,11 +154,11 @@ async def list_views(
 
 async def cancel(session: AsyncSession, principal: Principal, job_id: str, signer: UrlSigner) -> Job:
     job = await get_owned(session, principal, job_id)
-    if not await repo.mark_canceled(session, job.id):
+    canceled = await repo.mark_canceled(session, job.id)
+    if canceled is None:
         await session.refresh(job)
         raise Conflict(
             f"The job is already {job.status}; it cannot be canceled.",
             job=await view(session, job, signer),
         )
-    await session.refresh(job)
-    return job
+    return canceled

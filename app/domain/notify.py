@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,15 +25,24 @@ class Notifier:
         self._bus = bus
         self._metrics = metrics
 
-    async def job_changed(self, job_id: str, *, new_outputs: list[Output] = ()) -> dict[str, Any] | None:
-        """Publish `output` events for new outputs, then the job's `status`. Returns the view."""
+    async def job_changed(self, job_id: str) -> dict[str, Any] | None:
+        """Publish the job's current `status`, read from the database."""
         async with self._sessionmaker() as session:
             job = await repo.get_job(session, job_id)
             if job is None:
                 return None
-            view = await self._view(session, job)
+            outputs = (await repo.outputs_for(session, [job.id]))[job.id]
+            position = await repo.queue_position(session, job)
+        return self.publish(job, outputs, queue_position=position)
+
+    def publish(self, job: Job, outputs: Sequence[Output] = (), *, new_outputs: Sequence[Output] = (), queue_position: int | None = None) -> dict[str, Any]:
+        """Publish `output` events for new outputs, then the job's `status`, from a row in hand.
+
+        Transitions return their row (UPDATE ... RETURNING), so this needs no database read.
+        """
         for out in new_outputs:
             self._bus.publish(JobEvent(job.id, job.user_id, "output", output_view(out, self._signer)))
+        view = job_view(job, list(outputs), self._signer, queue_position=queue_position)
         terminal = job.status in TERMINAL
         self._bus.publish(JobEvent(job.id, job.user_id, "status", view, terminal=terminal))
         if terminal:
@@ -40,10 +50,6 @@ class Notifier:
             if job.started_at and job.finished_at:
                 self._metrics.job_run_seconds.observe((job.finished_at - job.started_at).total_seconds())
         return view
-
-    async def _view(self, session: AsyncSession, job: Job) -> dict[str, Any]:
-        outputs = (await repo.outputs_for(session, [job.id]))[job.id]
-        return job_view(job, outputs, self._signer, queue_position=await repo.queue_position(session, job))
 
     def progress(self, job_id: str, user_id: str, progress: dict[str, Any]) -> None:
         self._bus.publish(JobEvent(job_id, user_id, "progress", progress))

@@ -7,10 +7,27 @@ import os
 import uuid
 from collections.abc import AsyncIterable
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import anyio
 
 from app.storage.base import StoredObject
+
+# Files up to this size are written in one go; larger ones in pieces of this size.
+_BUFFER = 1024 * 1024
+
+
+def _open_new(tmp: Path) -> BinaryIO:
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    return open(tmp, "wb")  # noqa: SIM115 - closed by _finish
+
+
+def _finish(fh: BinaryIO | None, tmp: Path, final: Path, rest: list[bytes]) -> None:
+    if fh is None:
+        fh = _open_new(tmp)
+    with fh:
+        fh.writelines(rest)
+    os.replace(tmp, final)
 
 
 class LocalStorage:
@@ -28,19 +45,30 @@ class LocalStorage:
         return self.root.joinpath(*pure.parts)
 
     async def write_stream(self, key: str, chunks: AsyncIterable[bytes]) -> StoredObject:
+        """Bytes are gathered up to `_BUFFER` and written in one thread hop; a larger file is
+        written buffer by buffer, so memory stays bounded whatever its size."""
         final = self.path_for(key)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
-        await anyio.to_thread.run_sync(lambda: final.parent.mkdir(parents=True, exist_ok=True))
         digest = hashlib.sha256()
         size = 0
+        buffer: list[bytes] = []
+        buffered = 0
+        fh = None
         try:
-            async with await anyio.open_file(tmp, "wb") as fh:
-                async for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    await fh.write(chunk)
-            await anyio.to_thread.run_sync(os.replace, tmp, final)
+            async for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                buffer.append(chunk)
+                buffered += len(chunk)
+                if buffered >= _BUFFER:
+                    if fh is None:
+                        fh = await anyio.to_thread.run_sync(_open_new, tmp)
+                    await anyio.to_thread.run_sync(fh.writelines, buffer)
+                    buffer, buffered = [], 0
+            await anyio.to_thread.run_sync(_finish, fh, tmp, final, buffer)
         except BaseException:
+            if fh is not None:
+                fh.close()
             tmp.unlink(missing_ok=True)
             raise
         return StoredObject(key=key, size=size, sha256=digest.hexdigest())

@@ -39,3 +39,36 @@ def test_keys_are_prefixed_random_and_hashed() -> None:
     assert hash_key(a) != hash_key(b) and len(hash_key(a)) == 64
     assert a not in hash_key(a)
     assert key_hint(a) == a[:8]
+
+
+async def test_local_storage_streams_small_and_large_files_and_refuses_escapes(tmp_path) -> None:  # noqa: ANN001
+    import hashlib
+
+    import pytest
+
+    from app.storage.local import LocalStorage
+
+    storage = LocalStorage(tmp_path)
+    big = [bytes([i % 251]) * 300_000 for i in range(10)]  # 3 MB in pieces: written in parts
+
+    async def gen(parts):  # noqa: ANN001, ANN202
+        for part in parts:
+            yield part
+
+    for key, parts in (("a/small.png", [b"\\x89PNG", b"tiny"]), ("b/big.bin", big)):
+        obj = await storage.write_stream(key, gen(parts))
+        data = b"".join(parts)
+        assert obj.size == len(data) and obj.sha256 == hashlib.sha256(data).hexdigest()
+        assert storage.path_for(key).read_bytes() == data
+    assert not list(tmp_path.rglob("*.part"))
+
+    async def broken():  # noqa: ANN202
+        yield b"x" * 2_000_000
+        raise RuntimeError("backend went away")
+
+    with pytest.raises(RuntimeError):
+        await storage.write_stream("c/partial.bin", broken())
+    assert not storage.path_for("c/partial.bin").exists() and not list(tmp_path.rglob("*.part"))
+    for bad in ("../escape", "/abs/path", ""):
+        with pytest.raises(ValueError):
+            storage.path_for(bad)
