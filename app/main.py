@@ -37,6 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await upgrade_async(settings.database_url)
         engine = create_engine(settings.database_url)
         sessionmaker = create_sessionmaker(engine)
+        # The dispatcher has connections of its own: a burst of API requests queueing for the
+        # database must never hold up the loop that keeps the GPUs busy.
+        worker_engine = create_engine(settings.database_url, pool_size=4)
+        worker_sessionmaker = create_sessionmaker(worker_engine)
         storage = LocalStorage(settings.storage_dir)
         storage.ensure_root()
 
@@ -56,9 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = Metrics()
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
         bus = EventBus()
-        notifier = Notifier(sessionmaker, signer, bus, metrics)
+        notifier = Notifier(worker_sessionmaker, signer, bus, metrics)
         dispatcher = Dispatcher(
-            sessionmaker=sessionmaker,
+            sessionmaker=worker_sessionmaker,
             settings=settings,
             storage=storage,
             notifier=notifier,
@@ -87,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await dispatcher.stop()
+            await worker_engine.dispose()
             await engine.dispose()
 
     app = FastAPI(

@@ -40,9 +40,11 @@ async def generate(
         ),
         settings,
     )
-    view = await jobs.view(session, job, signer)
+    # Commit before reading anything back: on SQLite a write transaction holds the database's
+    # only write lock, and reads done inside it would make the dispatcher wait for that lock.
     await session.commit()
     # After the commit, never before: the dispatcher must find the row when it wakes.
     request.app.state.dispatcher_wake()
+    view = await jobs.view(session, job, signer, new=True)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return view

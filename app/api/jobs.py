@@ -39,8 +39,8 @@ async def cancel_job(
     job_id: str, request: Request, session: SessionDep, principal: PrincipalDep, signer: SignerDep
 ) -> dict:
     job = await jobs.cancel(session, principal, job_id, signer)
-    view = await jobs.view(session, job, signer)
     await session.commit()
+    view = await jobs.view(session, job, signer)
     # The dispatcher takes it off the backend (queue delete or targeted interrupt) and tells subscribers.
     await request.app.state.on_job_canceled(job.id)
     return view

@@ -31,14 +31,19 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
     url = normalize_url(url)
     if is_sqlite(url):
         ensure_sqlite_dir(url)
         engine = create_async_engine(
             url,
             echo=echo,
-            # One writer at a time is SQLite's rule; waiting beats failing with "database is locked".
+            # One connection: SQLite allows one writer at a time, and a second connection that
+            # waits for the lock does so in SQLite's busy handler, which sleeps 1-100 ms between
+            # tries. Queueing for the single connection in asyncio instead costs microseconds.
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=60,
             connect_args={"timeout": 30},
         )
 
@@ -53,7 +58,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -119,7 +119,15 @@ async def in_flight(session: AsyncSession, backend: str | None = None) -> list[J
 async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **values: Any) -> Job | None:
     """One conditional UPDATE; the changed row comes back (RETURNING), or None if nothing matched."""
     values.setdefault("updated_at", utcnow())
-    stmt = update(Job).where(Job.id == job_id, *where).values(**values).returning(Job)
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, *where)
+        .values(**values)
+        .returning(Job)
+        # The returned row is the new state; evaluating the WHERE clause in Python against
+        # objects in the session would only cost time.
+        .execution_options(synchronize_session=False)
+    )
     return (await session.execute(stmt)).scalars().first()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,16 @@ class InFlight:
     started_at: float | None = None
     last_progress_persist: float = 0.0
     succeeded: bool = False
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A job claimed for this backend in the database, whose POST /prompt waits for a free slot."""
+
+    job_id: str
+    user_id: str
+    prompt_id: str
+    workflow: dict[str, Any]
 
 
 @dataclass(eq=False)
@@ -41,8 +52,12 @@ class BackendLink:
     # The prompts that occupy the backend (queued or running in ComfyUI). A prompt leaves this set
     # the moment ComfyUI is done with it, before its outputs are copied, so the next prompt can go.
     slots: set[str] = field(default_factory=set)
-    # Prompts claimed in the database whose POST /prompt has not returned yet: not "lost".
+    # Prompts claimed in the database whose POST /prompt has not returned yet (prepared or being
+    # sent): reconciliation must not call them lost.
     submitting: set[str] = field(default_factory=set)
+    # Claimed ahead of need, so that when ComfyUI finishes a prompt the next one is sent without
+    # waiting for the database: the GPU's queue never runs dry because the database is busy.
+    prepared: deque[Prepared] = field(default_factory=deque)
     # Prompts whose outputs are being collected, so that two triggers never collect twice.
     collecting: set[str] = field(default_factory=set)
 
@@ -56,6 +71,20 @@ class BackendLink:
     def track(self, prompt_id: str, flight: InFlight) -> None:
         self.inflight[prompt_id] = flight
         self.slots.add(prompt_id)
+
+    def prepare(self, item: Prepared, flight: InFlight) -> None:
+        self.inflight[item.prompt_id] = flight
+        self.submitting.add(item.prompt_id)
+        self.prepared.append(item)
+
+    def drop_prepared(self, prompt_id: str) -> bool:
+        for item in self.prepared:
+            if item.prompt_id == prompt_id:
+                self.prepared.remove(item)
+                self.submitting.discard(prompt_id)
+                self.inflight.pop(prompt_id, None)
+                return True
+        return False
 
     def release(self, prompt_id: str) -> None:
         """ComfyUI no longer holds the prompt."""

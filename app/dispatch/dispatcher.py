@@ -21,9 +21,11 @@ from app.comfy.errors import BackendUnavailable, ComfyError, PromptRejected
 from app.comfy.websocket import ComfyWebSocket
 from app.config import Settings
 from app.db import jobs as repo
-from app.db.models import Job
 from app.dispatch import job_errors
-from app.dispatch.backend import BackendLink, InFlight
+from app.dispatch.backend import BackendLink, InFlight, Prepared
+
+# Jobs claimed in reserve per backend beyond its in-flight slots.
+PREPARE_AHEAD = 1
 from app.dispatch.tracker import DispatchContext, Tracker
 from app.domain.notify import Notifier
 from app.metrics import Metrics
@@ -95,8 +97,18 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._main is not None:
             await asyncio.gather(self._main, return_exceptions=True)
+        await self._return_prepared()
         for link in self.links:
             await link.client.aclose()
+
+    async def _return_prepared(self) -> None:
+        """Jobs claimed in reserve were never sent: back to the queue, and no attempt counted."""
+        async with self._sessionmaker() as session:
+            for link in self.links:
+                while link.prepared:
+                    item = link.prepared.popleft()
+                    await repo.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
+            await session.commit()
 
     def wake(self) -> None:
         self._wake_event.set()
@@ -150,45 +162,69 @@ class Dispatcher:
                     await self.tracker.reconcile(link)
                 except BackendUnavailable as exc:
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+        sent = await self._dispatch()
         await self._cleanup_cancels()
-        return await self._dispatch()
+        return sent
 
     async def _dispatch(self) -> int:
+        """Send prepared prompts into free slots (no database on that path), then claim more.
+
+        Each backend gets its free slots filled and `PREPARE_AHEAD` jobs claimed in reserve.
+        Returns how many prompts were sent.
+        """
         cap = self.settings.max_inflight_per_backend
-        ready = [link for link in self.links if link.healthy and not link.needs_reconcile and link.free_slots(cap)]
-        if not ready:
-            return 0
-        free = {link.url: link.free_slots(cap) for link in ready}
-        assigned: dict[str, list[tuple[Job, str]]] = defaultdict(list)
-        async with self._sessionmaker() as session:
-            for job in await repo.next_queued(session, sum(free.values())):
-                # Least loaded first: the backend with the most free slots.
-                url = max(free, key=lambda u: free[u])
-                if free[url] == 0:
-                    break
-                prompt_id = str(uuid.uuid4())
-                if await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
-                    free[url] -= 1
-                    assigned[url].append((job, prompt_id))
-            await session.commit()
-        for url, items in assigned.items():
+        ready = [link for link in self.links if link.healthy and not link.needs_reconcile]
+        sends: dict[str, list[Prepared]] = defaultdict(list)
+        for link in ready:
+            while link.prepared and link.free_slots(cap):
+                item = link.prepared.popleft()
+                link.slots.add(item.prompt_id)
+                sends[link.url].append(item)
+        sending = [asyncio.create_task(self._submit_all(self._by_url[url], items)) for url, items in sends.items()]
+
+        want = {link.url: link.free_slots(cap) + max(0, PREPARE_AHEAD - len(link.prepared)) for link in ready}
+        claimed: dict[str, list[Prepared]] = defaultdict(list)
+        if sum(want.values()):
+            async with self._sessionmaker() as session:
+                for job in await repo.next_queued(session, sum(want.values())):
+                    url = max(want, key=lambda u: want[u])  # the least loaded backend
+                    if want[url] == 0:
+                        break
+                    prompt_id = str(uuid.uuid4())
+                    if await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
+                        want[url] -= 1
+                        claimed[url].append(Prepared(job.id, job.user_id, prompt_id, job.workflow))
+                await session.commit()
+        for url, items in claimed.items():
             link = self._by_url[url]
-            for job, prompt_id in items:
-                link.track(prompt_id, InFlight(job.id, job.user_id))
-                link.submitting.add(prompt_id)
+            for item in items:
+                flight = InFlight(item.job_id, item.user_id)
+                if link.free_slots(cap):
+                    link.track(item.prompt_id, flight)
+                    link.submitting.add(item.prompt_id)
+                    sends[url].append(item)
+                    sending.append(asyncio.create_task(self._submit_all(link, [item])))
+                else:
+                    link.prepare(item, flight)
             self.ctx.metrics.backend_inflight.labels(url).set(len(link.slots))
-        # One backend's prompts in order (ComfyUI numbers them as they come); backends in parallel.
-        await asyncio.gather(*(self._submit_all(self._by_url[url], items) for url, items in assigned.items()))
-        return sum(len(items) for items in assigned.values())
+        if sending:
+            await asyncio.gather(*sending)
+        return sum(len(items) for items in sends.values())
 
-    async def _submit_all(self, link: BackendLink, items: list[tuple[Job, str]]) -> None:
-        for job, prompt_id in items:
-            await self._submit(link, job, prompt_id)
+    async def _submit_all(self, link: BackendLink, items: list[Prepared]) -> None:
+        # One backend's prompts in order: ComfyUI numbers them as they arrive.
+        for item in items:
+            await self._submit(link, item)
 
-    async def _submit(self, link: BackendLink, job: Job, prompt_id: str) -> None:
-        flight = link.inflight[prompt_id]
+    async def _submit(self, link: BackendLink, item: Prepared) -> None:
+        prompt_id = item.prompt_id
+        flight = link.inflight.get(prompt_id)
+        if flight is None:  # canceled while it waited
+            link.release(prompt_id)
+            link.submitting.discard(prompt_id)
+            return
         try:
-            await link.client.queue_prompt(job.workflow, prompt_id=prompt_id, client_id=link.client_id)
+            await link.client.queue_prompt(item.workflow, prompt_id=prompt_id, client_id=link.client_id)
         except PromptRejected as exc:
             link.submitting.discard(prompt_id)
             await self.tracker.fail(link, prompt_id, job_errors.invalid_workflow(exc.error, exc.node_errors))
@@ -216,7 +252,7 @@ class Dispatcher:
             jobs = await repo.canceled_needing_cleanup(session)
         for job in jobs:
             link = self._by_url.get(job.backend or "")
-            if link is not None:
+            if link is not None and not link.drop_prepared(job.prompt_id or ""):
                 if not link.healthy or job.prompt_id in link.submitting:
                     continue
                 try:
@@ -232,6 +268,10 @@ class Dispatcher:
 
     async def job_canceled(self, job_id: str) -> None:
         """Called after an API cancel committed: tell subscribers, and clean up on the backend now."""
+        for link in self.links:
+            for item in list(link.prepared):
+                if item.job_id == job_id:
+                    link.drop_prepared(item.prompt_id)
         await self.ctx.notifier.job_changed(job_id)
         self.wake()
 

@@ -58,7 +58,12 @@ class Tracker:
     # ---- the socket ------------------------------------------------------------------------
 
     async def follow(self, link: BackendLink) -> None:
-        """Consume the backend's socket until it is closed; each message is handled in order."""
+        """Consume the backend's socket until it is closed.
+
+        The reader itself never waits for the database: it updates in-memory state (a finished
+        prompt frees its slot at once) and hands database work to tasks. Conditional updates make
+        their order irrelevant: a late `running` cannot overwrite `succeeded`.
+        """
         async for event in link.ws.events():
             try:
                 await self.handle(link, event)
@@ -81,10 +86,11 @@ class Tracker:
                 log.warning("lost the socket of %s: %s", link.url, reason)
             case Status(queue_remaining=remaining):
                 link.queue_remaining = remaining
-            case ExecutionStart(prompt_id=pid):
-                await self._started(link, pid)
+            case ExecutionStart(prompt_id=pid) if (flight := link.job_of(pid)) is not None:
+                flight.started_at = flight.last_progress_persist = time.monotonic()
+                self.ctx.spawn(self._started(link, pid), f"running {pid}")
             case Progress(prompt_id=pid, node=node, value=value, max=maximum):
-                await self._progress(link, pid, {"value": value, "max": maximum, "node": node})
+                self._progress(link, pid, {"value": value, "max": maximum, "node": node})
             case ExecutionSuccess(prompt_id=pid):
                 if (flight := link.job_of(pid)) is not None:
                     flight.succeeded = True
@@ -93,21 +99,18 @@ class Tracker:
                 if link.job_of(pid) is not None:
                     self._ended_on_backend(link, pid)
                     self.ctx.spawn(self.finish(link, pid), f"finish {pid}")
-            case ExecutionError(prompt_id=pid) as err:
+            case ExecutionError(prompt_id=pid) as err if link.job_of(pid) is not None:
                 self._ended_on_backend(link, pid)
-                await self.fail(
-                    link,
-                    pid,
-                    job_errors.execution_error(
-                        node_id=err.node_id,
-                        node_type=err.node_type,
-                        exception_type=err.exception_type,
-                        message=err.exception_message,
-                    ),
+                error = job_errors.execution_error(
+                    node_id=err.node_id,
+                    node_type=err.node_type,
+                    exception_type=err.exception_type,
+                    message=err.exception_message,
                 )
-            case ExecutionInterrupted(prompt_id=pid):
+                self.ctx.spawn(self.fail(link, pid, error), f"failed {pid}")
+            case ExecutionInterrupted(prompt_id=pid) if link.job_of(pid) is not None:
                 self._ended_on_backend(link, pid)
-                await self._interrupted(link, pid)
+                self.ctx.spawn(self._interrupted(link, pid), f"interrupted {pid}")
             case _:
                 pass
 
@@ -123,14 +126,18 @@ class Tracker:
         flight = link.job_of(pid)
         if flight is None or pid is None:
             return
-        flight.started_at = flight.last_progress_persist = time.monotonic()
         async with self.ctx.sessionmaker() as session:
             job = await repo.mark_running(session, flight.job_id, prompt_id=pid)
             await session.commit()
-        if job is not None:
-            self.ctx.notifier.publish(job)
+            if job is None:
+                current = await repo.get_job(session, flight.job_id)
+                if current is not None and current.status == "canceled":
+                    # Canceled while its POST was under way: stop it now.
+                    await link.client.interrupt(pid)
+                return
+        self.ctx.notifier.publish(job)
 
-    async def _progress(self, link: BackendLink, pid: str | None, progress: dict[str, Any]) -> None:
+    def _progress(self, link: BackendLink, pid: str | None, progress: dict[str, Any]) -> None:
         flight = link.job_of(pid)
         if flight is None:
             return
@@ -139,9 +146,12 @@ class Tracker:
         # Live subscribers get every step; the row gets one write a second, enough for polling clients.
         if now - flight.last_progress_persist >= self.ctx.settings.progress_persist_seconds:
             flight.last_progress_persist = now
-            async with self.ctx.sessionmaker() as session:
-                await repo.set_progress(session, flight.job_id, progress)
-                await session.commit()
+            self.ctx.spawn(self._persist_progress(flight.job_id, progress), f"progress {pid}")
+
+    async def _persist_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        async with self.ctx.sessionmaker() as session:
+            await repo.set_progress(session, job_id, progress)
+            await session.commit()
 
     def _ended_on_backend(self, link: BackendLink, pid: str | None) -> None:
         """ComfyUI is done with the prompt: its slot goes to the next job right away."""

@@ -108,7 +108,6 @@ async def submit(session: AsyncSession, principal: Principal, req: GenerateInput
         timeout_seconds=timeout_seconds,
     )
     session.add(job)
-    await session.flush()
     return job
 
 
@@ -120,8 +119,9 @@ async def get_owned(session: AsyncSession, principal: Principal, job_id: str) ->
     return job
 
 
-async def view(session: AsyncSession, job: Job, signer: UrlSigner) -> dict[str, Any]:
-    outputs = (await repo.outputs_for(session, [job.id]))[job.id]
+async def view(session: AsyncSession, job: Job, signer: UrlSigner, *, new: bool = False) -> dict[str, Any]:
+    """The job's public view; `new` skips looking for outputs a job just created cannot have."""
+    outputs = [] if new else (await repo.outputs_for(session, [job.id]))[job.id]
     return job_view(job, outputs, signer, queue_position=await repo.queue_position(session, job))
 
 
