@@ -124,9 +124,10 @@ async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **va
         .where(Job.id == job_id, *where)
         .values(**values)
         .returning(Job)
-        # The returned row is the new state; evaluating the WHERE clause in Python against
-        # objects in the session would only cost time.
-        .execution_options(synchronize_session=False)
+        # The returned row is the new state: it overwrites an object the session already holds
+        # (populate_existing), so evaluating the WHERE clause in Python against objects in the
+        # session (synchronize_session) would only cost time.
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     return (await session.execute(stmt)).scalars().first()
 
