@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.notifier = notifier
         state.dispatcher = dispatcher
         state.dispatcher_wake = dispatcher.wake
+        state.on_job_submitted = dispatcher.job_submitted
         state.on_job_canceled = dispatcher.job_canceled
         state.backend_health = dispatcher.backend_health
         state.object_info = dispatcher.object_info

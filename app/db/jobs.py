@@ -97,17 +97,6 @@ async def queue_position(session: AsyncSession, job: Job) -> int | None:
     return int((await session.execute(select(dispatched + ahead))).scalar_one())
 
 
-async def next_queued(session: AsyncSession, limit: int) -> list[Job]:
-    """The next undispatched jobs, highest priority first, then oldest."""
-    stmt = (
-        select(Job)
-        .where(Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False))
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
-        .limit(limit)
-    )
-    return list((await session.execute(stmt)).scalars())
-
-
 async def in_flight(session: AsyncSession, backend: str | None = None) -> list[Job]:
     """Jobs handed to a backend and not finished: what the tracker follows."""
     stmt = select(Job).where(Job.status.in_(ACTIVE), Job.backend.is_not(None))

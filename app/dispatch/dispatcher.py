@@ -26,6 +26,7 @@ from app.dispatch.backend import BackendLink, InFlight, Prepared
 
 # Jobs claimed in reserve per backend beyond its in-flight slots.
 PREPARE_AHEAD = 1
+from app.dispatch.scheduler import FairScheduler
 from app.dispatch.tracker import DispatchContext, Tracker
 from app.domain.notify import Notifier
 from app.metrics import Metrics
@@ -71,6 +72,10 @@ class Dispatcher:
             wake=self.wake,
         )
         self.tracker = Tracker(self.ctx)
+        self.scheduler = FairScheduler(settings)
+        # Set when a user other than the reserves' owners submits: reserves are then returned and
+        # picked again, so the newcomer's job takes the next free slot.
+        self._reserve_stale = False
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -103,12 +108,22 @@ class Dispatcher:
 
     async def _return_prepared(self) -> None:
         """Jobs claimed in reserve were never sent: back to the queue, and no attempt counted."""
+        items = [(link, item) for link in self.links for item in link.prepared]
+        if not items:
+            return
         async with self._sessionmaker() as session:
-            for link in self.links:
-                while link.prepared:
-                    item = link.prepared.popleft()
-                    await repo.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
+            for _, item in items:
+                await repo.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
             await session.commit()
+        for link, item in items:
+            link.drop_prepared(item.prompt_id)
+            self.scheduler.give_back(item.user_id)
+
+    def job_submitted(self, user_id: str) -> None:
+        """Called after an API submit committed."""
+        if any(item.user_id != user_id for link in self.links for item in link.prepared):
+            self._reserve_stale = True
+        self.wake()
 
     def wake(self) -> None:
         self._wake_event.set()
@@ -173,6 +188,9 @@ class Dispatcher:
         Returns how many prompts were sent.
         """
         cap = self.settings.max_inflight_per_backend
+        if self._reserve_stale:
+            self._reserve_stale = False
+            await self._return_prepared()
         ready = [link for link in self.links if link.healthy and not link.needs_reconcile]
         sends: dict[str, list[Prepared]] = defaultdict(list)
         for link in ready:
@@ -186,14 +204,14 @@ class Dispatcher:
         claimed: dict[str, list[Prepared]] = defaultdict(list)
         if sum(want.values()):
             async with self._sessionmaker() as session:
-                for job in await repo.next_queued(session, sum(want.values())):
+                for job in await self.scheduler.pick(session, sum(want.values())):
                     url = max(want, key=lambda u: want[u])  # the least loaded backend
-                    if want[url] == 0:
-                        break
                     prompt_id = str(uuid.uuid4())
-                    if await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
+                    if want[url] and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
                         want[url] -= 1
                         claimed[url].append(Prepared(job.id, job.user_id, prompt_id, job.workflow))
+                    else:
+                        self.scheduler.give_back(job.user_id)
                 await session.commit()
         for url, items in claimed.items():
             link = self._by_url[url]

@@ -1,0 +1,125 @@
+"""Who runs next: fair shares across users, then priority and age within a user.
+
+A first-come queue lets one user's burst of 500 jobs hold everyone else back; a per-user cap
+alone does not fix that. The scheduler gives each user with waiting work a turn in proportion to
+its weight (weighted round-robin by virtual time: a user's virtual time grows by 1/weight per job
+dispatched, and the user with the lowest goes next). Within a user, higher priority first, then
+older first. A user's running cap (jobs in flight on any backend, counted from the rows, so it
+holds across backends and replicas) is never exceeded.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.db.jobs import ACTIVE
+from app.db.models import Job, User
+from app.domain.users import BOOTSTRAP_ADMIN_ID, effective_limits
+
+
+def _weight(user: User) -> float:
+    try:
+        return float(min(100, max(1, int((user.limits or {}).get("weight") or 1))))
+    except (TypeError, ValueError):
+        return 1.0
+
+
+class FairScheduler:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Virtual time per user. Kept in memory: after a restart everyone starts level, which is fair.
+        self._vtime: dict[str, float] = {}
+        self._weights: dict[str, float] = {}
+
+    async def pick(self, session: AsyncSession, n: int) -> list[Job]:
+        """Up to n undispatched jobs in the order they should go, and their turns recorded."""
+        if n <= 0:
+            return []
+        waiting = dict(
+            (
+                await session.execute(
+                    select(Job.user_id, func.count())
+                    .where(Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False))
+                    .group_by(Job.user_id)
+                )
+            ).all()
+        )
+        if not waiting:
+            return []
+        in_flight = dict(
+            (
+                await session.execute(
+                    select(Job.user_id, func.count())
+                    .where(Job.status.in_(ACTIVE), Job.backend.is_not(None), Job.user_id.in_(waiting))
+                    .group_by(Job.user_id)
+                )
+            ).all()
+        )
+        users = {u.id: u for u in (await session.execute(select(User).where(User.id.in_(waiting)))).scalars()}
+
+        capacity: dict[str, int] = {}
+        for user_id, count in waiting.items():
+            user = users.get(user_id)
+            if user is None or user.disabled:
+                continue
+            if user_id == BOOTSTRAP_ADMIN_ID:
+                cap = count
+            else:
+                cap = min(count, int(effective_limits(user, self.settings)["max_running"]) - in_flight.get(user_id, 0))
+            if cap > 0:
+                capacity[user_id] = cap
+                self._weights[user_id] = _weight(user)
+        if not capacity:
+            return []
+
+        # A user who was idle joins at the level of the least-served active user: no credit is
+        # hoarded while away, and no one is punished for having been busy before.
+        known = [self._vtime[u] for u in capacity if u in self._vtime]
+        floor = min(known) if known else 0.0
+        for user_id in capacity:
+            self._vtime[user_id] = max(self._vtime.get(user_id, floor), floor)
+
+        turns: list[str] = []
+        taken: dict[str, int] = defaultdict(int)
+        for _ in range(n):
+            candidates = [u for u in capacity if taken[u] < capacity[u]]
+            if not candidates:
+                break
+            # Ties go to the user with less in flight: a newcomer starts at the next free slot.
+            user_id = min(candidates, key=lambda u: (self._vtime[u], in_flight.get(u, 0) + taken[u], u))
+            taken[user_id] += 1
+            self._vtime[user_id] += 1.0 / self._weights[user_id]
+            turns.append(user_id)
+
+        jobs_of: dict[str, list[Job]] = {}
+        for user_id, k in taken.items():
+            stmt = (
+                select(Job)
+                .where(
+                    Job.user_id == user_id,
+                    Job.status == "queued",
+                    Job.backend.is_(None),
+                    Job.cancel_requested.is_(False),
+                )
+                .order_by(Job.priority.desc(), Job.created_at, Job.id)
+                .limit(k)
+            )
+            jobs_of[user_id] = list((await session.execute(stmt)).scalars())
+        ordered: list[Job] = []
+        for user_id in turns:
+            if jobs_of[user_id]:
+                ordered.append(jobs_of[user_id].pop(0))
+        return ordered
+
+    def give_back(self, user_id: str) -> None:
+        """A picked job was not dispatched after all (claim lost, or a reserve returned)."""
+        if user_id in self._vtime:
+            self._vtime[user_id] -= 1.0 / self._weights.get(user_id, 1.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"virtual_time": dict(self._vtime), "weights": dict(self._weights)}
