@@ -9,6 +9,7 @@ from typing import Any
 
 from app.comfy.client import ComfyClient
 from app.comfy.websocket import ComfyWebSocket
+from app.dispatch.capabilities import Capabilities
 
 
 @dataclass(slots=True)
@@ -47,6 +48,10 @@ class BackendLink:
     needs_reconcile: bool = True
     queue_remaining: int | None = None
     object_info: dict[str, Any] | None = None
+    # None until the first /object_info answer: no work is routed here before we know what it has.
+    capabilities: Capabilities | None = None
+    # The checkpoint of the last prompt sent: likely still loaded in the GPU's memory.
+    last_checkpoint: str | None = None
     # Every prompt we follow on this backend, until its job's outcome is recorded.
     inflight: dict[str, InFlight] = field(default_factory=dict)
     # The prompts that occupy the backend (queued or running in ComfyUI). A prompt leaves this set
@@ -64,6 +69,10 @@ class BackendLink:
     @property
     def healthy(self) -> bool:
         return self.connected and time.monotonic() >= self.retry_at
+
+    def missing(self, workflow: dict[str, Any]) -> list[str] | None:
+        """What this backend lacks for the workflow; None while its capabilities are unknown."""
+        return None if self.capabilities is None else self.capabilities.missing(workflow)
 
     def free_slots(self, max_inflight: int) -> int:
         return max(0, max_inflight - len(self.slots))

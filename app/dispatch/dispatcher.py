@@ -22,7 +22,9 @@ from app.comfy.websocket import ComfyWebSocket
 from app.config import Settings
 from app.db import jobs as repo
 from app.dispatch import job_errors
+from app.db.models import Job
 from app.dispatch.backend import BackendLink, InFlight, Prepared
+from app.dispatch.capabilities import checkpoint_of
 
 # Jobs claimed in reserve per backend beyond its in-flight slots.
 PREPARE_AHEAD = 1
@@ -191,7 +193,9 @@ class Dispatcher:
         if self._reserve_stale:
             self._reserve_stale = False
             await self._return_prepared()
-        ready = [link for link in self.links if link.healthy and not link.needs_reconcile]
+        ready = [
+            link for link in self.links if link.healthy and not link.needs_reconcile and link.capabilities is not None
+        ]
         sends: dict[str, list[Prepared]] = defaultdict(list)
         for link in ready:
             while link.prepared and link.free_slots(cap):
@@ -202,17 +206,32 @@ class Dispatcher:
 
         want = {link.url: link.free_slots(cap) + max(0, PREPARE_AHEAD - len(link.prepared)) for link in ready}
         claimed: dict[str, list[Prepared]] = defaultdict(list)
+        unrunnable: dict[str, list[str]] = {}
+
+        def placeable(job: Job) -> bool:
+            if any(not link.missing(job.workflow) for link in ready if link.missing(job.workflow) is not None):
+                return True
+            self._note_unrunnable(job, unrunnable)
+            return False
+
         if sum(want.values()):
             async with self._sessionmaker() as session:
-                for job in await self.scheduler.pick(session, sum(want.values())):
-                    url = max(want, key=lambda u: want[u])  # the least loaded backend
+                for job in await self.scheduler.pick(session, sum(want.values()), accept=placeable):
+                    url = self._route(job, ready, want)
                     prompt_id = str(uuid.uuid4())
-                    if want[url] and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
+                    if url and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
                         want[url] -= 1
                         claimed[url].append(Prepared(job.id, job.user_id, prompt_id, job.workflow))
                     else:
                         self.scheduler.give_back(job.user_id)
+                failed = [
+                    await repo.mark_failed(session, job_id, error=job_errors.unsupported(reasons), prompt_id=None)
+                    for job_id, reasons in unrunnable.items()
+                ]
                 await session.commit()
+            for job in failed:
+                if job is not None:
+                    self.ctx.notifier.publish(job)
         for url, items in claimed.items():
             link = self._by_url[url]
             for item in items:
@@ -229,6 +248,28 @@ class Dispatcher:
             await asyncio.gather(*sending)
         return sum(len(items) for items in sends.values())
 
+    @staticmethod
+    def _route(job: Job, ready: list[BackendLink], want: dict[str, int]) -> str | None:
+        """Among capable backends with room: the least loaded, then one with the checkpoint warm."""
+        checkpoint = checkpoint_of(job.workflow)
+        capable = [link for link in ready if want[link.url] > 0 and link.missing(job.workflow) == []]
+        if not capable:
+            return None
+        best = max(
+            capable,
+            key=lambda link: (want[link.url], -(link.queue_remaining or 0), checkpoint is not None and link.last_checkpoint == checkpoint),
+        )
+        return best.url
+
+    def _note_unrunnable(self, job: Job, unrunnable: dict[str, list[str]]) -> None:
+        """A job that every backend we know the capabilities of lacks something for fails now;
+        one that waits for a backend that is down or not yet known stays queued."""
+        if any(link.capabilities is None for link in self.links):
+            return
+        reasons = [link.missing(job.workflow) or [] for link in self.links]
+        if all(reasons):
+            unrunnable[job.id] = min(reasons, key=len)
+
     async def _submit_all(self, link: BackendLink, items: list[Prepared]) -> None:
         # One backend's prompts in order: ComfyUI numbers them as they arrive.
         for item in items:
@@ -241,6 +282,7 @@ class Dispatcher:
             link.release(prompt_id)
             link.submitting.discard(prompt_id)
             return
+        link.last_checkpoint = checkpoint_of(item.workflow) or link.last_checkpoint
         try:
             await link.client.queue_prompt(item.workflow, prompt_id=prompt_id, client_id=link.client_id)
         except PromptRejected as exc:

@@ -65,3 +65,11 @@ def backend_lost(attempts: int) -> dict[str, Any]:
 
 def output_missing(filename: str) -> dict[str, Any]:
     return {"type": "output_missing", "message": f"ComfyUI reported output {scrub(filename)!r} but did not serve it."}
+
+
+def unsupported(missing: list[str]) -> dict[str, Any]:
+    return {
+        "type": "unsupported_workflow",
+        "message": "No registered backend can run this workflow; every one lacks: " + "; ".join(missing[:10]) + ".",
+        "missing": missing[:50],
+    }

@@ -11,6 +11,7 @@ holds across backends and replicas) is never exceeded.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -36,8 +37,12 @@ class FairScheduler:
         self._vtime: dict[str, float] = {}
         self._weights: dict[str, float] = {}
 
-    async def pick(self, session: AsyncSession, n: int) -> list[Job]:
-        """Up to n undispatched jobs in the order they should go, and their turns recorded."""
+    async def pick(self, session: AsyncSession, n: int, accept: Callable[[Job], bool] | None = None) -> list[Job]:
+        """Up to n undispatched jobs in the order they should go, and their turns recorded.
+
+        `accept` filters jobs that can be placed now (a capable backend is up); a job it refuses
+        is passed over without costing its user a turn, so it never blocks the user's other jobs.
+        """
         if n <= 0:
             return []
         waiting = dict(
@@ -107,13 +112,17 @@ class FairScheduler:
                     Job.cancel_requested.is_(False),
                 )
                 .order_by(Job.priority.desc(), Job.created_at, Job.id)
-                .limit(k)
+                # A few more than needed, in case some cannot be placed right now.
+                .limit(k if accept is None else k + 16)
             )
-            jobs_of[user_id] = list((await session.execute(stmt)).scalars())
+            candidates = list((await session.execute(stmt)).scalars())
+            jobs_of[user_id] = [j for j in candidates if accept is None or accept(j)][:k]
         ordered: list[Job] = []
         for user_id in turns:
             if jobs_of[user_id]:
                 ordered.append(jobs_of[user_id].pop(0))
+            else:
+                self.give_back(user_id)
         return ordered
 
     def give_back(self, user_id: str) -> None:

@@ -32,6 +32,7 @@ from app.config import Settings
 from app.db import jobs as repo
 from app.dispatch import job_errors
 from app.dispatch.backend import BackendLink, InFlight
+from app.dispatch.capabilities import Capabilities
 from app.dispatch.collector import collect
 from app.domain.notify import Notifier
 from app.metrics import Metrics
@@ -116,9 +117,13 @@ class Tracker:
 
     async def _refresh_object_info(self, link: BackendLink) -> None:
         try:
-            link.object_info = await link.client.object_info()
+            info = await link.client.object_info()
         except ComfyError as exc:
             log.warning("object_info of %s: %s", link.url, exc)
+            return
+        link.object_info = info
+        link.capabilities = Capabilities.from_object_info(info)
+        self.ctx.wake()
 
     # ---- transitions -----------------------------------------------------------------------
 

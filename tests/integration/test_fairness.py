@@ -17,7 +17,7 @@ PLENTY = {"max_queued": 10_000, "rate_per_minute": 100_000, "jobs_per_day": 100_
 
 @pytest.fixture
 async def three_backends() -> AsyncIterator[list[Emulator]]:
-    emus = [Emulator(EmulatorConfig(node_seconds=0.01)) for _ in range(3)]
+    emus = [Emulator(EmulatorConfig(step_seconds=0.03)) for _ in range(3)]
     for emu in emus:
         await emu.start(host="127.0.0.1", port=0)
     yield emus
@@ -85,28 +85,35 @@ async def test_running_caps_hold_across_backends(three_backends, make_settings, 
     await ready(gw)
     capped_id, capped = await gw.create_user("capped", limits={**PLENTY, "max_running": 2})
     _, other = await gw.create_user("other", limits=PLENTY)
-    slow = {"template": "txt2img", "params": {"prompt": "x", "steps": 5}}
+    slow = {"template": "txt2img", "params": {"prompt": "x", "steps": 5}}  # about 150 ms each
+    samples: list[int] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            async with gw.app.state.sessionmaker() as session:
+                samples.append(
+                    (
+                        await session.execute(
+                            select(func.count()).where(
+                                Job.user_id == capped_id, Job.status.in_(("queued", "running")), Job.backend.is_not(None)
+                            )
+                        )
+                    ).scalar_one()
+                )
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
     ids = [(await gw.generate(slow, headers=capped)).json()["id"] for _ in range(8)]
     other_ids = [(await gw.generate(slow, headers=other)).json()["id"] for _ in range(8)]
-
-    peak = 0
-    while True:
-        async with gw.app.state.sessionmaker() as session:
-            in_flight = (
-                await session.execute(
-                    select(func.count()).where(
-                        Job.user_id == capped_id, Job.status.in_(("queued", "running")), Job.backend.is_not(None)
-                    )
-                )
-            ).scalar_one()
-            left = (
-                await session.execute(select(func.count()).where(Job.status.in_(("queued", "running"))))
-            ).scalar_one()
-        peak = max(peak, in_flight)
-        assert in_flight <= 2
-        if left == 0:
-            break
-        await asyncio.sleep(0.005)
+    for job_id in ids:
+        await gw.wait(job_id, headers=capped, timeout=60)
+    for job_id in other_ids:
+        await gw.wait(job_id, headers=other, timeout=60)
+    done.set()
+    await sampler
+    peak = max(samples)
+    assert peak <= 2, samples
     assert peak == 2  # the cap was reached, and the other backends' slots went to the other user
     for job_id in ids:
         assert (await gw.job(job_id, capped))["status"] == "succeeded"
