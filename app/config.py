@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     backend_retry_seconds: float = Field(default=2.0, gt=0)
     # A job whose backend lost it this many times fails with `backend_lost`.
     max_attempts: int = Field(default=3, ge=1, le=100)
+    # The longest a job may run on a backend; also the limit of a job whose template sets none.
+    max_job_seconds: float = Field(default=3600.0, gt=0)
+    # After interrupting a job that ran past its limit, how long the backend has to confirm.
+    interrupt_grace_seconds: float = Field(default=10.0, gt=0)
+    # A backend's socket is pinged this often and dropped when a pong takes longer: a socket that
+    # stalls silently is found within two intervals, and missed events are read from /history.
+    ws_ping_seconds: float = Field(default=10.0, gt=0)
+    # A backend unreachable for this long loses its unfinished jobs to the others.
+    failover_grace_seconds: float = Field(default=30.0, gt=0)
 
     # --- auth -------------------------------------------------------------------------------
     admin_api_key: str | None = None

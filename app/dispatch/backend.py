@@ -18,9 +18,16 @@ class InFlight:
 
     job_id: str
     user_id: str
+    # The job's time limit once it runs (its template's, bounded by the server's maximum).
+    timeout: float | None = None
     started_at: float | None = None
     last_progress_persist: float = 0.0
     succeeded: bool = False
+    # Wall-clock time by which the job must end; set when it starts running.
+    deadline: float | None = None
+    # Set when the deadline passed and the backend was asked to interrupt: by then (wall clock)
+    # the backend must have confirmed, or it is taken for broken.
+    interrupt_due: float | None = None
 
 
 @dataclass(slots=True)
@@ -31,6 +38,7 @@ class Prepared:
     user_id: str
     prompt_id: str
     workflow: dict[str, Any]
+    timeout: float | None = None
 
 
 @dataclass(eq=False)
@@ -47,6 +55,11 @@ class BackendLink:
     # then compares its in-flight prompts with the backend's /queue and /history.
     needs_reconcile: bool = True
     queue_remaining: int | None = None
+    last_reconcile: float = 0.0
+    # Since when (monotonic) the backend has been unreachable; None while it answers.
+    down_since: float | None = None
+    # Prompts given up on while it was down: if it comes back, they are removed from it.
+    abandoned: set[str] = field(default_factory=set)
     object_info: dict[str, Any] | None = None
     # None until the first /object_info answer: no work is routed here before we know what it has.
     capabilities: Capabilities | None = None
@@ -108,10 +121,13 @@ class BackendLink:
         self.last_error = error
         self.retry_at = time.monotonic() + retry_seconds
         self.needs_reconcile = True
+        if self.down_since is None:
+            self.down_since = time.monotonic()
 
     def mark_reachable(self) -> None:
         self.retry_at = 0.0
         self.last_error = None
+        self.down_since = None
 
     def job_of(self, prompt_id: str | None) -> InFlight | None:
         return self.inflight.get(prompt_id) if prompt_id else None

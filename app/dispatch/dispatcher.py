@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Coroutine
@@ -59,7 +60,9 @@ class Dispatcher:
                 url=url,
                 client_id=client_ids[url],
                 client=ComfyClient(url, timeout=settings.backend_timeout_seconds),
-                ws=ComfyWebSocket(url, client_ids[url]),
+                ws=ComfyWebSocket(
+                    url, client_ids[url], ping_interval=settings.ws_ping_seconds, ping_timeout=settings.ws_ping_seconds
+                ),
             )
             for url in settings.comfyui_urls
         ]
@@ -163,7 +166,10 @@ class Dispatcher:
         for job in jobs:
             link = self._by_url.get(job.backend or "")
             if link is not None and job.prompt_id:
-                link.track(job.prompt_id, InFlight(job.id, job.user_id))
+                flight = InFlight(job.id, job.user_id, timeout=self._timeout(job))
+                if job.status == "running" and job.started_at is not None and flight.timeout is not None:
+                    flight.deadline = job.started_at.timestamp() + flight.timeout
+                link.track(job.prompt_id, flight)
                 link.needs_reconcile = True
 
     # ---- one round -------------------------------------------------------------------------
@@ -173,14 +179,21 @@ class Dispatcher:
 
         Returns how many jobs were handed to backends.
         """
+        now = time.monotonic()
         for link in self.links:
-            if link.needs_reconcile and link.healthy:
+            # While a socket is down, its prompts are followed over HTTP instead, so that a job
+            # never hangs on a socket that dropped or stalled without a word.
+            blind = not link.connected and link.inflight and now - link.last_reconcile >= self.settings.backend_retry_seconds
+            if (link.needs_reconcile and link.healthy) or blind:
+                link.last_reconcile = now
                 try:
                     await self.tracker.reconcile(link)
                 except BackendUnavailable as exc:
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+        await self._fail_over()
         sent = await self._dispatch()
         await self._cleanup_cancels()
+        await self._enforce_deadlines()
         return sent
 
     async def _dispatch(self) -> int:
@@ -221,7 +234,7 @@ class Dispatcher:
                     prompt_id = str(uuid.uuid4())
                     if url and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
                         want[url] -= 1
-                        claimed[url].append(Prepared(job.id, job.user_id, prompt_id, job.workflow))
+                        claimed[url].append(Prepared(job.id, job.user_id, prompt_id, job.workflow, self._timeout(job)))
                     else:
                         self.scheduler.give_back(job.user_id)
                 failed = [
@@ -235,7 +248,7 @@ class Dispatcher:
         for url, items in claimed.items():
             link = self._by_url[url]
             for item in items:
-                flight = InFlight(item.job_id, item.user_id)
+                flight = InFlight(item.job_id, item.user_id, timeout=item.timeout)
                 if link.free_slots(cap):
                     link.track(item.prompt_id, flight)
                     link.submitting.add(item.prompt_id)
@@ -247,6 +260,59 @@ class Dispatcher:
         if sending:
             await asyncio.gather(*sending)
         return sum(len(items) for items in sends.values())
+
+    async def _fail_over(self) -> None:
+        """Jobs on a backend that has been unreachable past the grace period go to the others."""
+        now = time.monotonic()
+        for link in self.links:
+            if link.down_since is None or now - link.down_since < self.settings.failover_grace_seconds:
+                continue
+            if link.prepared:
+                items = list(link.prepared)
+                async with self._sessionmaker() as session:
+                    for item in items:
+                        await repo.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
+                    await session.commit()
+                for item in items:
+                    link.drop_prepared(item.prompt_id)
+            for pid, flight in list(link.inflight.items()):
+                if pid in link.collecting:
+                    continue
+                log.warning("backend %s down for %.0f s: job %s moves on", link.url, now - link.down_since, flight.job_id)
+                link.abandoned.add(pid)
+                link.submitting.discard(pid)
+                await self.tracker.requeue(link, pid, flight, count_attempt=True)
+
+    def _timeout(self, job: Job) -> float:
+        limit = self.settings.max_job_seconds
+        return min(job.timeout_seconds, limit) if job.timeout_seconds else limit
+
+    async def _enforce_deadlines(self) -> None:
+        """Interrupt jobs that ran past their time limit; fail them with type `timeout`."""
+        now = time.time()
+        for link in self.links:
+            for pid, flight in list(link.inflight.items()):
+                if flight.interrupt_due is not None:
+                    if now > flight.interrupt_due:
+                        # It was told to stop and did not: no more work until it proves healthy.
+                        log.error("backend %s ignored the interrupt of prompt %s", link.url, pid)
+                        flight.interrupt_due = None
+                        link.mark_unreachable("ignored an interrupt", self.settings.backend_retry_seconds * 10)
+                    continue
+                if flight.deadline is None or now < flight.deadline:
+                    continue
+                async with self._sessionmaker() as session:
+                    job = await repo.mark_failed(session, flight.job_id, error=job_errors.timeout(flight.timeout or 0), prompt_id=pid)
+                    await session.commit()
+                if job is not None:
+                    self.ctx.notifier.publish(job)
+                flight.interrupt_due = now + self.settings.interrupt_grace_seconds
+                try:
+                    await link.client.interrupt(pid)
+                except ComfyError as exc:
+                    log.error("interrupting prompt %s on %s failed: %s", pid, link.url, exc)
+                    link.mark_unreachable(f"interrupt failed: {exc}", self.settings.backend_retry_seconds * 10)
+                    link.forget(pid)
 
     @staticmethod
     def _route(job: Job, ready: list[BackendLink], want: dict[str, int]) -> str | None:

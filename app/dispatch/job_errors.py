@@ -73,3 +73,10 @@ def unsupported(missing: list[str]) -> dict[str, Any]:
         "message": "No registered backend can run this workflow; every one lacks: " + "; ".join(missing[:10]) + ".",
         "missing": missing[:50],
     }
+
+
+def timeout(seconds: float) -> dict[str, Any]:
+    return {
+        "type": "timeout",
+        "message": f"The job ran longer than its limit of {seconds:g} s and was interrupted on its backend.",
+    }

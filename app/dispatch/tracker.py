@@ -83,12 +83,16 @@ class Tracker:
             case Disconnected(reason=reason):
                 link.connected = False
                 link.last_error = reason
+                if link.down_since is None:
+                    link.down_since = time.monotonic()
                 self.ctx.metrics.backend_up.labels(link.url).set(0)
                 log.warning("lost the socket of %s: %s", link.url, reason)
             case Status(queue_remaining=remaining):
                 link.queue_remaining = remaining
             case ExecutionStart(prompt_id=pid) if (flight := link.job_of(pid)) is not None:
                 flight.started_at = flight.last_progress_persist = time.monotonic()
+                if flight.timeout is not None:
+                    flight.deadline = time.time() + flight.timeout
                 self.ctx.spawn(self._started(link, pid), f"running {pid}")
             case Progress(prompt_id=pid, node=node, value=value, max=maximum):
                 self._progress(link, pid, {"value": value, "max": maximum, "node": node})
@@ -275,6 +279,14 @@ class Tracker:
         queue = await link.client.get_queue()
         running = {item.prompt_id for item in queue.running}
         pending = {item.prompt_id for item in queue.pending}
+        if link.abandoned:
+            # Prompts whose jobs moved elsewhere while this backend was away must not run here too.
+            stale = list(link.abandoned & (running | pending))
+            if stale:
+                await link.client.delete_from_queue(stale)
+                for pid in stale:
+                    await link.client.interrupt(pid)
+            link.abandoned.clear()
         async with self.ctx.sessionmaker() as session:
             jobs = await repo.in_flight(session, backend=link.url)
         for job in jobs:
@@ -298,6 +310,8 @@ class Tracker:
                 continue
             await self.requeue(link, pid, flight, count_attempt=True)
         link.needs_reconcile = False
+        # It answered: whatever its socket does, it is not down, and its jobs stay with it.
+        link.down_since = None
 
     async def requeue(self, link: BackendLink, pid: str, flight: InFlight, *, count_attempt: bool) -> None:
         """The backend does not have the prompt: the job goes back to the queue, or fails when

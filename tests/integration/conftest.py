@@ -63,6 +63,13 @@ class Gateway:
             await session.commit()
         return user.id, {"Authorization": f"Bearer {key}"}
 
+    async def wait_ready(self, timeout: float = 10) -> None:
+        """Until every backend's socket is up."""
+        deadline = time.monotonic() + timeout
+        while not all(self.dispatcher.backend_health().values()):
+            assert time.monotonic() < deadline, "the gateway never connected to its backends"
+            await asyncio.sleep(0.02)
+
     async def close(self) -> None:
         await self.http.aclose()
         self.server.should_exit = True

@@ -45,7 +45,7 @@ async def test_a_burst_of_one_user_does_not_hold_back_another(emulator, make_set
     await ready(gw)
     a_id, alice = await gw.create_user("alice", limits=PLENTY)
     b_id, bob = await gw.create_user("bob", limits=PLENTY)
-    job = {"template": "txt2img", "params": {"prompt": "a", "steps": 4}}  # about 40 ms each
+    job = {"template": "txt2img", "params": {"prompt": "a", "steps": 8}}  # about 80 ms each
     a_jobs = await asyncio.gather(*(gw.generate(job, headers=alice) for _ in range(200)))
     assert all(r.status_code == 202 for r in a_jobs)
     while len(await dispatch_order(gw, set())) < 5:
