@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     ws_ping_seconds: float = Field(default=10.0, gt=0)
     # A backend unreachable for this long loses its unfinished jobs to the others.
     failover_grace_seconds: float = Field(default=30.0, gt=0)
+    # Each backend's /system_stats is checked this often; after this many failures in a row it
+    # is marked down (no new work), socket or not, until a check succeeds again.
+    health_check_seconds: float = Field(default=5.0, gt=0)
+    health_failures: int = Field(default=3, ge=1, le=100)
 
     # --- auth -------------------------------------------------------------------------------
     admin_api_key: str | None = None

@@ -79,9 +79,19 @@ class BackendLink:
     # Prompts whose outputs are being collected, so that two triggers never collect twice.
     collecting: set[str] = field(default_factory=set)
 
+    # /system_stats checks: failures in a row, and whether the latest one answered.
+    check_failures: int = 0
+    last_check_ok: bool = False
+    health_failures: int = 3
+
     @property
     def healthy(self) -> bool:
-        return self.connected and time.monotonic() >= self.retry_at
+        """Up while its socket is up or /system_stats answers; down after too many failed checks."""
+        return (
+            time.monotonic() >= self.retry_at
+            and self.check_failures < self.health_failures
+            and (self.connected or self.last_check_ok)
+        )
 
     def missing(self, workflow: dict[str, Any]) -> list[str] | None:
         """What this backend lacks for the workflow; None while its capabilities are unknown."""

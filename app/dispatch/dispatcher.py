@@ -87,8 +87,10 @@ class Dispatcher:
     async def start(self) -> None:
         await self._load_inflight()
         for link in self.links:
+            link.health_failures = self.settings.health_failures
             self.ctx.metrics.backend_up.labels(link.url).set(0)
             self._spawn(self.tracker.follow(link), f"follow {link.url}")
+            self._spawn(self._check_health_forever(link), f"health {link.url}")
         self._main = asyncio.create_task(self.run(), name="dispatcher")
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -99,6 +101,9 @@ class Dispatcher:
             self._main.cancel()
         for link in self.links:
             await link.ws.close()
+        for task in self._tasks:
+            if task.get_name().startswith("health "):
+                task.cancel()
         tasks = [t for t in self._tasks if not t.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -129,6 +134,11 @@ class Dispatcher:
         if any(item.user_id != user_id for link in self.links for item in link.prepared):
             self._reserve_stale = True
         self.wake()
+
+    async def _check_health_forever(self, link: BackendLink) -> None:
+        while not self._stopping:
+            await self.tracker.check_health(link)
+            await asyncio.sleep(self.settings.health_check_seconds)
 
     def wake(self) -> None:
         self._wake_event.set()

@@ -85,6 +85,8 @@ class Tracker:
                 link.last_error = reason
                 if link.down_since is None:
                     link.down_since = time.monotonic()
+                # Is it gone, or only its socket? Ask now rather than at the next scheduled check.
+                self.ctx.spawn(self.check_health(link), f"health {link.url}")
                 self.ctx.metrics.backend_up.labels(link.url).set(0)
                 log.warning("lost the socket of %s: %s", link.url, reason)
             case Status(queue_remaining=remaining):
@@ -118,6 +120,29 @@ class Tracker:
                 self.ctx.spawn(self._interrupted(link, pid), f"interrupted {pid}")
             case _:
                 pass
+
+    async def check_health(self, link: BackendLink) -> None:
+        try:
+            await link.client.system_stats()
+        except ComfyError as exc:
+            link.last_check_ok = False
+            link.check_failures += 1
+            if link.check_failures == link.health_failures:
+                log.error("backend %s is down after %d failed checks: %s", link.url, link.check_failures, exc)
+                if link.down_since is None:
+                    link.down_since = time.monotonic()
+            self.ctx.metrics.backend_up.labels(link.url).set(int(link.healthy))
+            return
+        was_healthy = link.healthy
+        link.last_check_ok = True
+        link.check_failures = 0
+        link.down_since = None
+        if link.capabilities is None:
+            await self._refresh_object_info(link)
+        self.ctx.metrics.backend_up.labels(link.url).set(int(link.healthy))
+        if link.healthy and not was_healthy:
+            link.needs_reconcile = True
+            self.ctx.wake()
 
     async def _refresh_object_info(self, link: BackendLink) -> None:
         try:
