@@ -63,25 +63,115 @@ async def _with_session(settings: Settings, work):  # noqa: ANN001, ANN202
         await engine.dispose()
 
 
+def _parse_limits(pairs: list[str]) -> dict:
+    """`--limit name=value` options, checked like the admin API's `limits` (values are JSON: 5, true)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from app.domain.limits import LIMIT_NAMES, Limits
+
+    values: dict = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r}: write name=value, e.g. max_queued=10", param_hint="--limit")
+        try:
+            values[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[name.strip()] = raw
+    try:
+        return Limits.model_validate(values).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(f"{problems} (limits: {', '.join(LIMIT_NAMES)})", param_hint="--limit") from None
+
+
 @cli.command("create-user")
 def create_user(
     name: str,
     admin: Annotated[bool, typer.Option("--admin", help="Give the user admin rights.")] = False,
     with_key: Annotated[bool, typer.Option("--with-key", help="Also create a key and print it.")] = False,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option("--limit", help="A limit of the user's own, as name=value (repeatable), e.g. --limit max_queued=10."),
+    ] = None,
 ) -> None:
     """Create a user; prints its id (and a key, with --with-key)."""
     from app.domain import users
 
-    async def work(session):  # noqa: ANN001, ANN202
-        user = await users.create_user(session, name=name, is_admin=admin)
-        secret = (await users.create_key(session, user))[1] if with_key else None
-        return user.id, secret
+    limits = _parse_limits(limit or [])
 
-    user_id, secret = asyncio.run(_with_session(get_settings(), work))
+    async def work(session):  # noqa: ANN001, ANN202
+        user = await users.create_user(session, name=name, is_admin=admin, limits=limits)
+        key = await users.create_key(session, user) if with_key else None
+        return user.id, key
+
+    user_id, key = asyncio.run(_with_session(get_settings(), work))
     typer.echo(f"user id: {user_id}")
-    if secret:
-        typer.echo(f"api key: {secret}")
-        typer.echo("(the key is shown this once; it is stored only as a hash)", err=True)
+    if key:
+        typer.echo(f"api key: {key[1]}")
+        typer.echo(f"(key id {key[0].id}; the key is shown this once, it is stored only as a hash)", err=True)
+
+
+@cli.command("list-users")
+def list_users(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many (newest first).")] = 100,
+) -> None:
+    """List users, newest first: id, name, admin, disabled, and the limits set for each."""
+    import json
+
+    from app.domain import users
+
+    async def work(session):  # noqa: ANN001, ANN202
+        rows, _ = await users.list_users(session, limit=limit, cursor=None)
+        return [users.user_view(u, get_settings()) for u in rows]
+
+    for view in asyncio.run(_with_session(get_settings(), work)):
+        flags = " ".join(f for f, on in (("admin", view["is_admin"]), ("disabled", view["disabled"])) if on)
+        own = json.dumps(view["limit_overrides"], separators=(",", ":")) if view["limit_overrides"] else "defaults"
+        typer.echo(f"{view['id']}  {view['name']}  {flags or '-'}  limits: {own}")
+
+
+@cli.command("disable-user")
+def disable_user(
+    user_id: str,
+    enable: Annotated[bool, typer.Option("--enable", help="Enable the user again instead.")] = False,
+) -> None:
+    """Disable a user: its keys are refused (401) from their next request. --enable undoes it."""
+    from app.domain import users
+    from app.domain.errors import DomainError
+
+    async def work(session):  # noqa: ANN001, ANN202
+        return await users.update_user(session, user_id, disabled=not enable)
+
+    try:
+        asyncio.run(_with_session(get_settings(), work))
+    except DomainError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"user {user_id} {'enabled' if enable else 'disabled'}")
+
+
+@cli.command("revoke-key")
+def revoke_key(key_id: str) -> None:
+    """Revoke an API key by its id: it is refused (401) from its next request."""
+    from sqlalchemy import select
+
+    from app.db.models import ApiKey
+    from app.domain import users
+
+    async def work(session):  # noqa: ANN001, ANN202
+        key = (await session.execute(select(ApiKey).where(ApiKey.id == key_id))).scalar_one_or_none()
+        if key is None:
+            return False
+        await users.revoke_key(session, key.user_id, key.id)
+        return True
+
+    if not asyncio.run(_with_session(get_settings(), work)):
+        typer.echo(f"no key {key_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"key {key_id} revoked")
 
 
 @cli.command("create-key")
@@ -96,14 +186,16 @@ def create_key(
         user = await session.get(User, user_id)
         if user is None:
             return None
-        return (await users.create_key(session, user, name=name))[1]
+        row, secret = await users.create_key(session, user, name=name)
+        return row.id, secret
 
-    secret = asyncio.run(_with_session(get_settings(), work))
-    if secret is None:
+    created = asyncio.run(_with_session(get_settings(), work))
+    if created is None:
         typer.echo(f"no user {user_id!r}", err=True)
         raise typer.Exit(1)
+    key_id, secret = created
     typer.echo(secret)
-    typer.echo("(the key is shown this once; it is stored only as a hash)", err=True)
+    typer.echo(f"(key id {key_id}; the key is shown this once, it is stored only as a hash)", err=True)
 
 
 @cli.command()

@@ -62,16 +62,58 @@ class Settings(BaseSettings):
     signed_url_ttl_seconds: int = Field(default=3600, ge=10)
 
     # --- per-user defaults ------------------------------------------------------------------
-    default_max_queued: int = Field(default=100, ge=0)
-    default_max_running: int = Field(default=4, ge=0)
-    default_rate_per_minute: int = Field(default=120, ge=0)
-    default_jobs_per_day: int = Field(default=5000, ge=0)
-    default_max_priority: int = Field(default=0, ge=0)
+    # The same ranges as a user's own limits (app/domain/limits.py). A limit of 0 is not allowed:
+    # to stop a user, disable it.
+    default_max_queued: int = Field(default=100, ge=1, le=1_000_000)
+    default_max_running: int = Field(default=4, ge=1, le=10_000)
+    default_rate_per_minute: int = Field(default=120, ge=1, le=1_000_000)
+    default_jobs_per_day: int = Field(default=5000, ge=1, le=100_000_000)
+    default_max_priority: int = Field(default=0, ge=0, le=1_000_000)
     default_allow_raw_workflows: bool = False
+    # A user's share in fair scheduling, relative to the other users with queued work.
+    default_weight: int = Field(default=1, ge=1, le=100)
+
+    # --- raw workflows ----------------------------------------------------------------------
+    # Node classes a raw workflow may not use. The default: the stock nodes that read or write
+    # server files by a name the workflow chooses, outside the files the gateway collects.
+    #  - LoadImageOutput reads any image in ComfyUI's output folder, which holds every user's
+    #    results; LoadLatent, LoadImageSetFromFolderNode and LoadImageTextSetFromFolderNode read
+    #    files or whole folders of the shared input folder (other users' inputs).
+    #  - Preview3D and Preview3DAnimation take a free-text STRING `model_file` path to a server file.
+    #  - SaveLatent, CheckpointSave, CLIPSave, VAESave, ModelSave, ImageOnlyCheckpointSave,
+    #    LoraSave and SaveLoRANode write latents and model weights (gigabytes) under a free-text
+    #    `filename_prefix`/`prefix` that may name sub-folders; the gateway neither collects nor
+    #    cleans those files.
+    # (Found in the recorded /object_info of stock ComfyUI, comfy_emulator/data/object_info_full.json:
+    # loaders and savers with a STRING path/prefix input or a folder COMBO.) Inputs that name an
+    # uploaded file (LoadImage.image and every other *_upload input) are refused separately, see
+    # app/domain/workflows.py.
+    raw_workflow_deny_nodes: Annotated[list[str], NoDecode] = [
+        "LoadImageOutput",
+        "LoadLatent",
+        "LoadImageSetFromFolderNode",
+        "LoadImageTextSetFromFolderNode",
+        "Preview3D",
+        "Preview3DAnimation",
+        "SaveLatent",
+        "CheckpointSave",
+        "CLIPSave",
+        "VAESave",
+        "ModelSave",
+        "ImageOnlyCheckpointSave",
+        "LoraSave",
+        "SaveLoRANode",
+    ]
+    # When not empty, a raw workflow may use only these node classes (and none that is denied).
+    raw_workflow_allow_nodes: Annotated[list[str], NoDecode] = []
 
     # --- bounds -----------------------------------------------------------------------------
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=0)
+    # Longest value of any string param, whatever the template says (its maxLength applies too).
+    max_param_string_length: int = Field(default=10_000, ge=1)
+    # Most nodes in a raw workflow.
+    max_workflow_nodes: int = Field(default=500, ge=1)
 
     # --- outbound ---------------------------------------------------------------------------
     outbound_allowlist: Annotated[list[str], NoDecode] = []
@@ -88,7 +130,7 @@ class Settings(BaseSettings):
     # Run the dispatcher in this process. Off for an API-only replica.
     run_dispatcher: bool = True
 
-    @field_validator("comfyui_urls", "outbound_allowlist", mode="before")
+    @field_validator("comfyui_urls", "outbound_allowlist", "raw_workflow_deny_nodes", "raw_workflow_allow_nodes", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

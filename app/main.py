@@ -10,8 +10,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import events, generate, health, jobs, me, outputs, problems, templates
+from app.api import admin, events, generate, health, jobs, me, outputs, problems, templates
 from app.api.limits import BodySizeLimit
+from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import upgrade_async
@@ -102,8 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimitHeaders)
     problems.install(app)
-    for module in (generate, jobs, outputs, events, templates, me, health):
+    for module in (generate, jobs, outputs, events, templates, me, admin, health):
         app.include_router(module.router)
     return app
 

@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api.ratelimit import set_ratelimit_headers
 from app.config import Settings
+from app.domain import ratelimit
 from app.domain.errors import Forbidden
 from app.domain.events import EventBus
 from app.domain.users import Principal, authenticate
@@ -49,7 +51,38 @@ BusDep = Annotated[EventBus, Depends(_bus)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer cgw_...`")
 
 
+async def charge(request: Request, session: AsyncSession, principal: Principal) -> None:
+    """Spend one token of the caller's request rate (app/domain/ratelimit.py) in the session's
+    transaction; over the rate: 429. The RateLimit header fields go on the response
+    (app/api/ratelimit.py). The caller commits, at once: until then the user's bucket row stays
+    locked (on SQLite, the database's write lock is held)."""
+    if principal.unlimited:
+        return
+    decision = await ratelimit.spend(session, principal.user_id, int(principal.limits["rate_per_minute"]))
+    if not decision.allowed:
+        raise decision.error()
+    set_ratelimit_headers(request, decision.headers)
+
+
+async def authorize(request: Request, session: AsyncSession, settings: Settings, key: str | None) -> Principal:
+    """Authenticate a key and spend a token of its user's rate, committed before the route runs:
+    the token stays spent even if the request fails later."""
+    principal = await authenticate(session, key, settings)
+    await charge(request, session, principal)
+    await session.commit()
+    return principal
+
+
 async def _principal(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    return await authorize(request, session, settings, credentials.credentials if credentials else None)
+
+
+async def _authenticated(
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -57,7 +90,11 @@ async def _principal(
     return await authenticate(session, credentials.credentials if credentials else None, settings)
 
 
+# The caller, its request already counted against its rate (every route but generate).
 PrincipalDep = Annotated[Principal, Depends(_principal)]
+# The caller, not yet counted: POST /v1/generate spends its token with `charge` in the transaction
+# that stores the job, so that the token's row lock also serializes the user's quota checks.
+UncountedPrincipalDep = Annotated[Principal, Depends(_authenticated)]
 
 
 async def _admin(principal: PrincipalDep) -> Principal:

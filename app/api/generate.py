@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep
+from app.api.deps import SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
 from app.domain import jobs
-from app.domain.errors import ValidationFailed
+from app.domain.errors import DomainError, LimitExceeded, ValidationFailed
 
 router = APIRouter(tags=["jobs"])
 
@@ -18,33 +18,50 @@ async def generate(
     request: Request,
     response: Response,
     session: SessionDep,
-    principal: PrincipalDep,
+    principal: UncountedPrincipalDep,
     settings: SettingsDep,
     signer: SignerDep,
 ) -> dict:
-    if body.webhook is not None:
-        # Accepting a webhook we would not deliver would be worse than refusing it.
-        raise ValidationFailed(
-            "Webhooks are not supported by this gateway version yet.",
-            errors=[{"field": "webhook", "message": "not supported yet"}],
+    try:
+        if body.webhook is not None:
+            # Accepting a webhook we would not deliver would be worse than refusing it.
+            raise ValidationFailed(
+                "Webhooks are not supported by this gateway version yet.",
+                errors=[{"field": "webhook", "message": "not supported yet"}],
+            )
+        job = await jobs.build(
+            session,
+            principal,
+            jobs.GenerateInput(
+                template=body.template,
+                workflow=body.workflow,
+                params=body.params,
+                priority=body.priority,
+                metadata=body.metadata,
+            ),
+            settings,
+            # A backend's node definitions, when one is connected, tell which inputs name server files.
+            object_info=request.app.state.object_info(),
         )
-    job = await jobs.submit(
-        session,
-        principal,
-        jobs.GenerateInput(
-            template=body.template,
-            workflow=body.workflow,
-            params=body.params,
-            priority=body.priority,
-            metadata=body.metadata,
-        ),
-        settings,
-    )
+    except DomainError:
+        # A refused request counts against the rate too (or is answered 429 if over it).
+        await charge(request, session, principal)
+        await session.commit()
+        raise
+    # One short transaction from here: the request's token, the quotas, the row. The token's UPDATE
+    # locks the user's bucket row until the commit, so a user's concurrent submits (on any
+    # replica) count and insert one after the other and never overshoot a quota.
+    await charge(request, session, principal)
+    try:
+        await jobs.enqueue(session, principal, job)
+    except LimitExceeded:
+        await session.commit()  # the token stays spent; no job
+        raise
     # Commit before reading anything back: on SQLite a write transaction holds the database's
     # only write lock, and reads done inside it would make the dispatcher wait for that lock.
     await session.commit()
     # After the commit, never before: the dispatcher must find the row when it wakes.
-    request.app.state.dispatcher_wake()
+    request.app.state.on_job_submitted(principal.user_id)
     view = await jobs.view(session, job, signer, new=True)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return view

@@ -12,11 +12,10 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
-from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep
+from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep, authorize
 from app.api.schemas import PROBLEMS
 from app.db.models import Job, Output
 from app.domain.errors import NotFound
-from app.domain.users import authenticate
 
 router = APIRouter(tags=["outputs"])
 _bearer = HTTPBearer(auto_error=False)
@@ -42,7 +41,7 @@ async def get_output(
     signed = signer.verify(job_id, output_id, expires, signature)
     stmt = select(Output).join(Job, Job.id == Output.job_id).where(Output.id == output_id, Output.job_id == job_id)
     if not signed:
-        principal = await authenticate(session, credentials.credentials if credentials else None, settings)
+        principal = await authorize(request, session, settings, credentials.credentials if credentials else None)
         stmt = stmt.where(Job.user_id == principal.user_id)
     output = (await session.execute(stmt)).scalar_one_or_none()
     if output is None:

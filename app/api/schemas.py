@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from app.domain.limits import Limits
 
 
 class GenerateRequest(BaseModel):
@@ -84,8 +86,12 @@ class TemplateList(BaseModel):
 
 
 class Usage(BaseModel):
-    queued: int
+    queued: int = Field(description="Jobs waiting to run (counted against max_queued).")
     running: int
+    jobs_today: int = Field(description="Jobs created in the last 24 hours (counted against jobs_per_day).")
+    rate_remaining: int | None = Field(
+        description="Requests left in the per-minute bucket now (rate_per_minute); null when not limited."
+    )
 
 
 class MeOut(BaseModel):
@@ -105,6 +111,92 @@ class Problem(BaseModel):
     detail: str
 
 
+# ---- admin ----------------------------------------------------------------------------------
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    is_admin: StrictBool = False
+    limits: Limits = Field(default_factory=Limits, description="The user's own limits; absent members: the defaults.")
+
+
+class UserPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    disabled: StrictBool | None = Field(default=None, description="A disabled user's keys get 401 from their next request.")
+    limits: Limits | None = Field(
+        default=None, description="Merged into the user's own limits; a member set to null goes back to the default."
+    )
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    is_admin: bool
+    disabled: bool
+    limits: dict[str, Any] = Field(description="Every limit that applies: the user's own values, else the defaults.")
+    limit_overrides: dict[str, Any] = Field(description="Only the limits set for this user.")
+    created_at: str
+
+
+class UserList(BaseModel):
+    items: list[UserOut]
+    next_cursor: str | None
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=200, description="A label, to tell keys apart.")
+
+
+class KeyCreated(BaseModel):
+    id: str
+    name: str | None
+    key: str = Field(description="The secret: shown this once, stored only as a hash.")
+    created_at: str
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str | None
+    hint: str = Field(description="The key's first characters.")
+    created_at: str
+    revoked_at: str | None
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+    next_cursor: str | None
+
+
+class AdminJobOut(JobOut):
+    user_id: str
+
+
+class AdminJobList(BaseModel):
+    items: list[AdminJobOut]
+    next_cursor: str | None
+
+
 PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 422)
+    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 422, 429)
+}
+PROBLEMS[429] = {
+    **PROBLEMS[429],
+    "description": "Over a limit; the problem's `limit` member names it (rate_per_minute, max_queued, jobs_per_day).",
+    "headers": {
+        "Retry-After": {"description": "Seconds until the request can succeed.", "schema": {"type": "integer"}},
+        "RateLimit-Policy": {
+            "description": 'The limit\'s policy (draft-ietf-httpapi-ratelimit-headers), e.g. `"per-minute";q=120;w=60`.',
+            "schema": {"type": "string"},
+        },
+        "RateLimit": {
+            "description": 'What is left of it, e.g. `"per-minute";r=0;t=2`.',
+            "schema": {"type": "string"},
+        },
+    },
 }

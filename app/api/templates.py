@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
 
-from app.api.deps import AdminDep, PrincipalDep, SessionDep
+from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from app.api.schemas import PROBLEMS, TemplateList, TemplateOut
 from app.domain import templates
 from app.templates import TemplateDocument
@@ -18,18 +18,22 @@ router = APIRouter(tags=["templates"])
 async def list_templates(
     session: SessionDep,
     principal: PrincipalDep,
+    settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict:
     rows, next_cursor = await templates.list_page(session, limit=limit, cursor=cursor)
-    items = [templates.summary(r.name, TemplateDocument.model_validate(r.document)) for r in rows]
+    cap = settings.max_param_string_length
+    items = [templates.summary(r.name, TemplateDocument.model_validate(r.document), max_string_length=cap) for r in rows]
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/v1/templates/{name}", response_model=TemplateOut, response_model_exclude_none=True, responses=PROBLEMS)
-async def get_template(name: str, session: SessionDep, principal: PrincipalDep) -> dict:
+async def get_template(name: str, session: SessionDep, principal: PrincipalDep, settings: SettingsDep) -> dict:
     doc = await templates.get_document(session, name)
-    return templates.summary(name, doc, with_workflow=principal.is_admin)
+    return templates.summary(
+        name, doc, with_workflow=principal.is_admin, max_string_length=settings.max_param_string_length
+    )
 
 
 @router.put("/v1/templates/{name}", response_model=TemplateOut, response_model_exclude_none=True, responses=PROBLEMS)
@@ -39,12 +43,18 @@ async def put_template(
     response: Response,
     session: SessionDep,
     admin: AdminDep,
+    settings: SettingsDep,
     document: Annotated[dict[str, Any], Body(description="A template document.")],
 ) -> dict:
     # With a backend's node definitions at hand, binds are checked against the real node inputs.
     object_info = request.app.state.object_info()
     row, created = await templates.put_template(session, name, document, object_info=object_info)
-    view = templates.summary(row.name, TemplateDocument.model_validate(row.document), with_workflow=True)
+    view = templates.summary(
+        row.name,
+        TemplateDocument.model_validate(row.document),
+        with_workflow=True,
+        max_string_length=settings.max_param_string_length,
+    )
     await session.commit()
     response.status_code = 201 if created else 200
     return view

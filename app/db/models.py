@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, Double, Float, ForeignKey, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.db.types import UTCDateTime, utcnow
@@ -68,8 +68,10 @@ class Job(Base):
     __table_args__ = (
         # The dispatcher's scan of waiting work.
         Index("ix_jobs_status_backend", "status", "backend"),
-        # A user's job list, newest first.
+        # A user's job list, newest first; the jobs-per-day count.
         Index("ix_jobs_user_created", "user_id", "created_at"),
+        # A user's queued and running counts (limits, /v1/me).
+        Index("ix_jobs_user_status", "user_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -115,6 +117,19 @@ class Output(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RateBucket(Base):
+    """A user's token bucket for the per-minute request rate, in the database so that every replica
+    spends from the same bucket (see app/db/ratelimit.py)."""
+
+    __tablename__ = "rate_buckets"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    # Unix seconds of the last refill, as a number: the refill is plain arithmetic in one UPDATE,
+    # the same on SQLite and PostgreSQL.
+    refilled_at: Mapped[float] = mapped_column(Double)
 
 
 class GatewayState(Base):

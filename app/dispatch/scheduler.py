@@ -23,9 +23,9 @@ from app.db.models import Job, User
 from app.domain.users import BOOTSTRAP_ADMIN_ID, effective_limits
 
 
-def _weight(user: User) -> float:
+def _weight(user: User, settings: Settings) -> float:
     try:
-        return float(min(100, max(1, int((user.limits or {}).get("weight") or 1))))
+        return float(min(100, max(1, int(effective_limits(user, settings).get("weight") or 1))))
     except (TypeError, ValueError):
         return 1.0
 
@@ -78,7 +78,7 @@ class FairScheduler:
                 cap = min(count, int(effective_limits(user, self.settings)["max_running"]) - in_flight.get(user_id, 0))
             if cap > 0:
                 capacity[user_id] = cap
-                self._weights[user_id] = _weight(user)
+                self._weights[user_id] = _weight(user, self.settings)
         if not capacity:
             return []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +18,11 @@ from app.db import jobs as repo
 from app.db.cursor import decode_cursor, encode_cursor
 from app.db.models import Job
 from app.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.domain.quotas import check_job_quotas
 from app.domain.templates import get_document
 from app.domain.users import Principal
 from app.domain.views import job_view
+from app.domain.workflows import check_raw_workflow
 from app.storage.signing import UrlSigner
 from app.templates import ParamsInvalid, output_nodes, render, resolve_params
 
@@ -35,22 +38,31 @@ class GenerateInput:
     metadata: dict[str, Any]
 
 
-def _check_raw_workflow(workflow: dict[str, Any]) -> list[str]:
-    """The shape of a ComfyUI API-format graph; ComfyUI itself judges the rest."""
-    if not workflow:
-        raise ValidationFailed("The workflow is empty.", errors=[{"field": "workflow", "message": "empty"}])
-    errors = []
-    for node_id, node in workflow.items():
-        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or not isinstance(node.get("inputs"), dict):
-            errors.append({"field": f"workflow.{node_id}", "message": "a node needs a string class_type and an inputs object"})
+def _check_string_lengths(doc: Any, params: dict[str, Any], cap: int) -> None:
+    """The gateway's own bound on string params (GATEWAY_MAX_PARAM_STRING_LENGTH), whatever the
+    template allows (image references have their own bound); a template's maxLength is checked with
+    the other params."""
+    errors = [
+        {"param": name, "message": f"must be at most {cap} characters long (this gateway's limit), got {len(value)}"}
+        for name, value in params.items()
+        if isinstance(value, str) and name in doc.params and doc.params[name].type == "string" and len(value) > cap
+    ]
     if errors:
-        raise ValidationFailed("The workflow is not in ComfyUI's API format.", errors=errors)
-    # Which nodes are outputs is known only from the backend's object_info; an empty list means
-    # "every output node", decided from ComfyUI's history when the job ends.
-    return []
+        raise ValidationFailed(
+            "Some params are too long: " + ", ".join(e["param"] for e in errors) + ".", errors=errors
+        )
 
 
-async def submit(session: AsyncSession, principal: Principal, req: GenerateInput, settings: Settings) -> Job:
+async def build(
+    session: AsyncSession,
+    principal: Principal,
+    req: GenerateInput,
+    settings: Settings,
+    *,
+    object_info: Mapping[str, Any] | None = None,
+) -> Job:
+    """Validate a generate request and make its job (not yet added: see `enqueue`).
+    `object_info` (a backend's node definitions) sharpens the checks of raw workflows."""
     if (req.template is None) == (req.workflow is None):
         raise ValidationFailed(
             "Send either 'template' (with 'params') or 'workflow', not both and not neither.",
@@ -73,6 +85,7 @@ async def submit(session: AsyncSession, principal: Principal, req: GenerateInput
             doc = await get_document(session, req.template)
         except NotFound as exc:
             raise ValidationFailed(exc.detail, errors=[{"field": "template", "message": "no such template"}]) from None
+        _check_string_lengths(doc, req.params, settings.max_param_string_length)
         try:
             resolved = resolve_params(doc, req.params)
         except ParamsInvalid as exc:
@@ -90,10 +103,10 @@ async def submit(session: AsyncSession, principal: Principal, req: GenerateInput
             raise Forbidden("Your account may not send raw workflows; use a template.")
         if req.params:
             raise ValidationFailed("'params' go with a template, not a raw workflow.", errors=[{"field": "params", "message": "not allowed with workflow"}])
-        nodes = _check_raw_workflow(req.workflow)
+        nodes = check_raw_workflow(req.workflow, settings, object_info)
         workflow, resolved = req.workflow, {}
 
-    job = Job(
+    return Job(
         id=str(uuid.uuid4()),
         user_id=principal.user_id,
         status="queued",
@@ -107,6 +120,13 @@ async def submit(session: AsyncSession, principal: Principal, req: GenerateInput
         cancel_requested=False,
         timeout_seconds=timeout_seconds,
     )
+
+
+async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
+    """Check the user's job quotas and add the job to the session (the caller commits); over a quota:
+    LimitExceeded, and nothing is added. Call in the transaction that spent the request's token
+    (see app/domain/quotas.py for why)."""
+    await check_job_quotas(session, principal)
     session.add(job)
     return job
 
@@ -133,7 +153,10 @@ async def list_views(
     statuses: list[str] | None,
     limit: int,
     cursor: str | None,
+    with_owner: bool = False,
 ) -> dict[str, Any]:
+    """A page of jobs, newest first: one user's, or everyone's (`user_id=None`, for admins, who also
+    see each job's owner with `with_owner`)."""
     for status in statuses or ():
         if status not in STATUSES:
             raise ValidationFailed(
@@ -148,6 +171,8 @@ async def list_views(
     jobs, more = await repo.list_jobs(session, user_id=user_id, statuses=statuses, limit=limit, after=after)
     outputs = await repo.outputs_for(session, [j.id for j in jobs])
     items = [job_view(j, outputs[j.id], signer, queue_position=await repo.queue_position(session, j)) for j in jobs]
+    if with_owner:
+        items = [{**item, "user_id": job.user_id} for item, job in zip(items, jobs, strict=True)]
     next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None
     return {"items": items, "next_cursor": next_cursor}
 

@@ -56,11 +56,23 @@ async def get_document(session: AsyncSession, name: str) -> TemplateDocument:
     return TemplateDocument.model_validate(row.document)
 
 
-def summary(name: str, doc: TemplateDocument, *, with_workflow: bool = False) -> dict[str, Any]:
+def _capped(schema: dict[str, Any], max_string_length: int | None) -> dict[str, Any]:
+    """The gateway's own bound on string params (GATEWAY_MAX_PARAM_STRING_LENGTH), shown in the schema."""
+    if max_string_length is None:
+        return schema
+    for prop in schema.get("properties", {}).values():
+        if prop.get("type") == "string" and "format" not in prop:
+            prop["maxLength"] = min(prop.get("maxLength", max_string_length), max_string_length)
+    return schema
+
+
+def summary(
+    name: str, doc: TemplateDocument, *, with_workflow: bool = False, max_string_length: int | None = None
+) -> dict[str, Any]:
     view: dict[str, Any] = {
         "name": name,
         "description": doc.description,
-        "params_schema": params_schema(doc),
+        "params_schema": _capped(params_schema(doc), max_string_length),
         "outputs": output_nodes(doc),
     }
     if with_workflow:

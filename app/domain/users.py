@@ -1,4 +1,8 @@
-"""Users and their keys; authentication of a bearer key."""
+"""Users and their keys; authentication of a bearer key; what admins do with them.
+
+Authentication is a database lookup on every request, so a revoked key or a disabled user is
+refused from the very next request, on every replica.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,24 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import ratelimit as buckets
+from app.db.cursor import decode_cursor, encode_cursor
 from app.db.models import ApiKey, User
-from app.domain.errors import Unauthorized
+from app.db.types import utcnow
+from app.domain import limits as limits_
+from app.domain.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from app.domain.keys import generate_key, hash_key, key_hint, same_secret
+from app.domain.limits import LIMIT_NAMES
+from app.domain.views import rfc3339
 
 # The row that owns what the bootstrap key (GATEWAY_ADMIN_API_KEY) does.
 BOOTSTRAP_ADMIN_ID = "00000000-0000-0000-0000-000000000001"
 
-LIMIT_NAMES = ("max_queued", "max_running", "rate_per_minute", "jobs_per_day", "max_priority", "allow_raw_workflows")
+__all__ = ["BOOTSTRAP_ADMIN_ID", "LIMIT_NAMES", "Principal", "authenticate", "effective_limits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +42,8 @@ class Principal:
 
 
 def effective_limits(user: User, settings: Settings) -> dict[str, Any]:
-    defaults = {name: getattr(settings, f"default_{name}") for name in LIMIT_NAMES}
-    return {**defaults, **{k: v for k, v in (user.limits or {}).items() if k in LIMIT_NAMES and v is not None}}
+    """Every limit of a user: its own values, else the deployment's defaults (see app/domain/limits.py)."""
+    return limits_.effective(user.limits, settings)
 
 
 async def ensure_bootstrap_admin(session: AsyncSession) -> None:
@@ -45,7 +55,8 @@ async def ensure_bootstrap_admin(session: AsyncSession) -> None:
 async def create_user(
     session: AsyncSession, *, name: str, is_admin: bool = False, limits: dict[str, Any] | None = None
 ) -> User:
-    user = User(id=str(uuid.uuid4()), name=name, is_admin=is_admin, disabled=False, limits=limits or {})
+    own = {k: v for k, v in (limits or {}).items() if v is not None}
+    user = User(id=str(uuid.uuid4()), name=name, is_admin=is_admin, disabled=False, limits=own)
     session.add(user)
     await session.flush()
     return user
@@ -80,3 +91,109 @@ async def authenticate(session: AsyncSession, key: str | None, settings: Setting
     if user.disabled:
         raise Unauthorized("The user of this API key is disabled.")
     return Principal(user.id, user.name, user.is_admin, effective_limits(user, settings), key_id=api_key.id)
+
+
+# ---- admin -------------------------------------------------------------------------------------
+
+
+def user_view(user: User, settings: Settings) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "name": user.name,
+        "is_admin": user.is_admin,
+        "disabled": user.disabled,
+        "limits": effective_limits(user, settings),
+        "limit_overrides": {k: v for k, v in (user.limits or {}).items() if k in LIMIT_NAMES and v is not None},
+        "created_at": rfc3339(user.created_at),
+    }
+
+
+def key_view(key: ApiKey) -> dict[str, Any]:
+    """A key as listed: never its secret, nor its hash."""
+    return {
+        "id": key.id,
+        "name": key.name,
+        "hint": key.hint,
+        "created_at": rfc3339(key.created_at),
+        "revoked_at": rfc3339(key.revoked_at),
+    }
+
+
+async def get_user(session: AsyncSession, user_id: str) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"There is no user {user_id!r}.")
+    return user
+
+
+def _after(cursor: str | None) -> tuple[Any, str] | None:
+    if not cursor:
+        return None
+    after = decode_cursor(cursor)
+    if after is None:
+        raise ValidationFailed("The cursor is not valid.", errors=[{"field": "cursor", "message": "not a cursor from this API"}])
+    return after
+
+
+async def _page(session: AsyncSession, model: Any, where: list[Any], limit: int, cursor: str | None) -> tuple[list[Any], str | None]:
+    """Newest first, by (created_at, id), like every list of the API."""
+    stmt = select(model).where(*where)
+    after = _after(cursor)
+    if after is not None:
+        created, row_id = after
+        stmt = stmt.where(or_(model.created_at < created, and_(model.created_at == created, model.id < row_id)))
+    rows = list((await session.execute(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1))).scalars())
+    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def list_users(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[User], str | None]:
+    return await _page(session, User, [], limit, cursor)
+
+
+async def update_user(
+    session: AsyncSession,
+    user_id: str,
+    *,
+    name: str | None = None,
+    disabled: bool | None = None,
+    limit_changes: dict[str, Any] | None = None,
+) -> User:
+    """Change a user; `limit_changes` merge into its own limits (a null member goes back to the default).
+    Takes effect from the user's next request: limits are read with the key on every request."""
+    user = await get_user(session, user_id)
+    if disabled and user.id == BOOTSTRAP_ADMIN_ID:
+        raise Conflict("The bootstrap admin user cannot be disabled.")
+    if name is not None:
+        user.name = name
+    if disabled is not None:
+        user.disabled = disabled
+    if limit_changes:
+        # A new dict: the JSON column does not track changes made inside the old one.
+        user.limits = limits_.merged(user.limits, limit_changes)
+        if "rate_per_minute" in limit_changes:
+            # A new rate starts with a full bucket of its own size: a user an admin gives more
+            # room is not kept waiting for the old, empty bucket to refill.
+            await buckets.reset(session, user.id)
+    user.updated_at = utcnow()
+    await session.flush()
+    return user
+
+
+async def list_keys(session: AsyncSession, user_id: str, *, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
+    await get_user(session, user_id)
+    return await _page(session, ApiKey, [ApiKey.user_id == user_id], limit, cursor)
+
+
+async def revoke_key(session: AsyncSession, user_id: str, key_id: str) -> ApiKey:
+    """Revoke a key of the user (again: nothing changes). Refused from the key's next request."""
+    await get_user(session, user_id)
+    key = (
+        await session.execute(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id))
+    ).scalar_one_or_none()
+    if key is None:
+        raise NotFound(f"User {user_id!r} has no key {key_id!r}.")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await session.flush()
+    return key

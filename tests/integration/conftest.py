@@ -54,14 +54,15 @@ class Gateway:
             await asyncio.sleep(0.02)
 
     async def create_user(self, name: str, *, is_admin: bool = False, limits: dict | None = None) -> tuple[str, dict[str, str]]:
-        """A user and a key, made through the domain layer (the admin API belongs to another issue)."""
-        from app.domain import users
-
-        async with self.app.state.sessionmaker() as session:
-            user = await users.create_user(session, name=name, is_admin=is_admin, limits=limits)
-            _, key = await users.create_key(session, user)
-            await session.commit()
-        return user.id, {"Authorization": f"Bearer {key}"}
+        """A user and a key, made through the admin API; returns the user's id and its auth header."""
+        resp = await self.http.post(
+            "/v1/admin/users", json={"name": name, "is_admin": is_admin, "limits": limits or {}}, headers=self.admin
+        )
+        assert resp.status_code == 201, resp.text
+        user_id = resp.json()["id"]
+        key = await self.http.post(f"/v1/admin/users/{user_id}/keys", json={"name": "test"}, headers=self.admin)
+        assert key.status_code == 201, key.text
+        return user_id, {"Authorization": f"Bearer {key.json()['key']}"}
 
     async def wait_ready(self, timeout: float = 10) -> None:
         """Until every backend's socket is up."""
@@ -126,6 +127,17 @@ async def gateway_factory() -> AsyncIterator[Callable[[Settings], Awaitable[Gate
     yield factory
     for gw in reversed(started):
         await gw.close()
+
+
+@pytest.fixture
+def idle_gateway(make_settings, gateway_factory) -> Callable[..., Awaitable[Gateway]]:  # noqa: ANN001
+    """Starts a gateway (with setting overrides) whose dispatcher does not run: jobs stay queued.
+    For tests of the API alone; cheaper than `gateway`, which needs a backend."""
+
+    async def start(**overrides: Any) -> Gateway:
+        return await gateway_factory(make_settings(comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False, **overrides))
+
+    return start
 
 
 @pytest.fixture

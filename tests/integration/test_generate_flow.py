@@ -278,7 +278,9 @@ async def test_templates_me_health_and_listing(gateway: Gateway) -> None:
     me = (await gateway.http.get("/v1/me", headers=user)).json()
     assert me["name"] == "carol" and me["is_admin"] is False
     assert me["limits"]["max_queued"] >= 100 and me["limits"]["rate_per_minute"] >= 120
-    assert me["usage"] == {"queued": 0, "running": 0}
+    usage = me["usage"]
+    assert (usage["queued"], usage["running"], usage["jobs_today"]) == (0, 0, 1)
+    assert 0 < usage["rate_remaining"] < me["limits"]["rate_per_minute"]  # this test's requests spent some
 
     assert (await gateway.http.get("/healthz")).json() == {"status": "ok"}
     assert (await gateway.http.get("/readyz")).status_code == 200

@@ -1,0 +1,102 @@
+"""Admin routes: users, their keys and limits, and every user's jobs. A non-admin key gets 403."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import AdminDep, SessionDep, SettingsDep, SignerDep
+from app.api.schemas import (
+    PROBLEMS,
+    AdminJobList,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    UserCreate,
+    UserList,
+    UserOut,
+    UserPatch,
+)
+from app.domain import jobs, users
+from app.domain.views import rfc3339
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
+Cursor = Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")]
+
+
+@router.post("/users", status_code=201, response_model=UserOut, responses=PROBLEMS)
+async def create_user(body: UserCreate, session: SessionDep, settings: SettingsDep, admin: AdminDep) -> dict:
+    user = await users.create_user(
+        session, name=body.name, is_admin=body.is_admin, limits=body.limits.model_dump(exclude_none=True)
+    )
+    await session.commit()
+    return users.user_view(user, settings)
+
+
+@router.get("/users", response_model=UserList, responses=PROBLEMS)
+async def list_users(
+    session: SessionDep, settings: SettingsDep, admin: AdminDep, limit: Limit = 20, cursor: Cursor = None
+) -> dict:
+    rows, next_cursor = await users.list_users(session, limit=limit, cursor=cursor)
+    return {"items": [users.user_view(u, settings) for u in rows], "next_cursor": next_cursor}
+
+
+@router.get("/users/{user_id}", response_model=UserOut, responses=PROBLEMS)
+async def get_user(user_id: str, session: SessionDep, settings: SettingsDep, admin: AdminDep) -> dict:
+    return users.user_view(await users.get_user(session, user_id), settings)
+
+
+@router.patch("/users/{user_id}", response_model=UserOut, responses=PROBLEMS)
+async def update_user(
+    user_id: str, body: UserPatch, session: SessionDep, settings: SettingsDep, admin: AdminDep
+) -> dict:
+    user = await users.update_user(
+        session,
+        user_id,
+        name=body.name,
+        disabled=body.disabled,
+        # Only the members sent: a member sent as null goes back to the default.
+        limit_changes=body.limits.model_dump(exclude_unset=True) if body.limits is not None else None,
+    )
+    await session.commit()
+    return users.user_view(user, settings)
+
+
+@router.post("/users/{user_id}/keys", status_code=201, response_model=KeyCreated, responses=PROBLEMS)
+async def create_key(user_id: str, session: SessionDep, admin: AdminDep, body: KeyCreate | None = None) -> dict:
+    user = await users.get_user(session, user_id)
+    row, secret = await users.create_key(session, user, name=body.name if body else None)
+    await session.commit()
+    return {"id": row.id, "name": row.name, "key": secret, "created_at": rfc3339(row.created_at)}
+
+
+@router.get("/users/{user_id}/keys", response_model=KeyList, responses=PROBLEMS)
+async def list_keys(user_id: str, session: SessionDep, admin: AdminDep, limit: Limit = 20, cursor: Cursor = None) -> dict:
+    rows, next_cursor = await users.list_keys(session, user_id, limit=limit, cursor=cursor)
+    return {"items": [users.key_view(k) for k in rows], "next_cursor": next_cursor}
+
+
+@router.delete("/users/{user_id}/keys/{key_id}", status_code=204, responses=PROBLEMS)
+async def revoke_key(user_id: str, key_id: str, session: SessionDep, admin: AdminDep) -> Response:
+    await users.revoke_key(session, user_id, key_id)
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/jobs", response_model=AdminJobList, responses=PROBLEMS)
+async def list_all_jobs(
+    session: SessionDep,
+    signer: SignerDep,
+    admin: AdminDep,
+    status: Annotated[list[str] | None, Query(description="Filter by status; repeat or comma-separate.")] = None,
+    user_id: Annotated[str | None, Query(max_length=36, description="Only this user's jobs.")] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> dict:
+    statuses = [s for value in status or () for s in value.split(",") if s] or None
+    return await jobs.list_views(
+        session, signer, user_id=user_id, statuses=statuses, limit=limit, cursor=cursor, with_owner=True
+    )

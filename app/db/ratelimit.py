@@ -1,0 +1,106 @@
+"""Token buckets in the database, so that every replica spends from the same bucket.
+
+Taking a token is one conditional UPDATE that refills the bucket for the time since its last
+refill and takes one token, only if one is there; the row lock of that UPDATE makes concurrent
+takes (from any replica) queue, so a bucket can never be overdrawn. The same arithmetic is in
+app/domain/ratelimit.py (`available`), which the unit tests check against this SQL.
+
+Time is Unix seconds from the caller's clock. Replicas' clocks should agree (NTP); a bucket never
+moves back in time, so a replica whose clock is behind refills nothing until it catches up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Double, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from app.db.models import RateBucket
+
+
+class _least(FunctionElement[float]):
+    type = Double()
+    inherit_cache = True
+
+
+class _greatest(FunctionElement[float]):
+    type = Double()
+    inherit_cache = True
+
+
+# SQLite's min()/max() with two or more arguments are the scalar functions PostgreSQL calls least()/greatest().
+@compiles(_least)
+def _least_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"min({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_greatest)
+def _greatest_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"max({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_least, "postgresql")
+def _least_pg(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"least({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_greatest, "postgresql")
+def _greatest_pg(element: Any, compiler: Any, **kw: Any) -> str:
+    return f"greatest({compiler.process(element.clauses, **kw)})"
+
+
+def _available(now: Any, per_second: Any, capacity: Any) -> Any:
+    """min(capacity, tokens + max(0, now - refilled_at) * per_second), in SQL over the row's old values."""
+    elapsed = _greatest(now - RateBucket.refilled_at, 0.0)
+    return _least(RateBucket.tokens + elapsed * per_second, capacity)
+
+
+async def take(session: AsyncSession, user_id: str, *, rate_per_minute: int, now: float) -> float | None:
+    """Take one token from the user's bucket. Returns the tokens left, or None when the bucket is empty.
+
+    The first request of a user creates its bucket, full.
+    """
+    capacity = float(rate_per_minute)
+    params = {"now": float(now), "per_second": rate_per_minute / 60.0, "capacity": capacity}
+    now_p = bindparam("now", type_=Double())
+    per_second_p = bindparam("per_second", type_=Double())
+    capacity_p = bindparam("capacity", type_=Double())
+    available = _available(now_p, per_second_p, capacity_p)
+    stmt = (
+        update(RateBucket)
+        .where(RateBucket.user_id == user_id, available >= 1.0)
+        .values(tokens=available - 1.0, refilled_at=_greatest(RateBucket.refilled_at, now_p))
+        .returning(RateBucket.tokens)
+        .execution_options(synchronize_session=False)
+    )
+    left = (await session.execute(stmt, params)).scalar_one_or_none()
+    if left is not None:
+        return float(left)
+    # No row taken: either the bucket is empty or the user has none yet. Create it (full) if missing
+    # (another request may do so at the same moment: nothing happens then), and try once more.
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(RateBucket)
+        .values(user_id=user_id, tokens=capacity, refilled_at=float(now))
+        .on_conflict_do_nothing(index_elements=["user_id"])
+    )
+    left = (await session.execute(stmt, params)).scalar_one_or_none()
+    return None if left is None else float(left)
+
+
+async def state(session: AsyncSession, user_id: str) -> tuple[float, float] | None:
+    """(tokens, refilled_at) as stored, or None when the user has no bucket yet (it is full)."""
+    row = (
+        await session.execute(select(RateBucket.tokens, RateBucket.refilled_at).where(RateBucket.user_id == user_id))
+    ).first()
+    return None if row is None else (float(row[0]), float(row[1]))
+
+
+async def reset(session: AsyncSession, user_id: str) -> None:
+    """Forget the user's bucket: its next request starts with a full one."""
+    await session.execute(delete(RateBucket).where(RateBucket.user_id == user_id))

@@ -1,0 +1,64 @@
+"""What a user is using now: counts of its jobs for limits and for /v1/me."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Job
+
+
+async def quota_counts(session: AsyncSession, user_id: str, since: datetime) -> tuple[int, int]:
+    """(queued jobs, jobs created after `since`) of the user, in one round trip; each count uses its index."""
+    queued = select(func.count()).where(Job.user_id == user_id, Job.status == "queued").scalar_subquery()
+    created = select(func.count()).where(Job.user_id == user_id, Job.created_at > since).scalar_subquery()
+    row = (await session.execute(select(queued, created))).one()
+    return int(row[0]), int(row[1])
+
+
+async def status_counts(session: AsyncSession, user_id: str) -> dict[str, int]:
+    """The user's queued and running jobs."""
+    rows = await session.execute(
+        select(Job.status, func.count())
+        .where(Job.user_id == user_id, Job.status.in_(("queued", "running")))
+        .group_by(Job.status)
+    )
+    counts = {status: int(count) for status, count in rows.all()}
+    return {"queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+
+
+async def created_since(session: AsyncSession, user_id: str, since: datetime) -> int:
+    stmt = select(func.count()).where(Job.user_id == user_id, Job.created_at > since)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def nth_created_since(session: AsyncSession, user_id: str, since: datetime, n: int) -> datetime | None:
+    """The creation time of the user's n-th oldest job (from 0) created after `since`."""
+    stmt = (
+        select(Job.created_at)
+        .where(Job.user_id == user_id, Job.created_at > since)
+        .order_by(Job.created_at, Job.id)
+        .offset(n)
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def starts_since(session: AsyncSession, user_id: str, since: datetime) -> tuple[int, datetime | None]:
+    """How many of the user's jobs started after `since`, and the earliest of those starts."""
+    stmt = select(func.count(), func.min(Job.started_at)).where(Job.user_id == user_id, Job.started_at > since)
+    count, first = (await session.execute(stmt)).one()
+    return int(count), first
+
+
+async def recent_run_seconds(session: AsyncSession, user_id: str, limit: int = 20) -> list[float]:
+    """How long the user's last finished jobs ran."""
+    stmt = (
+        select(Job.started_at, Job.finished_at)
+        .where(Job.user_id == user_id, Job.started_at.is_not(None), Job.finished_at.is_not(None))
+        .order_by(Job.finished_at.desc())
+        .limit(limit)
+    )
+    return [(finished - started).total_seconds() for started, finished in (await session.execute(stmt)).all()]

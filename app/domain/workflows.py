@@ -1,0 +1,88 @@
+"""Raw workflows: what the gateway checks before it stores a user's own ComfyUI graph.
+
+Who may send one is decided by the caller (`allow_raw_workflows`). Here: the graph's size and shape,
+the operator's node class lists (GATEWAY_RAW_WORKFLOW_DENY_NODES / _ALLOW_NODES), and inputs that
+name files on the ComfyUI server. Every problem is a 422 naming the node id and its class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from app.config import Settings
+from app.domain.errors import ValidationFailed
+
+# Inputs that name a file in ComfyUI's input (or output) folder, for when no backend's /object_info
+# is at hand. With one, every input whose options carry an `*_upload` flag (image_upload,
+# video_upload, file_upload, audio_upload) counts too.
+UPLOAD_INPUTS: dict[str, frozenset[str]] = {
+    "LoadImage": frozenset({"image"}),
+    "LoadImageMask": frozenset({"image"}),
+    "LoadImageOutput": frozenset({"image"}),
+    "LoadVideo": frozenset({"file"}),
+    "Load3D": frozenset({"model_file"}),
+    "Load3DAnimation": frozenset({"model_file"}),
+    "LoadAudio": frozenset({"audio"}),
+}
+
+
+def upload_inputs(class_type: str, object_info: Mapping[str, Any] | None) -> frozenset[str]:
+    """The inputs of a node class that name an uploaded file."""
+    found = set(UPLOAD_INPUTS.get(class_type, ()))
+    info = object_info.get(class_type) if object_info else None
+    if isinstance(info, Mapping) and isinstance(info.get("input"), Mapping):
+        for section in ("required", "optional"):
+            for name, spec in (info["input"].get(section) or {}).items():
+                options = spec[1] if isinstance(spec, list | tuple) and len(spec) > 1 else None
+                if isinstance(options, Mapping) and any(k.endswith("_upload") and v for k, v in options.items()):
+                    found.add(name)
+    return frozenset(found)
+
+
+def _node_error(node_id: str, class_type: str, field: str, message: str) -> dict[str, str]:
+    return {"field": f"workflow.{node_id}.{field}", "node_id": node_id, "class_type": class_type, "message": message}
+
+
+def check_raw_workflow(
+    workflow: dict[str, Any], settings: Settings, object_info: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Raise ValidationFailed if the graph may not run here; returns its output node ids ([] = every
+    output node, decided from ComfyUI's history when the job ends: which nodes are outputs is known
+    only from a backend's /object_info)."""
+    if not workflow:
+        raise ValidationFailed("The workflow is empty.", errors=[{"field": "workflow", "message": "empty"}])
+    if len(workflow) > settings.max_workflow_nodes:
+        raise ValidationFailed(
+            f"The workflow has {len(workflow)} nodes; at most {settings.max_workflow_nodes} are accepted.",
+            errors=[{"field": "workflow", "message": f"more than {settings.max_workflow_nodes} nodes"}],
+        )
+    shape = [
+        {"field": f"workflow.{node_id}", "message": "a node needs a string class_type and an inputs object"}
+        for node_id, node in workflow.items()
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or not isinstance(node.get("inputs"), dict)
+    ]
+    if shape:
+        raise ValidationFailed("The workflow is not in ComfyUI's API format.", errors=shape)
+
+    denied, allowed = set(settings.raw_workflow_deny_nodes), set(settings.raw_workflow_allow_nodes)
+    errors: list[dict[str, str]] = []
+    for node_id, node in workflow.items():
+        class_type = node["class_type"]
+        if class_type in denied or (allowed and class_type not in allowed):
+            errors.append(_node_error(node_id, class_type, "class_type", f"node class {class_type!r} is not allowed in raw workflows here"))
+            continue
+        # A file input may only name a file the gateway staged for this job. There is no upload
+        # staging yet, so every value is refused, a plain file name (which could be any user's
+        # upload in ComfyUI's shared input folder) as much as a link from another node.
+        for name in sorted(upload_inputs(class_type, object_info) & set(node["inputs"])):
+            errors.append(
+                _node_error(
+                    node_id, class_type, f"inputs.{name}",
+                    f"input {name!r} of {class_type!r} names a file on the ComfyUI server; raw workflows cannot use server files yet",
+                )
+            )
+    if errors:
+        named = ", ".join(f"{e['node_id']} ({e['class_type']})" for e in errors)
+        raise ValidationFailed(f"The workflow uses nodes or inputs this gateway refuses: {named}.", errors=errors)
+    return []
