@@ -121,3 +121,23 @@ async def test_running_caps_hold_across_backends(three_backends, make_settings, 
         assert (await gw.job(job_id, other))["status"] == "succeeded"
     # Work really was spread over the three backends.
     assert all(len(e.executed_prompts) > 0 for e in three_backends)
+
+
+async def test_weights_share_the_backend_in_proportion(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+    gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
+    await ready(gw)
+    heavy_id, heavy = await gw.create_user("heavy", limits={**PLENTY, "weight": 3})
+    light_id, light = await gw.create_user("light", limits={**PLENTY, "weight": 1})
+    job = {"template": "txt2img", "params": {"prompt": "w", "steps": 2}}
+    # Both backlogs are in place before anything may run: an idle dispatcher would otherwise
+    # start the first submitter's jobs before the other's arrive.
+    gw.dispatcher.links[0].retry_at = time.monotonic() + 3600
+    await asyncio.gather(*(gw.generate(job, headers=heavy) for _ in range(40)), *(gw.generate(job, headers=light) for _ in range(40)))
+    gw.dispatcher.links[0].retry_at = 0.0
+    gw.dispatcher.wake()
+    while len(await dispatch_order(gw, set())) < 40:
+        await asyncio.sleep(0.02)
+    first_40 = (await dispatch_order(gw, set()))[:40]
+    share = first_40.count(heavy_id) / 40
+    assert 0.65 <= share <= 0.85, (share, first_40)  # 3:1 is 0.75
+    assert first_40.count(light_id) >= 6  # the light user is not starved either
