@@ -58,6 +58,9 @@ class JobOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     queue_position: int | None
+    waiting_reason: str | None = Field(
+        default=None, description="Why a queued job is not dispatched yet, e.g. no healthy backend has a node it needs."
+    )
     progress: Progress | None
     outputs: list[OutputOut]
     error: JobError | None

@@ -131,6 +131,13 @@ async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: 
         prompt_id=prompt_id,
         dispatched_at=utcnow(),
         attempts=Job.attempts + 1,
+        waiting_reason=None,
+    )
+
+
+async def set_waiting_reason(session: AsyncSession, job_id: str, reason: str | None) -> Job | None:
+    return await _update(
+        session, job_id, [Job.status == "queued", Job.backend.is_(None)], waiting_reason=reason[:500] if reason else None
     )
 
 

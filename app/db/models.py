@@ -99,6 +99,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     timeout_seconds: Mapped[float | None] = mapped_column(Float, default=None)
 
+    # Why a queued job waits (no healthy backend can run it now); cleared when it is dispatched.
+    waiting_reason: Mapped[str | None] = mapped_column(String(500), default=None)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 

@@ -81,6 +81,8 @@ class Dispatcher:
         # Set when a user other than the reserves' owners submits: reserves are then returned and
         # picked again, so the newcomer's job takes the next free slot.
         self._reserve_stale = False
+        # The waiting_reason last written per job, so that an unchanged reason is not rewritten.
+        self._waiting: dict[str, str] = {}
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -230,11 +232,15 @@ class Dispatcher:
         want = {link.url: link.free_slots(cap) + max(0, PREPARE_AHEAD - len(link.prepared)) for link in ready}
         claimed: dict[str, list[Prepared]] = defaultdict(list)
         unrunnable: dict[str, list[str]] = {}
+        waiting: dict[str, str] = {}
 
         def placeable(job: Job) -> bool:
             if any(not link.missing(job.workflow) for link in ready if link.missing(job.workflow) is not None):
                 return True
             self._note_unrunnable(job, unrunnable)
+            if job.id not in unrunnable:
+                lacking = min((link.missing(job.workflow) or [] for link in ready), key=len, default=[])
+                waiting[job.id] = "No healthy backend can run it now; waiting for one with " + "; ".join(lacking[:5]) + "."
             return False
 
         if sum(want.values()):
@@ -251,7 +257,17 @@ class Dispatcher:
                     await repo.mark_failed(session, job_id, error=job_errors.unsupported(reasons), prompt_id=None)
                     for job_id, reasons in unrunnable.items()
                 ]
+                # Written only when it changes: a job waiting for hours costs one write. (Entries of
+                # jobs canceled while waiting are not removed; the cap keeps that leak bounded.)
+                if len(self._waiting) > 10_000:
+                    self._waiting.clear()
+                for job_id, reason in waiting.items():
+                    if self._waiting.get(job_id) != reason:
+                        self._waiting[job_id] = reason
+                        await repo.set_waiting_reason(session, job_id, reason)
                 await session.commit()
+            for item in (i for items in claimed.values() for i in items):
+                self._waiting.pop(item.job_id, None)
             for job in failed:
                 if job is not None:
                     self.ctx.notifier.publish(job)

@@ -41,6 +41,7 @@ def job_view(
         "started_at": rfc3339(job.started_at),
         "finished_at": rfc3339(job.finished_at),
         "queue_position": queue_position,
+        "waiting_reason": job.waiting_reason,
         "progress": job.progress,
         "outputs": [output_view(o, signer) for o in outputs],
         "error": job.error,

@@ -56,3 +56,25 @@ async def test_jobs_go_only_to_backends_that_can_run_them(two_backends, make_set
     err = finals[nowhere]["error"]
     assert finals[nowhere]["status"] == "failed" and err["type"] == "unsupported_workflow"
     assert "c.safetensors" in err["message"] and finals[nowhere]["attempts"] == 0
+
+
+async def test_a_job_waits_with_a_reason_while_its_only_capable_backend_is_down(two_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
+    plain, full = two_backends
+    gw = await gateway_factory(make_settings(comfyui_urls=[plain.base_url, full.base_url]))
+    deadline = time.monotonic() + 10
+    while not all(link.capabilities for link in gw.dispatcher.links):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await full.kill()
+    while gw.dispatcher.backend_health()[full.base_url]:
+        await asyncio.sleep(0.02)
+    job = (await gw.generate({"template": "resize", "params": {"width": 32, "height": 32}})).json()
+    deadline = time.monotonic() + 10
+    while (current := await gw.job(job["id"]))["waiting_reason"] is None:
+        assert time.monotonic() < deadline, current
+        await asyncio.sleep(0.05)
+    assert current["status"] == "queued" and "ImageInvert" in current["waiting_reason"]
+    assert plain.prompts_received == []  # never sent where it cannot run
+    await full.revive()
+    final = await gw.wait(job["id"], timeout=20)
+    assert final["status"] == "succeeded" and final["waiting_reason"] is None
