@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -234,19 +234,28 @@ class Dispatcher:
         unrunnable: dict[str, list[str]] = {}
         waiting: dict[str, str] = {}
 
+        gaps: dict[tuple[str, str], list[str] | None] = {}
+
+        def missing(link: BackendLink, job: Job) -> list[str] | None:
+            # What a backend lacks for a job, worked out once per round.
+            key = (link.url, job.id)
+            if key not in gaps:
+                gaps[key] = link.missing(job.workflow)
+            return gaps[key]
+
         def placeable(job: Job) -> bool:
-            if any(not link.missing(job.workflow) for link in ready if link.missing(job.workflow) is not None):
+            if any(missing(link, job) == [] for link in ready):
                 return True
-            self._note_unrunnable(job, unrunnable)
+            self._note_unrunnable(job, unrunnable, missing)
             if job.id not in unrunnable:
-                lacking = min((link.missing(job.workflow) or [] for link in ready), key=len, default=[])
+                lacking = min((missing(link, job) or [] for link in ready), key=len, default=[])
                 waiting[job.id] = "No healthy backend can run it now; waiting for one with " + "; ".join(lacking[:5]) + "."
             return False
 
         if sum(want.values()):
             async with self._sessionmaker() as session:
                 for job in await self.scheduler.pick(session, sum(want.values()), accept=placeable):
-                    url = self._route(job, ready, want)
+                    url = self._route(job, ready, want, missing)
                     prompt_id = str(uuid.uuid4())
                     if url and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
                         want[url] -= 1
@@ -341,10 +350,10 @@ class Dispatcher:
                     link.forget(pid)
 
     @staticmethod
-    def _route(job: Job, ready: list[BackendLink], want: dict[str, int]) -> str | None:
+    def _route(job: Job, ready: list[BackendLink], want: dict[str, int], missing: Callable[..., list[str] | None]) -> str | None:
         """Among capable backends with room: the least loaded, then one with the checkpoint warm."""
         checkpoint = checkpoint_of(job.workflow)
-        capable = [link for link in ready if want[link.url] > 0 and link.missing(job.workflow) == []]
+        capable = [link for link in ready if want[link.url] > 0 and missing(link, job) == []]
         if not capable:
             return None
         best = max(
@@ -353,12 +362,14 @@ class Dispatcher:
         )
         return best.url
 
-    def _note_unrunnable(self, job: Job, unrunnable: dict[str, list[str]]) -> None:
+    def _note_unrunnable(
+        self, job: Job, unrunnable: dict[str, list[str]], missing: Callable[..., list[str] | None]
+    ) -> None:
         """A job that every backend we know the capabilities of lacks something for fails now;
         one that waits for a backend that is down or not yet known stays queued."""
         if any(link.capabilities is None for link in self.links):
             return
-        reasons = [link.missing(job.workflow) or [] for link in self.links]
+        reasons = [missing(link, job) or [] for link in self.links]
         if all(reasons):
             unrunnable[job.id] = min(reasons, key=len)
 
