@@ -38,6 +38,7 @@ async def generate(
                 params=body.params,
                 priority=body.priority,
                 metadata=body.metadata,
+                timeout_seconds=body.timeout_seconds,
             ),
             settings,
             # A backend's node definitions, when one is connected, tell which inputs name server files.

@@ -20,6 +20,12 @@ class GenerateRequest(BaseModel):
     priority: int = Field(default=0, ge=0, le=1_000_000, description="Higher runs earlier within your share.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back untouched.")
     webhook: dict[str, Any] | None = Field(default=None, description="Not supported yet: rejected when sent.")
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="This job's time limit once it runs; it can only shorten the template's, and may not exceed the "
+        "server's maximum. Past it the job is interrupted on its backend and fails with error type `timeout`.",
+    )
 
 
 class Progress(BaseModel):

@@ -36,6 +36,8 @@ class GenerateInput:
     params: dict[str, Any]
     priority: int
     metadata: dict[str, Any]
+    # The caller's own time limit for this job; it can only shorten the template's.
+    timeout_seconds: float | None = None
 
 
 def _check_string_lengths(doc: Any, params: dict[str, Any], cap: int) -> None:
@@ -79,6 +81,11 @@ async def build(
             errors=[{"field": "metadata", "message": "too large"}],
         )
 
+    if req.timeout_seconds is not None and req.timeout_seconds > settings.max_job_seconds:
+        raise ValidationFailed(
+            f"timeout_seconds is above this server's maximum of {settings.max_job_seconds:g} s.",
+            errors=[{"field": "timeout_seconds", "message": f"at most {settings.max_job_seconds:g}"}],
+        )
     timeout_seconds: float | None = None
     if req.template is not None:
         try:
@@ -118,7 +125,7 @@ async def build(
         meta=req.metadata,
         attempts=0,
         cancel_requested=False,
-        timeout_seconds=timeout_seconds,
+        timeout_seconds=min(limits) if (limits := [t for t in (timeout_seconds, req.timeout_seconds) if t]) else None,
     )
 
 

@@ -46,3 +46,14 @@ async def test_backend_that_will_not_interrupt_is_marked_down(gateway, emulator)
     await asyncio.sleep(0.3)
     assert gateway.dispatcher.backend_health() == {emulator.base_url: False}
     assert (await gateway.http.get("/readyz")).status_code == 503
+
+
+async def test_a_per_job_limit_shortens_the_templates_and_is_bounded(gateway, emulator) -> None:  # noqa: ANN001
+    too_long = await gateway.generate({"template": "blur", "timeout_seconds": 10**7})
+    assert too_long.status_code == 422 and too_long.json()["errors"][0]["field"] == "timeout_seconds"
+    assert (await gateway.generate({"template": "blur", "timeout_seconds": 0})).status_code == 422
+    emulator.hang_next()
+    job = (await gateway.generate({"template": "blur", "timeout_seconds": 0.5})).json()
+    final = await gateway.wait(job["id"], timeout=10)
+    assert final["status"] == "failed" and final["error"]["type"] == "timeout"
+    assert "0.5 s" in final["error"]["message"]
