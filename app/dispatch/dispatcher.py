@@ -118,9 +118,10 @@ class Dispatcher:
         for link in self.links:
             await link.client.aclose()
 
-    async def _return_prepared(self) -> None:
-        """Jobs claimed in reserve were never sent: back to the queue, and no attempt counted."""
-        items = [(link, item) for link in self.links for item in link.prepared]
+    async def _return_prepared(self, links: list[BackendLink] | None = None) -> None:
+        """Jobs claimed in reserve were never sent: back to the queue, no attempt counted, and
+        their owners' turns given back to the scheduler."""
+        items = [(link, item) for link in (self.links if links is None else links) for item in link.prepared]
         if not items:
             return
         async with self._sessionmaker() as session:
@@ -302,14 +303,7 @@ class Dispatcher:
         for link in self.links:
             if link.down_since is None or now - link.down_since < self.settings.failover_grace_seconds:
                 continue
-            if link.prepared:
-                items = list(link.prepared)
-                async with self._sessionmaker() as session:
-                    for item in items:
-                        await repo.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
-                    await session.commit()
-                for item in items:
-                    link.drop_prepared(item.prompt_id)
+            await self._return_prepared([link])
             for pid, flight in list(link.inflight.items()):
                 if pid in link.collecting:
                     continue

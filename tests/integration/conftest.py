@@ -65,9 +65,9 @@ class Gateway:
         return user_id, {"Authorization": f"Bearer {key.json()['key']}"}
 
     async def wait_ready(self, timeout: float = 10) -> None:
-        """Until every backend's socket is up."""
+        """Until every backend's socket is up and its node definitions are known."""
         deadline = time.monotonic() + timeout
-        while not all(self.dispatcher.backend_health().values()):
+        while not all(link.healthy and link.capabilities for link in self.dispatcher.links):
             assert time.monotonic() < deadline, "the gateway never connected to its backends"
             await asyncio.sleep(0.02)
 
@@ -96,6 +96,18 @@ async def emulator() -> AsyncIterator[Emulator]:
     await emu.start(host="127.0.0.1", port=0)
     yield emu
     await emu.stop()
+
+
+@pytest.fixture
+async def three_backends() -> AsyncIterator[list[Emulator]]:
+    """Three emulated backends whose samplers take 30 ms a step."""
+    emus = [Emulator(EmulatorConfig(step_seconds=0.03)) for _ in range(3)]
+    for emu in emus:
+        await emu.start(host="127.0.0.1", port=0)
+    yield emus
+    for emu in emus:
+        if emu.alive:
+            await emu.stop()
 
 
 @pytest.fixture

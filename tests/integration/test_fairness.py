@@ -4,32 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import func, select
 
 from app.db.models import Job
-from comfy_emulator import Emulator, EmulatorConfig
 
 PLENTY = {"max_queued": 10_000, "rate_per_minute": 100_000, "jobs_per_day": 100_000}
-
-
-@pytest.fixture
-async def three_backends() -> AsyncIterator[list[Emulator]]:
-    emus = [Emulator(EmulatorConfig(step_seconds=0.03)) for _ in range(3)]
-    for emu in emus:
-        await emu.start(host="127.0.0.1", port=0)
-    yield emus
-    for emu in emus:
-        await emu.stop()
-
-
-async def ready(gw) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + 10
-    while not all(gw.dispatcher.backend_health().values()):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
 
 
 async def dispatch_order(gw, job_ids: set[str]) -> list[str]:  # noqa: ANN001
@@ -42,7 +22,7 @@ async def dispatch_order(gw, job_ids: set[str]) -> list[str]:  # noqa: ANN001
 
 async def test_a_burst_of_one_user_does_not_hold_back_another(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
-    await ready(gw)
+    await gw.wait_ready()
     a_id, alice = await gw.create_user("alice", limits=PLENTY)
     b_id, bob = await gw.create_user("bob", limits=PLENTY)
     job = {"template": "txt2img", "params": {"prompt": "a", "steps": 8}}  # about 80 ms each
@@ -82,7 +62,7 @@ async def test_a_burst_of_one_user_does_not_hold_back_another(emulator, make_set
 
 async def test_running_caps_hold_across_backends(three_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[e.base_url for e in three_backends]))
-    await ready(gw)
+    await gw.wait_ready()
     capped_id, capped = await gw.create_user("capped", limits={**PLENTY, "max_running": 2})
     _, other = await gw.create_user("other", limits=PLENTY)
     slow = {"template": "txt2img", "params": {"prompt": "x", "steps": 5}}  # about 150 ms each
@@ -125,7 +105,7 @@ async def test_running_caps_hold_across_backends(three_backends, make_settings, 
 
 async def test_weights_share_the_backend_in_proportion(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
-    await ready(gw)
+    await gw.wait_ready()
     heavy_id, heavy = await gw.create_user("heavy", limits={**PLENTY, "weight": 3})
     light_id, light = await gw.create_user("light", limits={**PLENTY, "weight": 1})
     job = {"template": "txt2img", "params": {"prompt": "w", "steps": 2}}

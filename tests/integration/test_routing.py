@@ -30,10 +30,7 @@ async def two_backends() -> AsyncIterator[tuple[Emulator, Emulator]]:
 async def test_jobs_go_only_to_backends_that_can_run_them(two_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
     plain, full = two_backends
     gw = await gateway_factory(make_settings(comfyui_urls=[plain.base_url, full.base_url]))
-    deadline = time.monotonic() + 10
-    while not all(link.capabilities for link in gw.dispatcher.links):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await gw.wait_ready()
 
     # resize needs ImageInvert: only "full" has it.
     resize = [(await gw.generate({"template": "resize", "params": {"width": 32, "height": 32}})).json()["id"] for _ in range(6)]
@@ -61,10 +58,7 @@ async def test_jobs_go_only_to_backends_that_can_run_them(two_backends, make_set
 async def test_a_job_waits_with_a_reason_while_its_only_capable_backend_is_down(two_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
     plain, full = two_backends
     gw = await gateway_factory(make_settings(comfyui_urls=[plain.base_url, full.base_url]))
-    deadline = time.monotonic() + 10
-    while not all(link.capabilities for link in gw.dispatcher.links):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await gw.wait_ready()
     await full.kill()
     while gw.dispatcher.backend_health()[full.base_url]:
         await asyncio.sleep(0.02)
