@@ -142,7 +142,7 @@ def test_null_default_rejected():
     assert_error(errs, "params.p.default", "'default' must not be null")
 
 
-def test_description_must_be_string():
+def test_param_description_must_be_string():
     errs = one_param_errors(param("string", description=5))
     assert_error(errs, "params.p.description", "string")
 
@@ -353,7 +353,7 @@ def test_timeout_seconds_accepts_int_and_float():
     assert parse_template(doc_dict({}, timeout_seconds=600)).timeout_seconds == 600
 
 
-def test_description_must_be_string():
+def test_document_description_must_be_string():
     assert_error(errors_of(doc_dict({}, description=None)), "description", "string")
 
 
