@@ -115,6 +115,20 @@ class Settings(BaseSettings):
     # Most nodes in a raw workflow.
     max_workflow_nodes: int = Field(default=500, ge=1)
 
+    # --- inputs and outputs (uploads, staging, retention) ------------------------------------
+    # Largest upload (POST /v1/uploads) and largest image fetched from a URL param, in bytes
+    # (413 above). Uploads are streamed, so this bounds disk use, not memory.
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    # Largest decoded `data:` URI image param, in bytes (422 above); the request body limit
+    # (GATEWAY_MAX_BODY_BYTES) applies to the whole request too.
+    max_data_uri_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Most pixels of an accepted image (width x height): a tiny file can decode into gigabytes.
+    max_image_pixels: int = Field(default=64 * 1024 * 1024, ge=1)
+    # Days outputs and uploads are kept; 0 keeps them forever.
+    retention_days: float = Field(default=0, ge=0)
+    # How often the retention loop looks for expired files.
+    retention_check_seconds: float = Field(default=3600.0, gt=0)
+
     # --- outbound ---------------------------------------------------------------------------
     outbound_allowlist: Annotated[list[str], NoDecode] = []
 
@@ -134,6 +148,12 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _empty_is_forever(cls, value: object) -> object:
+        # GATEWAY_RETENTION_DAYS= (empty) means keep forever, like 0.
+        return 0 if isinstance(value, str) and not value.strip() else value
 
     @field_validator("comfyui_urls")
     @classmethod

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, events, generate, health, jobs, me, outputs, problems, templates
+from app.api import admin, events, generate, health, jobs, me, outputs, problems, templates, uploads
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
@@ -102,10 +102,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="A multi-user, durable API gateway in front of ComfyUI servers.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        paths={"/v1/uploads": settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD},
+    )
     app.add_middleware(RateLimitHeaders)
     problems.install(app)
-    for module in (generate, jobs, outputs, events, templates, me, admin, health):
+    for module in (generate, jobs, outputs, uploads, events, templates, me, admin, health):
         app.include_router(module.router)
     return app
 

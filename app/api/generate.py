@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge
+from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep, UncountedPrincipalDep, charge
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
 from app.domain import jobs
+from app.db.models import Upload
 from app.domain.errors import DomainError, LimitExceeded, ValidationFailed
 
 router = APIRouter(tags=["jobs"])
@@ -21,7 +22,21 @@ async def generate(
     principal: UncountedPrincipalDep,
     settings: SettingsDep,
     signer: SignerDep,
+    storage: StorageDep,
 ) -> dict:
+    # Uploads made from image params given as data: URIs or URLs: stored with the job, or their
+    # files deleted if no job comes of the request.
+    new_uploads: list[Upload] = []
+    try:
+        return await _generate(body, request, response, session, principal, settings, signer, storage, new_uploads)
+    except BaseException:
+        # Emptied once the job and its uploads are committed.
+        for upload in new_uploads:
+            await storage.delete(upload.storage_key)
+        raise
+
+
+async def _generate(body, request, response, session, principal, settings, signer, storage, new_uploads) -> dict:  # noqa: ANN001
     try:
         if body.webhook is not None:
             # Accepting a webhook we would not deliver would be worse than refusing it.
@@ -43,6 +58,9 @@ async def generate(
             settings,
             # A backend's node definitions, when one is connected, tell which inputs name server files.
             object_info=request.app.state.object_info(),
+            storage=storage,
+            new_uploads=new_uploads,
+            fetch_url=getattr(request.app.state, "fetch_url", None),
         )
     except DomainError:
         # A refused request counts against the rate too (or is answered 429 if over it).
@@ -55,12 +73,14 @@ async def generate(
     await charge(request, session, principal)
     try:
         await jobs.enqueue(session, principal, job)
+        session.add_all(new_uploads)
     except LimitExceeded:
         await session.commit()  # the token stays spent; no job
         raise
     # Commit before reading anything back: on SQLite a write transaction holds the database's
     # only write lock, and reads done inside it would make the dispatcher wait for that lock.
     await session.commit()
+    new_uploads.clear()
     # After the commit, never before: the dispatcher must find the row when it wakes.
     request.app.state.on_job_submitted(principal.user_id)
     view = await jobs.view(session, job, signer, new=True)

@@ -104,6 +104,14 @@ class Job(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
+    # The input files staged onto the backend at each dispatch (app/dispatch/staging.py):
+    # [{"param", "upload_id", "binds": [[node_id, input_name], ...], "mask_of": param | null}].
+    inputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # Keep `temp` files (previews) as outputs too: the template's `keep_temp`.
+    keep_temp: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set when retention deleted the job's output files (the job row stays, as a tombstone).
+    outputs_expired_at: Mapped[datetime | None] = mapped_column(default=None)
+
 
 class Output(Base):
     __tablename__ = "outputs"
@@ -117,6 +125,30 @@ class Output(Base):
     content_type: Mapped[str] = mapped_column(String(100))
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """An input file a user stored (POST /v1/uploads, or an image param given as a URL or data: URI)."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        # A user's uploads; the retention loop's scan by age.
+        Index("ix_uploads_user_created", "user_id", "created_at"),
+        Index("ix_uploads_created_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # The client's file name, made safe; only shown back, never used as a path.
+    filename: Mapped[str] = mapped_column(String(255))
+    # Sniffed from the bytes, never taken from the client.
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer, default=None)
+    height: Mapped[int | None] = mapped_column(Integer, default=None)
     storage_key: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

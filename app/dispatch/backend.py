@@ -39,6 +39,8 @@ class Prepared:
     prompt_id: str
     workflow: dict[str, Any]
     timeout: float | None = None
+    # Input images to stage onto the backend before the prompt is sent (job.inputs).
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(eq=False)

@@ -22,7 +22,7 @@ from app.comfy.errors import BackendUnavailable, ComfyError, PromptRejected
 from app.comfy.websocket import ComfyWebSocket
 from app.config import Settings
 from app.db import jobs as repo
-from app.dispatch import job_errors
+from app.dispatch import job_errors, staging
 from app.db.models import Job
 from app.dispatch.backend import BackendLink, InFlight, Prepared
 from app.dispatch.capabilities import checkpoint_of
@@ -228,7 +228,7 @@ class Dispatcher:
                 item = link.prepared.popleft()
                 link.slots.add(item.prompt_id)
                 sends[link.url].append(item)
-        sending = [asyncio.create_task(self._submit_all(self._by_url[url], items)) for url, items in sends.items()]
+        sending = [self._send(self._by_url[url], items) for url, items in sends.items()]
 
         want = {link.url: link.free_slots(cap) + max(0, PREPARE_AHEAD - len(link.prepared)) for link in ready}
         claimed: dict[str, list[Prepared]] = defaultdict(list)
@@ -260,7 +260,9 @@ class Dispatcher:
                     prompt_id = str(uuid.uuid4())
                     if url and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
                         want[url] -= 1
-                        claimed[url].append(Prepared(job.id, job.user_id, prompt_id, job.workflow, self._timeout(job)))
+                        claimed[url].append(
+                            Prepared(job.id, job.user_id, prompt_id, job.workflow, self._timeout(job), list(job.inputs or ()))
+                        )
                     else:
                         self.scheduler.give_back(job.user_id)
                 failed = [
@@ -289,13 +291,25 @@ class Dispatcher:
                     link.track(item.prompt_id, flight)
                     link.submitting.add(item.prompt_id)
                     sends[url].append(item)
-                    sending.append(asyncio.create_task(self._submit_all(link, [item])))
+                    sending.append(self._send(link, [item]))
                 else:
                     link.prepare(item, flight)
             self.ctx.metrics.backend_inflight.labels(url).set(len(link.slots))
-        if sending:
-            await asyncio.gather(*sending)
+        waiting_for = [task for task in sending if task is not None]
+        if waiting_for:
+            await asyncio.gather(*waiting_for)
         return sum(len(items) for items in sends.values())
+
+    def _send(self, link: BackendLink, items: list[Prepared]) -> asyncio.Task[None] | None:
+        """Submit a backend's prompts. Those with input images to upload first run on their own,
+        supervised, so the round (and every other backend) never waits for an upload; the rest
+        are awaited by the round, which keeps their order."""
+        if any(item.inputs for item in items):
+            for item in items:
+                link.submitting.add(item.prompt_id)
+            self._spawn(self._submit_all(link, items), f"stage and submit {items[0].job_id}")
+            return None
+        return asyncio.create_task(self._submit_all(link, items))
 
     async def _fail_over(self) -> None:
         """Jobs on a backend that has been unreachable past the grace period go to the others."""
@@ -380,8 +394,31 @@ class Dispatcher:
             link.submitting.discard(prompt_id)
             return
         link.last_checkpoint = checkpoint_of(item.workflow) or link.last_checkpoint
+        workflow = item.workflow
         try:
-            await link.client.queue_prompt(item.workflow, prompt_id=prompt_id, client_id=link.client_id)
+            if item.inputs:
+                workflow = await staging.stage(link.client, self.ctx.storage, item.job_id, item.workflow, item.inputs)
+                if prompt_id not in link.inflight:  # canceled while its inputs were uploaded
+                    link.release(prompt_id)
+                    link.submitting.discard(prompt_id)
+                    return
+        except staging.InputMissing as exc:
+            link.submitting.discard(prompt_id)
+            await self.tracker.fail(link, prompt_id, job_errors.input_missing(exc.param))
+            return
+        except BackendUnavailable as exc:
+            # No prompt was queued: back to the queue, and this was no attempt.
+            link.submitting.discard(prompt_id)
+            link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+            await self.tracker.requeue(link, prompt_id, flight, count_attempt=False)
+            return
+        except ComfyError as exc:
+            # The backend refused an upload (e.g. its own size limit): the job cannot run there.
+            link.submitting.discard(prompt_id)
+            await self.tracker.fail(link, prompt_id, job_errors.staging_failed(str(exc)))
+            return
+        try:
+            await link.client.queue_prompt(workflow, prompt_id=prompt_id, client_id=link.client_id)
         except PromptRejected as exc:
             link.submitting.discard(prompt_id)
             await self.tracker.fail(link, prompt_id, job_errors.invalid_workflow(exc.error, exc.node_errors))

@@ -80,3 +80,14 @@ def timeout(seconds: float) -> dict[str, Any]:
         "type": "timeout",
         "message": f"The job ran longer than its limit of {seconds:g} s and was interrupted on its backend.",
     }
+
+
+def input_missing(param: str) -> dict[str, Any]:
+    return {
+        "type": "input_missing",
+        "message": f"The input image of param {param!r} is no longer stored (deleted, or past retention); submit the job again with a new upload.",
+    }
+
+
+def staging_failed(message: str) -> dict[str, Any]:
+    return {"type": "staging_failed", "message": "The backend refused an input image: " + scrub(message)}

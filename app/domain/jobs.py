@@ -22,7 +22,9 @@ from app.domain.quotas import check_job_quotas
 from app.domain.templates import get_document
 from app.domain.users import Principal
 from app.domain.views import job_view
+from app.domain.uploads import UrlFetcher, resolve_images
 from app.domain.workflows import check_raw_workflow
+from app.storage.local import LocalStorage
 from app.storage.signing import UrlSigner
 from app.templates import ParamsInvalid, output_nodes, render, resolve_params
 
@@ -62,9 +64,15 @@ async def build(
     settings: Settings,
     *,
     object_info: Mapping[str, Any] | None = None,
+    storage: LocalStorage | None = None,
+    new_uploads: list[Any] | None = None,
+    fetch_url: UrlFetcher | None = None,
 ) -> Job:
     """Validate a generate request and make its job (not yet added: see `enqueue`).
-    `object_info` (a backend's node definitions) sharpens the checks of raw workflows."""
+    `object_info` (a backend's node definitions) sharpens the checks of raw workflows.
+    Image params given as data: URIs or URLs are stored as the caller's uploads in `storage`
+    (appended to `new_uploads`: the caller adds them with the job, or deletes their files)."""
+    inputs: list[dict[str, Any]] = []
     if (req.template is None) == (req.workflow is None):
         raise ValidationFailed(
             "Send either 'template' (with 'params') or 'workflow', not both and not neither.",
@@ -87,6 +95,7 @@ async def build(
             errors=[{"field": "timeout_seconds", "message": f"at most {settings.max_job_seconds:g}"}],
         )
     timeout_seconds: float | None = None
+    keep_temp = False
     if req.template is not None:
         try:
             doc = await get_document(session, req.template)
@@ -101,9 +110,20 @@ async def build(
                 + ", ".join(sorted({str(e["param"]) for e in exc.errors if e.get("param")})) + ".",
                 errors=exc.errors,
             ) from None
+        image_params = {
+            name: (spec.binds(), spec.mask_of) for name, spec in doc.params.items() if spec.type == "image"
+        }
+        if image_params and any(name in resolved for name in image_params):
+            if storage is None:
+                raise ValidationFailed("Image params are not accepted here.", errors=[{"field": "params", "message": "no storage"}])
+            inputs = await resolve_images(
+                session, storage, settings, principal.user_id, image_params, resolved,
+                new_uploads if new_uploads is not None else [], fetch_url,
+            )
         workflow = render(doc, resolved)
         nodes = output_nodes(doc)
         timeout_seconds = doc.timeout_seconds
+        keep_temp = doc.keep_temp
     else:
         assert req.workflow is not None
         if not (principal.unlimited or principal.is_admin or principal.limits.get("allow_raw_workflows")):
@@ -121,6 +141,8 @@ async def build(
         params=resolved,
         workflow=workflow,
         output_nodes=nodes,
+        inputs=inputs,
+        keep_temp=keep_temp,
         priority=req.priority,
         meta=req.metadata,
         attempts=0,

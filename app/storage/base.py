@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +17,10 @@ class StoredObject:
 class Storage(Protocol):
     async def write_stream(self, key: str, chunks: AsyncIterable[bytes]) -> StoredObject:
         """Store the bytes under `key` as they arrive, never holding the whole file in memory."""
+        ...
+
+    def read_stream(self, key: str, chunk_size: int = ...) -> AsyncIterator[bytes]:
+        """The stored bytes, piece by piece; FileNotFoundError when the key holds nothing."""
         ...
 
     async def delete(self, key: str) -> None: ...

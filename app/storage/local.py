@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -75,6 +75,12 @@ class LocalStorage:
 
     async def delete(self, key: str) -> None:
         await anyio.to_thread.run_sync(lambda: self.path_for(key).unlink(missing_ok=True))
+
+    async def read_stream(self, key: str, chunk_size: int = _BUFFER) -> AsyncIterator[bytes]:
+        """The stored bytes, piece by piece; FileNotFoundError when the key holds nothing."""
+        async with await anyio.open_file(self.path_for(key), "rb") as fh:
+            while chunk := await fh.read(chunk_size):
+                yield chunk
 
     async def exists(self, key: str) -> bool:
         return await anyio.to_thread.run_sync(self.path_for(key).is_file)

@@ -52,10 +52,11 @@ PARAM_KEYWORDS: tuple[str, ...] = (
     "minLength",
     "maxLength",
     "description",
+    "mask_of",
 )
 
 #: The keys a template document may have.
-DOCUMENT_KEYS: tuple[str, ...] = ("description", "workflow", "params", "outputs", "timeout_seconds")
+DOCUMENT_KEYS: tuple[str, ...] = ("description", "workflow", "params", "outputs", "timeout_seconds", "keep_temp")
 
 #: The special default of an integer param that draws a fresh value in [0, 2^53) for each job.
 RANDOM_DEFAULT = "random"
@@ -139,6 +140,9 @@ class ParamSpec(BaseModel):
     minLength: int | None = None
     maxLength: int | None = None
     description: str | None = None
+    # An image param that is a mask for another image param (named here): staged with ComfyUI's
+    # /upload/mask, which puts this image's alpha channel onto that image (inpainting).
+    mask_of: str | None = None
 
     @field_validator("default", mode="before")
     @classmethod
@@ -223,6 +227,8 @@ class ParamSpec(BaseModel):
                 problems.append(f"'{kw}' applies only to string params, not {t}")
         if self.enum is not None and t == "image":
             problems.append("'enum' does not apply to image params")
+        if self.mask_of is not None and t != "image":
+            problems.append("'mask_of' applies only to image params")
         if self.multipleOf is not None and self.multipleOf <= 0:
             problems.append(f"'multipleOf' must be greater than 0, got {self.multipleOf!r}")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
@@ -358,6 +364,9 @@ class TemplateDocument(BaseModel):
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     outputs: list[str] | None = None
     timeout_seconds: int | float | None = None
+    # Keep `temp` files (previews: PreviewImage, PreviewAudio...) as outputs too; by default only
+    # saved files are.
+    keep_temp: bool = False
 
     @field_validator("description", mode="before")
     @classmethod
@@ -421,6 +430,18 @@ class TemplateDocument(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _masks_name_images(self) -> "TemplateDocument":
+        problems = [
+            f"param {name!r}: 'mask_of' must name another image param, not {spec.mask_of!r}"
+            for name, spec in self.params.items()
+            if spec.mask_of is not None
+            and (spec.mask_of == name or spec.mask_of not in self.params or self.params[spec.mask_of].type != "image")
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _no_input_bound_twice(self) -> "TemplateDocument":
         owner: dict[str, str] = {}
         problems = []
@@ -444,6 +465,8 @@ class TemplateDocument(BaseModel):
             out["outputs"] = list(self.outputs)
         if self.timeout_seconds is not None:
             out["timeout_seconds"] = self.timeout_seconds
+        if self.keep_temp:
+            out["keep_temp"] = True
         return out
 
 

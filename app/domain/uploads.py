@@ -1,0 +1,222 @@
+"""Uploads: input images a user stores, and the image params of a job that name them.
+
+An image param takes an upload id (of the caller's own uploads), a `data:` URI (stored as an upload
+of the caller's), or an `https://` URL (fetched by the gateway, see app/domain/fetch.py). What a job
+will stage onto its backend is recorded in `job.inputs`; app/dispatch/staging.py does the staging.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import tempfile
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, BinaryIO
+
+import anyio
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.db.models import Upload
+from app.domain.errors import NotFound, PayloadTooLarge, ValidationFailed
+from app.domain.views import rfc3339
+from app.storage.images import NotAnImage, inspect_image
+from app.storage.local import LocalStorage
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_DATA_URI_RE = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,(?P<data>.*)$", re.S)
+_CHUNK = 1024 * 1024
+
+# Fetches an https:// image into a file object (bounded in size and time); None where URL
+# inputs are not available.
+UrlFetcher = Callable[[str, BinaryIO], Awaitable[None]]
+
+
+def safe_filename(name: str | None, extension: str) -> str:
+    """The client's file name reduced to something safe to show and to put in a header: no path,
+    no control characters, at most 100 characters; the extension is the sniffed one."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in unicodedata.normalize("NFC", base) if unicodedata.category(c)[0] != "C")
+    stem = base.rsplit(".", 1)[0].strip(" .")[:100] or "upload"
+    return stem + extension
+
+
+def upload_view(upload: Upload) -> dict[str, Any]:
+    return {
+        "id": upload.id,
+        "filename": upload.filename,
+        "content_type": upload.content_type,
+        "size": upload.size,
+        "sha256": upload.sha256,
+        "width": upload.width,
+        "height": upload.height,
+        "created_at": rfc3339(upload.created_at),
+    }
+
+
+async def _file_chunks(fh: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := await anyio.to_thread.run_sync(fh.read, _CHUNK):
+        yield chunk
+
+
+async def store(
+    session: AsyncSession, storage: LocalStorage, settings: Settings, user_id: str, filename: str | None, fh: BinaryIO
+) -> Upload:
+    """Sniff the file and copy it into storage; returns its row, not yet added to the session (the
+    caller adds and commits it, or deletes the stored file). Not an image: 422, nothing stored."""
+    try:
+        info = await anyio.to_thread.run_sync(inspect_image, fh, settings.max_image_pixels)
+    except NotAnImage as exc:
+        raise ValidationFailed(str(exc), errors=[{"field": "file", "message": str(exc)}]) from None
+    upload_id = str(uuid.uuid4())
+    key = f"uploads/{user_id}/{upload_id}{info.extension}"
+    obj = await storage.write_stream(key, _file_chunks(fh))
+    if obj.size > settings.max_upload_bytes:
+        await storage.delete(key)
+        raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.")
+    upload = Upload(
+        id=upload_id,
+        user_id=user_id,
+        filename=safe_filename(filename, info.extension),
+        content_type=info.content_type,
+        size=obj.size,
+        sha256=obj.sha256,
+        width=info.width,
+        height=info.height,
+        storage_key=key,
+    )
+    return upload
+
+
+async def get_owned(session: AsyncSession, user_id: str, upload_id: str) -> Upload:
+    upload = None
+    if _UUID_RE.match(upload_id):
+        upload = (
+            await session.execute(select(Upload).where(Upload.id == upload_id, Upload.user_id == user_id))
+        ).scalar_one_or_none()
+    if upload is None:
+        raise NotFound(f"There is no upload {upload_id!r}.")
+    return upload
+
+
+async def delete(session: AsyncSession, user_id: str, upload_id: str) -> str:
+    """Delete the row (the caller commits, then deletes the file under the returned key). Jobs that
+    still need it to be staged fail with `input_missing` when they are dispatched."""
+    upload = await get_owned(session, user_id, upload_id)
+    await session.delete(upload)
+    return upload.storage_key
+
+
+def _decode_data_uri(value: str, limit: int, param: str) -> io.BytesIO:
+    match = _DATA_URI_RE.match(value)
+    if match is None:
+        raise _bad(param, "is not a base64 data: URI (data:image/png;base64,...)")
+    data = match.group("data").strip()
+    # Checked before decoding, so that an oversized URI costs no memory beyond the request itself.
+    if len(data) * 3 // 4 > limit + 3:
+        raise _bad(param, f"holds more than {limit} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(param, "is not valid base64") from None
+    if len(raw) > limit:
+        raise _bad(param, f"holds more than {limit} bytes")
+    return io.BytesIO(raw)
+
+
+def _bad(param: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"Param {param!r} {message}.", errors=[{"param": param, "message": message}])
+
+
+async def resolve_images(
+    session: AsyncSession,
+    storage: LocalStorage,
+    settings: Settings,
+    user_id: str,
+    image_params: dict[str, tuple[list[tuple[str, str]], str | None]],
+    params: dict[str, Any],
+    new_uploads: list[Upload],
+    fetch_url: UrlFetcher | None = None,
+) -> list[dict[str, Any]]:
+    """Turn each image param's value into one of the caller's uploads; returns `job.inputs`.
+
+    `image_params` is name -> (binds, mask_of). `params` is changed in place: each image param
+    then holds its upload's id (a data: URI or URL becomes a new upload, so the job can be
+    re-staged and reproduced): those new uploads are appended to `new_uploads`, for the caller to
+    add to the session with the job, or to delete from storage if the request fails after all. Another user's upload id answers exactly
+    like an unknown one.
+    """
+    inputs: list[dict[str, Any]] = []
+    for name, (binds, mask_of) in image_params.items():
+        value = params.get(name)
+        if not isinstance(value, str):
+            continue
+        if value.startswith("data:"):
+            fh: BinaryIO = _decode_data_uri(value, settings.max_data_uri_bytes, name)
+            upload = await _store_input(session, storage, settings, user_id, f"{name}", fh, new_uploads, name)
+        elif value.lower().startswith(("https://", "http://")):
+            if fetch_url is None:
+                raise _bad(name, "is a URL, and this gateway does not fetch URL inputs; upload the image instead")
+            upload = await _fetch_input(session, storage, settings, user_id, value, fetch_url, new_uploads, name)
+        else:
+            try:
+                upload = await get_owned(session, user_id, value)
+            except NotFound:
+                raise _bad(name, "names no upload of yours (give an upload id, an https:// URL or a data: URI)") from None
+        params[name] = upload.id
+        inputs.append(
+            {
+                "param": name,
+                "upload_id": upload.id,
+                "storage_key": upload.storage_key,
+                "content_type": upload.content_type,
+                "binds": [list(b) for b in binds],
+                "mask_of": mask_of,
+            }
+        )
+    # Masks are staged after the image they apply to.
+    inputs.sort(key=lambda i: i["mask_of"] is not None)
+    return inputs
+
+
+async def _store_input(
+    session: AsyncSession,
+    storage: LocalStorage,
+    settings: Settings,
+    user_id: str,
+    filename: str,
+    fh: BinaryIO,
+    new_uploads: list[Upload],
+    param: str,
+) -> Upload:
+    try:
+        upload = await store(session, storage, settings, user_id, filename, fh)
+    except ValidationFailed as exc:
+        raise _bad(param, exc.detail[0].lower() + exc.detail[1:].rstrip(".")) from None
+    except PayloadTooLarge as exc:
+        raise _bad(param, exc.detail[0].lower() + exc.detail[1:].rstrip(".")) from None
+    new_uploads.append(upload)
+    return upload
+
+
+async def _fetch_input(
+    session: AsyncSession,
+    storage: LocalStorage,
+    settings: Settings,
+    user_id: str,
+    url: str,
+    fetch_url: UrlFetcher,
+    new_uploads: list[Upload],
+    param: str,
+) -> Upload:
+    # Spooled: small images stay in memory, larger ones go to a temporary file; the fetcher
+    # stops at GATEWAY_MAX_UPLOAD_BYTES.
+    with tempfile.SpooledTemporaryFile(max_size=_CHUNK) as fh:
+        await fetch_url(url, fh)  # raises ValidationFailed naming the problem
+        name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        return await _store_input(session, storage, settings, user_id, name, fh, stored_keys, param)
