@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import uuid
@@ -20,6 +21,7 @@ from app.db.state import get_or_create
 from app.dispatch.dispatcher import Dispatcher
 from app.domain.events import EventBus
 from app.domain.notify import Notifier
+from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
 from app.metrics import Metrics
@@ -87,11 +89,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.backend_health = dispatcher.backend_health
         state.object_info = dispatcher.object_info
 
+        retention = RetentionService(worker_sessionmaker, storage, settings)
+        state.retention = retention
         if settings.run_dispatcher:
             await dispatcher.start()
+        # Deleting is idempotent, so every replica that runs a dispatcher may run it too.
+        retention_task = (
+            asyncio.create_task(retention.run(), name="retention")
+            if settings.retention_days and settings.run_dispatcher
+            else None
+        )
         try:
             yield
         finally:
+            if retention_task is not None:
+                retention_task.cancel()
+                await asyncio.gather(retention_task, return_exceptions=True)
             await dispatcher.stop()
             await worker_engine.dispose()
             await engine.dispose()

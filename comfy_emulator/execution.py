@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import media as _media  # noqa: F401 - registers the media and text output nodes
 from . import nodes as node_impls
 from .catalog import NodeSpec
 from .context import Interrupted, InterruptSignal, NodeContext, PromptRun

@@ -4,7 +4,8 @@ Emulated for real (Pillow): EmptyImage, ImageBlur, ImageScale, ImageScaleBy, Ima
 LoadImage, LoadImageMask, SaveImage, PreviewImage, MaskPreview, SaveImageWebsocket, HarnessSlowSampler,
 HarnessFail, and the SD pipeline without weights: CheckpointLoaderSimple, LoraLoader,
 CLIPTextEncode, EmptyLatentImage, VAEEncode, VAEDecode, KSampler, KSamplerAdvanced,
-SamplerCustom, SamplerCustomAdvanced. A sampler paints a deterministic smooth-noise picture from
+SamplerCustom, SamplerCustomAdvanced; in media.py, SaveAnimatedWEBP, PreviewAny, PrimitiveString and the
+audio chain (EmptyLatentAudio, VAEDecodeAudio, SaveAudio). A sampler paints a deterministic smooth-noise picture from
 its seed, prompt texts, model and LoRAs, blended over its input latent by `denoise`.
 
 Every other class of the node set runs as a pass-through (`passthrough`): each output takes the

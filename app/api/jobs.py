@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
-from app.api.deps import PrincipalDep, SessionDep, SignerDep
+from app.api.deps import PrincipalDep, SessionDep, SignerDep, StorageDep
 from app.api.schemas import PROBLEMS, JobList, JobOut
 from app.domain import jobs
+from app.domain.retention import delete_job
 
 router = APIRouter(tags=["jobs"])
 
@@ -44,3 +45,13 @@ async def cancel_job(
     # The dispatcher takes it off the backend (queue delete or targeted interrupt) and tells subscribers.
     await request.app.state.on_job_canceled(job.id)
     return view
+
+
+@router.delete("/v1/jobs/{job_id}", status_code=204, responses=PROBLEMS)
+async def delete_finished_job(job_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep) -> Response:
+    """A finished job, its outputs and their files, now (owner, or an admin for any job); 409 for a
+    job that is not finished."""
+    prefix = await delete_job(session, principal, job_id)
+    await session.commit()
+    await storage.delete_prefix(prefix)
+    return Response(status_code=204)

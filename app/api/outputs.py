@@ -1,11 +1,14 @@
 """GET /v1/jobs/{id}/outputs/{output_id}: the bytes from the gateway's own storage.
 
 A valid, unexpired signature is enough (so an <img src> works); otherwise the owner's key is needed.
+Range requests (206, 416) come from Starlette's FileResponse; the ETag is the content's sha256.
+`?format=webp|jpeg&quality=` converts an image output, once: the result is kept in storage.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
@@ -15,15 +18,24 @@ from sqlalchemy import select
 from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep, authorize
 from app.api.schemas import PROBLEMS
 from app.db.models import Job, Output
+from app.domain.conversions import converted
 from app.domain.errors import NotFound
 
 router = APIRouter(tags=["outputs"])
 _bearer = HTTPBearer(auto_error=False)
 
 
+def content_disposition(filename: str) -> str:
+    """`inline` with an ASCII fallback name and the exact name as RFC 6266 `filename*` (RFC 5987):
+    no quote, backslash, control character or path survives into the header."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1] or "output"
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\;%' else "_" for c in name)
+    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 @router.get(
     "/v1/jobs/{job_id}/outputs/{output_id}",
-    responses={**PROBLEMS, 200: {"content": {"image/png": {}, "application/octet-stream": {}}}, 304: {}},
+    responses={**PROBLEMS, 200: {"content": {"image/png": {}, "application/octet-stream": {}}}, 206: {}, 304: {}, 416: {}},
     response_class=FileResponse,
 )
 async def get_output(
@@ -37,6 +49,8 @@ async def get_output(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     expires: Annotated[str | None, Query(max_length=20)] = None,
     signature: Annotated[str | None, Query(max_length=100)] = None,
+    format: Annotated[Literal["webp", "jpeg"] | None, Query(description="Convert an image output.")] = None,
+    quality: Annotated[int, Query(ge=1, le=100, description="Quality of a converted image.")] = 85,
 ) -> Response:
     signed = signer.verify(job_id, output_id, expires, signature)
     stmt = select(Output).join(Job, Job.id == Output.job_id).where(Output.id == output_id, Output.job_id == job_id)
@@ -46,20 +60,19 @@ async def get_output(
     output = (await session.execute(stmt)).scalar_one_or_none()
     if output is None:
         raise NotFound(f"There is no output {output_id!r} of job {job_id!r}.")
+    # The request is answered from storage alone: no database connection is held while it streams.
+    await session.close()
 
-    etag = f'"{output.sha256}"'
+    key, content_type, filename, etag = output.storage_key, output.content_type, output.filename, f'"{output.sha256}"'
+    if format is not None:
+        key, content_type, filename = await converted(storage, output, format, quality)
+        etag = f'"{output.sha256}-{format}-{quality}"'
     # Outputs never change, so a signed URL may be cached until it expires; a keyed request stays private.
     cache = "private, max-age=31536000, immutable" if signed else "private, no-cache"
-    headers = {"ETag": etag, "Cache-Control": cache}
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
-        return Response(status_code=304, headers=headers)
-    path = storage.path_for(output.storage_key)
+    headers = {"ETag": etag, "Cache-Control": cache, "Content-Disposition": content_disposition(filename)}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")] or request.headers.get("if-none-match") == "*":
+        return Response(status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Disposition"})
+    path = storage.path_for(key)
     if not path.is_file():
         raise NotFound("The output's file is no longer stored.")
-    return FileResponse(
-        path,
-        media_type=output.content_type,
-        filename=output.filename,
-        content_disposition_type="inline",
-        headers=headers,
-    )
+    return FileResponse(path, media_type=content_type, headers=headers)

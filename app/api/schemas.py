@@ -37,6 +37,7 @@ class Progress(BaseModel):
 class OutputOut(BaseModel):
     id: str
     node_id: str
+    kind: str = Field(description="The key ComfyUI listed it under: images, gifs, audio, text, ...")
     filename: str
     content_type: str
     size: int
@@ -71,6 +72,20 @@ class JobOut(BaseModel):
     outputs: list[OutputOut]
     error: JobError | None
     attempts: int
+    outputs_expired_at: str | None = Field(
+        default=None, description="When retention deleted the job's output files (`outputs` is then empty)."
+    )
+
+
+class UploadOut(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    width: int | None
+    height: int | None
+    created_at: str
 
 
 class JobList(BaseModel):

@@ -7,7 +7,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, StorageDep
-from app.api.schemas import PROBLEMS
+from app.api.schemas import PROBLEMS, UploadOut
 from app.domain import uploads
 from app.domain.errors import PayloadTooLarge, ValidationFailed
 
@@ -32,7 +32,7 @@ _BODY = {
 }
 
 
-@router.post("/v1/uploads", status_code=201, responses=PROBLEMS, openapi_extra=_BODY)
+@router.post("/v1/uploads", status_code=201, response_model=UploadOut, responses=PROBLEMS, openapi_extra=_BODY)
 async def create_upload(
     request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, storage: StorageDep
 ) -> dict:
@@ -62,7 +62,7 @@ async def create_upload(
         await form.close()
 
 
-@router.get("/v1/uploads/{upload_id}", responses=PROBLEMS)
+@router.get("/v1/uploads/{upload_id}", response_model=UploadOut, responses=PROBLEMS)
 async def get_upload(upload_id: str, session: SessionDep, principal: PrincipalDep) -> dict:
     return uploads.upload_view(await uploads.get_owned(session, principal.user_id, upload_id))
 

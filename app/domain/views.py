@@ -19,6 +19,7 @@ def output_view(output: Output, signer: UrlSigner) -> dict[str, Any]:
     return {
         "id": output.id,
         "node_id": output.node_id,
+        "kind": output.kind,
         "filename": output.filename,
         "content_type": output.content_type,
         "size": output.size,
@@ -46,4 +47,6 @@ def job_view(
         "outputs": [output_view(o, signer) for o in outputs],
         "error": job.error,
         "attempts": job.attempts,
+        # Set when retention deleted the job's output files; `outputs` is then empty.
+        "outputs_expired_at": rfc3339(job.outputs_expired_at),
     }

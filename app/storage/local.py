@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path, PurePosixPath
@@ -81,6 +82,11 @@ class LocalStorage:
         async with await anyio.open_file(self.path_for(key), "rb") as fh:
             while chunk := await fh.read(chunk_size):
                 yield chunk
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Delete every key under `prefix/` (a job's outputs and their conversions)."""
+        folder = self.path_for(prefix.rstrip("/"))
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
 
     async def exists(self, key: str) -> bool:
         return await anyio.to_thread.run_sync(self.path_for(key).is_file)

@@ -202,10 +202,13 @@ async def test_preview_image_and_pass_through_nodes(emu: Emulator, http: aiohttp
         "4": {"class_type": "ImageToMask", "inputs": {"image": ["1", 0], "channel": "red"}},
         "5": {"class_type": "MaskPreview", "inputs": {"mask": ["4", 0]}},
         "6": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": "latents/x"}},
     }
     pid, frames = await run(http, emu, ws, prompt)
     executed = {d["node"]: d["output"] for d in data(frames, "executed")}
-    assert set(executed) == {"3", "5"}  # a pass-through output node reports no UI
+    assert set(executed) == {"3", "5", "6"}  # a pass-through output node (SaveLatent) reports no UI
+    assert isinstance(executed["6"]["text"][0], str)  # PreviewAny shows its input as text
     images = executed["3"]["images"]
     assert len(images) == 2 and all(i["type"] == "temp" and i["subfolder"] == "" for i in images)
     assert [i["filename"][-12:] for i in images] == ["_00001_.png", "_00002_.png"] or all(i["filename"].startswith("ComfyUI_temp_") for i in images)
@@ -217,7 +220,7 @@ async def test_preview_image_and_pass_through_nodes(emu: Emulator, http: aiohttp
     assert executed["5"]["images"][0]["type"] == "temp"
     assert list(emu.output_dir.iterdir()) == []
     async with http.get(f"{emu.base_url}/history/{pid}") as r:
-        assert set((await r.json())[pid]["outputs"]) == {"3", "5"}
+        assert set((await r.json())[pid]["outputs"]) == {"3", "5", "6"}
 
 
 async def test_save_image_websocket_sends_png_frames(emu: Emulator, http: aiohttp.ClientSession) -> None:

@@ -1,0 +1,116 @@
+"""Deleting files: a finished job on request (DELETE /v1/jobs/{id}), and everything past the
+deployment's retention (GATEWAY_RETENTION_DAYS) in a supervised loop.
+
+Rows go first, in a committed transaction, then the files: a crash in between leaves files
+without rows (harmless, and cleared with the job's prefix by a later delete), never rows that
+point at missing files. An expired job keeps its row as a tombstone: its outputs are gone and
+`outputs_expired_at` says when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db import jobs as repo
+from app.db.models import Job, Output, Upload
+from app.db.types import utcnow
+from app.domain.errors import Conflict, NotFound
+from app.domain.users import Principal
+from app.storage.local import LocalStorage
+
+log = logging.getLogger("app.retention")
+
+BATCH = 200
+
+
+async def delete_job(session: AsyncSession, principal: Principal, job_id: str) -> str:
+    """Delete a finished job and its output rows (the caller commits, then deletes the files under
+    the returned prefix). Its owner may, and admins may for any user's job; a job that is not
+    finished is a 409 (cancel it first)."""
+    job = await repo.get_job(session, job_id, user_id=None if principal.is_admin else principal.user_id)
+    if job is None:
+        raise NotFound(f"There is no job {job_id!r}.")
+    if job.status not in repo.TERMINAL or job.cancel_requested:
+        raise Conflict(
+            f"The job is {job.status}{' and still being taken off its backend' if job.cancel_requested else ''}; "
+            "only a finished job can be deleted (cancel it first).",
+        )
+    await session.execute(delete(Output).where(Output.job_id == job.id))
+    await session.execute(delete(Job).where(Job.id == job.id))
+    return f"{job.id}/"
+
+
+class RetentionService:
+    """Deletes outputs of jobs finished more than `retention_days` ago, and uploads older than that."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], storage: LocalStorage, settings: Settings) -> None:
+        self._sessionmaker = sessionmaker
+        self._storage = storage
+        self._settings = settings
+
+    async def run_once(self, now: datetime | None = None) -> tuple[int, int]:
+        """One pass; returns (jobs whose outputs expired, uploads deleted)."""
+        days = self._settings.retention_days
+        if not days:
+            return 0, 0
+        cutoff = (now or utcnow()) - timedelta(days=days)
+        jobs = uploads = 0
+        while batch := await self._expire_outputs(cutoff):
+            jobs += len(batch)
+        while batch := await self._expire_uploads(cutoff):
+            uploads += len(batch)
+        if jobs or uploads:
+            log.info("retention: outputs of %d job(s) and %d upload(s) deleted", jobs, uploads)
+        return jobs, uploads
+
+    async def _expire_outputs(self, cutoff: datetime) -> list[str]:
+        async with self._sessionmaker() as session:
+            ids = list(
+                (
+                    await session.execute(
+                        select(Job.id)
+                        .where(Job.status.in_(repo.TERMINAL), Job.finished_at < cutoff, Job.outputs_expired_at.is_(None))
+                        .limit(BATCH)
+                    )
+                ).scalars()
+            )
+            if not ids:
+                return []
+            await session.execute(delete(Output).where(Output.job_id.in_(ids)))
+            await session.execute(
+                update(Job).where(Job.id.in_(ids), Job.outputs_expired_at.is_(None)).values(outputs_expired_at=utcnow())
+            )
+            await session.commit()
+        for job_id in ids:
+            await self._storage.delete_prefix(f"{job_id}/")
+        return ids
+
+    async def _expire_uploads(self, cutoff: datetime) -> list[str]:
+        async with self._sessionmaker() as session:
+            rows = (
+                await session.execute(select(Upload.id, Upload.storage_key).where(Upload.created_at < cutoff).limit(BATCH))
+            ).all()
+            if not rows:
+                return []
+            await session.execute(delete(Upload).where(Upload.id.in_([r.id for r in rows])))
+            await session.commit()
+        for row in rows:
+            await self._storage.delete(row.storage_key)
+        return [r.id for r in rows]
+
+    async def run(self) -> None:
+        """The supervised loop: a failed pass is logged and tried again at the next interval."""
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("retention pass failed")
+            await asyncio.sleep(self._settings.retention_check_seconds)

@@ -1,0 +1,129 @@
+"""Output nodes whose files are not still images, and text outputs: real files, small.
+
+- ImageBatch: two batches as one (the second scaled to the first's size, as ComfyUI does).
+- SaveAnimatedWEBP: an animated WEBP of the batch (Pillow), listed under `images` with
+  `"animated": [true]`, as ComfyUI's comfy_extras/nodes_images.py does.
+- PreviewAny: `{"text": [str(source)]}` (comfy_extras/nodes_preview_any.py); PrimitiveString feeds it.
+- EmptyLatentAudio -> VAEDecodeAudio -> SaveAudio: a sine tone of the latent's length, saved under
+  `audio` in `audio/` (SaveAudio's default prefix). ComfyUI encodes FLAC with PyAV; the emulator
+  writes a WAV (the standard library's `wave`), so the file is real audio but `.wav`. The recorded
+  /object_info lacks these three (torchaudio was not installed), so their definitions are in
+  AUDIO_NODE_DEFINITIONS, for `EmulatorConfig(extra_nodes=...)`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import wave
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .nodes import NodeResult, _compute_vars, node
+from .values import ImageBatch, as_images
+
+if TYPE_CHECKING:
+    from .execution import NodeContext
+
+SAMPLE_RATE = 8000
+
+
+@dataclass(frozen=True)
+class AudioLatent:
+    seconds: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Audio:
+    seconds: float
+
+
+def _save_target(ctx: NodeContext, prefix: str, width: int = 0, height: int = 0) -> tuple[Any, str, int, str]:
+    if "%" in prefix:
+        prefix = _compute_vars(prefix, width, height)
+    return ctx.folders.save_path(ctx.folders.output, prefix)
+
+
+@node("ImageBatch")
+async def image_batch(ctx: NodeContext, image1: Any, image2: Any) -> NodeResult:
+    first, second = as_images(image1), as_images(image2)
+    size = first[0].size
+    return (ImageBatch(list(first) + [img if img.size == size else img.resize(size) for img in second]),), None
+
+
+@node("SaveAnimatedWEBP")
+async def save_animated_webp(
+    ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI", fps: float = 6.0, lossless: bool = True,
+    quality: int = 80, method: str = "default",
+) -> NodeResult:
+    frames = as_images(images)
+    full, filename, counter, subfolder = _save_target(ctx, filename_prefix, frames[0].width, frames[0].height)
+    file = f"{filename}_{counter:05}_.webp"
+    frames[0].save(
+        full / file, format="WEBP", save_all=True, append_images=frames[1:], duration=round(1000 / fps),
+        lossless=lossless, quality=quality, method={"default": 4, "fastest": 0, "slowest": 6}.get(method, 4),
+    )
+    ctx.folders.advance(full, filename, counter + 1)
+    return (), {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": [True]}
+
+
+@node("PrimitiveString")
+async def primitive_string(ctx: NodeContext, value: str) -> NodeResult:
+    return (value,), None
+
+
+@node("PreviewAny")
+async def preview_any(ctx: NodeContext, source: Any) -> NodeResult:
+    return (), {"text": [source if isinstance(source, str) else str(source)]}
+
+
+@node("EmptyLatentAudio")
+async def empty_latent_audio(ctx: NodeContext, seconds: float = 47.6, batch_size: int = 1) -> NodeResult:
+    return (AudioLatent(seconds, batch_size),), None
+
+
+@node("VAEDecodeAudio")
+async def vae_decode_audio(ctx: NodeContext, samples: Any, vae: Any) -> NodeResult:
+    seconds = samples.seconds if isinstance(samples, AudioLatent) else 1.0
+    return (Audio(seconds),), None
+
+
+def wav_bytes(seconds: float, frequency: float = 440.0) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        n = int(seconds * SAMPLE_RATE)
+        out.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * frequency * i / SAMPLE_RATE))) for i in range(n)))
+    return buf.getvalue()
+
+
+@node("SaveAudio")
+async def save_audio(ctx: NodeContext, audio: Any, filename_prefix: str = "audio/ComfyUI") -> NodeResult:
+    full, filename, counter, subfolder = _save_target(ctx, filename_prefix)
+    file = f"{filename}_{counter:05}_.wav"
+    (full / file).write_bytes(wav_bytes(audio.seconds if isinstance(audio, Audio) else 1.0))
+    ctx.folders.advance(full, filename, counter + 1)
+    return (), {"audio": [{"filename": file, "subfolder": subfolder, "type": "output"}]}
+
+
+# From ComfyUI's comfy_extras/nodes_audio.py (not in the recording: see the module docstring).
+AUDIO_NODE_DEFINITIONS: dict[str, dict[str, Any]] = {
+    "EmptyLatentAudio": {
+        "input": {"required": {"seconds": ["FLOAT", {"default": 47.6, "min": 1.0, "max": 1000.0, "step": 0.1}],
+                               "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}]}},
+        "output": ["LATENT"], "output_is_list": [False], "output_name": ["LATENT"], "category": "latent/audio",
+    },
+    "VAEDecodeAudio": {
+        "input": {"required": {"samples": ["LATENT"], "vae": ["VAE"]}},
+        "output": ["AUDIO"], "output_is_list": [False], "output_name": ["AUDIO"], "category": "latent/audio",
+    },
+    "SaveAudio": {
+        "input": {"required": {"audio": ["AUDIO"], "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}]},
+                  "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}},
+        "output": [], "output_is_list": [], "output_name": [], "output_node": True, "category": "audio",
+    },
+}
