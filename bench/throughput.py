@@ -57,6 +57,35 @@ def workflow(i: int, job_ms: float) -> dict:
     return nodes
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc: a figure that does not
+    depend on what else the machine is doing, unlike jobs/s."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    def __init__(self, procs: dict[str, subprocess.Popen]) -> None:
+        self.procs = procs
+        self.spent: dict[str, dict[str, float]] = {}
+
+    def measure(self, phase: str):  # noqa: ANN201
+        meter = self
+
+        class _Phase:
+            def __enter__(self) -> None:
+                self.start = {name: cpu_seconds(p.pid) for name, p in meter.procs.items()}
+                self.own = time.process_time()
+
+            def __exit__(self, *exc: object) -> None:
+                spent = {name: cpu_seconds(p.pid) - self.start[name] for name, p in meter.procs.items()}
+                spent["client"] = time.process_time() - self.own
+                meter.spent[phase] = spent
+
+        return _Phase()
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -222,6 +251,7 @@ async def main() -> None:
         subprocess.Popen([sys.executable, "-m", "comfy_emulator", "--host", "127.0.0.1", "--port", str(emu_port)], env=env),
         subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port)], env=env),
     ]
+    cpu = CpuMeter({"emulator": procs[0], "gateway": procs[1]})
     try:
         await wait_http(f"{emu_base}/system_stats")
         await wait_http(f"{gw_base}/readyz")
@@ -231,13 +261,16 @@ async def main() -> None:
             gateway = Gateway(gw_base)
             await gateway.run_job(10_000_001, 0)
 
-            d_rate, d_burst = await burst(direct, args.jobs, args.job_ms, 0)
-            g_rate, g_burst = await burst(gateway, args.jobs, args.job_ms, 1_000_000)
+            with cpu.measure("direct"):
+                d_rate, d_burst = await burst(direct, args.jobs, args.job_ms, 0)
+            with cpu.measure("sse"):
+                g_rate, g_burst = await burst(gateway, args.jobs, args.job_ms, 1_000_000)
             await gateway.aclose()
             # A fresh connection pool per phase: idle keep-alive connections from the last phase
             # may have been closed by the server in the meantime.
             gateway = Gateway(gw_base)
-            p_rate = await gateway.burst_polling(args.jobs, args.job_ms, 4_000_000)
+            with cpu.measure("polling"):
+                p_rate = await gateway.burst_polling(args.jobs, args.job_ms, 4_000_000)
             await gateway.aclose()
             gateway = Gateway(gw_base)
             d_seq = await sequential(direct, args.sequential, args.job_ms, 2_000_000)
@@ -255,6 +288,9 @@ async def main() -> None:
     print(f"  direct to emulator                       : {d_rate:8.1f} jobs/s")
     print(f"  through gateway, client lists every 50 ms: {p_rate:8.1f} jobs/s   ratio {p_rate / d_rate:6.3f}")
     print(f"  through gateway, one SSE stream per job  : {g_rate:8.1f} jobs/s   ratio {g_rate / d_rate:6.3f}")
+    print("\nCPU time per job in the burst (ms; the machine's load does not change these)")
+    for phase, spent in cpu.spent.items():
+        print("  " + f"{phase:8s} " + "  ".join(f"{name} {secs * 1000 / args.jobs:6.2f}" for name, secs in spent.items()))
     print(f"\n{args.sequential} jobs one at a time: latency submit -> output downloaded (ms)")
     for name, values in (("direct", d_seq), ("gateway", g_seq)):
         print(f"  {name:8s} p50 {pct(values, .5) * 1000:7.1f}  p95 {pct(values, .95) * 1000:7.1f}  mean {statistics.mean(values) * 1000:7.1f}")
