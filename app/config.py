@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     max_data_uri_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # Most pixels of an accepted image (width x height): a tiny file can decode into gigabytes.
     max_image_pixels: int = Field(default=64 * 1024 * 1024, ge=1)
+    # Time limit of fetching an image param given as a URL (the whole download).
+    url_fetch_timeout_seconds: float = Field(default=20.0, gt=0)
     # Days outputs and uploads are kept; 0 keeps them forever.
     retention_days: float = Field(default=0, ge=0)
     # How often the retention loop looks for expired files.

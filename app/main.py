@@ -21,10 +21,12 @@ from app.db.state import get_or_create
 from app.dispatch.dispatcher import Dispatcher
 from app.domain.events import EventBus
 from app.domain.notify import Notifier
+from app.domain.fetch import make_fetcher
 from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
 from app.metrics import Metrics
+from app.net.ssrf import OutboundGuard
 from app.storage.local import LocalStorage
 from app.storage.signing import UrlSigner
 
@@ -89,6 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.backend_health = dispatcher.backend_health
         state.object_info = dispatcher.object_info
 
+        # Image params given as URLs, fetched through the one outbound guard.
+        state.fetch_url = make_fetcher(
+            OutboundGuard(settings.outbound_allowlist),
+            max_bytes=settings.max_upload_bytes,
+            timeout=settings.url_fetch_timeout_seconds,
+        )
         retention = RetentionService(worker_sessionmaker, storage, settings)
         state.retention = retention
         if settings.run_dispatcher:

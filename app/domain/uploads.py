@@ -32,9 +32,13 @@ _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 _DATA_URI_RE = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,(?P<data>.*)$", re.S)
 _CHUNK = 1024 * 1024
 
-# Fetches an https:// image into a file object (bounded in size and time); None where URL
-# inputs are not available.
+# Fetches an image URL into a file object (bounded in size and time; app/domain/fetch.py);
+# raises FetchFailed.
 UrlFetcher = Callable[[str, BinaryIO], Awaitable[None]]
+
+
+class FetchFailed(ValueError):
+    """An image URL could not be fetched; the message completes "Param 'x' ..." for the user."""
 
 
 def safe_filename(name: str | None, extension: str) -> str:
@@ -217,6 +221,9 @@ async def _fetch_input(
     # Spooled: small images stay in memory, larger ones go to a temporary file; the fetcher
     # stops at GATEWAY_MAX_UPLOAD_BYTES.
     with tempfile.SpooledTemporaryFile(max_size=_CHUNK) as fh:
-        await fetch_url(url, fh)  # raises ValidationFailed naming the problem
+        try:
+            await fetch_url(url, fh)
+        except FetchFailed as exc:
+            raise _bad(param, str(exc)) from None
         name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-        return await _store_input(session, storage, settings, user_id, name, fh, stored_keys, param)
+        return await _store_input(session, storage, settings, user_id, name, fh, new_uploads, param)

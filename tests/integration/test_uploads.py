@@ -7,8 +7,11 @@ import base64
 import hashlib
 import io
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+from aiohttp import web
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -206,3 +209,82 @@ async def test_a_job_moved_to_another_backend_is_staged_there_again(three_backen
         assert (victim.input_dir / f"gw_{row.id}_image.png").read_bytes() == data  # staged on the first
         finished_on = next(e for e in others if e.base_url == row.backend)
         assert (finished_on.input_dir / f"gw_{row.id}_image.png").read_bytes() == data  # and again
+
+
+@pytest.fixture
+async def image_server() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
+    """A local HTTP server that image params may name: /<name> serves files[name]; /moved redirects."""
+    files: dict[str, bytes] = {}
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name == "moved":
+            raise web.HTTPFound("/a.png")
+        if name not in files:
+            raise web.HTTPNotFound()
+        return web.Response(body=files[name], content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
+    yield f"http://127.0.0.1:{port}", files
+    await runner.cleanup()
+
+
+async def test_img2img_with_an_image_url_on_an_allow_listed_host(image_server, emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+    base, files = image_server
+    files["a.png"] = png(30, 20, (9, 9, 9))
+    files["big.png"] = png(200, 200, noise=True)
+    files["text.png"] = b"just text"
+    gw = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], outbound_allowlist=["127.0.0.1"], max_upload_bytes=50_000)
+    )
+    await gw.wait_ready()
+    created = await gw.generate(img2img(f"{base}/a.png"))
+    assert created.status_code == 202, created.text
+    job = created.json()
+    final = await gw.wait(job["id"])
+    assert final["status"] == "succeeded", final
+    assert (emulator.input_dir / f"gw_{job['id']}_image.png").read_bytes() == files["a.png"]
+    made = await gw.http.get(f"/v1/uploads/{job['params']['image']}", headers=gw.admin)
+    assert made.json()["width"] == 30 and made.json()["filename"] == "a.png"
+
+    for url, why in (
+        (f"{base}/missing.png", "404"),
+        (f"{base}/moved", "redirect"),
+        (f"{base}/big.png", "larger than 50000"),
+        (f"{base}/text.png", "not an image"),
+        ("http://10.1.2.3/a.png", "allow-listed"),
+        ("ftp://example.com/a.png", "names no upload"),
+    ):
+        resp = await gw.generate(img2img(url))
+        assert resp.status_code == 422, (url, resp.text)
+        assert why in resp.json()["errors"][0]["message"], (url, resp.text)
+
+
+async def test_image_urls_to_private_addresses_are_refused_unless_allow_listed(image_server, idle_gateway) -> None:  # noqa: ANN001
+    base, files = image_server
+    files["a.png"] = png()
+    gw = await idle_gateway()  # empty GATEWAY_OUTBOUND_ALLOWLIST
+    resp = await gw.generate(img2img(f"{base}/a.png"))
+    assert resp.status_code == 422
+    assert "loopback" in resp.json()["errors"][0]["message"]
+    assert await upload_count(gw) == 0
+
+
+async def test_a_job_whose_upload_was_deleted_before_it_ran_fails_with_input_missing(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+    # One gateway takes the job without running it; the upload is then deleted; a second gateway
+    # on the same database runs the dispatcher.
+    api = await gateway_factory(make_settings(comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False))
+    up = (await upload(api, png(), api.admin)).json()
+    job = (await api.generate(img2img(up["id"]))).json()
+    assert (await api.http.delete(f"/v1/uploads/{up['id']}", headers=api.admin)).status_code == 204
+    worker = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
+    final = await worker.wait(job["id"])
+    assert final["status"] == "failed"
+    assert final["error"]["type"] == "input_missing"
+    assert not emulator.prompts_received
