@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -131,6 +131,22 @@ class Settings(BaseSettings):
     # How often the retention loop looks for expired files.
     retention_check_seconds: float = Field(default=3600.0, gt=0)
 
+    # --- storage backend (outputs and uploads) ---------------------------------------------
+    # `local`: files under GATEWAY_STORAGE_DIR. `s3`: an S3-compatible bucket.
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None  # empty: AWS itself
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None  # empty: the standard AWS credential chain
+    s3_secret_access_key: SecretStr | None = None
+    # How outputs stored in S3 are served: `redirect` to a short-lived presigned URL, or
+    # `stream` through the gateway (for buckets clients cannot reach).
+    s3_serve: Literal["redirect", "stream"] = "redirect"
+    s3_presign_seconds: int = Field(default=300, ge=1, le=604800)
+    # Size of the parts of multipart uploads to S3 (S3's minimum is 5 MiB).
+    s3_part_bytes: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024)
+
     # --- outbound ---------------------------------------------------------------------------
     outbound_allowlist: Annotated[list[str], NoDecode] = []
 
@@ -156,6 +172,12 @@ class Settings(BaseSettings):
     def _empty_is_forever(cls, value: object) -> object:
         # GATEWAY_RETENTION_DAYS= (empty) means keep forever, like 0.
         return 0 if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> "Settings":
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("GATEWAY_S3_BUCKET is required when GATEWAY_STORAGE_BACKEND=s3")
+        return self
 
     @field_validator("comfyui_urls")
     @classmethod

@@ -27,7 +27,7 @@ from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
 from app.metrics import Metrics
 from app.net.ssrf import OutboundGuard
-from app.storage.local import LocalStorage
+from app.storage.factory import build_storage
 from app.storage.signing import UrlSigner
 
 log = logging.getLogger("app")
@@ -46,8 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # database must never hold up the loop that keeps the GPUs busy.
         worker_engine = create_engine(settings.database_url, pool_size=4)
         worker_sessionmaker = create_sessionmaker(worker_engine)
-        storage = LocalStorage(settings.storage_dir)
-        storage.ensure_root()
+        storage = build_storage(settings)
+        await storage.start()
 
         async with sessionmaker() as session:
             await ensure_bootstrap_admin(session)
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retention_task.cancel()
                 await asyncio.gather(retention_task, return_exceptions=True)
             await dispatcher.stop()
+            await storage.close()
             await worker_engine.dispose()
             await engine.dispose()
 

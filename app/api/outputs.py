@@ -11,15 +11,17 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
 from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep, authorize
 from app.api.schemas import PROBLEMS
+from app.config import Settings
 from app.db.models import Job, Output
 from app.domain.conversions import converted
 from app.domain.errors import NotFound
+from app.storage.s3 import RangeNotSatisfiable, S3Storage
 
 router = APIRouter(tags=["outputs"])
 _bearer = HTTPBearer(auto_error=False)
@@ -35,7 +37,7 @@ def content_disposition(filename: str) -> str:
 
 @router.get(
     "/v1/jobs/{job_id}/outputs/{output_id}",
-    responses={**PROBLEMS, 200: {"content": {"image/png": {}, "application/octet-stream": {}}}, 206: {}, 304: {}, 416: {}},
+    responses={**PROBLEMS, 200: {"content": {"image/png": {}, "application/octet-stream": {}}}, 206: {}, 304: {}, 307: {}, 416: {}},
     response_class=FileResponse,
 )
 async def get_output(
@@ -72,7 +74,28 @@ async def get_output(
     headers = {"ETag": etag, "Cache-Control": cache, "Content-Disposition": content_disposition(filename)}
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")] or request.headers.get("if-none-match") == "*":
         return Response(status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Disposition"})
+    if isinstance(storage, S3Storage):
+        return await _from_s3(storage, settings, request, key, content_type, headers)
     path = storage.path_for(key)
     if not path.is_file():
         raise NotFound("The output's file is no longer stored.")
     return FileResponse(path, media_type=content_type, headers=headers)
+
+
+async def _from_s3(
+    storage: S3Storage, settings: Settings, request: Request, key: str, content_type: str, headers: dict[str, str]
+) -> Response:
+    if settings.s3_serve == "redirect":
+        url = await storage.presigned_url(
+            key, content_type=content_type, disposition=headers["Content-Disposition"], expires=settings.s3_presign_seconds
+        )
+        # The presigned URL expires soon, so the redirect itself must not be cached; the client
+        # sends its Range header on to the bucket, which answers it.
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "private, no-store", "ETag": headers["ETag"]})
+    try:
+        obj = await storage.get_range(key, request.headers.get("range"))
+    except FileNotFoundError:
+        raise NotFound("The output's file is no longer stored.") from None
+    except RangeNotSatisfiable as exc:
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{exc.size}"})
+    return StreamingResponse(obj.body, status_code=obj.status, media_type=content_type, headers={**headers, **obj.headers})

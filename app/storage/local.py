@@ -38,6 +38,12 @@ class LocalStorage:
     def ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
+    async def start(self) -> None:
+        self.ensure_root()
+
+    async def close(self) -> None:
+        pass
+
     def path_for(self, key: str) -> Path:
         # Keys are made by the gateway, but a key that climbs out of the root is never honoured.
         pure = PurePosixPath(key)
