@@ -22,8 +22,9 @@ from app.domain.quotas import check_job_quotas
 from app.domain.templates import get_document
 from app.domain.users import Principal
 from app.domain.views import job_view
+from app.domain import uploads
 from app.domain.uploads import UrlFetcher, resolve_images
-from app.domain.workflows import check_raw_workflow
+from app.domain.workflows import check_raw_workflow, upload_refs
 from app.storage.local import LocalStorage
 from app.storage.signing import UrlSigner
 from app.templates import ParamsInvalid, output_nodes, render, resolve_params
@@ -55,6 +56,30 @@ def _check_string_lengths(doc: Any, params: dict[str, Any], cap: int) -> None:
         raise ValidationFailed(
             "Some params are too long: " + ", ".join(e["param"] for e in errors) + ".", errors=errors
         )
+
+
+async def _raw_inputs(session: AsyncSession, principal: Principal, refs: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """The inputs to stage for a raw workflow's `upload:<id>` references (each the caller's own)."""
+    inputs = []
+    for node_id, input_name, upload_id in refs:
+        try:
+            upload = await uploads.get_owned(session, principal.user_id, upload_id)
+        except NotFound:
+            field = f"workflow.{node_id}.inputs.{input_name}"
+            raise ValidationFailed(
+                f"{field} names no upload of yours.", errors=[{"field": field, "node_id": node_id, "message": "unknown upload"}]
+            ) from None
+        inputs.append(
+            {
+                "param": f"{node_id}_{input_name}",
+                "upload_id": upload.id,
+                "storage_key": upload.storage_key,
+                "content_type": upload.content_type,
+                "binds": [[node_id, input_name]],
+                "mask_of": None,
+            }
+        )
+    return inputs
 
 
 async def build(
@@ -132,6 +157,7 @@ async def build(
             raise ValidationFailed("'params' go with a template, not a raw workflow.", errors=[{"field": "params", "message": "not allowed with workflow"}])
         nodes = check_raw_workflow(req.workflow, settings, object_info)
         workflow, resolved = req.workflow, {}
+        inputs = await _raw_inputs(session, principal, upload_refs(req.workflow, object_info))
 
     return Job(
         id=str(uuid.uuid4()),

@@ -40,6 +40,37 @@ def upload_inputs(class_type: str, object_info: Mapping[str, Any] | None) -> fro
     return frozenset(found)
 
 
+# The prefix of a raw workflow's reference to one of the caller's uploads, e.g.
+# `"image": "upload:2f1c8a52-..."` in a LoadImage: staged like a template's image param.
+UPLOAD_REF = "upload:"
+# Inputs that may take such a reference: those that load an image (uploads are images).
+IMAGE_UPLOAD_INPUTS: dict[str, frozenset[str]] = {"LoadImage": frozenset({"image"}), "LoadImageMask": frozenset({"image"})}
+
+
+def image_inputs(class_type: str, object_info: Mapping[str, Any] | None) -> frozenset[str]:
+    """The inputs of a node class that load an uploaded image (`image_upload` in /object_info)."""
+    found = set(IMAGE_UPLOAD_INPUTS.get(class_type, ()))
+    info = object_info.get(class_type) if object_info else None
+    if isinstance(info, Mapping) and isinstance(info.get("input"), Mapping):
+        for section in ("required", "optional"):
+            for name, spec in (info["input"].get(section) or {}).items():
+                options = spec[1] if isinstance(spec, list | tuple) and len(spec) > 1 else None
+                if isinstance(options, Mapping) and options.get("image_upload"):
+                    found.add(name)
+    return frozenset(found)
+
+
+def upload_refs(workflow: dict[str, Any], object_info: Mapping[str, Any] | None = None) -> list[tuple[str, str, str]]:
+    """`(node_id, input_name, upload_id)` of every `upload:<id>` reference of a checked raw workflow."""
+    refs = []
+    for node_id, node in workflow.items():
+        for name in sorted(image_inputs(node["class_type"], object_info) & set(node["inputs"])):
+            value = node["inputs"][name]
+            if isinstance(value, str) and value.startswith(UPLOAD_REF):
+                refs.append((node_id, name, value[len(UPLOAD_REF) :]))
+    return refs
+
+
 def _node_error(node_id: str, class_type: str, field: str, message: str) -> dict[str, str]:
     return {"field": f"workflow.{node_id}.{field}", "node_id": node_id, "class_type": class_type, "message": message}
 
@@ -72,14 +103,23 @@ def check_raw_workflow(
         if class_type in denied or (allowed and class_type not in allowed):
             errors.append(_node_error(node_id, class_type, "class_type", f"node class {class_type!r} is not allowed in raw workflows here"))
             continue
-        # A file input may only name a file the gateway staged for this job. There is no upload
-        # staging yet, so every value is refused, a plain file name (which could be any user's
-        # upload in ComfyUI's shared input folder) as much as a link from another node.
+        # A file input may only name a file the gateway stages for this job: `upload:<id>` of one
+        # of the caller's uploads, in an input that loads an image. A plain file name (which could
+        # be any user's file in ComfyUI's shared input folder) or a link is refused.
+        images = image_inputs(class_type, object_info)
         for name in sorted(upload_inputs(class_type, object_info) & set(node["inputs"])):
+            value = node["inputs"][name]
+            if name in images and isinstance(value, str) and value.startswith(UPLOAD_REF):
+                continue
+            hint = (
+                f'give one of your uploads as "{UPLOAD_REF}<upload id>"'
+                if name in images
+                else "raw workflows cannot use server files of this kind"
+            )
             errors.append(
                 _node_error(
                     node_id, class_type, f"inputs.{name}",
-                    f"input {name!r} of {class_type!r} names a file on the ComfyUI server; raw workflows cannot use server files yet",
+                    f"input {name!r} of {class_type!r} names a file on the ComfyUI server; {hint}",
                 )
             )
     if errors:

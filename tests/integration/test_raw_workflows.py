@@ -90,3 +90,33 @@ async def test_operator_allow_and_deny_lists_and_the_node_count_bound(emulator, 
     assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "workflow"
     assert "at most 4" in resp.json()["detail"]
     assert await job_count(gw) == 1
+
+
+async def test_raw_workflows_load_the_callers_uploads_by_reference(gateway: Gateway, emulator) -> None:  # noqa: ANN001
+    import hashlib
+
+    from tests.integration.test_uploads import png, upload
+
+    _, alice = await gateway.create_user("alice", limits={"allow_raw_workflows": True})
+    _, bob = await gateway.create_user("bob", limits={"allow_raw_workflows": True})
+    data = png(20, 10, (50, 60, 70))
+    up = (await upload(gateway, data, alice)).json()
+    graph = {
+        "5": {"class_type": "LoadImage", "inputs": {"image": f"upload:{up['id']}"}},
+        "6": {"class_type": "ImageInvert", "inputs": {"image": ["5", 0]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "raw"}},
+    }
+    accepted = await gateway.generate({"workflow": graph}, headers=alice)
+    assert accepted.status_code == 202, accepted.text
+    final = await gateway.wait(accepted.json()["id"], headers=alice)
+    assert final["status"] == "succeeded", final
+    staged = emulator.input_dir / f"gw_{final['id']}_5_image.png"
+    assert hashlib.sha256(staged.read_bytes()).hexdigest() == up["sha256"]
+    # Someone else's upload is unknown to bob, exactly like a made-up id.
+    theirs = await gateway.generate({"workflow": graph}, headers=bob)
+    made_up = await gateway.generate(
+        {"workflow": {**graph, "5": {"class_type": "LoadImage", "inputs": {"image": "upload:2f1c8a52-7f43-4c2e-9d4c-1f0e2a3b4c5d"}}}},
+        headers=bob,
+    )
+    assert theirs.status_code == made_up.status_code == 422
+    assert theirs.json()["errors"] == [{**made_up.json()["errors"][0]}]

@@ -288,3 +288,45 @@ async def test_a_job_whose_upload_was_deleted_before_it_ran_fails_with_input_mis
     assert final["status"] == "failed"
     assert final["error"]["type"] == "input_missing"
     assert not emulator.prompts_received
+
+
+INPAINT_TEMPLATE = {
+    "description": "The image, and the same image with the mask's alpha (ComfyUI's /upload/mask)",
+    "workflow": {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "masked"}},
+        "4": {"class_type": "MaskPreview", "inputs": {"mask": ["2", 1]}},
+    },
+    "params": {
+        "image": {"type": "image", "required": True, "bind": ["1.inputs.image"]},
+        "mask": {"type": "image", "required": True, "mask_of": "image", "bind": ["2.inputs.image"]},
+    },
+    "outputs": ["3"],
+}
+
+
+async def test_a_mask_param_is_staged_onto_its_image_with_upload_mask(gateway, emulator) -> None:  # noqa: ANN001
+    assert (await gateway.http.put("/v1/templates/inpaint", json=INPAINT_TEMPLATE, headers=gateway.admin)).status_code in (200, 201)
+    image = png(16, 16, (10, 120, 230))
+    mask_img = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    mask_img.paste((0, 0, 0, 255), (0, 0, 8, 16))  # left half opaque
+    buf = io.BytesIO()
+    mask_img.save(buf, format="PNG")
+    image_id = (await upload(gateway, image, gateway.admin)).json()["id"]
+    mask_id = (await upload(gateway, buf.getvalue(), gateway.admin, filename="mask.png")).json()["id"]
+    job = (await gateway.generate({"template": "inpaint", "params": {"image": image_id, "mask": mask_id}})).json()
+    final = await gateway.wait(job["id"])
+    assert final["status"] == "succeeded", final
+    with Image.open(emulator.input_dir / f"gw_{job['id']}_mask.png") as staged:
+        rgba = staged.convert("RGBA")
+        # The original's colour, with the mask's alpha.
+        assert rgba.getpixel((2, 2)) == (10, 120, 230, 255)
+        assert rgba.getpixel((12, 2)) == (10, 120, 230, 0)
+
+
+async def test_mask_of_must_name_another_image_param(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway()
+    bad = {**INPAINT_TEMPLATE, "params": {**INPAINT_TEMPLATE["params"], "mask": {**INPAINT_TEMPLATE["params"]["mask"], "mask_of": "nothing"}}}
+    resp = await gw.http.put("/v1/templates/bad_inpaint", json=bad, headers=gw.admin)
+    assert resp.status_code == 422 and "mask_of" in resp.text
