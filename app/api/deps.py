@@ -15,7 +15,7 @@ from app.domain import ratelimit
 from app.domain.errors import Forbidden
 from app.domain.events import EventBus
 from app.domain.users import Principal, authenticate
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 from app.storage.signing import UrlSigner
 
 
@@ -34,7 +34,7 @@ def _signer(request: Request) -> UrlSigner:
     return request.app.state.signer
 
 
-def _storage(request: Request) -> LocalStorage:
+def _storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
@@ -45,7 +45,7 @@ def _bus(request: Request) -> EventBus:
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SignerDep = Annotated[UrlSigner, Depends(_signer)]
-StorageDep = Annotated[LocalStorage, Depends(_storage)]
+StorageDep = Annotated[Storage, Depends(_storage)]
 BusDep = Annotated[EventBus, Depends(_bus)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer cgw_...`")

@@ -21,6 +21,7 @@ from app.config import Settings
 from app.db.models import Job, Output
 from app.domain.conversions import converted
 from app.domain.errors import NotFound
+from app.storage.local import LocalStorage
 from app.storage.s3 import RangeNotSatisfiable, S3Storage
 
 router = APIRouter(tags=["outputs"])
@@ -76,6 +77,7 @@ async def get_output(
         return Response(status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Disposition"})
     if isinstance(storage, S3Storage):
         return await _from_s3(storage, settings, request, key, content_type, headers)
+    assert isinstance(storage, LocalStorage)
     path = storage.path_for(key)
     if not path.is_file():
         raise NotFound("The output's file is no longer stored.")

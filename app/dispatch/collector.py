@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from app.comfy.client import ComfyClient
 from app.comfy.models import HistoryEntry, OutputFile
 from app.db.models import Job, Output
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 
 
 # The types of the files ComfyUI's output nodes write, by extension: SaveImage (png),
@@ -54,7 +54,7 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def collect(client: ComfyClient, storage: LocalStorage, job: Job, entry: HistoryEntry) -> list[Output]:
+async def collect(client: ComfyClient, storage: Storage, job: Job, entry: HistoryEntry) -> list[Output]:
     """Stream every wanted file into storage. On any failure, what was already stored is removed."""
     stored: list[Output] = []
     try:

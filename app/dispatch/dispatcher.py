@@ -33,7 +33,7 @@ from app.dispatch.scheduler import FairScheduler
 from app.dispatch.tracker import DispatchContext, Tracker
 from app.domain.notify import Notifier
 from app.metrics import Metrics
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 
 log = logging.getLogger("app.dispatch")
 
@@ -44,7 +44,7 @@ class Dispatcher:
         *,
         sessionmaker: async_sessionmaker[AsyncSession],
         settings: Settings,
-        storage: LocalStorage,
+        storage: Storage,
         notifier: Notifier,
         metrics: Metrics,
         client_ids: dict[str, str],

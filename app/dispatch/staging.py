@@ -16,7 +16,7 @@ from typing import Any
 
 from app.comfy.client import ComfyClient
 from app.storage.images import EXTENSIONS
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -34,7 +34,7 @@ def staged_name(job_id: str, param: str, content_type: str) -> str:
 
 
 async def stage(
-    client: ComfyClient, storage: LocalStorage, job_id: str, workflow: dict[str, Any], inputs: list[dict[str, Any]]
+    client: ComfyClient, storage: Storage, job_id: str, workflow: dict[str, Any], inputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Upload every input to the backend and return the workflow with their names bound.
 

@@ -36,7 +36,7 @@ from app.dispatch.capabilities import Capabilities
 from app.dispatch.collector import collect
 from app.domain.notify import Notifier
 from app.metrics import Metrics
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 
 log = logging.getLogger("app.dispatch")
 
@@ -45,7 +45,7 @@ log = logging.getLogger("app.dispatch")
 class DispatchContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     settings: Settings
-    storage: LocalStorage
+    storage: Storage
     notifier: Notifier
     metrics: Metrics
     spawn: Callable[[Coroutine[Any, Any, Any], str], None]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.db.models import Output
 from app.domain.errors import NotFound, ValidationFailed
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 
 FORMATS = {"webp": ("WEBP", "image/webp", ".webp"), "jpeg": ("JPEG", "image/jpeg", ".jpg")}
 # Raster formats Pillow reads that ComfyUI's image nodes write.
@@ -37,7 +37,7 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def converted(storage: LocalStorage, output: Output, fmt: str, quality: int) -> tuple[str, str, str]:
+async def converted(storage: Storage, output: Output, fmt: str, quality: int) -> tuple[str, str, str]:
     """The storage key, content type and file name of the output in `fmt`, made if needed."""
     if output.content_type.split(";")[0] not in CONVERTIBLE:
         raise ValidationFailed(

@@ -25,7 +25,7 @@ from app.domain.views import job_view
 from app.domain import uploads
 from app.domain.uploads import UrlFetcher, resolve_images
 from app.domain.workflows import check_raw_workflow, upload_refs
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 from app.storage.signing import UrlSigner
 from app.templates import ParamsInvalid, output_nodes, render, resolve_params
 
@@ -89,7 +89,7 @@ async def build(
     settings: Settings,
     *,
     object_info: Mapping[str, Any] | None = None,
-    storage: LocalStorage | None = None,
+    storage: Storage | None = None,
     new_uploads: list[Any] | None = None,
     fetch_url: UrlFetcher | None = None,
 ) -> Job:

@@ -22,7 +22,7 @@ from app.db.models import Job, Output, Upload
 from app.db.types import utcnow
 from app.domain.errors import Conflict, NotFound
 from app.domain.users import Principal
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 
 log = logging.getLogger("app.retention")
 
@@ -49,7 +49,7 @@ async def delete_job(session: AsyncSession, principal: Principal, job_id: str) -
 class RetentionService:
     """Deletes outputs of jobs finished more than `retention_days` ago, and uploads older than that."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], storage: LocalStorage, settings: Settings) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, settings: Settings) -> None:
         self._sessionmaker = sessionmaker
         self._storage = storage
         self._settings = settings

@@ -26,7 +26,7 @@ from app.db.models import Upload
 from app.domain.errors import NotFound, PayloadTooLarge, ValidationFailed
 from app.domain.views import rfc3339
 from app.storage.images import NotAnImage, inspect_image
-from app.storage.local import LocalStorage
+from app.storage.base import Storage
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _DATA_URI_RE = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,(?P<data>.*)$", re.S)
@@ -69,7 +69,7 @@ async def _file_chunks(fh: BinaryIO) -> AsyncIterator[bytes]:
 
 
 async def store(
-    session: AsyncSession, storage: LocalStorage, settings: Settings, user_id: str, filename: str | None, fh: BinaryIO
+    session: AsyncSession, storage: Storage, settings: Settings, user_id: str, filename: str | None, fh: BinaryIO
 ) -> Upload:
     """Sniff the file and copy it into storage; returns its row, not yet added to the session (the
     caller adds and commits it, or deletes the stored file). Not an image: 422, nothing stored."""
@@ -139,7 +139,7 @@ def _bad(param: str, message: str) -> ValidationFailed:
 
 async def resolve_images(
     session: AsyncSession,
-    storage: LocalStorage,
+    storage: Storage,
     settings: Settings,
     user_id: str,
     image_params: dict[str, tuple[list[tuple[str, str]], str | None]],
@@ -190,7 +190,7 @@ async def resolve_images(
 
 async def _store_input(
     session: AsyncSession,
-    storage: LocalStorage,
+    storage: Storage,
     settings: Settings,
     user_id: str,
     filename: str,
@@ -210,7 +210,7 @@ async def _store_input(
 
 async def _fetch_input(
     session: AsyncSession,
-    storage: LocalStorage,
+    storage: Storage,
     settings: Settings,
     user_id: str,
     url: str,

@@ -1,4 +1,4 @@
-"""uploads (input files), jobs.inputs (what is staged at dispatch), jobs.keep_temp, jobs.outputs_expired_at (retention)
+"""uploads (input files), jobs.inputs (what is staged at dispatch), jobs.keep_temp, jobs.outputs_expired_at (retention), 64-bit output sizes
 
 Revision ID: 0007
 Revises: 0003
@@ -23,7 +23,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(length=36), nullable=False),
         sa.Column("filename", sa.String(length=255), nullable=False),
         sa.Column("content_type", sa.String(length=100), nullable=False),
-        sa.Column("size", sa.Integer(), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("width", sa.Integer(), nullable=True),
         sa.Column("height", sa.Integer(), nullable=True),
@@ -39,9 +39,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("inputs", sa.JSON(), nullable=False, server_default="[]"))
         batch_op.add_column(sa.Column("keep_temp", sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.add_column(sa.Column("outputs_expired_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("outputs", schema=None) as batch_op:
+        batch_op.alter_column("size", existing_type=sa.Integer(), type_=sa.BigInteger(), existing_nullable=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("outputs", schema=None) as batch_op:
+        batch_op.alter_column("size", existing_type=sa.BigInteger(), type_=sa.Integer(), existing_nullable=False)
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("outputs_expired_at")
         batch_op.drop_column("keep_temp")
