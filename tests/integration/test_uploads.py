@@ -330,3 +330,23 @@ async def test_mask_of_must_name_another_image_param(idle_gateway) -> None:  # n
     bad = {**INPAINT_TEMPLATE, "params": {**INPAINT_TEMPLATE["params"], "mask": {**INPAINT_TEMPLATE["params"]["mask"], "mask_of": "nothing"}}}
     resp = await gw.http.put("/v1/templates/bad_inpaint", json=bad, headers=gw.admin)
     assert resp.status_code == 422 and "mask_of" in resp.text
+
+
+async def test_a_slow_upload_to_the_backend_holds_up_no_other_job(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+    gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], backend_timeout_seconds=60))
+    await gw.wait_ready()
+    up = (await upload(gw, png(), gw.admin)).json()
+    emulator.slow_responses("/upload", 15)
+    staged = (await gw.generate(img2img(up["id"]))).json()
+    # Wait until the dispatcher took it and is uploading its input.
+    async with gw.app.state.sessionmaker() as session:
+        while (row := await session.get(Job, staged["id"], populate_existing=True)).prompt_id is None:
+            await asyncio.sleep(0.02)
+    blur = (await gw.generate({"template": "blur", "params": {}})).json()
+    done = await gw.wait(blur["id"], timeout=60)
+    assert done["status"] == "succeeded"
+    # The other job went through while the upload still hung: its prompt was not even sent yet.
+    assert row.prompt_id not in emulator.prompts_received
+    assert (await gw.job(staged["id"]))["status"] == "queued"
+    emulator.slow_responses("/upload", 0)
+    assert (await gw.wait(staged["id"], timeout=60))["status"] == "succeeded"
