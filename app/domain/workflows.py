@@ -7,7 +7,7 @@ name files on the ComfyUI server. Every problem is a 422 naming the node id and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.config import Settings
@@ -27,17 +27,24 @@ UPLOAD_INPUTS: dict[str, frozenset[str]] = {
 }
 
 
-def upload_inputs(class_type: str, object_info: Mapping[str, Any] | None) -> frozenset[str]:
-    """The inputs of a node class that name an uploaded file."""
-    found = set(UPLOAD_INPUTS.get(class_type, ()))
+def _flagged_inputs(
+    class_type: str, object_info: Mapping[str, Any] | None, known: frozenset[str], flagged: Callable[[str], bool]
+) -> frozenset[str]:
+    """`known`, plus the inputs whose options in /object_info carry a true flag `flagged` accepts."""
+    found = set(known)
     info = object_info.get(class_type) if object_info else None
     if isinstance(info, Mapping) and isinstance(info.get("input"), Mapping):
         for section in ("required", "optional"):
             for name, spec in (info["input"].get(section) or {}).items():
                 options = spec[1] if isinstance(spec, list | tuple) and len(spec) > 1 else None
-                if isinstance(options, Mapping) and any(k.endswith("_upload") and v for k, v in options.items()):
+                if isinstance(options, Mapping) and any(flagged(k) and v for k, v in options.items()):
                     found.add(name)
     return frozenset(found)
+
+
+def upload_inputs(class_type: str, object_info: Mapping[str, Any] | None) -> frozenset[str]:
+    """The inputs of a node class that name an uploaded file."""
+    return _flagged_inputs(class_type, object_info, UPLOAD_INPUTS.get(class_type, frozenset()), lambda k: k.endswith("_upload"))
 
 
 # The prefix of a raw workflow's reference to one of the caller's uploads, e.g.
@@ -49,15 +56,7 @@ IMAGE_UPLOAD_INPUTS: dict[str, frozenset[str]] = {"LoadImage": frozenset({"image
 
 def image_inputs(class_type: str, object_info: Mapping[str, Any] | None) -> frozenset[str]:
     """The inputs of a node class that load an uploaded image (`image_upload` in /object_info)."""
-    found = set(IMAGE_UPLOAD_INPUTS.get(class_type, ()))
-    info = object_info.get(class_type) if object_info else None
-    if isinstance(info, Mapping) and isinstance(info.get("input"), Mapping):
-        for section in ("required", "optional"):
-            for name, spec in (info["input"].get(section) or {}).items():
-                options = spec[1] if isinstance(spec, list | tuple) and len(spec) > 1 else None
-                if isinstance(options, Mapping) and options.get("image_upload"):
-                    found.add(name)
-    return frozenset(found)
+    return _flagged_inputs(class_type, object_info, IMAGE_UPLOAD_INPUTS.get(class_type, frozenset()), lambda k: k == "image_upload")
 
 
 def upload_refs(workflow: dict[str, Any], object_info: Mapping[str, Any] | None = None) -> list[tuple[str, str, str]]:
