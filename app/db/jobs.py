@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import webhooks
 from app.db.models import Job, Output
 from app.db.types import utcnow
 
@@ -118,7 +119,11 @@ async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **va
         # session (synchronize_session) would only cost time.
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    return (await session.execute(stmt)).scalars().first()
+    row = (await session.execute(stmt)).scalars().first()
+    if row is not None and "status" in values:
+        # The webhook outbox row, in this transition's transaction.
+        await webhooks.on_transition(session, row)
+    return row
 
 
 async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> Job | None:
