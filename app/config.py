@@ -123,9 +123,9 @@ class Settings(BaseSettings):
     run_webhooks: bool = True
     # Each attempt's time limit (connect, send, answer).
     webhook_timeout_seconds: float = Field(default=15.0, gt=0)
-    # Delay before each attempt, in seconds: the first is sent at once, the next 5 s after a
-    # failure, and so on; past the list the last delay repeats, up to webhook_max_attempts.
-    webhook_retry_schedule: Annotated[list[float], NoDecode] = [0, 5, 300, 1800, 7200, 18000, 36000]
+    # The first attempt is made as soon as the job changes; after a failed attempt, the next waits
+    # the next of these delays (seconds); past the list the last one repeats, up to webhook_max_attempts.
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = [5, 300, 1800, 7200, 18000, 36000]
     webhook_max_attempts: int = Field(default=10, ge=1, le=100)
     # Each delay is spread by up to this fraction either way, so receivers that came back are not
     # hit by every delayed delivery in the same second.

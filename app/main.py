@@ -22,14 +22,19 @@ from app.domain.events import EventBus
 from app.domain.notify import Notifier
 from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
+from app.domain.webhook_secrets import SecretBox
 from app.metrics import Metrics
+from app.net.ssrf import OutboundGuard, Resolver
 from app.storage.local import LocalStorage
 from app.storage.signing import UrlSigner
+from app.webhooks.sender import WebhookSender
 
 log = logging.getLogger("app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver | None = None) -> FastAPI:
+    """`outbound_resolver` replaces DNS for outbound URLs (webhooks): for tests of what a host name
+    resolves to at send time."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -62,6 +67,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
         bus = EventBus()
         notifier = Notifier(worker_sessionmaker, signer, bus, metrics)
+        guard = OutboundGuard(settings.outbound_allowlist, resolver=outbound_resolver)
+        secret_box = SecretBox(settings.webhook_secret_key or secret)
+        webhook_sender = WebhookSender(
+            sessionmaker=worker_sessionmaker,
+            settings=settings,
+            signer=signer,
+            box=secret_box,
+            guard=guard,
+            metrics=metrics,
+        )
         dispatcher = Dispatcher(
             sessionmaker=worker_sessionmaker,
             settings=settings,
@@ -86,13 +101,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.on_job_canceled = dispatcher.job_canceled
         state.backend_health = dispatcher.backend_health
         state.object_info = dispatcher.object_info
+        state.outbound_guard = guard
+        state.secret_box = secret_box
+        state.webhook_sender = webhook_sender
+        state.webhooks_wake = webhook_sender.wake
 
         if settings.run_dispatcher:
             await dispatcher.start()
+        if settings.run_webhooks:
+            await webhook_sender.start()
         try:
             yield
         finally:
             await dispatcher.stop()
+            await webhook_sender.stop()
             await worker_engine.dispose()
             await engine.dispose()
 

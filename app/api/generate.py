@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge
+from app.api.deps import GuardDep, SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
-from app.domain import jobs
-from app.domain.errors import DomainError, LimitExceeded, ValidationFailed
+from app.domain import jobs, webhooks
+from app.domain.errors import DomainError, LimitExceeded
 
 router = APIRouter(tags=["jobs"])
 
@@ -21,14 +21,12 @@ async def generate(
     principal: UncountedPrincipalDep,
     settings: SettingsDep,
     signer: SignerDep,
+    guard: GuardDep,
 ) -> dict:
     try:
+        webhook = None
         if body.webhook is not None:
-            # Accepting a webhook we would not deliver would be worse than refusing it.
-            raise ValidationFailed(
-                "Webhooks are not supported by this gateway version yet.",
-                errors=[{"field": "webhook", "message": "not supported yet"}],
-            )
+            webhook = webhooks.accept(guard, body.webhook.url, body.webhook.events)
         job = await jobs.build(
             session,
             principal,
@@ -39,6 +37,7 @@ async def generate(
                 priority=body.priority,
                 metadata=body.metadata,
                 timeout_seconds=body.timeout_seconds,
+                webhook=webhook,
             ),
             settings,
             # A backend's node definitions, when one is connected, tell which inputs name server files.

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app.api.deps import PrincipalDep, SessionDep, SignerDep
-from app.api.schemas import PROBLEMS, JobList, JobOut
-from app.domain import jobs
+from app.api.schemas import PROBLEMS, JobList, JobOut, WebhookDeliveryList
+from app.domain import jobs, webhooks
 
 router = APIRouter(tags=["jobs"])
 
@@ -44,3 +44,10 @@ async def cancel_job(
     # The dispatcher takes it off the backend (queue delete or targeted interrupt) and tells subscribers.
     await request.app.state.on_job_canceled(job.id)
     return view
+
+
+@router.get("/v1/jobs/{job_id}/webhook-deliveries", response_model=WebhookDeliveryList, responses=PROBLEMS)
+async def list_webhook_deliveries(job_id: str, session: SessionDep, principal: PrincipalDep) -> dict:
+    """The job's webhook deliveries (one per event), each with its attempts."""
+    job = await jobs.get_owned(session, principal, job_id)
+    return await webhooks.deliveries_view(session, job.id)

@@ -129,6 +129,16 @@ async def record_attempt(
     return row
 
 
+async def release(session: AsyncSession, owner: str) -> None:
+    """Give back the leases `owner` holds (a sender stopping): those deliveries are due again at once."""
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.lease_owner == owner, WebhookDelivery.status == "pending")
+        .values(lease_owner=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def for_job(session: AsyncSession, job_id: str) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
     deliveries = list(
         (

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class RetrySchedule:
-    """`delays[n]` seconds pass before attempt n+1 (the first is usually 0: at once); past the list
-    the last delay repeats, up to `max_attempts` attempts. Each delay is spread by up to `jitter`
+    """The first attempt is made at once; after attempt n fails, `delays[n-1]` seconds pass before
+    the next; past the list the last delay repeats, up to `max_attempts` attempts in all. Each delay is spread by up to `jitter`
     (a fraction) either way, so that deliveries that failed together do not all come back together."""
 
     delays: tuple[float, ...]
@@ -31,9 +31,11 @@ class RetrySchedule:
 
     def nominal(self, attempts_made: int) -> float | None:
         """The delay before the next attempt, without jitter; None when no attempt is left."""
+        if attempts_made < 1:
+            return 0.0
         if attempts_made >= self.max_attempts:
             return None
-        return self.delays[min(attempts_made, len(self.delays) - 1)]
+        return self.delays[min(attempts_made - 1, len(self.delays) - 1)]
 
     def next_delay(
         self, attempts_made: int, *, retry_after: float | None = None, retry_after_cap: float = 3600.0,

@@ -1,0 +1,242 @@
+"""The webhook sender: a supervised loop, owned by the app's lifespan, that sends due outbox rows.
+
+Rows are the truth: a delivery is leased (app/db/webhooks.py) before it is sent and its attempt
+recorded after, so a crash loses nothing (the lease expires and another sender, or this one after
+a restart, takes it) and two replicas never send the same attempt at once. Nothing here touches
+the job: a receiver that fails, hangs or lies never affects the job or the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from app.config import Settings
+from app.db import jobs as jobs_repo
+from app.db import webhooks as repo
+from app.db.models import WebhookDelivery
+from app.db.types import utcnow
+from app.domain.views import job_view, rfc3339
+from app.domain.webhook_secrets import SecretBox, signing_secrets
+from app.metrics import Metrics
+from app.net.ssrf import OutboundGuard, UnsafeRequest
+from app.storage.signing import UrlSigner
+from app.webhooks.retry import RetrySchedule
+
+log = logging.getLogger("app.webhooks")
+
+# Deliveries sent at once by one sender.
+BATCH = 32
+
+
+@dataclass(slots=True)
+class Outcome:
+    status_code: int | None = None
+    error: str | None = None
+    succeeded: bool = False
+    # The receiver asked for no more deliveries (410 Gone).
+    stop: bool = False
+    retry_after: float | None = None
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date (RFC 9110 10.2.3); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: str) -> str:
+    """The `webhook-signature` header: one `v1,<base64>` entry per secret that signs now."""
+    return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        signer: UrlSigner,
+        box: SecretBox,
+        guard: OutboundGuard,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.schedule = RetrySchedule.of(
+            settings.webhook_retry_schedule, settings.webhook_max_attempts, settings.webhook_retry_jitter
+        )
+        # Who holds a lease: unique per process, so that a restart never mistakes old leases for its own.
+        self.owner = "sender-" + uuid.uuid4().hex[:16]
+        self._sessionmaker = sessionmaker
+        self._signer = signer
+        self._box = box
+        self._metrics = metrics
+        self._client = guard.client(
+            timeout=settings.webhook_timeout_seconds, headers={"User-Agent": "comfy-gateway-webhooks/1"}
+        )
+        self._wake_event = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._main = asyncio.create_task(self.run(), name="webhook sender")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._main is not None:
+            self._main.cancel()
+            await asyncio.gather(self._main, return_exceptions=True)
+        # Attempts cut short are not recorded; their rows are due again at once, for the next sender.
+        try:
+            async with self._sessionmaker() as session:
+                await repo.release(session, self.owner)
+                await session.commit()
+        except Exception:  # noqa: BLE001 - the leases expire anyway
+            log.exception("could not release webhook leases")
+        await self._client.aclose()
+
+    def wake(self) -> None:
+        self._wake_event.set()
+
+    async def run(self) -> None:
+        """The supervised loop: a failed round is logged and retried, never fatal."""
+        while not self._stopping:
+            self._wake_event.clear()
+            sent = 0
+            try:
+                sent = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("webhook round failed")
+            if sent >= BATCH:
+                continue  # more may be due
+            try:
+                await asyncio.wait_for(self._wake_event.wait(), timeout=self.settings.webhook_poll_seconds)
+            except TimeoutError:
+                pass
+
+    # ---- one round -------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Send every delivery due now (up to a batch), concurrently; returns how many were attempted."""
+        async with self._sessionmaker() as session:
+            due = await repo.claim_due(
+                session, owner=self.owner, lease_seconds=self.settings.webhook_lease_seconds, limit=BATCH
+            )
+        if due:
+            await asyncio.gather(*(self._deliver_logged(d) for d in due))
+        return len(due)
+
+    async def _deliver_logged(self, delivery: WebhookDelivery) -> None:
+        try:
+            await self.deliver(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the lease expires and the delivery is tried again
+            log.exception("webhook delivery %s failed unexpectedly", delivery.id)
+
+    async def deliver(self, delivery: WebhookDelivery) -> None:
+        """One attempt of a leased delivery, recorded."""
+        async with self._sessionmaker() as session:
+            body = await self._body(session, delivery)
+            secrets = await signing_secrets(session, self._box, delivery.user_id)
+        if body is None:
+            return  # the job is gone (its deliveries go with it)
+        attempted_at = utcnow()
+        started = time.monotonic()
+        outcome = await self._post(delivery, body, secrets, attempted_at)
+        duration_ms = (time.monotonic() - started) * 1000
+
+        next_at: datetime | None = None
+        if not outcome.succeeded and not outcome.stop:
+            delay = self.schedule.next_delay(
+                delivery.attempts + 1,
+                retry_after=outcome.retry_after,
+                retry_after_cap=self.settings.webhook_retry_after_max_seconds,
+            )
+            if delay is not None:
+                next_at = utcnow() + timedelta(seconds=delay)
+        async with self._sessionmaker() as session:
+            row = await repo.record_attempt(
+                session,
+                delivery,
+                owner=self.owner,
+                attempted_at=attempted_at,
+                duration_ms=duration_ms,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                succeeded=outcome.succeeded,
+                next_attempt_at=next_at,
+            )
+            await session.commit()
+        label = "succeeded" if outcome.succeeded else ("refused" if outcome.error and outcome.error.startswith("refused") else "failed")
+        self._metrics.webhook_attempts.labels(label).inc()
+        self._metrics.webhook_attempt_seconds.observe(duration_ms / 1000)
+        if row is not None and row.status != "pending":
+            self._metrics.webhook_deliveries.labels(row.status).inc()
+        if not outcome.succeeded:
+            log.info(
+                "webhook %s (%s, job %s) attempt %d failed: %s", delivery.id, delivery.event, delivery.job_id,
+                delivery.attempts + 1, outcome.error,
+            )
+
+    async def _body(self, session: AsyncSession, delivery: WebhookDelivery) -> str | None:
+        """The body, rendered at each attempt from the job row: output URLs are freshly signed, so a
+        receiver can download what a late retry announces."""
+        job = await jobs_repo.get_job(session, delivery.job_id)
+        if job is None:
+            return None
+        outputs = (await jobs_repo.outputs_for(session, [job.id]))[job.id]
+        view = job_view(job, outputs, self._signer, queue_position=await jobs_repo.queue_position(session, job))
+        payload: dict[str, Any] = {"type": delivery.event, "timestamp": rfc3339(delivery.created_at), "data": view}
+        return json.dumps(payload, separators=(",", ":"))
+
+    async def _post(self, delivery: WebhookDelivery, body: str, secrets: list[str], now: datetime) -> Outcome:
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": sign(secrets, delivery.id, now, body),
+        }
+        try:
+            # Streamed and not read: a receiver's answer is its status; its body could be anything.
+            async with self._client.stream("POST", delivery.url, content=body.encode(), headers=headers) as resp:
+                code = resp.status_code
+                if 200 <= code < 300:
+                    return Outcome(code, succeeded=True)
+                if code == 410:
+                    return Outcome(code, "410 Gone: the receiver wants no more deliveries", stop=True)
+                if 300 <= code < 400:
+                    return Outcome(code, f"HTTP {code}: redirects are not followed")
+                return Outcome(code, f"HTTP {code}", retry_after=parse_retry_after(resp.headers.get("retry-after"), time.time()))
+        except UnsafeRequest as exc:
+            return Outcome(error=f"refused: {exc.reason}")
+        except httpx.TimeoutException:
+            return Outcome(error=f"timed out after {self.settings.webhook_timeout_seconds:g} s")
+        except httpx.HTTPError as exc:
+            return Outcome(error=f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__)
