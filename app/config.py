@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -172,6 +172,13 @@ class Settings(BaseSettings):
         if not value or any(d < 0 for d in value):
             raise ValueError("a non-empty list of delays in seconds, none negative")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> Settings:
+        # A lease shorter than an attempt would let a second sender send the same attempt again.
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError("GATEWAY_WEBHOOK_LEASE_SECONDS must be longer than GATEWAY_WEBHOOK_TIMEOUT_SECONDS")
+        return self
 
     @field_validator("comfyui_urls")
     @classmethod

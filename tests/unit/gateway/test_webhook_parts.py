@@ -50,6 +50,9 @@ def test_bad_schedules_are_refused() -> None:
             RetrySchedule.of(delays, attempts, jitter)
     with pytest.raises(ValueError):
         Settings(_env_file=None, webhook_retry_schedule="5,-1")
+    # A lease that could end while its attempt is still running would let another sender repeat it.
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, webhook_timeout_seconds=30, webhook_lease_seconds=20)
 
 
 def test_retry_after_seconds_and_http_dates() -> None:
