@@ -17,6 +17,7 @@ from app.config import Settings, get_settings
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
+from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
 from app.domain.events import EventBus
 from app.domain.notify import Notifier
@@ -77,6 +78,9 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             guard=guard,
             metrics=metrics,
         )
+        # Sessions that commit a job transition with a webhook wake the sender at once.
+        for maker in (sessionmaker, worker_sessionmaker):
+            maker.configure(info={WAKE_KEY: webhook_sender.wake})
         dispatcher = Dispatcher(
             sessionmaker=worker_sessionmaker,
             settings=settings,

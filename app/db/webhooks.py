@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +23,8 @@ from app.db.types import utcnow
 EVENT_OF_STATUS = {"running": "job.running", "succeeded": "job.succeeded", "failed": "job.failed", "canceled": "job.canceled"}
 EVENTS = tuple(EVENT_OF_STATUS.values())
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")
+# The key in a session's `info` of a callable that wakes the local sender (set by the app).
+WAKE_KEY = "webhooks_wake"
 
 
 async def on_transition(session: AsyncSession, job: Job) -> None:
@@ -45,6 +48,10 @@ async def on_transition(session: AsyncSession, job: Job) -> None:
     }
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     await session.execute(dialect.insert(WebhookDelivery).values(**values).on_conflict_do_nothing())
+    # Wake this process's sender once the row is committed (it polls too, for other replicas' rows).
+    wake = session.info.get(WAKE_KEY)
+    if wake is not None:
+        sa_event.listen(session.sync_session, "after_commit", lambda _: wake(), once=True)
 
 
 def _due(now: datetime) -> Any:

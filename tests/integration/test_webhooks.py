@@ -54,6 +54,12 @@ def hooked(emulator: Emulator, make_settings, gateway_factory) -> Callable[..., 
     return start
 
 
+async def make_user(gw: Gateway, name: str, **limits: Any) -> dict[str, str]:
+    """A user whose polling in these tests never meets the per-minute rate limit."""
+    _, headers = await gw.create_user(name, limits={"rate_per_minute": 100_000, **limits})
+    return headers
+
+
 async def secret_of(gw: Gateway, headers: dict[str, str]) -> str:
     resp = await gw.http.get("/v1/me/webhook-secret", headers=headers)
     assert resp.status_code == 200, resp.text
@@ -84,7 +90,7 @@ def parse_ts(value: str) -> datetime:
 
 async def test_succeeded_job_is_delivered_signed_with_a_downloadable_output(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked()
-    _, user = await gw.create_user("app")
+    user = await make_user(gw, "app")
     job = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/hooks/comfy")}}, user)).json()
     assert (await gw.wait(job["id"], headers=user))["status"] == "succeeded"
     await receiver.wait_for(lambda: len(receiver.received) == 1)
@@ -109,14 +115,14 @@ async def test_succeeded_job_is_delivered_signed_with_a_downloadable_output(hook
     assert [(a["status_code"], a["succeeded"]) for a in delivery["attempts"]] == [(200, True)]
 
     # Another user's job: 404, exactly like a missing one.
-    _, other = await gw.create_user("other")
+    other = await make_user(gw, "other")
     assert (await gw.http.get(f"/v1/jobs/{job['id']}/webhook-deliveries", headers=other)).status_code == 404
     assert (await gw.http.get("/v1/jobs/nope/webhook-deliveries", headers=other)).status_code == 404
 
 
 async def test_receiver_failing_three_times_gets_it_on_the_fourth_with_one_webhook_id(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked()
-    _, user = await gw.create_user("app")
+    user = await make_user(gw, "app")
     receiver.answer("/flaky", 500, 502, 503)
     job = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/flaky")}}, user)).json()
 
@@ -138,7 +144,7 @@ async def test_receiver_failing_three_times_gets_it_on_the_fourth_with_one_webho
 
 async def test_410_stops_retries_and_retry_after_is_honoured(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked()
-    _, user = await gw.create_user("app")
+    user = await make_user(gw, "app")
     receiver.answer("/gone", 410, 200)
     receiver.answer("/busy", 429, headers={"Retry-After": "2"})
     gone = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/gone")}}, user)).json()
@@ -166,7 +172,7 @@ async def test_receiver_down_across_a_gateway_restart_is_delivered_after(
     settings = make_settings(comfyui_urls=[emulator.base_url], **{**FAST, "webhook_retry_schedule": [1.0]})
     first = await gateway_factory(settings)
     await first.wait_ready()
-    _, user = await first.create_user("app")
+    user = await make_user(first, "app")
     url = f"http://127.0.0.1:{port}/hook"
     job = (await first.generate({**BLUR, "webhook": {"url": url}}, user)).json()
     [before] = await wait_deliveries(first, job["id"], user, lambda items: items and items[0]["attempts"])
@@ -190,7 +196,7 @@ async def test_receiver_down_across_a_gateway_restart_is_delivered_after(
 
 async def test_failed_and_canceled_are_delivered_and_the_events_filter_holds(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked()
-    _, user = await gw.create_user("app", limits={"allow_raw_workflows": True})
+    user = await make_user(gw, "app", allow_raw_workflows=True)
     failed = (await gw.generate({"workflow": FAILING, "webhook": {"url": receiver.url("/failed")}}, user)).json()
     both = (
         await gw.generate({**BLUR, "webhook": {"url": receiver.url("/both"), "events": ["job.running", "job.succeeded"]}}, user)
@@ -220,7 +226,7 @@ async def test_failed_and_canceled_are_delivered_and_the_events_filter_holds(hoo
 
 async def test_rotation_signs_with_old_and_new_during_the_grace_period(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked()
-    _, user = await gw.create_user("app")
+    user = await make_user(gw, "app")
     old = await secret_of(gw, user)
     assert old.startswith("whsec_") and await secret_of(gw, user) == old  # stable until rotated
     rotated = await gw.http.post("/v1/me/webhook-secret/rotate", headers=user)
@@ -240,7 +246,7 @@ async def test_rotation_signs_with_old_and_new_during_the_grace_period(hooked, r
 
 async def test_rotation_without_grace_drops_the_old_secret(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked(webhook_secret_grace_seconds=0)
-    _, user = await gw.create_user("app")
+    user = await make_user(gw, "app")
     old = await secret_of(gw, user)
     new = (await gw.http.post("/v1/me/webhook-secret/rotate", headers=user)).json()["secret"]
     await gw.generate({**BLUR, "webhook": {"url": receiver.url("/hook")}}, user)
@@ -253,7 +259,7 @@ async def test_rotation_without_grace_drops_the_old_secret(hooked, receiver: Rec
 
 async def test_admin_redelivers_with_the_same_webhook_id(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked()
-    _, user = await gw.create_user("app")
+    user = await make_user(gw, "app")
     receiver.answer("/hook", 410)
     job = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/hook")}}, user)).json()
     [delivery] = await wait_deliveries(gw, job["id"], user, lambda items: items and items[0]["status"] == "failed")
@@ -271,7 +277,7 @@ async def test_admin_redelivers_with_the_same_webhook_id(hooked, receiver: Recei
 
 async def test_unsafe_webhooks_are_refused_at_submit_and_nothing_is_stored(idle_gateway) -> None:  # noqa: ANN001
     gw = await idle_gateway()  # no allow-list
-    _, user = await gw.create_user("app")
+    user = await make_user(gw, "app")
     cases = {
         "http://127.0.0.1:8080/hook": "webhook.url",
         "http://169.254.169.254/latest/meta-data": "webhook.url",
@@ -306,7 +312,7 @@ async def test_a_host_that_resolves_to_a_private_address_at_send_time_is_not_sen
         raise OSError(f"unknown host {host}")
 
     gw = await hooked({"outbound_resolver": resolver}, webhook_max_attempts=2)
-    _, user = await gw.create_user("app")
+    user = await make_user(gw, "app")
     bad = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/bad", host="hooks.test")}}, user)).json()
     good = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/good", host="good.test")}}, user)).json()
 
@@ -333,7 +339,7 @@ async def test_two_gateways_on_one_database_send_each_delivery_once(
     await first.wait_ready()
     # The second replica only sends webhooks: both senders scan the same outbox.
     second = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], run_dispatcher=False, **FAST))
-    _, user = await first.create_user("app")
+    user = await make_user(first, "app")
     jobs = [(await first.generate({**BLUR, "webhook": {"url": receiver.url(f"/j{i}")}}, user)).json() for i in range(8)]
     for job in jobs:
         await wait_deliveries(second, job["id"], user, lambda items: items and items[0]["status"] == "succeeded")
