@@ -70,8 +70,10 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         notifier = Notifier(worker_sessionmaker, signer, bus, metrics)
         guard = OutboundGuard(settings.outbound_allowlist, resolver=outbound_resolver)
         secret_box = SecretBox(settings.webhook_secret_key or secret)
+        # The sender shares the API's connections, not the dispatcher's: receivers' pace must
+        # never hold up the loop that keeps the GPUs busy.
         webhook_sender = WebhookSender(
-            sessionmaker=worker_sessionmaker,
+            sessionmaker=sessionmaker,
             settings=settings,
             signer=signer,
             box=secret_box,

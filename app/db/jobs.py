@@ -28,6 +28,12 @@ async def get_job(session: AsyncSession, job_id: str, *, user_id: str | None = N
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def get_jobs(session: AsyncSession, job_ids: Sequence[str]) -> list[Job]:
+    if not job_ids:
+        return []
+    return list((await session.execute(select(Job).where(Job.id.in_(job_ids)))).scalars())
+
+
 async def get_job_by_prompt(session: AsyncSession, prompt_id: str) -> Job | None:
     return (await session.execute(select(Job).where(Job.prompt_id == prompt_id))).scalar_one_or_none()
 

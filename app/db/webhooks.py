@@ -73,18 +73,19 @@ async def claim_due(session: AsyncSession, *, owner: str, lease_seconds: float, 
         stmt = stmt.with_for_update(skip_locked=True)
     ids = list((await session.execute(stmt)).scalars())
     claimed: list[WebhookDelivery] = []
-    for delivery_id in ids:
-        row = (
-            await session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id, _due(now))
-                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
-                .returning(WebhookDelivery)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-        ).scalars().first()
-        if row is not None:
-            claimed.append(row)
+    if ids:
+        # Conditional per row: a row another sender leased since the SELECT is not taken.
+        claimed = list(
+            (
+                await session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id.in_(ids), _due(now))
+                    .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
+                    .returning(WebhookDelivery)
+                    .execution_options(synchronize_session=False, populate_existing=True)
+                )
+            ).scalars()
+        )
     await session.commit()
     return claimed
 

@@ -49,6 +49,8 @@ class Outcome:
     # The receiver asked for no more deliveries (410 Gone).
     stop: bool = False
     retry_after: float | None = None
+    # The guard refused the address: nothing was sent.
+    refused: bool = False
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -111,12 +113,7 @@ class WebhookSender:
             self._main.cancel()
             await asyncio.gather(self._main, return_exceptions=True)
         # Attempts cut short are not recorded; their rows are due again at once, for the next sender.
-        try:
-            async with self._sessionmaker() as session:
-                await repo.release(session, self.owner)
-                await session.commit()
-        except Exception:  # noqa: BLE001 - the leases expire anyway
-            log.exception("could not release webhook leases")
+        await self._release()
         await self._client.aclose()
 
     def wake(self) -> None:
@@ -143,35 +140,75 @@ class WebhookSender:
     # ---- one round -------------------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """Send every delivery due now (up to a batch), concurrently; returns how many were attempted."""
+        """Send every delivery due now (up to a batch), concurrently; returns how many were attempted.
+
+        A round is three short database visits whatever the batch size (lease; read the jobs and
+        secrets; record every attempt): no connection is held while receivers answer."""
         async with self._sessionmaker() as session:
             due = await repo.claim_due(
                 session, owner=self.owner, lease_seconds=self.settings.webhook_lease_seconds, limit=BATCH
             )
-        if due:
-            await asyncio.gather(*(self._deliver_logged(d) for d in due))
+            if not due:
+                return 0
+            try:
+                bodies, secrets = await self._prepare(session, due)
+            except BaseException:
+                await self._release()
+                raise
+        sendable = [d for d in due if d.id in bodies]  # the others' jobs are gone, and their rows with them
+        results = await asyncio.gather(*(self._attempt(d, bodies[d.id], secrets[d.user_id]) for d in sendable))
+        async with self._sessionmaker() as session:
+            rows = [await self._record(session, d, *result) for d, result in zip(sendable, results, strict=True)]
+            await session.commit()
+        for (_, outcome, duration_ms), row in zip(results, rows, strict=True):
+            label = "succeeded" if outcome.succeeded else ("refused" if outcome.refused else "failed")
+            self._metrics.webhook_attempts.labels(label).inc()
+            self._metrics.webhook_attempt_seconds.observe(duration_ms / 1000)
+            if row is not None and row.status != "pending":
+                self._metrics.webhook_deliveries.labels(row.status).inc()
         return len(due)
 
-    async def _deliver_logged(self, delivery: WebhookDelivery) -> None:
+    async def _release(self) -> None:
         try:
-            await self.deliver(delivery)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - the lease expires and the delivery is tried again
-            log.exception("webhook delivery %s failed unexpectedly", delivery.id)
+            async with self._sessionmaker() as session:
+                await repo.release(session, self.owner)
+                await session.commit()
+        except Exception:  # noqa: BLE001 - the leases expire anyway
+            log.exception("could not release webhook leases")
 
-    async def deliver(self, delivery: WebhookDelivery) -> None:
-        """One attempt of a leased delivery, recorded."""
-        async with self._sessionmaker() as session:
-            body = await self._body(session, delivery)
-            secrets = await signing_secrets(session, self._box, delivery.user_id)
-        if body is None:
-            return  # the job is gone (its deliveries go with it)
+    async def _prepare(
+        self, session: AsyncSession, due: list[WebhookDelivery]
+    ) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """Each delivery's body, rendered at each attempt from the job row (output URLs freshly
+        signed, so a receiver can download what a late retry announces), and each user's secrets."""
+        jobs = {job.id: job for job in await jobs_repo.get_jobs(session, list({d.job_id for d in due}))}
+        outputs = await jobs_repo.outputs_for(session, list(jobs))
+        bodies: dict[str, str] = {}
+        for delivery in due:
+            job = jobs.get(delivery.job_id)
+            if job is None:
+                continue
+            view = job_view(job, outputs[job.id], self._signer, queue_position=await jobs_repo.queue_position(session, job))
+            payload: dict[str, Any] = {"type": delivery.event, "timestamp": rfc3339(delivery.created_at), "data": view}
+            bodies[delivery.id] = json.dumps(payload, separators=(",", ":"))
+        secrets = {uid: await signing_secrets(session, self._box, uid) for uid in {d.user_id for d in due}}
+        return bodies, secrets
+
+    async def _attempt(self, delivery: WebhookDelivery, body: str, secrets: list[str]) -> tuple[datetime, Outcome, float]:
         attempted_at = utcnow()
         started = time.monotonic()
         outcome = await self._post(delivery, body, secrets, attempted_at)
         duration_ms = (time.monotonic() - started) * 1000
+        if not outcome.succeeded:
+            log.info(
+                "webhook %s (%s, job %s) attempt %d failed: %s",
+                delivery.id, delivery.event, delivery.job_id, delivery.attempts + 1, outcome.error,
+            )
+        return attempted_at, outcome, duration_ms
 
+    async def _record(
+        self, session: AsyncSession, delivery: WebhookDelivery, attempted_at: datetime, outcome: Outcome, duration_ms: float
+    ) -> WebhookDelivery | None:
         next_at: datetime | None = None
         if not outcome.succeeded and not outcome.stop:
             delay = self.schedule.next_delay(
@@ -181,40 +218,17 @@ class WebhookSender:
             )
             if delay is not None:
                 next_at = utcnow() + timedelta(seconds=delay)
-        async with self._sessionmaker() as session:
-            row = await repo.record_attempt(
-                session,
-                delivery,
-                owner=self.owner,
-                attempted_at=attempted_at,
-                duration_ms=duration_ms,
-                status_code=outcome.status_code,
-                error=outcome.error,
-                succeeded=outcome.succeeded,
-                next_attempt_at=next_at,
-            )
-            await session.commit()
-        label = "succeeded" if outcome.succeeded else ("refused" if outcome.error and outcome.error.startswith("refused") else "failed")
-        self._metrics.webhook_attempts.labels(label).inc()
-        self._metrics.webhook_attempt_seconds.observe(duration_ms / 1000)
-        if row is not None and row.status != "pending":
-            self._metrics.webhook_deliveries.labels(row.status).inc()
-        if not outcome.succeeded:
-            log.info(
-                "webhook %s (%s, job %s) attempt %d failed: %s", delivery.id, delivery.event, delivery.job_id,
-                delivery.attempts + 1, outcome.error,
-            )
-
-    async def _body(self, session: AsyncSession, delivery: WebhookDelivery) -> str | None:
-        """The body, rendered at each attempt from the job row: output URLs are freshly signed, so a
-        receiver can download what a late retry announces."""
-        job = await jobs_repo.get_job(session, delivery.job_id)
-        if job is None:
-            return None
-        outputs = (await jobs_repo.outputs_for(session, [job.id]))[job.id]
-        view = job_view(job, outputs, self._signer, queue_position=await jobs_repo.queue_position(session, job))
-        payload: dict[str, Any] = {"type": delivery.event, "timestamp": rfc3339(delivery.created_at), "data": view}
-        return json.dumps(payload, separators=(",", ":"))
+        return await repo.record_attempt(
+            session,
+            delivery,
+            owner=self.owner,
+            attempted_at=attempted_at,
+            duration_ms=duration_ms,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            succeeded=outcome.succeeded,
+            next_attempt_at=next_at,
+        )
 
     async def _post(self, delivery: WebhookDelivery, body: str, secrets: list[str], now: datetime) -> Outcome:
         headers = {
@@ -235,7 +249,7 @@ class WebhookSender:
                     return Outcome(code, f"HTTP {code}: redirects are not followed")
                 return Outcome(code, f"HTTP {code}", retry_after=parse_retry_after(resp.headers.get("retry-after"), time.time()))
         except UnsafeRequest as exc:
-            return Outcome(error=f"refused: {exc.reason}")
+            return Outcome(error=f"refused: {exc.reason}", refused=True)
         except httpx.TimeoutException:
             return Outcome(error=f"timed out after {self.settings.webhook_timeout_seconds:g} s")
         except httpx.HTTPError as exc:
