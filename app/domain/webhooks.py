@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import webhooks as repo
@@ -22,6 +23,11 @@ def accept(guard: OutboundGuard, url: str, events: Sequence[str] | None) -> tupl
     checked again, resolved, at every attempt), and the events. Returns the URL and events to store."""
     try:
         checked = guard.check_url(url)
+        try:
+            # What the sender's HTTP client would refuse (control characters ...) is refused now.
+            httpx.URL(checked)
+        except httpx.InvalidURL as exc:
+            raise UnsafeUrl(f"the URL is malformed ({exc})") from None
     except UnsafeUrl as exc:
         raise ValidationFailed(
             f"The webhook URL may not be used: {exc.reason}.", errors=[{"field": "webhook.url", "message": exc.reason}]

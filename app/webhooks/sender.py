@@ -254,3 +254,6 @@ class WebhookSender:
             return Outcome(error=f"timed out after {self.settings.webhook_timeout_seconds:g} s")
         except httpx.HTTPError as exc:
             return Outcome(error=f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - whatever a URL or a receiver does, it is one failed attempt
+            log.warning("webhook %s: unexpected error sending", delivery.id, exc_info=True)
+            return Outcome(error=f"could not send ({type(exc).__name__})")

@@ -285,6 +285,8 @@ async def test_unsafe_webhooks_are_refused_at_submit_and_nothing_is_stored(idle_
         "http://[::ffff:10.0.0.1]/hook": "webhook.url",
         "ftp://hooks.example/x": "webhook.url",
         "https://user:pw@hooks.example/x": "webhook.url",
+        "https://hooks.example/\x00": "webhook.url",
+        "https://" + "a" * 2000 + ".example/": "webhook.url",
     }
     for url, field in cases.items():
         resp = await gw.generate({**BLUR, "webhook": {"url": url}}, user)
