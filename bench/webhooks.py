@@ -14,6 +14,7 @@ this one, on loopback, allow-listed. Figures:
 from __future__ import annotations
 
 import argparse
+import collections
 import asyncio
 import json
 import os
@@ -49,7 +50,8 @@ class Receiver:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), timeout=max(0.01, deadline - time.monotonic()))
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(self.arrivals)} of {n} deliveries arrived")
+                kinds = collections.Counter(p["type"] for _, p in self.arrivals)
+                raise RuntimeError(f"only {len(self.arrivals)} of {n} deliveries arrived: {dict(kinds)}")
 
 
 def ts(value: str) -> float:

@@ -30,24 +30,33 @@ WAKE_KEY = "webhooks_wake"
 async def on_transition(session: AsyncSession, job: Job) -> None:
     """Called with the row a status transition returned, in that transition's transaction: the
     delivery exists if and only if the transition committed. At most one per (job, event)."""
-    event = EVENT_OF_STATUS.get(job.status)
-    if event is None or not job.webhook_url or event not in (job.webhook_events or DEFAULT_EVENTS):
+    if not job.webhook_url or job.status not in EVENT_OF_STATUS:
+        return
+    wanted = job.webhook_events or DEFAULT_EVENTS
+    events = [EVENT_OF_STATUS[job.status]]
+    if job.status in ("succeeded", "failed") and job.started_at is not None:
+        # A job can end before the gateway saw it start (a short or cached prompt goes from queued
+        # to succeeded): it did run, so job.running is announced too, unless it already was.
+        events.insert(0, "job.running")
+    events = [e for e in events if e in wanted]
+    if not events:
         return
     now = utcnow()
-    values = {
-        "id": "msg_" + uuid.uuid4().hex,
-        "job_id": job.id,
-        "user_id": job.user_id,
-        "event": event,
-        "url": job.webhook_url,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-        "updated_at": now,
-    }
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    await session.execute(dialect.insert(WebhookDelivery).values(**values).on_conflict_do_nothing())
+    for event in events:
+        values = {
+            "id": "msg_" + uuid.uuid4().hex,
+            "job_id": job.id,
+            "user_id": job.user_id,
+            "event": event,
+            "url": job.webhook_url,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        }
+        await session.execute(dialect.insert(WebhookDelivery).values(**values).on_conflict_do_nothing())
     # Wake this process's sender once the row is committed (it polls too, for other replicas' rows).
     wake = session.info.get(WAKE_KEY)
     if wake is not None:

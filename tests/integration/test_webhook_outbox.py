@@ -72,6 +72,21 @@ async def test_a_delivery_exists_exactly_when_the_transition_committed(maker) ->
     assert await rows(maker, job_id) == [("job.running", "pending"), ("job.succeeded", "pending")]
 
 
+async def test_a_job_that_ended_before_it_was_seen_running_is_announced_running_too(maker) -> None:  # noqa: ANN001
+    job_id, prompt_id = await dispatched_job(maker, ["job.running", "job.succeeded"])
+    async with maker() as session:
+        # The prompt ended before its start was seen: queued -> succeeded in one step.
+        await jobs_repo.mark_succeeded(session, job_id, prompt_id=prompt_id)
+        await session.commit()
+    assert sorted(await rows(maker, job_id)) == [("job.running", "pending"), ("job.succeeded", "pending")]
+    # A job canceled before it started never ran: no job.running.
+    other, _ = await dispatched_job(maker, ["job.running", "job.canceled"])
+    async with maker() as session:
+        await jobs_repo.mark_canceled(session, other)
+        await session.commit()
+    assert await rows(maker, other) == [("job.canceled", "pending")]
+
+
 async def test_a_lease_keeps_other_senders_off_until_it_expires(maker) -> None:  # noqa: ANN001
     job_id, _ = await dispatched_job(maker)
     async with maker() as session:
