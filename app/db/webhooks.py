@@ -146,14 +146,12 @@ async def record_attempt(
     return row
 
 
-async def release(session: AsyncSession, owner: str) -> None:
-    """Give back the leases `owner` holds (a sender stopping): those deliveries are due again at once."""
-    await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.lease_owner == owner, WebhookDelivery.status == "pending")
-        .values(lease_owner=None, lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
+async def release(session: AsyncSession, owner: str, ids: Sequence[str] | None = None) -> None:
+    """Give back the leases `owner` holds (all, or those of `ids`): those deliveries are due again at once."""
+    stmt = update(WebhookDelivery).where(WebhookDelivery.lease_owner == owner, WebhookDelivery.status == "pending")
+    if ids is not None:
+        stmt = stmt.where(WebhookDelivery.id.in_(ids))
+    await session.execute(stmt.values(lease_owner=None, lease_until=None).execution_options(synchronize_session=False))
 
 
 async def for_job(session: AsyncSession, job_id: str) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:

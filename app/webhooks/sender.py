@@ -12,7 +12,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,8 +36,9 @@ from app.webhooks.retry import RetrySchedule
 
 log = logging.getLogger("app.webhooks")
 
-# Deliveries sent at once by one sender.
+# Deliveries leased per round, and attempts in flight at once, per sender.
 BATCH = 32
+MAX_INFLIGHT = 128
 
 
 @dataclass(slots=True)
@@ -100,6 +100,7 @@ class WebhookSender:
         )
         self._wake_event = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     # ---- life cycle ------------------------------------------------------------------------
@@ -112,6 +113,9 @@ class WebhookSender:
         if self._main is not None:
             self._main.cancel()
             await asyncio.gather(self._main, return_exceptions=True)
+        for task in self._inflight:
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
         # Attempts cut short are not recorded; their rows are due again at once, for the next sender.
         await self._release()
         await self._client.aclose()
@@ -123,15 +127,12 @@ class WebhookSender:
         """The supervised loop: a failed round is logged and retried, never fatal."""
         while not self._stopping:
             self._wake_event.clear()
-            sent = 0
             try:
-                sent = await self.run_once()
+                await self.run_once(wait=False)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001
                 log.exception("webhook round failed")
-            if sent >= BATCH:
-                continue  # more may be due
             try:
                 await asyncio.wait_for(self._wake_event.wait(), timeout=self.settings.webhook_poll_seconds)
             except TimeoutError:
@@ -139,39 +140,68 @@ class WebhookSender:
 
     # ---- one round -------------------------------------------------------------------------
 
-    async def run_once(self) -> int:
-        """Send every delivery due now (up to a batch), concurrently; returns how many were attempted.
+    async def run_once(self, *, wait: bool = True) -> int:
+        """Lease the deliveries due now (as many as there are free sending slots) and start their
+        attempts; returns how many. With `wait`, until those attempts are recorded.
 
-        A round is three short database visits whatever the batch size (lease; read the jobs and
-        secrets; record every attempt): no connection is held while receivers answer."""
+        Each attempt is a task of its own, so one slow receiver (up to the 15 s timeout) never
+        holds up the others. Leasing and reading the jobs and secrets is one short database
+        visit per round; each attempt is recorded in one more. No connection is held while a
+        receiver answers."""
+        free = MAX_INFLIGHT - len(self._inflight)
+        if free <= 0:
+            return 0
         async with self._sessionmaker() as session:
             due = await repo.claim_due(
-                session, owner=self.owner, lease_seconds=self.settings.webhook_lease_seconds, limit=BATCH
+                session, owner=self.owner, lease_seconds=self.settings.webhook_lease_seconds, limit=min(free, BATCH)
             )
             if not due:
                 return 0
             try:
                 bodies, secrets = await self._prepare(session, due)
             except BaseException:
-                await self._release()
+                await self._release([d.id for d in due])
                 raise
-        sendable = [d for d in due if d.id in bodies]  # the others' jobs are gone, and their rows with them
-        results = await asyncio.gather(*(self._attempt(d, bodies[d.id], secrets[d.user_id]) for d in sendable))
-        async with self._sessionmaker() as session:
-            rows = [await self._record(session, d, *result) for d, result in zip(sendable, results, strict=True)]
-            await session.commit()
-        for (_, outcome, duration_ms), row in zip(results, rows, strict=True):
-            label = "succeeded" if outcome.succeeded else ("refused" if outcome.refused else "failed")
-            self._metrics.webhook_attempts.labels(label).inc()
-            self._metrics.webhook_attempt_seconds.observe(duration_ms / 1000)
-            if row is not None and row.status != "pending":
-                self._metrics.webhook_deliveries.labels(row.status).inc()
+        started = []
+        for delivery in due:
+            if delivery.id not in bodies:
+                continue  # its job is gone, and the row with it
+            task = asyncio.create_task(
+                self._send(delivery, bodies[delivery.id], secrets[delivery.user_id]), name=f"webhook {delivery.id}"
+            )
+            self._inflight.add(task)
+            task.add_done_callback(self._sent)
+            started.append(task)
+        if wait and started:
+            await asyncio.gather(*started, return_exceptions=True)
+        if len(due) == min(free, BATCH):
+            self.wake()  # more may be due
         return len(due)
 
-    async def _release(self) -> None:
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        full = len(self._inflight) >= MAX_INFLIGHT
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Its lease expires and the delivery is tried again.
+            log.error("webhook task %s failed", task.get_name(), exc_info=task.exception())
+        if full:
+            self.wake()  # a slot is free again
+
+    async def _send(self, delivery: WebhookDelivery, body: str, secrets: list[str]) -> None:
+        attempted_at, outcome, duration_ms = await self._attempt(delivery, body, secrets)
+        async with self._sessionmaker() as session:
+            row = await self._record(session, delivery, attempted_at, outcome, duration_ms)
+            await session.commit()
+        label = "succeeded" if outcome.succeeded else ("refused" if outcome.refused else "failed")
+        self._metrics.webhook_attempts.labels(label).inc()
+        self._metrics.webhook_attempt_seconds.observe(duration_ms / 1000)
+        if row is not None and row.status != "pending":
+            self._metrics.webhook_deliveries.labels(row.status).inc()
+
+    async def _release(self, ids: list[str] | None = None) -> None:
         try:
             async with self._sessionmaker() as session:
-                await repo.release(session, self.owner)
+                await repo.release(session, self.owner, ids)
                 await session.commit()
         except Exception:  # noqa: BLE001 - the leases expire anyway
             log.exception("could not release webhook leases")

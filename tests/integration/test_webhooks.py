@@ -224,6 +224,21 @@ async def test_failed_and_canceled_are_delivered_and_the_events_filter_holds(hoo
     assert [d["event"] for d in await deliveries(gw, failed["id"], user)] == ["job.failed"]
 
 
+async def test_a_hanging_receiver_does_not_hold_up_other_deliveries(hooked, receiver: Receiver) -> None:  # noqa: ANN001
+    gw = await hooked(webhook_timeout_seconds=90, webhook_lease_seconds=180)
+    user = await make_user(gw, "app")
+    release = receiver.hold("/hangs")
+    slow = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/hangs")}}, user)).json()
+    await receiver.wait_for(lambda: len(receiver.at("/hangs")) == 1)
+    # While that receiver keeps the gateway waiting, another job's webhook goes out.
+    fast = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/fast")}}, user)).json()
+    await wait_deliveries(gw, fast["id"], user, lambda items: items and items[0]["status"] == "succeeded")
+    [hanging] = await deliveries(gw, slow["id"], user)
+    assert hanging["status"] == "pending" and hanging["attempts"] == []  # still waiting for its answer
+    release.set()
+    await wait_deliveries(gw, slow["id"], user, lambda items: items[0]["status"] == "succeeded")
+
+
 async def test_rotation_signs_with_old_and_new_during_the_grace_period(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked()
     user = await make_user(gw, "app")

@@ -33,10 +33,15 @@ class Receiver:
         self.received: list[Received] = []
         self._script: dict[str, deque[tuple[int, dict[str, str]]]] = defaultdict(deque)
         self._runner: web.AppRunner | None = None
+        self._holds: dict[str, asyncio.Event] = {}
 
     def answer(self, path: str, *statuses: int, headers: dict[str, str] | None = None) -> None:
         """The next requests to `path` get these statuses, in order; then 200."""
         self._script[path].extend((status, headers or {}) for status in statuses)
+
+    def hold(self, path: str) -> asyncio.Event:
+        """Requests to `path` get no answer until the returned event is set (a hanging receiver)."""
+        return self._holds.setdefault(path, asyncio.Event())
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -49,6 +54,8 @@ class Receiver:
         script = self._script[request.path]
         status, headers = script.popleft() if script else (200, {})
         self.received.append(Received(request.path, dict(request.headers), body, status))
+        if request.path in self._holds:
+            await self._holds[request.path].wait()
         return web.Response(status=status, headers=headers, text="ok")
 
     async def start(self) -> None:
