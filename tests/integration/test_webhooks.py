@@ -142,13 +142,21 @@ async def test_receiver_failing_three_times_gets_it_on_the_fourth_with_one_webho
     assert {b["data"]["id"] for b in bodies} == {job["id"]}
 
 
-async def test_410_stops_retries_and_retry_after_is_honoured(hooked, receiver: Receiver) -> None:  # noqa: ANN001
+async def test_410_stops_retries_retry_after_is_honoured_and_redirects_are_not_followed(hooked, receiver: Receiver) -> None:  # noqa: ANN001
     gw = await hooked()
     user = await make_user(gw, "app")
     receiver.answer("/gone", 410, 200)
     receiver.answer("/busy", 429, headers={"Retry-After": "2"})
+    receiver.answer("/moved", 307, headers={"Location": receiver.url("/elsewhere")})
     gone = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/gone")}}, user)).json()
     busy = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/busy")}}, user)).json()
+    moved = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/moved")}}, user)).json()
+
+    # A redirect is a failed attempt, retried at the same URL; the Location is never visited.
+    [redirected] = await wait_deliveries(gw, moved["id"], user, lambda items: items and items[0]["status"] == "succeeded")
+    assert [(a["status_code"], a["succeeded"]) for a in redirected["attempts"]] == [(307, False), (200, True)]
+    assert "redirect" in redirected["attempts"][0]["error"]
+    assert receiver.at("/elsewhere") == [] and len(receiver.at("/moved")) == 2
 
     [stopped] = await wait_deliveries(gw, gone["id"], user, lambda items: items and items[0]["status"] == "failed")
     assert [a["status_code"] for a in stopped["attempts"]] == [410]
