@@ -9,11 +9,12 @@ Fernet (AES-128-CBC + HMAC-SHA256, from `cryptography`) under a key derived from
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +25,7 @@ from app.db.models import WebhookSecret
 from app.db.types import utcnow
 
 PREFIX = "whsec_"
+log = logging.getLogger("app.webhooks")
 
 
 class SecretBox:
@@ -38,8 +40,12 @@ class SecretBox:
     def seal(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()
 
-    def open(self, ciphertext: str) -> str:
-        return self._fernet.decrypt(ciphertext.encode()).decode()
+    def open(self, ciphertext: str) -> str | None:
+        """The secret, or None if it was sealed under another key (the server key was changed)."""
+        try:
+            return self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken:
+            return None
 
 
 def new_secret() -> str:
@@ -66,19 +72,30 @@ async def _add(session: AsyncSession, box: SecretBox, user_id: str, generation: 
         return False
 
 
+async def _readable(session: AsyncSession, box: SecretBox, user_id: str) -> list[tuple[WebhookSecret, str]]:
+    """The user's signing secrets with their clear values, newest first; made if there is none.
+
+    A secret sealed under another server key cannot be read: it no longer signs, and when none is
+    left a new one is made (the user fetches it from /v1/me/webhook-secret)."""
+    for _ in range(2):
+        rows = [(row, box.open(row.ciphertext)) for row in await repo.secrets_of(session, user_id)]
+        readable = [(row, value) for row, value in rows if value is not None]
+        if len(readable) < len(rows):
+            log.error("webhook secrets of user %s were sealed under another key (GATEWAY_WEBHOOK_SECRET_KEY changed?)", user_id)
+        if readable:
+            return readable
+        latest = await repo.latest_generation(session, user_id)
+        await _add(session, box, user_id, (latest.generation if latest else 0) + 1, retire_before=utcnow())
+    raise RuntimeError("no readable webhook secret")  # pragma: no cover - the one just made is readable
+
+
 async def signing_secrets(session: AsyncSession, box: SecretBox, user_id: str) -> list[str]:
     """The secrets that sign a user's webhooks now, newest first (made if the user has none). Commits."""
-    rows = await repo.secrets_of(session, user_id)
-    if not rows:
-        latest = await repo.latest_generation(session, user_id)
-        await _add(session, box, user_id, (latest.generation if latest else 0) + 1, retire_before=None)
-        rows = await repo.secrets_of(session, user_id)
-    return [box.open(row.ciphertext) for row in rows]
+    return [value for _, value in await _readable(session, box, user_id)]
 
 
 async def current(session: AsyncSession, box: SecretBox, user_id: str) -> SecretInfo:
-    await signing_secrets(session, box, user_id)
-    return _info(box, await repo.secrets_of(session, user_id))
+    return _info(await _readable(session, box, user_id))
 
 
 async def rotate(session: AsyncSession, box: SecretBox, user_id: str, grace_seconds: float) -> SecretInfo:
@@ -90,10 +107,10 @@ async def rotate(session: AsyncSession, box: SecretBox, user_id: str, grace_seco
         if await _add(session, box, user_id, (latest.generation if latest else 0) + 1, retire_before=retire):
             break
         latest = await repo.latest_generation(session, user_id)
-    return _info(box, await repo.secrets_of(session, user_id))
+    return _info(await _readable(session, box, user_id))
 
 
-def _info(box: SecretBox, rows: list[WebhookSecret]) -> SecretInfo:
-    newest, older = rows[0], rows[1:]
-    expiries = [row.expires_at for row in older if row.expires_at is not None]
-    return SecretInfo(box.open(newest.ciphertext), newest.created_at, max(expiries) if expiries else None)
+def _info(readable: list[tuple[WebhookSecret, str]]) -> SecretInfo:
+    (newest, value), older = readable[0], readable[1:]
+    expiries = [row.expires_at for row, _ in older if row.expires_at is not None]
+    return SecretInfo(value, newest.created_at, max(expiries) if expiries else None)

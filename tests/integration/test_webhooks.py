@@ -11,9 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from app.db.engine import create_engine
 from comfy_emulator import Emulator
 from tests.integration.conftest import Gateway
 from tests.integration.webhook_receiver import Receiver, free_port
@@ -371,3 +373,30 @@ async def test_two_gateways_on_one_database_send_each_delivery_once(
     ids = [r.headers["webhook-id"] for r in receiver.received]
     assert len(ids) == 8 and len(set(ids)) == 8
     assert all(json.loads(r.body)["type"] == "job.succeeded" for r in receiver.received)
+
+
+async def test_secrets_are_encrypted_and_a_changed_server_key_gives_users_a_new_one(
+    emulator: Emulator, make_settings, gateway_factory, receiver: Receiver, db_url: str  # noqa: ANN001
+) -> None:
+    first = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], webhook_secret_key="key one", **FAST))
+    await first.wait_ready()
+    user = await make_user(first, "app")
+    old = await secret_of(first, user)
+    # Not in the database in clear.
+    engine = create_engine(db_url)
+    async with engine.connect() as conn:
+        stored = [r[0] for r in await conn.execute(text("SELECT ciphertext FROM webhook_secrets"))]
+    await engine.dispose()
+    assert stored and all(old.removeprefix("whsec_") not in c for c in stored)
+    await first.close()
+
+    # The operator changes GATEWAY_WEBHOOK_SECRET_KEY: the old secret cannot be read, a new one signs.
+    second = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], webhook_secret_key="key two", **FAST))
+    await second.wait_ready()
+    new = await secret_of(second, user)
+    assert new != old and await secret_of(second, user) == new
+    await second.generate({**BLUR, "webhook": {"url": receiver.url("/hook")}}, user)
+    await receiver.wait_for(lambda: len(receiver.received) == 1)
+    [got] = receiver.received
+    assert got.headers["webhook-signature"].count("v1,") == 1
+    assert Webhook(new).verify(got.body, got.headers)["type"] == "job.succeeded"

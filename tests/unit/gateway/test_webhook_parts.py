@@ -86,7 +86,4 @@ def test_secrets_are_encrypted_at_rest_and_need_the_server_key() -> None:
     sealed = SecretBox("server key A").seal(secret)
     assert secret not in sealed and secret.removeprefix("whsec_") not in sealed
     assert SecretBox("server key A").open(sealed) == secret
-    from cryptography.fernet import InvalidToken
-
-    with pytest.raises(InvalidToken):
-        SecretBox("server key B").open(sealed)
+    assert SecretBox("server key B").open(sealed) is None  # another server key cannot read it
