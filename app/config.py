@@ -150,6 +150,30 @@ class Settings(BaseSettings):
     # --- outbound ---------------------------------------------------------------------------
     outbound_allowlist: Annotated[list[str], NoDecode] = []
 
+    # --- webhooks ---------------------------------------------------------------------------
+    # Send webhook deliveries from this process (the outbox rows are written by any replica).
+    run_webhooks: bool = True
+    # Each attempt's time limit (connect, send, answer).
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
+    # The first attempt is made as soon as the job changes; after a failed attempt, the next waits
+    # the next of these delays (seconds); past the list the last one repeats, up to webhook_max_attempts.
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = [5, 300, 1800, 7200, 18000, 36000]
+    webhook_max_attempts: int = Field(default=10, ge=1, le=100)
+    # Each delay is spread by up to this fraction either way, so receivers that came back are not
+    # hit by every delayed delivery in the same second.
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, le=1)
+    # A receiver's Retry-After is honoured up to this many seconds.
+    webhook_retry_after_max_seconds: float = Field(default=3600.0, ge=0)
+    # How often the sender looks for due deliveries.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    # A delivery claimed by a sender is not sent by another one for this long (longer than an attempt).
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    # After a rotation, the previous secret keeps signing (next to the new one) this long.
+    webhook_secret_grace_seconds: float = Field(default=86400.0, ge=0)
+    # Key that encrypts users' webhook secrets in the database. When unset, one is derived from
+    # the URL signing secret; set it apart so that a database copy alone does not reveal them.
+    webhook_secret_key: str | None = None
+
     # --- events -----------------------------------------------------------------------------
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     # Progress is written to the job row at most this often; live subscribers get it sooner.
@@ -162,7 +186,14 @@ class Settings(BaseSettings):
     # Run the dispatcher in this process. Off for an API-only replica.
     run_dispatcher: bool = True
 
-    @field_validator("comfyui_urls", "outbound_allowlist", "raw_workflow_deny_nodes", "raw_workflow_allow_nodes", mode="before")
+    @field_validator(
+        "comfyui_urls",
+        "outbound_allowlist",
+        "raw_workflow_deny_nodes",
+        "raw_workflow_allow_nodes",
+        "webhook_retry_schedule",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -177,6 +208,20 @@ class Settings(BaseSettings):
     def _s3_needs_a_bucket(self) -> "Settings":
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("GATEWAY_S3_BUCKET is required when GATEWAY_STORAGE_BACKEND=s3")
+        return self
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _delays(cls, value: list[float]) -> list[float]:
+        if not value or any(d < 0 for d in value):
+            raise ValueError("a non-empty list of delays in seconds, none negative")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> Settings:
+        # A lease shorter than an attempt would let a second sender send the same attempt again.
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError("GATEWAY_WEBHOOK_LEASE_SECONDS must be longer than GATEWAY_WEBHOOK_TIMEOUT_SECONDS")
         return self
 
     @field_validator("comfyui_urls")

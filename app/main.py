@@ -18,6 +18,7 @@ from app.config import Settings, get_settings
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
+from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
 from app.domain.events import EventBus
 from app.domain.notify import Notifier
@@ -25,15 +26,19 @@ from app.domain.fetch import make_fetcher
 from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
+from app.domain.webhook_secrets import SecretBox
 from app.metrics import Metrics
-from app.net.ssrf import OutboundGuard
+from app.net.ssrf import OutboundGuard, Resolver
 from app.storage.factory import build_storage
 from app.storage.signing import UrlSigner
+from app.webhooks.sender import WebhookSender
 
 log = logging.getLogger("app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver | None = None) -> FastAPI:
+    """`outbound_resolver` replaces DNS for outbound URLs (webhooks): for tests of what a host name
+    resolves to at send time."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -66,6 +71,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
         bus = EventBus()
         notifier = Notifier(worker_sessionmaker, signer, bus, metrics)
+        guard = OutboundGuard(settings.outbound_allowlist, resolver=outbound_resolver)
+        secret_box = SecretBox(settings.webhook_secret_key or secret)
+        # The sender shares the API's connections, not the dispatcher's: receivers' pace must
+        # never hold up the loop that keeps the GPUs busy.
+        webhook_sender = WebhookSender(
+            sessionmaker=sessionmaker,
+            settings=settings,
+            signer=signer,
+            box=secret_box,
+            guard=guard,
+            metrics=metrics,
+        )
+        # Sessions that commit a job transition with a webhook wake the sender at once.
+        for maker in (sessionmaker, worker_sessionmaker):
+            maker.configure(info={WAKE_KEY: webhook_sender.wake})
         dispatcher = Dispatcher(
             sessionmaker=worker_sessionmaker,
             settings=settings,
@@ -90,10 +110,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.on_job_canceled = dispatcher.job_canceled
         state.backend_health = dispatcher.backend_health
         state.object_info = dispatcher.object_info
+        state.outbound_guard = guard
+        state.secret_box = secret_box
+        state.webhook_sender = webhook_sender
+        state.webhooks_wake = webhook_sender.wake
 
         # Image params given as URLs, fetched through the one outbound guard.
         state.fetch_url = make_fetcher(
-            OutboundGuard(settings.outbound_allowlist),
+            guard,
             max_bytes=settings.max_upload_bytes,
             timeout=settings.url_fetch_timeout_seconds,
         )
@@ -107,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.retention_days and settings.run_dispatcher
             else None
         )
+        if settings.run_webhooks:
+            await webhook_sender.start()
         try:
             yield
         finally:
@@ -114,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retention_task.cancel()
                 await asyncio.gather(retention_task, return_exceptions=True)
             await dispatcher.stop()
+            await webhook_sender.stop()
             await storage.close()
             await worker_engine.dispose()
             await engine.dispose()

@@ -24,3 +24,22 @@ class Metrics:
         self.backend_inflight = Gauge(
             "gateway_backend_inflight", "Prompts handed to the backend and not finished", ["backend"], registry=self.registry
         )
+        # Webhooks (app/webhooks/sender.py)
+        self.webhook_attempts = Counter(
+            "gateway_webhook_attempts_total",
+            "Webhook delivery attempts by outcome (succeeded, failed, refused: the address may not be reached)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "gateway_webhook_deliveries_total",
+            "Webhook deliveries that ended: succeeded, or failed for good (attempts exhausted or 410)",
+            ["status"],
+            registry=self.registry,
+        )
+        self.webhook_attempt_seconds = Histogram(
+            "gateway_webhook_attempt_seconds",
+            "Duration of webhook delivery attempts",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep, SignerDep
 from app.api.schemas import (
@@ -17,8 +17,9 @@ from app.api.schemas import (
     UserList,
     UserOut,
     UserPatch,
+    WebhookDeliveryOut,
 )
-from app.domain import jobs, users
+from app.domain import jobs, users, webhooks
 from app.domain.views import rfc3339
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -100,3 +101,11 @@ async def list_all_jobs(
     return await jobs.list_views(
         session, signer, user_id=user_id, statuses=statuses, limit=limit, cursor=cursor, with_owner=True
     )
+
+
+@router.post("/webhook-deliveries/{delivery_id}/redeliver", status_code=202, response_model=WebhookDeliveryOut, responses=PROBLEMS)
+async def redeliver_webhook(delivery_id: str, request: Request, session: SessionDep, admin: AdminDep) -> dict:
+    """Send a delivery again now, with a fresh round of attempts (past attempts stay listed)."""
+    view = await webhooks.redeliver(session, delivery_id)
+    request.app.state.webhooks_wake()
+    return view

@@ -16,6 +16,8 @@ from app.domain.errors import Forbidden
 from app.domain.events import EventBus
 from app.domain.users import Principal, authenticate
 from app.storage.base import Storage
+from app.domain.webhook_secrets import SecretBox
+from app.net.ssrf import OutboundGuard
 from app.storage.signing import UrlSigner
 
 
@@ -42,11 +44,21 @@ def _bus(request: Request) -> EventBus:
     return request.app.state.bus
 
 
+def _guard(request: Request) -> OutboundGuard:
+    return request.app.state.outbound_guard
+
+
+def _secret_box(request: Request) -> SecretBox:
+    return request.app.state.secret_box
+
+
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SignerDep = Annotated[UrlSigner, Depends(_signer)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 BusDep = Annotated[EventBus, Depends(_bus)]
+GuardDep = Annotated[OutboundGuard, Depends(_guard)]
+SecretBoxDep = Annotated[SecretBox, Depends(_secret_box)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer cgw_...`")
 

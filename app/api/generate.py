@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep, UncountedPrincipalDep, charge
+from app.api.deps import GuardDep, SessionDep, SettingsDep, SignerDep, StorageDep, UncountedPrincipalDep, charge
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
-from app.domain import jobs
 from app.db.models import Upload
-from app.domain.errors import DomainError, LimitExceeded, ValidationFailed
+from app.domain import jobs, webhooks
+from app.domain.errors import DomainError, LimitExceeded
 
 router = APIRouter(tags=["jobs"])
 
@@ -23,12 +23,13 @@ async def generate(
     settings: SettingsDep,
     signer: SignerDep,
     storage: StorageDep,
+    guard: GuardDep,
 ) -> dict:
     # Uploads made from image params given as data: URIs or URLs: stored with the job, or their
     # files deleted if no job comes of the request.
     new_uploads: list[Upload] = []
     try:
-        return await _generate(body, request, response, session, principal, settings, signer, storage, new_uploads)
+        return await _generate(body, request, response, session, principal, settings, signer, storage, guard, new_uploads)
     except BaseException:
         # Emptied once the job and its uploads are committed.
         for upload in new_uploads:
@@ -36,14 +37,11 @@ async def generate(
         raise
 
 
-async def _generate(body, request, response, session, principal, settings, signer, storage, new_uploads) -> dict:  # noqa: ANN001
+async def _generate(body, request, response, session, principal, settings, signer, storage, guard, new_uploads) -> dict:  # noqa: ANN001
     try:
+        webhook = None
         if body.webhook is not None:
-            # Accepting a webhook we would not deliver would be worse than refusing it.
-            raise ValidationFailed(
-                "Webhooks are not supported by this gateway version yet.",
-                errors=[{"field": "webhook", "message": "not supported yet"}],
-            )
+            webhook = webhooks.accept(guard, body.webhook.url, body.webhook.events)
         job = await jobs.build(
             session,
             principal,
@@ -54,6 +52,7 @@ async def _generate(body, request, response, session, principal, settings, signe
                 priority=body.priority,
                 metadata=body.metadata,
                 timeout_seconds=body.timeout_seconds,
+                webhook=webhook,
             ),
             settings,
             # A backend's node definitions, when one is connected, tell which inputs name server files.

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import PrincipalDep, SessionDep, SignerDep, StorageDep
-from app.api.schemas import PROBLEMS, JobList, JobOut
-from app.domain import jobs
+from app.api.schemas import PROBLEMS, JobList, JobOut, WebhookDeliveryList
+from app.domain import jobs, webhooks
 from app.domain.retention import delete_job
 
 router = APIRouter(tags=["jobs"])
@@ -55,3 +55,10 @@ async def delete_finished_job(job_id: str, session: SessionDep, principal: Princ
     await session.commit()
     await storage.delete_prefix(prefix)
     return Response(status_code=204)
+
+
+@router.get("/v1/jobs/{job_id}/webhook-deliveries", response_model=WebhookDeliveryList, responses=PROBLEMS)
+async def list_webhook_deliveries(job_id: str, session: SessionDep, principal: PrincipalDep) -> dict:
+    """The job's webhook deliveries (one per event), each with its attempts."""
+    job = await jobs.get_owned(session, principal, job_id)
+    return await webhooks.deliveries_view(session, job.id)

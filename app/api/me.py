@@ -6,11 +6,12 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 
-from app.api.deps import PrincipalDep, SessionDep
-from app.api.schemas import PROBLEMS, MeOut
+from app.api.deps import PrincipalDep, SecretBoxDep, SessionDep, SettingsDep
+from app.api.schemas import PROBLEMS, MeOut, WebhookSecretOut
 from app.db import usage
 from app.db.types import utcnow
-from app.domain import ratelimit
+from app.domain import ratelimit, webhook_secrets
+from app.domain.views import rfc3339
 
 router = APIRouter(tags=["account"])
 
@@ -31,3 +32,27 @@ async def me(session: SessionDep, principal: PrincipalDep) -> dict:
         "limits": principal.limits,
         "usage": {**counts, "jobs_today": jobs_today, "rate_remaining": remaining},
     }
+
+
+def _secret_view(info: webhook_secrets.SecretInfo) -> dict:
+    return {
+        "secret": info.secret,
+        "created_at": rfc3339(info.created_at),
+        "previous_expires_at": rfc3339(info.previous_expires_at),
+    }
+
+
+@router.get("/v1/me/webhook-secret", response_model=WebhookSecretOut, responses=PROBLEMS)
+async def webhook_secret(session: SessionDep, principal: PrincipalDep, box: SecretBoxDep) -> dict:
+    """The secret that signs your webhooks (made on first use)."""
+    return _secret_view(await webhook_secrets.current(session, box, principal.user_id))
+
+
+@router.post("/v1/me/webhook-secret/rotate", response_model=WebhookSecretOut, responses=PROBLEMS)
+async def rotate_webhook_secret(
+    session: SessionDep, principal: PrincipalDep, box: SecretBoxDep, settings: SettingsDep
+) -> dict:
+    """A new secret signs from now on; the previous one keeps signing too (a second signature in
+    `webhook-signature`) until `previous_expires_at` (GATEWAY_WEBHOOK_SECRET_GRACE_SECONDS)."""
+    info = await webhook_secrets.rotate(session, box, principal.user_id, settings.webhook_secret_grace_seconds)
+    return _secret_view(info)

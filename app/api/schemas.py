@@ -9,6 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from app.domain.limits import Limits
 
 
+WebhookEvent = Literal["job.running", "job.succeeded", "job.failed", "job.canceled"]
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2000, description="An http(s) URL; private and loopback addresses are refused "
+                     "unless GATEWAY_OUTBOUND_ALLOWLIST names them.")
+    events: list[WebhookEvent] | None = Field(
+        default=None, min_length=1, description="Default: job.succeeded, job.failed, job.canceled."
+    )
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -19,7 +32,9 @@ class GenerateRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="The template's params.")
     priority: int = Field(default=0, ge=0, le=1_000_000, description="Higher runs earlier within your share.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back untouched.")
-    webhook: dict[str, Any] | None = Field(default=None, description="Not supported yet: rejected when sent.")
+    webhook: WebhookIn | None = Field(
+        default=None, description="Where to POST the job's changes (signed per Standard Webhooks; see /v1/me/webhook-secret)."
+    )
     timeout_seconds: float | None = Field(
         default=None,
         gt=0,
@@ -124,6 +139,41 @@ class MeOut(BaseModel):
     is_admin: bool
     limits: dict[str, Any]
     usage: Usage
+
+
+class WebhookAttemptOut(BaseModel):
+    attempted_at: str
+    status_code: int | None = Field(description="The receiver's HTTP status; null when none came.")
+    error: str | None = Field(description="Why the attempt failed (HTTP status, timeout, refused address ...).")
+    duration_ms: float
+    succeeded: bool
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(description="Also the `webhook-id` header, the same on every attempt.")
+    job_id: str
+    event: WebhookEvent
+    url: str
+    status: Literal["pending", "succeeded", "failed"] = Field(
+        description="pending: due at next_attempt_at; failed: no more attempts (exhausted, or the receiver answered 410)."
+    )
+    next_attempt_at: str | None
+    last_error: str | None
+    created_at: str
+    attempts: list[WebhookAttemptOut]
+
+
+class WebhookDeliveryList(BaseModel):
+    items: list[WebhookDeliveryOut]
+    next_cursor: str | None
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(description="The `whsec_...` secret that signs your webhooks (Standard Webhooks).")
+    created_at: str
+    previous_expires_at: str | None = Field(
+        description="After a rotation: until when the previous secret signs too (a second `v1,` signature)."
+    )
 
 
 class Problem(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import webhooks
 from app.db.models import Job, Output
 from app.db.types import utcnow
 
@@ -25,6 +26,12 @@ async def get_job(session: AsyncSession, job_id: str, *, user_id: str | None = N
     if user_id is not None:
         stmt = stmt.where(Job.user_id == user_id)
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_jobs(session: AsyncSession, job_ids: Sequence[str]) -> list[Job]:
+    if not job_ids:
+        return []
+    return list((await session.execute(select(Job).where(Job.id.in_(job_ids)))).scalars())
 
 
 async def get_job_by_prompt(session: AsyncSession, prompt_id: str) -> Job | None:
@@ -118,7 +125,11 @@ async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **va
         # session (synchronize_session) would only cost time.
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    return (await session.execute(stmt)).scalars().first()
+    row = (await session.execute(stmt)).scalars().first()
+    if row is not None and "status" in values:
+        # The webhook outbox row, in this transition's transaction.
+        await webhooks.on_transition(session, row)
+    return row
 
 
 async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> Job | None:

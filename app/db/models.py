@@ -5,10 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Double, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Double,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.db.types import UTCDateTime, utcnow
+from app.db.types import BigIntPK, UTCDateTime, utcnow
 
 # Explicit constraint names so that Alembic migrations are the same on SQLite and PostgreSQL.
 NAMING = {
@@ -111,6 +124,9 @@ class Job(Base):
     keep_temp: Mapped[bool] = mapped_column(Boolean, default=False)
     # Set when retention deleted the job's output files (the job row stays, as a tombstone).
     outputs_expired_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Webhook: where and for which events (job.running, job.succeeded ...); null when none.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    webhook_events: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
 
 
 class Output(Base):
@@ -174,3 +190,63 @@ class GatewayState(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class WebhookSecret(Base):
+    """A user's webhook signing secrets, newest generation first in use. A rotated-out secret keeps
+    signing until `expires_at`. The secret must stay usable for HMAC, so it cannot be hashed: it is
+    kept encrypted (Fernet, see app/webhooks/secrets.py)."""
+
+    __tablename__ = "webhook_secrets"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    # 1, 2, ...: the primary key makes two replicas creating or rotating at once collide, not fork.
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookDelivery(Base):
+    """The webhook outbox: one row per (job, event), written in the transaction of the job's
+    transition; a sender claims due rows with a lease and records every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # The sender's scan of due deliveries.
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+        # One delivery per job and event: a job that runs again after failover is not announced twice.
+        UniqueConstraint("job_id", "event"),
+    )
+
+    # Also the `webhook-id` header: the same on every attempt, so receivers can drop duplicates.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # job.running | job.succeeded | job.failed | job.canceled
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2000))
+    # pending (due at next_attempt_at) | succeeded | failed (no more attempts)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Attempts in the current round (the retry schedule's position); an admin's redeliver resets it.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    # Which sender holds the row, until when (then another may take it: a crash loses no delivery).
+    lease_owner: Mapped[str | None] = mapped_column(String(40), default=None)
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    duration_ms: Mapped[float] = mapped_column(Double)
+    # The receiver's HTTP status; null when none came (refused address, timeout, connection error).
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
+    succeeded: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -41,6 +41,8 @@ class GenerateInput:
     metadata: dict[str, Any]
     # The caller's own time limit for this job; it can only shorten the template's.
     timeout_seconds: float | None = None
+    # A checked webhook (app/domain/webhooks.py `accept`): URL and events.
+    webhook: tuple[str, list[str]] | None = None
 
 
 def _check_string_lengths(doc: Any, params: dict[str, Any], cap: int) -> None:
@@ -174,6 +176,8 @@ async def build(
         attempts=0,
         cancel_requested=False,
         timeout_seconds=min(limits) if (limits := [t for t in (timeout_seconds, req.timeout_seconds) if t]) else None,
+        webhook_url=req.webhook[0] if req.webhook else None,
+        webhook_events=req.webhook[1] if req.webhook else None,
     )
 
 

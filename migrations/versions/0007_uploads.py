@@ -1,7 +1,7 @@
 """uploads (input files), jobs.inputs (what is staged at dispatch), jobs.keep_temp, jobs.outputs_expired_at (retention), 64-bit output sizes
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from alembic import op
 
 
 revision = "0007"
-down_revision = "0003"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -80,8 +80,9 @@ class Gateway:
         await asyncio.wait_for(self.task, timeout=15)
 
 
-async def start_gateway(settings: Settings) -> Gateway:
-    app = create_app(settings)
+async def start_gateway(settings: Settings, **app_options: Any) -> Gateway:
+    """`app_options` go to create_app (e.g. `outbound_resolver`)."""
+    app = create_app(settings, **app_options)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -131,11 +132,11 @@ def make_settings(db_url: str, tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-async def gateway_factory() -> AsyncIterator[Callable[[Settings], Awaitable[Gateway]]]:
+async def gateway_factory() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     started: list[Gateway] = []
 
-    async def factory(settings: Settings) -> Gateway:
-        gw = await start_gateway(settings)
+    async def factory(settings: Settings, **app_options: Any) -> Gateway:
+        gw = await start_gateway(settings, **app_options)
         started.append(gw)
         return gw
 

@@ -1,0 +1,1 @@
+"""Webhook delivery: the retry schedule and the supervised sender of the outbox (app/db/webhooks.py)."""
