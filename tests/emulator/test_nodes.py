@@ -353,8 +353,8 @@ async def test_node_and_step_seconds(http: aiohttp.ClientSession) -> None:
         t0 = time.perf_counter()
         await run(http, emu, ws, txt2img(steps=4))
         elapsed = time.perf_counter() - t0
-        # 6 non-sampler nodes x 0.05 s + 4 steps x 0.05 s
-        assert 0.5 <= elapsed < 2.0
+        # 6 non-sampler nodes x 0.05 s + 4 steps x 0.05 s: the configured time is spent, at least
+        assert elapsed >= 0.5
     finally:
         await emu.stop()
 
