@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, events, generate, health, jobs, me, outputs, problems, templates
+from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
@@ -18,6 +17,7 @@ from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.dispatch.dispatcher import Dispatcher
+from app.domain.backends import register_configured_backends
 from app.domain.events import EventBus
 from app.domain.notify import Notifier
 from app.domain.templates import sync_builtins
@@ -52,12 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         secret = settings.signing_secret or await get_or_create(
             sessionmaker, "signing_secret", lambda: secrets.token_urlsafe(48)
         )
-        # A stable client id per backend: ComfyUI sends a prompt's messages only to the socket of
-        # the client id it was queued with, so after a restart we must reconnect with the same one.
-        client_ids = {
-            url: await get_or_create(sessionmaker, f"client_id:{url}", lambda: f"comfy-gateway-{uuid.uuid4()}")
-            for url in settings.comfyui_urls
-        }
+        # The pool is the `backends` table: GATEWAY_COMFYUI_URLS is registered in it, beside the
+        # backends admins added (which survive a restart that way).
+        async with sessionmaker() as session:
+            await register_configured_backends(session, settings.comfyui_urls)
+            await session.commit()
         metrics = Metrics()
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
         bus = EventBus()
@@ -68,8 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage=storage,
             notifier=notifier,
             metrics=metrics,
-            client_ids=client_ids,
         )
+        await dispatcher.load()
 
         state = app.state
         state.settings = settings
@@ -86,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.on_job_canceled = dispatcher.job_canceled
         state.backend_health = dispatcher.backend_health
         state.object_info = dispatcher.object_info
+        state.on_backends_changed = dispatcher.backends_changed
+        state.backend_live = dispatcher.backend_live
+        state.backends_draining = dispatcher.draining
 
         if settings.run_dispatcher:
             await dispatcher.start()
@@ -105,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitHeaders)
     problems.install(app)
-    for module in (generate, jobs, outputs, events, templates, me, admin, health):
+    for module in (generate, jobs, outputs, events, templates, me, admin, backends, health):
         app.include_router(module.router)
     return app
 

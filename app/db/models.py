@@ -141,3 +141,21 @@ class GatewayState(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class Backend(Base):
+    """A ComfyUI server the dispatcher sends work to. Every replica's dispatcher re-reads this
+    table on its poll, so a backend added or drained through one replica reaches all of them."""
+
+    __tablename__ = "backends"
+
+    # Opaque and URL-safe (a UUID), so that the admin API's paths never carry a URL.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # Normalized base URL (no trailing slash): the key jobs refer to in `jobs.backend`.
+    url: Mapped[str] = mapped_column(String(500), unique=True)
+    # active | draining (no new jobs; the ones it holds finish there)
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    # env (from GATEWAY_COMFYUI_URLS) | admin (added through the admin API)
+    source: Mapped[str] = mapped_column(String(16), default="admin")
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
