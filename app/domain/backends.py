@@ -6,6 +6,7 @@ sync_backends). What only a dispatcher knows (health, load, capabilities) comes 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +17,8 @@ from app.db import backends as repo
 from app.db.models import Backend
 from app.domain.errors import Conflict, NotFound, ValidationFailed
 from app.domain.views import rfc3339
+
+log = logging.getLogger("app.backends")
 
 # How many in-flight job ids a view lists (the count is always exact).
 MAX_LISTED_JOBS = 100
@@ -49,8 +52,24 @@ def normalize_url(value: str) -> str:
 
 
 async def register_configured_backends(session: AsyncSession, urls: list[str]) -> None:
-    """GATEWAY_COMFYUI_URLS joins the pool at start (a URL that is there already keeps its row)."""
-    await repo.ensure_backends(session, [u.rstrip("/") for u in urls], source="env")
+    """GATEWAY_COMFYUI_URLS joins the pool at start (a URL that is there already keeps its row).
+
+    A backend that came from the setting and is no longer in it leaves the pool, but never with
+    jobs on it: while it holds some it is drained instead, and it goes at a later start (or by
+    DELETE) once empty. Backends added by admins stay whatever the setting says.
+    """
+    configured = [u.rstrip("/") for u in urls]
+    await repo.ensure_backends(session, configured, source="env")
+    for row in await repo.all_backends(session):
+        if row.source != "env" or row.url in configured:
+            continue
+        count, _ = await repo.jobs_on(session, row.url, limit=0)
+        if count:
+            log.warning("%s is no longer configured but holds %d job(s): drained until they finish", row.url, count)
+            await repo.set_state(session, row.id, "draining")
+        else:
+            log.info("%s is no longer configured: removed from the pool", row.url)
+            await repo.delete_backend(session, row.id)
 
 
 async def list_backends(session: AsyncSession) -> list[Backend]:

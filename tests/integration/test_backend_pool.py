@@ -284,3 +284,25 @@ async def test_a_reconnect_reads_the_model_files_again(emulator: Emulator, make_
     assert view["capabilities"]["models"]["checkpoints"] == ["late.safetensors"]
     job = (await gw.generate(slow_job(steps=1, checkpoint="late.safetensors"))).json()["id"]
     assert (await gw.wait(job))["status"] == "succeeded"
+
+
+async def test_a_backend_dropped_from_the_setting_leaves_the_pool_without_its_jobs_lost(
+    three_backends, make_settings, gateway_factory  # noqa: ANN001
+) -> None:
+    a, b, _ = three_backends
+    gw = await gateway_factory(make_settings(comfyui_urls=[b.base_url]))
+    await gw.wait_ready()
+    job = (await gw.generate(slow_job(steps=40))).json()["id"]
+    await gw.wait(job, {"running"})
+    await gw.close()
+
+    # B is no longer configured, but holds a job: it stays, drained, until that job is done.
+    second = await gateway_factory(make_settings(comfyui_urls=[a.base_url]))
+    views = await second.backends()
+    assert views[b.base_url]["state"] == "draining" and views[b.base_url]["source"] == "env"
+    final = await second.wait(job, timeout=30)
+    assert final["status"] == "succeeded" and b.executed_prompts == [(await rows(second, [job]))[job].prompt_id]
+    await second.close()
+
+    third = await gateway_factory(make_settings(comfyui_urls=[a.base_url]))
+    assert list(await third.backends()) == [a.base_url]
