@@ -133,6 +133,38 @@ def list_users(
         typer.echo(f"{view['id']}  {view['name']}  {flags or '-'}  limits: {own}")
 
 
+@cli.command("list-backends")
+def list_backends() -> None:
+    """List the backend pool: id, URL, state, source, unfinished jobs on it.
+
+    Health and capabilities are known only to a running gateway: see GET /v1/admin/backends.
+    """
+    from app.db import backends as repo
+
+    async def work(session):  # noqa: ANN001, ANN202
+        return [(row, (await repo.jobs_on(session, row.url, limit=0))[0]) for row in await repo.all_backends(session)]
+
+    for row, jobs in asyncio.run(_with_session(get_settings(), work)):
+        typer.echo(f"{row.id}  {row.url}  {row.state}  {row.source}  jobs: {jobs}")
+
+
+@cli.command("add-backend")
+def add_backend(url: str) -> None:
+    """Add a ComfyUI server to the pool; running gateways start using it on their next poll."""
+    from app.domain import backends
+    from app.domain.errors import DomainError
+
+    async def work(session):  # noqa: ANN001, ANN202
+        return await backends.add_backend(session, url)
+
+    try:
+        row = asyncio.run(_with_session(get_settings(), work))
+    except DomainError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"backend id: {row.id}")
+
+
 @cli.command("disable-user")
 def disable_user(
     user_id: str,
