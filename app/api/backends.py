@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import AdminDep, SessionDep
 from app.api.schemas import PROBLEMS, BackendCreate, BackendList, BackendOut
 from app.db.models import Backend
 from app.domain import backends
-from sqlalchemy.ext.asyncio import AsyncSession
 
 router = APIRouter(prefix="/v1/admin/backends", tags=["admin"])
 
