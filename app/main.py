@@ -55,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The pool is the `backends` table: GATEWAY_COMFYUI_URLS is registered in it, beside the
         # backends admins added (which survive a restart that way).
         async with sessionmaker() as session:
-            await register_configured_backends(session, settings.comfyui_urls)
+            # Only a process that dispatches prunes: an API-only replica started without the
+            # setting must not take the others' backends out of the pool.
+            await register_configured_backends(session, settings.comfyui_urls, prune=settings.run_dispatcher)
             await session.commit()
         metrics = Metrics()
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)

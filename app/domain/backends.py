@@ -51,15 +51,17 @@ def normalize_url(value: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
 
 
-async def register_configured_backends(session: AsyncSession, urls: list[str]) -> None:
+async def register_configured_backends(session: AsyncSession, urls: list[str], *, prune: bool) -> None:
     """GATEWAY_COMFYUI_URLS joins the pool at start (a URL that is there already keeps its row).
 
-    A backend that came from the setting and is no longer in it leaves the pool, but never with
-    jobs on it: while it holds some it is drained instead, and it goes at a later start (or by
-    DELETE) once empty. Backends added by admins stay whatever the setting says.
+    With `prune`, a backend that came from the setting and is no longer in it leaves the pool,
+    but never with jobs on it: while it holds some it is drained instead, and it goes at a later
+    start (or by DELETE) once empty. Backends added by admins stay whatever the setting says.
     """
     configured = [u.rstrip("/") for u in urls]
     await repo.ensure_backends(session, configured, source="env")
+    if not prune:
+        return
     for row in await repo.all_backends(session):
         if row.source != "env" or row.url in configured:
             continue

@@ -146,11 +146,11 @@ async def test_drain_lets_jobs_in_flight_finish_there_and_sends_new_ones_elsewhe
         await asyncio.sleep(0.02)
     drained = await gw.http.post(f"/v1/admin/backends/{a_id}/drain", headers=gw.admin)
     assert drained.status_code == 200 and drained.json()["state"] == "draining"
-    assert drained.json()["jobs"]["count"] >= 1
+    assert drained.json()["jobs"]["count"] >= 1, drained.json()
     held = {j.id: j.prompt_id for j in running_on_a}
 
     ready = await gw.http.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["draining"] == [a.base_url]
+    assert ready.status_code == 200 and ready.json()["draining"] == [a.base_url], ready.text
 
     after = [(await gw.generate(slow_job(steps=2))).json()["id"] for _ in range(4)]
     finals = {j: await gw.wait(j, timeout=60) for j in before + after}
@@ -158,12 +158,13 @@ async def test_drain_lets_jobs_in_flight_finish_there_and_sends_new_ones_elsewhe
     final_rows = await rows(gw, before + after)
     # What A was running when it was drained finished there, on its first attempt, not re-run.
     for job_id, prompt_id in held.items():
-        assert final_rows[job_id].backend == a.base_url and final_rows[job_id].prompt_id == prompt_id
-        assert final_rows[job_id].attempts == 1
-    assert {final_rows[j].backend for j in after} == {b.base_url}
+        assert (final_rows[job_id].backend, final_rows[job_id].prompt_id) == (a.base_url, prompt_id), finals[job_id]
+        assert final_rows[job_id].attempts == 1, finals[job_id]
+    assert {final_rows[j].backend for j in after} == {b.base_url}, [finals[j] for j in after]
     # Nothing ran twice, and A ran only jobs it was given before the drain.
-    assert len(a.executed_prompts) + len(b.executed_prompts) == len(before + after)
-    assert set(a.prompts_received) <= {final_rows[j].prompt_id for j in before}
+    diagnosis = (a.prompts_received, b.prompts_received, {j: (r.backend, r.prompt_id) for j, r in final_rows.items()})
+    assert len(a.executed_prompts) + len(b.executed_prompts) == len(before + after), diagnosis
+    assert set(a.prompts_received) <= {final_rows[j].prompt_id for j in before}, diagnosis
 
     # With B drained too, no backend takes new jobs: not ready, though none is down.
     b_id = (await gw.backends())[b.base_url]["id"]
@@ -303,6 +304,11 @@ async def test_a_backend_dropped_from_the_setting_leaves_the_pool_without_its_jo
     final = await second.wait(job, timeout=30)
     assert final["status"] == "succeeded" and b.executed_prompts == [(await rows(second, [job]))[job].prompt_id]
     await second.close()
+
+    # An API-only process configured otherwise registers its URL but takes nothing out.
+    api_only = await gateway_factory(make_settings(comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False))
+    assert set(await api_only.backends()) == {a.base_url, b.base_url, "http://127.0.0.1:9"}
+    await api_only.close()
 
     third = await gateway_factory(make_settings(comfyui_urls=[a.base_url]))
     assert list(await third.backends()) == [a.base_url]
