@@ -250,7 +250,10 @@ async def test_another_replica_follows_a_backend_added_through_this_one(three_ba
     view = await two.wait_backend(b.base_url, is_up)
     assert view["source"] == "admin"
     # Both replicas hold a socket to it (with the one shared client id, so ComfyUI counts one client).
-    assert len(b.hub.connections) == 2
+    deadline = time.monotonic() + 20
+    while len(b.hub.connections) < 2:
+        assert time.monotonic() < deadline, "replica one never connected to the new backend"
+        await asyncio.sleep(0.05)
 
     # A drain through replica two stops replica one sending there too.
     await two.http.post(f"/v1/admin/backends/{view['id']}/drain", headers=two.admin)
