@@ -202,7 +202,8 @@ class BackendCreate(BaseModel):
 
 class BackendHealth(BaseModel):
     status: Literal["up", "down", "unknown"] = Field(
-        description="As this replica's dispatcher sees it; `unknown` on a replica that runs no dispatcher."
+        description="As this replica's dispatcher sees it; `unknown` on a replica that runs no dispatcher,"
+        " or until its dispatcher picked the backend up (at once for one added through this replica)."
     )
     since: str | None = Field(description="When it last changed (RFC 3339).")
     last_error: str | None
