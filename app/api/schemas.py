@@ -203,7 +203,8 @@ class BackendCreate(BaseModel):
 class BackendHealth(BaseModel):
     status: Literal["up", "down", "unknown"] = Field(
         description="As this replica's dispatcher sees it; `unknown` on a replica that runs no dispatcher,"
-        " or until its dispatcher picked the backend up (at once for one added through this replica)."
+        " or until its dispatcher picked the backend up (its next round when added through this replica, its"
+        " next poll otherwise; so the answer to the POST that adds it says `unknown`)."
     )
     since: str | None = Field(description="When it last changed (RFC 3339).")
     last_error: str | None
