@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import secrets
 from typing import Annotated
@@ -28,8 +29,15 @@ def serve(
     settings = get_settings()
     from app.main import create_app
 
+    app = create_app(settings)
+    # The modules imported by now (some 130k objects) live as long as the process. Left to the
+    # cyclic GC, every full collection walks all of them: a pause of 50-200 ms on a busy machine,
+    # during which the event loop serves no request and the dispatcher sends no prompt. Frozen,
+    # they are never walked again. (Done here, not in the app: tests build many apps in one
+    # process, and what is frozen is never collected.)
+    gc.freeze()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host or settings.host,
         port=port or settings.port,
         log_level=settings.log_level,
@@ -131,6 +139,38 @@ def list_users(
         flags = " ".join(f for f, on in (("admin", view["is_admin"]), ("disabled", view["disabled"])) if on)
         own = json.dumps(view["limit_overrides"], separators=(",", ":")) if view["limit_overrides"] else "defaults"
         typer.echo(f"{view['id']}  {view['name']}  {flags or '-'}  limits: {own}")
+
+
+@cli.command("list-backends")
+def list_backends() -> None:
+    """List the backend pool: id, URL, state, source, unfinished jobs on it.
+
+    Health and capabilities are known only to a running gateway: see GET /v1/admin/backends.
+    """
+    from app.db import backends as repo
+
+    async def work(session):  # noqa: ANN001, ANN202
+        return [(row, (await repo.jobs_on(session, row.url, limit=0))[0]) for row in await repo.all_backends(session)]
+
+    for row, jobs in asyncio.run(_with_session(get_settings(), work)):
+        typer.echo(f"{row.id}  {row.url}  {row.state}  {row.source}  jobs: {jobs}")
+
+
+@cli.command("add-backend")
+def add_backend(url: str) -> None:
+    """Add a ComfyUI server to the pool; running gateways start using it on their next poll."""
+    from app.domain import backends
+    from app.domain.errors import DomainError
+
+    async def work(session):  # noqa: ANN001, ANN202
+        return await backends.add_backend(session, url)
+
+    try:
+        row = asyncio.run(_with_session(get_settings(), work))
+    except DomainError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"backend id: {row.id}")
 
 
 @cli.command("disable-user")

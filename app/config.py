@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     health_check_seconds: float = Field(default=5.0, gt=0)
     health_failures: int = Field(default=3, ge=1, le=100)
 
+    # --- backend pool (admin API, capability refresh) ------------------------------------------
+    # Each backend's /object_info (node classes, model files) is read again this often, besides
+    # on every reconnect, so a model file added to a running ComfyUI becomes routable.
+    object_info_refresh_seconds: float = Field(default=300.0, gt=0)
+
     # --- auth -------------------------------------------------------------------------------
     admin_api_key: str | None = None
     # Secret for signing output URLs. When unset, one is generated once and kept in the database,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, events, generate, health, jobs, me, outputs, problems, templates, uploads
+from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
@@ -20,6 +19,7 @@ from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
+from app.domain.backends import register_configured_backends
 from app.domain.events import EventBus
 from app.domain.notify import Notifier
 from app.domain.fetch import make_fetcher
@@ -61,12 +61,13 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         secret = settings.signing_secret or await get_or_create(
             sessionmaker, "signing_secret", lambda: secrets.token_urlsafe(48)
         )
-        # A stable client id per backend: ComfyUI sends a prompt's messages only to the socket of
-        # the client id it was queued with, so after a restart we must reconnect with the same one.
-        client_ids = {
-            url: await get_or_create(sessionmaker, f"client_id:{url}", lambda: f"comfy-gateway-{uuid.uuid4()}")
-            for url in settings.comfyui_urls
-        }
+        # The pool is the `backends` table: GATEWAY_COMFYUI_URLS is registered in it, beside the
+        # backends admins added (which survive a restart that way).
+        async with sessionmaker() as session:
+            # Only a process that dispatches prunes: an API-only replica started without the
+            # setting must not take the others' backends out of the pool.
+            await register_configured_backends(session, settings.comfyui_urls, prune=settings.run_dispatcher)
+            await session.commit()
         metrics = Metrics()
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
         bus = EventBus()
@@ -92,8 +93,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             storage=storage,
             notifier=notifier,
             metrics=metrics,
-            client_ids=client_ids,
         )
+        await dispatcher.load()
 
         state = app.state
         state.settings = settings
@@ -114,6 +115,9 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         state.secret_box = secret_box
         state.webhook_sender = webhook_sender
         state.webhooks_wake = webhook_sender.wake
+        state.on_backends_changed = dispatcher.backends_changed
+        state.backend_live = dispatcher.backend_live
+        state.backends_draining = dispatcher.draining
 
         # Image params given as URLs, fetched through the one outbound guard.
         state.fetch_url = make_fetcher(
@@ -158,7 +162,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     )
     app.add_middleware(RateLimitHeaders)
     problems.install(app)
-    for module in (generate, jobs, outputs, uploads, events, templates, me, admin, health):
+    for module in (generate, jobs, outputs, uploads, events, templates, me, admin, backends, health):
         app.include_router(module.router)
     return app
 

@@ -67,6 +67,7 @@ async def main() -> None:
         await asyncio.sleep(1.0)  # every backend connected and its node list read
         async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=50)) as client:
             t0 = time.perf_counter()
+            wall0 = time.time()
             responses = await asyncio.gather(
                 *(client.post("/v1/generate", json={"workflow": workflow(i, args.job_ms)}, headers=headers) for i in range(args.jobs))
             )
@@ -96,6 +97,10 @@ async def main() -> None:
         gaps: list[float] = []
         per_backend: list[int] = []
         busy: list[float] = []
+        # Where the time beyond the ideal goes: before each backend's first start, after its last end.
+        first_start: list[float] = []
+        last_end: list[float] = []
+        long_gaps: list[tuple[float, float]] = []
         async with httpx.AsyncClient(timeout=60) as client:
             for url in urls:
                 history = (await client.get(f"{url}/history")).json()
@@ -105,9 +110,13 @@ async def main() -> None:
                     if "execution_start" in msgs and "execution_success" in msgs:
                         spans.append((msgs["execution_start"]["timestamp"], msgs["execution_success"]["timestamp"]))
                 spans.sort()
+                if spans:
+                    first_start.append(spans[0][0] / 1000 - wall0)
+                    last_end.append(spans[-1][1] / 1000 - wall0)
                 per_backend.append(len(spans))
                 busy.append(sum(b - a for a, b in spans) / 1000)
                 gaps += [(b[0] - a[1]) for a, b in zip(spans, spans[1:])]
+                long_gaps += [(a[1] / 1000 - wall0, b[0] - a[1]) for a, b in zip(spans, spans[1:]) if b[0] - a[1] > 20]
     finally:
         for p in procs:
             p.terminate()
@@ -127,6 +136,14 @@ async def main() -> None:
     print(
         f"  idle gap (ms)      : p50 {pct(gaps, .5):.1f}  p95 {pct(gaps, .95):.1f}  max {max(gaps) if gaps else float('nan'):.1f}"
         "   (backend clock: execution_success to next execution_start)"
+    )
+    print(f"  gaps over 20 ms    : {', '.join(f'{ms:.0f} ms at {at:.2f} s' for at, ms in sorted(long_gaps)) or 'none'}")
+    print(
+        f"  first start (s)    : {', '.join(f'{v:.3f}' for v in first_start)}   after the first submit (wall clock)"
+    )
+    print(
+        f"  last end (s)       : {', '.join(f'{v:.3f}' for v in last_end)}   spread {max(last_end) - min(last_end):.3f} s;"
+        f" last job seen done {makespan - max(last_end):.3f} s after the last end"
     )
 
 

@@ -142,15 +142,27 @@ class NodeCatalog:
             entry.setdefault("output_node", False)
             defs[name] = entry
         self.models: dict[str, list[str]] = {k: list(v) for k, v in models.items()}
+        # The definitions before model lists are filled in, to fill them again when they change.
+        self._unfilled = defs
+        self._list_input_images = list_input_images
+        self._build()
+
+    def _build(self) -> None:
+        defs = dict(self._unfilled)
         for (cls, input_name), folder in MODEL_INPUTS.items():
             if cls in defs:
                 defs[cls] = self._with_options(defs[cls], input_name, self.model_options(folder, defs[cls], input_name))
         self._static = defs
-        self._list_input_images = list_input_images
         self._specs: dict[str, NodeSpec] = {name: _node_spec(name, info) for name, info in defs.items()}
         self._cache_key: tuple[str, ...] | None = None
         self._cache_defs: dict[str, Any] = {}
         self._cache_body: bytes = b""
+
+    def set_models(self, folder: str, files: list[str]) -> None:
+        """Change a model folder's files while running, as when a file is copied into a live
+        ComfyUI: its `/object_info` and `/prompt` validation follow from the next request."""
+        self.models[folder] = list(files)
+        self._build()
 
     # -- model lists --------------------------------------------------------------------------
 

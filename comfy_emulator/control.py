@@ -14,6 +14,7 @@ faults they inject.
     POST /emulator/error_responses    {"path_prefix": "/prompt", "status": 500, "count": null}
     POST /emulator/clear_faults
     POST /emulator/restart
+    POST /emulator/set_models         {"folder": "checkpoints", "files": ["a.safetensors"]}
     POST /emulator/kill               {"revive_after": 1.5}   (answers first; SIGUSR1 also revives)
     GET  /emulator/stats              prompts_received, executed_prompts, interrupts, websockets
 """
@@ -95,6 +96,15 @@ def control_routes(emu: Emulator) -> web.RouteTableDef:
     @routes.post("/emulator/clear_faults")
     async def clear_faults(request: web.Request) -> web.Response:
         emu.clear_faults()
+        return ok()
+
+    @routes.post("/emulator/set_models")
+    async def set_models(request: web.Request) -> web.Response:
+        b = await body(request)
+        files = b.get("files")
+        if not isinstance(b.get("folder"), str) or not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise web.HTTPBadRequest(text="folder (a string) and files (a list of strings) are required")
+        emu.set_models(b["folder"], files)
         return ok()
 
     @routes.post("/emulator/restart")

@@ -205,6 +205,10 @@ class Emulator:
 
     # -- faults -------------------------------------------------------------------------------
 
+    def set_models(self, folder: str, files: list[str]) -> None:
+        """The model folder now holds these files (e.g. a checkpoint was added to a running server)."""
+        self.catalog.set_models(folder, files)
+
     def fail_next(self, n: int = 1, message: str = "emulator injected failure") -> None:
         """The next `n` prompts to start fail at their first node with an `execution_error`
         (RuntimeError(message)). They run without the cache, so they always reach a node."""

@@ -27,9 +27,14 @@ async def readyz(request: Request) -> Response:
     except Exception:  # noqa: BLE001 - any failure means "not ready", and says so
         problems.append("the database does not answer")
     backends = request.app.state.backend_health()
+    # A drained backend is not down, but it takes no new jobs: with only drained ones healthy,
+    # queued work would wait, so the gateway is not ready.
+    draining = request.app.state.backends_draining()
     if not any(backends.values()):
         down = ", ".join(backends) or "none configured"
         problems.append(f"no ComfyUI backend is healthy ({down})")
+    elif not any(healthy for url, healthy in backends.items() if url not in draining):
+        problems.append(f"every healthy ComfyUI backend is draining ({', '.join(draining)})")
     if problems:
         return problem_response(
             503,
@@ -39,9 +44,10 @@ async def readyz(request: Request) -> Response:
                 "status": 503,
                 "detail": "; ".join(problems) + ".",
                 "backends": backends,
+                "draining": draining,
             },
         )
-    return JSONResponse({"status": "ready", "backends": backends})
+    return JSONResponse({"status": "ready", "backends": backends, "draining": draining})
 
 
 @router.get("/metrics", include_in_schema=True)

@@ -256,6 +256,62 @@ class AdminJobList(BaseModel):
     next_cursor: str | None
 
 
+class BackendCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        max_length=500,
+        description="The ComfyUI server's http(s) base URL, e.g. `http://10.0.0.5:8188` (a trailing slash is dropped).",
+    )
+
+
+class BackendHealth(BaseModel):
+    status: Literal["up", "down", "unknown"] = Field(
+        description="As this replica's dispatcher sees it; `unknown` on a replica that runs no dispatcher,"
+        " or until its dispatcher picked the backend up (its next round when added through this replica, its"
+        " next poll otherwise; so the answer to the POST that adds it says `unknown`)."
+    )
+    since: str | None = Field(description="When it last changed (RFC 3339).")
+    last_error: str | None
+    connected: bool = Field(description="Whether its WebSocket is up.")
+
+
+class BackendLoad(BaseModel):
+    in_flight: int = Field(description="Unfinished jobs handed to it (queued or running there), across all replicas.")
+    backend_queue: int | None = Field(description="ComfyUI's own queue length (`queue_remaining`) as it last reported it.")
+
+
+class BackendJobs(BaseModel):
+    count: int
+    ids: list[str] = Field(description="The ids of the oldest of those jobs (at most 100).")
+
+
+class BackendCapabilities(BaseModel):
+    node_classes: int = Field(description="How many node classes its /object_info lists.")
+    models: dict[str, list[str]] = Field(
+        description="Model files per kind (checkpoints, loras, vaes, upscale_models, text_encoders, ...)."
+    )
+    refreshed_at: str | None = Field(description="When its /object_info was last read (RFC 3339).")
+
+
+class BackendOut(BaseModel):
+    id: str = Field(description="Opaque id (a UUID), stable for the backend's life in the pool.")
+    url: str
+    state: Literal["active", "draining"] = Field(
+        description="`draining`: no new jobs go to it; the jobs it holds finish there."
+    )
+    source: Literal["env", "admin"] = Field(description="From GATEWAY_COMFYUI_URLS, or added through this API.")
+    added_at: str
+    health: BackendHealth
+    load: BackendLoad
+    jobs: BackendJobs
+    capabilities: BackendCapabilities | None = Field(description="Null until its /object_info was read.")
+
+
+class BackendList(BaseModel):
+    items: list[BackendOut]
+
+
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 422, 429)
 }

@@ -250,3 +250,21 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(String(500), default=None)
     succeeded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Backend(Base):
+    """A ComfyUI server the dispatcher sends work to. Every replica's dispatcher re-reads this
+    table on its poll, so a backend added or drained through one replica reaches all of them."""
+
+    __tablename__ = "backends"
+
+    # Opaque and URL-safe (a UUID), so that the admin API's paths never carry a URL.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # Normalized base URL (no trailing slash): the key jobs refer to in `jobs.backend`.
+    url: Mapped[str] = mapped_column(String(500), unique=True)
+    # active | draining (no new jobs; the ones it holds finish there)
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    # env (from GATEWAY_COMFYUI_URLS) | admin (added through the admin API)
+    source: Mapped[str] = mapped_column(String(16), default="admin")
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

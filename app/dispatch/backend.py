@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from app.comfy.client import ComfyClient
 from app.comfy.websocket import ComfyWebSocket
+from app.db.types import utcnow
 from app.dispatch.capabilities import Capabilities
 
 
@@ -49,6 +52,10 @@ class BackendLink:
     client_id: str
     client: ComfyClient
     ws: ComfyWebSocket
+    # The row in the `backends` table (None only for links built outside the pool, in unit tests).
+    backend_id: str | None = None
+    # Drained by an admin: no new jobs are sent here; the ones it holds finish here.
+    draining: bool = False
     connected: bool = False
     # After a failed HTTP call, no new work until this time (monotonic), even if the socket is up.
     retry_at: float = 0.0
@@ -65,6 +72,9 @@ class BackendLink:
     object_info: dict[str, Any] | None = None
     # None until the first /object_info answer: no work is routed here before we know what it has.
     capabilities: Capabilities | None = None
+    # When /object_info was last read (wall clock, for the admin view; monotonic, for the timer).
+    capabilities_at: datetime | None = None
+    capabilities_refreshed: float = 0.0
     # The checkpoint of the last prompt sent: likely still loaded in the GPU's memory.
     last_checkpoint: str | None = None
     # Every prompt we follow on this backend, until its job's outcome is recorded.
@@ -85,6 +95,11 @@ class BackendLink:
     check_failures: int = 0
     last_check_ok: bool = False
     health_failures: int = 3
+    # The health last observed and since when (wall clock), for the admin view.
+    seen_healthy: bool | None = None
+    health_since: datetime = field(default_factory=utcnow)
+    # The socket, health and capability tasks of this backend: stopped when it is removed.
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -94,6 +109,14 @@ class BackendLink:
             and self.check_failures < self.health_failures
             and (self.connected or self.last_check_ok)
         )
+
+    def observe_health(self) -> bool:
+        """The health now; when it changed since last observed, `health_since` moves to now."""
+        healthy = self.healthy
+        if healthy != self.seen_healthy:
+            self.seen_healthy = healthy
+            self.health_since = utcnow()
+        return healthy
 
     def missing(self, workflow: dict[str, Any]) -> list[str] | None:
         """What this backend lacks for the workflow; None while its capabilities are unknown."""

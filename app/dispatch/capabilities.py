@@ -74,3 +74,25 @@ def checkpoint_of(workflow: Mapping[str, Any]) -> str | None:
             if isinstance(value, str):
                 return value
     return None
+
+
+# The model-list inputs of the stock loaders, by the kind of file they list.
+MODEL_KINDS: dict[tuple[str, str], str] = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("LoraLoader", "lora_name"): "loras",
+    ("VAELoader", "vae_name"): "vaes",
+    ("UpscaleModelLoader", "model_name"): "upscale_models",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("ControlNetLoader", "control_net_name"): "controlnets",
+    ("CLIPVisionLoader", "clip_name"): "clip_vision",
+}
+
+
+def models_by_kind(capabilities: Capabilities) -> dict[str, list[str]]:
+    """The model files a backend offers, per kind, for people to read (routing uses `choices`)."""
+    return {
+        kind: sorted(capabilities.choices[key])
+        for key, kind in MODEL_KINDS.items()
+        if key in capabilities.choices
+    }

@@ -17,14 +17,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.comfy.client import ComfyClient
 from app.comfy.errors import BackendUnavailable, ComfyError, PromptRejected
-from app.comfy.websocket import ComfyWebSocket
 from app.config import Settings
 from app.db import jobs as repo
 from app.dispatch import job_errors, staging
 from app.db.models import Job
 from app.dispatch.backend import BackendLink, InFlight, Prepared
+from app.dispatch.pool import BackendPool
 from app.dispatch.capabilities import checkpoint_of
 
 # Jobs claimed in reserve per backend beyond its in-flight slots.
@@ -38,7 +37,7 @@ from app.storage.base import Storage
 log = logging.getLogger("app.dispatch")
 
 
-class Dispatcher:
+class Dispatcher(BackendPool):
     def __init__(
         self,
         *,
@@ -47,7 +46,6 @@ class Dispatcher:
         storage: Storage,
         notifier: Notifier,
         metrics: Metrics,
-        client_ids: dict[str, str],
     ) -> None:
         self.settings = settings
         self._sessionmaker = sessionmaker
@@ -55,18 +53,11 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
         self._stopping = False
-        self.links: list[BackendLink] = [
-            BackendLink(
-                url=url,
-                client_id=client_ids[url],
-                client=ComfyClient(url, timeout=settings.backend_timeout_seconds),
-                ws=ComfyWebSocket(
-                    url, client_ids[url], ping_interval=settings.ws_ping_seconds, ping_timeout=settings.ws_ping_seconds
-                ),
-            )
-            for url in settings.comfyui_urls
-        ]
-        self._by_url = {link.url: link for link in self.links}
+        self._started = False
+        # The pool is the `backends` table, re-read on every poll (see sync_backends).
+        self.links: list[BackendLink] = []
+        self._by_url: dict[str, BackendLink] = {}
+        self._next_sync = 0.0
         self.ctx = DispatchContext(
             sessionmaker=sessionmaker,
             settings=settings,
@@ -88,11 +79,9 @@ class Dispatcher:
 
     async def start(self) -> None:
         await self._load_inflight()
+        self._started = True
         for link in self.links:
-            link.health_failures = self.settings.health_failures
-            self.ctx.metrics.backend_up.labels(link.url).set(0)
-            self._spawn(self.tracker.follow(link), f"follow {link.url}")
-            self._spawn(self._check_health_forever(link), f"health {link.url}")
+            self._start_link(link)
         self._main = asyncio.create_task(self.run(), name="dispatcher")
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -104,7 +93,7 @@ class Dispatcher:
         for link in self.links:
             await link.ws.close()
         for task in self._tasks:
-            if task.get_name().startswith("health "):
+            if task.get_name().startswith(("health ", "capabilities ")):
                 task.cancel()
         tasks = [t for t in self._tasks if not t.done()]
         if tasks:
@@ -138,18 +127,14 @@ class Dispatcher:
             self._reserve_stale = True
         self.wake()
 
-    async def _check_health_forever(self, link: BackendLink) -> None:
-        while not self._stopping:
-            await self.tracker.check_health(link)
-            await asyncio.sleep(self.settings.health_check_seconds)
-
     def wake(self) -> None:
         self._wake_event.set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -193,6 +178,9 @@ class Dispatcher:
         Returns how many jobs were handed to backends.
         """
         now = time.monotonic()
+        if now >= self._next_sync:
+            self._next_sync = now + self.settings.dispatch_poll_seconds
+            await self.sync_backends()
         for link in self.links:
             # While a socket is down, its prompts are followed over HTTP instead, so that a job
             # never hangs on a socket that dropped or stalled without a word.
@@ -219,8 +207,14 @@ class Dispatcher:
         if self._reserve_stale:
             self._reserve_stale = False
             await self._return_prepared()
+        drained = [link for link in self.links if link.draining and link.prepared]
+        if drained:
+            # Claimed in reserve before the drain and never sent: they go elsewhere.
+            await self._return_prepared(drained)
         ready = [
-            link for link in self.links if link.healthy and not link.needs_reconcile and link.capabilities is not None
+            link
+            for link in self.links
+            if link.healthy and not link.needs_reconcile and link.capabilities is not None and not link.draining
         ]
         sends: dict[str, list[Prepared]] = defaultdict(list)
         for link in ready:
@@ -287,7 +281,7 @@ class Dispatcher:
             link = self._by_url[url]
             for item in items:
                 flight = InFlight(item.job_id, item.user_id, timeout=item.timeout)
-                if link.free_slots(cap):
+                if link.free_slots(cap) and not link.draining:
                     link.track(item.prompt_id, flight)
                     link.submitting.add(item.prompt_id)
                     sends[url].append(item)
@@ -470,9 +464,6 @@ class Dispatcher:
         self.wake()
 
     # ---- views for the API -----------------------------------------------------------------
-
-    def backend_health(self) -> dict[str, bool]:
-        return {link.url: link.healthy for link in self.links}
 
     def object_info(self) -> dict[str, Any] | None:
         for link in self.links:

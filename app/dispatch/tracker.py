@@ -30,6 +30,7 @@ from app.comfy.models import HistoryEntry
 from app.comfy.websocket import Connected, Disconnected
 from app.config import Settings
 from app.db import jobs as repo
+from app.db.types import utcnow
 from app.dispatch import job_errors
 from app.dispatch.backend import BackendLink, InFlight
 from app.dispatch.capabilities import Capabilities
@@ -76,13 +77,15 @@ class Tracker:
             case Connected():
                 link.connected = True
                 link.mark_reachable()
+                link.observe_health()
                 link.needs_reconcile = True
                 self.ctx.metrics.backend_up.labels(link.url).set(1)
-                self.ctx.spawn(self._refresh_object_info(link), f"object_info {link.url}")
+                self.ctx.spawn(self.refresh_object_info(link), f"object_info {link.url}")
                 self.ctx.wake()
             case Disconnected(reason=reason):
                 link.connected = False
                 link.last_error = reason
+                link.observe_health()
                 if link.down_since is None:
                     link.down_since = time.monotonic()
                 # Is it gone, or only its socket? Ask now rather than at the next scheduled check.
@@ -138,13 +141,15 @@ class Tracker:
         link.check_failures = 0
         link.down_since = None
         if link.capabilities is None:
-            await self._refresh_object_info(link)
+            await self.refresh_object_info(link)
         self.ctx.metrics.backend_up.labels(link.url).set(int(link.healthy))
         if link.healthy and not was_healthy:
             link.needs_reconcile = True
             self.ctx.wake()
 
-    async def _refresh_object_info(self, link: BackendLink) -> None:
+    async def refresh_object_info(self, link: BackendLink) -> None:
+        # The attempt counts, so that a backend that fails to answer is not asked in a tight loop.
+        link.capabilities_refreshed = time.monotonic()
         try:
             info = await link.client.object_info()
         except ComfyError as exc:
@@ -152,6 +157,7 @@ class Tracker:
             return
         link.object_info = info
         link.capabilities = Capabilities.from_object_info(info)
+        link.capabilities_at = utcnow()
         self.ctx.wake()
 
     # ---- transitions -----------------------------------------------------------------------

@@ -358,3 +358,49 @@ async def test_stop_closes_sockets_with_1001() -> None:
         with pytest.raises(ConnectionClosed) as info:
             await asyncio.wait_for(ws.recv(), 2)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+
+
+async def test_set_models_changes_object_info_and_validation(emu: Emulator, http: aiohttp.ClientSession) -> None:
+    """A checkpoint copied into a running server: listed by /object_info and accepted by /prompt."""
+
+    def load(name: str) -> dict[str, Any]:
+        return {
+            "prompt": {
+                "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}},
+                "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a", "clip": ["1", 1]}},
+                "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+                "4": {
+                    "class_type": "KSampler",
+                    "inputs": {
+                        "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
+                        "seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                    },
+                },
+                "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+                "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "late"}},
+            },
+            "client_id": CLIENT_A,
+        }  # fmt: skip
+
+    async def options() -> list[str]:
+        async with http.get(emu.base_url + "/object_info/CheckpointLoaderSimple") as r:
+            spec = (await r.json())["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"]
+        return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
+    assert "late.safetensors" not in await options()
+    async with http.post(emu.base_url + "/prompt", json=load("late.safetensors")) as r:
+        assert r.status == 400
+        assert "value_not_in_list" in json.dumps(await r.json())
+
+    async with http.post(emu.base_url + "/emulator/set_models", json={"folder": "checkpoints", "files": ["late.safetensors"]}) as r:
+        assert r.status == 200
+    assert await options() == ["late.safetensors"]
+    ws = await WsClient.connect(http, emu.base_url, CLIENT_A)
+    accepted = await post(http, emu, load("late.safetensors"))
+    await ws.wait_done(accepted)
+    assert (await history(http, emu, accepted))["status"]["status_str"] == "success"
+
+    emu.set_models("checkpoints", [])
+    assert await options() == []
+    async with http.post(emu.base_url + "/emulator/set_models", json={"folder": "checkpoints"}) as r:
+        assert r.status == 400

@@ -67,6 +67,24 @@ class Gateway:
         assert key.status_code == 201, key.text
         return user_id, {"Authorization": f"Bearer {key.json()['key']}"}
 
+    async def backends(self) -> dict[str, dict[str, Any]]:
+        """The admin view of the backend pool, by URL."""
+        resp = await self.http.get("/v1/admin/backends", headers=self.admin)
+        assert resp.status_code == 200, resp.text
+        return {b["url"]: b for b in resp.json()["items"]}
+
+    async def wait_backend(
+        self, url: str, check: Callable[[dict[str, Any]], bool], *, timeout: float = 20
+    ) -> dict[str, Any]:
+        """Until the admin view of a backend passes `check`; returns that view."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = (await self.backends()).get(url)
+            if view is not None and check(view):
+                return view
+            assert time.monotonic() < deadline, f"backend {url} never got there: {view}"
+            await asyncio.sleep(0.05)
+
     async def wait_ready(self, timeout: float = 10) -> None:
         """Until every backend's socket is up and its node definitions are known."""
         deadline = time.monotonic() + timeout

@@ -65,3 +65,16 @@ def test_create_list_disable_and_revoke(run, db_url: str) -> None:  # noqa: ANN0
     assert not key_works(db_url, new_key) and "disabled" in run("list-users").output
     assert run("disable-user", user_id, "--enable").exit_code == 0
     assert key_works(db_url, new_key)
+
+
+def test_add_and_list_backends(run) -> None:  # noqa: ANN001
+    assert run("list-backends").output.strip() == ""
+    added = run("add-backend", "http://10.0.0.5:8188/")
+    assert added.exit_code == 0, added.output
+    backend_id = re.search(r"backend id: (\S+)", added.output).group(1)
+    assert run("list-backends").output.split() == [backend_id, "http://10.0.0.5:8188", "active", "admin", "jobs:", "0"]
+    duplicate = run("add-backend", "http://10.0.0.5:8188")
+    assert duplicate.exit_code == 1 and "registered already" in duplicate.output
+    bad = run("add-backend", "ftp://10.0.0.5")
+    assert bad.exit_code == 1 and "http" in bad.output
+    assert len(run("list-backends").output.strip().splitlines()) == 1

@@ -1,0 +1,79 @@
+"""Admin routes for the backend pool: list, add, drain, resume, remove. A non-admin key gets 403.
+
+Ids are opaque UUIDs (see BackendOut.id). Removing takes two steps so that no job is ever left
+behind: drain the backend (no new jobs), wait until it holds none (`jobs.count` is 0), then
+DELETE it; a DELETE before that answers 409 and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.deps import AdminDep, SessionDep
+from app.api.schemas import PROBLEMS, BackendCreate, BackendList, BackendOut
+from app.db.models import Backend
+from app.domain import backends
+
+router = APIRouter(prefix="/v1/admin/backends", tags=["admin"])
+
+BackendId = Annotated[str, Path(max_length=36, description="The backend's opaque id (`id` in the list).")]
+
+
+async def _view(request: Request, session: AsyncSession, row: Backend) -> dict:
+    live = request.app.state.backend_live(row.url)
+    return await backends.backend_view(session, row, live)
+
+
+def _changed(request: Request, url: str, *, draining: bool | None = None) -> None:
+    # This replica applies it now; the others on their next poll of the table.
+    request.app.state.on_backends_changed(url, draining=draining)
+
+
+@router.get("", response_model=BackendList, responses=PROBLEMS)
+async def list_backends(request: Request, session: SessionDep, admin: AdminDep) -> dict:
+    rows = await backends.list_backends(session)
+    return {"items": [await _view(request, session, row) for row in rows]}
+
+
+@router.post("", status_code=201, response_model=BackendOut, responses=PROBLEMS)
+async def add_backend(request: Request, body: BackendCreate, session: SessionDep, admin: AdminDep) -> dict:
+    """Register a ComfyUI server; the dispatcher starts following it at once (409 if its URL is registered)."""
+    row = await backends.add_backend(session, body.url)
+    await session.commit()
+    _changed(request, row.url)
+    return await _view(request, session, row)
+
+
+@router.get("/{backend_id}", response_model=BackendOut, responses=PROBLEMS)
+async def get_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> dict:
+    return await _view(request, session, await backends.get_backend(session, backend_id))
+
+
+@router.post("/{backend_id}/drain", response_model=BackendOut, responses=PROBLEMS)
+async def drain_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> dict:
+    """No new jobs go to it; the jobs it holds finish there."""
+    row = await backends.set_draining(session, backend_id, True)
+    await session.commit()
+    _changed(request, row.url, draining=True)
+    return await _view(request, session, row)
+
+
+@router.post("/{backend_id}/resume", response_model=BackendOut, responses=PROBLEMS)
+async def resume_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> dict:
+    """Undo a drain: it gets new jobs again."""
+    row = await backends.set_draining(session, backend_id, False)
+    await session.commit()
+    _changed(request, row.url, draining=False)
+    return await _view(request, session, row)
+
+
+@router.delete("/{backend_id}", status_code=204, responses=PROBLEMS)
+async def remove_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> Response:
+    """Forget a drained backend that holds no job (409 otherwise). Every replica stops following it."""
+    row = await backends.remove_backend(session, backend_id)
+    await session.commit()
+    _changed(request, row.url)
+    return Response(status_code=204)

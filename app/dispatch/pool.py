@@ -1,0 +1,227 @@
+"""The backend pool as the dispatcher keeps it: one BackendLink per row of the `backends` table.
+
+Every replica re-reads the table on its poll (sync_backends), so a backend added, drained or
+removed through any replica is followed, spared or let go by all of them. Adding a backend starts
+its socket, health and capability tasks; removing it stops every one and closes its client, and
+never loses a job it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.comfy.client import ComfyClient
+from app.comfy.errors import ComfyError
+from app.comfy.websocket import ComfyWebSocket
+from app.config import Settings
+from app.db import backends as backends_repo
+from app.db import jobs as repo
+from app.db.state import get_or_create
+from app.dispatch.backend import BackendLink
+from app.dispatch.capabilities import models_by_kind
+from app.dispatch.tracker import DispatchContext, Tracker
+from app.domain.views import rfc3339
+
+log = logging.getLogger("app.dispatch")
+
+
+class BackendPool:
+    """The pool half of the Dispatcher (a mixin: the Dispatcher provides what is declared here)."""
+
+    settings: Settings
+    ctx: DispatchContext
+    tracker: Tracker
+    links: list[BackendLink]
+    _by_url: dict[str, BackendLink]
+    _sessionmaker: async_sessionmaker[AsyncSession]
+    _started: bool
+    _stopping: bool
+    _next_sync: float
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        raise NotImplementedError
+
+    async def _return_prepared(self, links: list[BackendLink] | None = None) -> None:
+        raise NotImplementedError
+
+    async def load(self) -> None:
+        """Build a link per registered backend (without following them yet)."""
+        async with self._sessionmaker() as session:
+            rows = await backends_repo.all_backends(session)
+        for row in rows:
+            await self._add_link(row.url, row.id, draining=row.state == "draining")
+
+    async def _add_link(self, url: str, backend_id: str, *, draining: bool) -> BackendLink:
+        # A stable client id per backend: ComfyUI sends a prompt's messages only to the socket of
+        # the client id it was queued with, so after a restart we must reconnect with the same one.
+        client_id = await get_or_create(self._sessionmaker, f"client_id:{url}", lambda: f"comfy-gateway-{uuid.uuid4()}")
+        settings = self.settings
+        link = BackendLink(
+            url=url,
+            client_id=client_id,
+            client=ComfyClient(url, timeout=settings.backend_timeout_seconds),
+            ws=ComfyWebSocket(url, client_id, ping_interval=settings.ws_ping_seconds, ping_timeout=settings.ws_ping_seconds),
+            backend_id=backend_id,
+            draining=draining,
+        )
+        self.links.append(link)
+        self._by_url[url] = link
+        return link
+
+    def _start_link(self, link: BackendLink) -> None:
+        link.health_failures = self.settings.health_failures
+        self.ctx.metrics.backend_up.labels(link.url).set(0)
+        link.tasks = [
+            self._spawn(self.tracker.follow(link), f"follow {link.url}"),
+            self._spawn(self._check_health_forever(link), f"health {link.url}"),
+            self._spawn(self._refresh_capabilities_forever(link), f"capabilities {link.url}"),
+        ]
+
+    async def _remove_link(self, link: BackendLink) -> None:
+        """Stop following a backend that left the pool: every task of it ends, its client closes,
+        and no job it held is lost (the API removes only drained, empty backends; a job that got
+        there in a race with the removal goes back to the queue)."""
+        self.links.remove(link)
+        del self._by_url[link.url]
+        await self._return_prepared([link])
+        for pid, flight in list(link.inflight.items()):
+            if pid in link.collecting:
+                continue
+            try:
+                # It must not run there as well as where it goes next.
+                await link.client.delete_from_queue([pid])
+                await link.client.interrupt(pid)
+            except ComfyError as exc:
+                log.warning("removing %s: could not take prompt %s off it: %s", link.url, pid, exc)
+            await self.tracker.requeue(link, pid, flight, count_attempt=False)
+        await link.ws.close()
+        for task in link.tasks:
+            if not task.get_name().startswith("follow "):
+                task.cancel()
+        # Collections under way finish first: the client they use is closed next.
+        pending = [t for t in link.tasks if not t.done()]
+        deadline = time.monotonic() + self.settings.backend_timeout_seconds
+        while (pending or link.collecting) and time.monotonic() < deadline:
+            if pending:
+                await asyncio.wait(pending, timeout=0.1)
+                pending = [t for t in pending if not t.done()]
+            else:
+                await asyncio.sleep(0.05)
+        await link.client.aclose()
+        for gauge in (self.ctx.metrics.backend_up, self.ctx.metrics.backend_inflight):
+            try:
+                gauge.remove(link.url)
+            except KeyError:
+                pass
+        log.info("backend %s removed from the pool", link.url)
+
+    async def sync_backends(self) -> None:
+        """Follow the `backends` table: start new backends, stop removed ones, apply drains.
+
+        Every replica does this on its poll, so a change made through any replica reaches all.
+        """
+        async with self._sessionmaker() as session:
+            rows = {row.url: row for row in await backends_repo.all_backends(session)}
+        for link in list(self.links):
+            if link.url not in rows:
+                await self._remove_link(link)
+        for url, row in rows.items():
+            link = self._by_url.get(url)
+            if link is None:
+                link = await self._add_link(url, row.id, draining=row.state == "draining")
+                if self._started:
+                    self._start_link(link)
+                log.info("backend %s joined the pool", url)
+            link.draining = row.state == "draining"
+        await self._requeue_orphans()
+
+    async def _requeue_orphans(self) -> None:
+        """Jobs handed to a backend that is no longer registered (removed in a race with a claim,
+        or dropped from GATEWAY_COMFYUI_URLS) go back to the queue: nobody would follow them."""
+        async with self._sessionmaker() as session:
+            candidates = await backends_repo.orphaned_jobs(session, [link.url for link in self.links])
+            if not candidates:
+                return
+            # Read the table again after the jobs: a backend registered in between is not an orphan.
+            registered = {row.url for row in await backends_repo.all_backends(session)}
+            changed = []
+            for job in candidates:
+                if job.backend not in registered and job.prompt_id:
+                    log.warning("job %s was on %s, which is not registered: back to the queue", job.id, job.backend)
+                    changed.append(await repo.unclaim(session, job.id, prompt_id=job.prompt_id, count_attempt=False))
+            await session.commit()
+        for job in changed:
+            if job is not None:
+                await self.ctx.notifier.job_changed(job.id)
+        if changed:
+            self.wake()
+
+    def backends_changed(self, url: str | None = None, *, draining: bool | None = None) -> None:
+        """Called after the admin API committed a change to the pool: apply it in this process now
+        (a drain stops new work at once), and re-read the table on the next round."""
+        link = self._by_url.get(url or "")
+        if link is not None and draining is not None:
+            link.draining = draining
+        self._next_sync = 0.0
+        self.wake()
+
+    async def _check_health_forever(self, link: BackendLink) -> None:
+        while not self._stopping:
+            await self.tracker.check_health(link)
+            link.observe_health()
+            await asyncio.sleep(self.settings.health_check_seconds)
+
+    async def _refresh_capabilities_forever(self, link: BackendLink) -> None:
+        """Model files come and go on a running ComfyUI: re-read /object_info now and then, so a
+        new file is routable without a restart (a reconnect re-reads it too)."""
+        period = self.settings.object_info_refresh_seconds
+        while not self._stopping:
+            # Sleeps until `period` after the last read, whoever made it (connect, health, timer).
+            due = link.capabilities_refreshed + period - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
+            elif link.healthy:
+                await self.tracker.refresh_object_info(link)
+            else:
+                # A backend that is down is read again when it comes back (on connect).
+                await asyncio.sleep(min(period, self.settings.health_check_seconds))
+
+    def backend_health(self) -> dict[str, bool]:
+        return {link.url: link.healthy for link in self.links}
+
+    def draining(self) -> list[str]:
+        return [link.url for link in self.links if link.draining]
+
+    def backend_live(self, url: str) -> dict[str, Any] | None:
+        """What this dispatcher knows of a backend now, for the admin view."""
+        link = self._by_url.get(url)
+        if link is None or not self._started:
+            return None
+        healthy = link.observe_health()
+        caps = link.capabilities
+        return {
+            "health": {
+                "status": "up" if healthy else "down",
+                "since": rfc3339(link.health_since),
+                "last_error": link.last_error,
+                "connected": link.connected,
+            },
+            "backend_queue": link.queue_remaining,
+            "capabilities": None
+            if caps is None
+            else {
+                "node_classes": len(caps.nodes),
+                "models": models_by_kind(caps),
+                "refreshed_at": rfc3339(link.capabilities_at),
+            },
+        }
