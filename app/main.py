@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, events, generate, health, jobs, me, outputs, problems, templates
+from app.api import admin, events, generate, health, jobs, me, outputs, problems, templates, ws
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
@@ -18,6 +18,9 @@ from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.dispatch.dispatcher import Dispatcher
+from app.db import job_events
+from app.domain.event_log import EventLog
+from app.domain.event_relay import EventRelay
 from app.domain.events import EventBus
 from app.domain.notify import Notifier
 from app.domain.templates import sync_builtins
@@ -44,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker_sessionmaker = create_sessionmaker(worker_engine)
         storage = LocalStorage(settings.storage_dir)
         storage.ensure_root()
+        # Tells this replica's own event announcements (PostgreSQL NOTIFY) from the others'.
+        replica_id = uuid.uuid4().hex
 
         async with sessionmaker() as session:
             await ensure_bootstrap_admin(session)
@@ -61,7 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = Metrics()
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
         bus = EventBus()
-        notifier = Notifier(worker_sessionmaker, signer, bus, metrics)
+        event_log = EventLog(worker_sessionmaker, signer, bus, settings)
+        # Events logged in a transaction reach this process's subscribers when it commits.
+        for maker in (sessionmaker, worker_sessionmaker):
+            job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
+        relay = EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
+        notifier = Notifier(event_log, metrics)
         dispatcher = Dispatcher(
             sessionmaker=worker_sessionmaker,
             settings=settings,
@@ -78,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.storage = storage
         state.signer = signer
         state.bus = bus
+        state.event_log = event_log
         state.metrics = metrics
         state.notifier = notifier
         state.dispatcher = dispatcher
@@ -87,12 +98,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.backend_health = dispatcher.backend_health
         state.object_info = dispatcher.object_info
 
+        event_log.start()
+        await relay.start()
         if settings.run_dispatcher:
             await dispatcher.start()
         try:
             yield
         finally:
             await dispatcher.stop()
+            await relay.stop()
+            await event_log.stop()
             await worker_engine.dispose()
             await engine.dispose()
 
@@ -105,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimitHeaders)
     problems.install(app)
-    for module in (generate, jobs, outputs, events, templates, me, admin, health):
+    for module in (generate, jobs, outputs, events, ws, templates, me, admin, health):
         app.include_router(module.router)
     return app
 

@@ -429,7 +429,6 @@ class Dispatcher:
             for item in list(link.prepared):
                 if item.job_id == job_id:
                     link.drop_prepared(item.prompt_id)
-        await self.ctx.notifier.job_changed(job_id)
         self.wake()
 
     # ---- views for the API -----------------------------------------------------------------

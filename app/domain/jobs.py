@@ -138,9 +138,10 @@ async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
     return job
 
 
-async def get_owned(session: AsyncSession, principal: Principal, job_id: str) -> Job:
+async def get_owned(session: AsyncSession, principal: Principal, job_id: str, *, fresh: bool = False) -> Job:
+    """`fresh`: read the row again even if the session holds it."""
     # Another user's job answers exactly like a missing one, for admins too: they have /v1/admin/jobs.
-    job = await repo.get_job(session, job_id, user_id=principal.user_id)
+    job = await repo.get_job(session, job_id, user_id=principal.user_id, fresh=fresh)
     if job is None:
         raise NotFound(f"There is no job {job_id!r}.")
     return job

@@ -1,0 +1,212 @@
+"""The per-job event log: what a client that reconnects with `Last-Event-ID` missed.
+
+Every event gets the next value of its job's counter (`jobs.event_seq`), taken by an UPDATE of
+the job row, so a job's events are numbered in the order their transactions commit, on every
+replica. Status and output events are written by the job's transitions, in the transition's own
+transaction (`record_transition`, called from app/db/jobs.py), so the log never disagrees with
+the row. Progress events are written in batches by app/domain/event_log.py.
+
+Events written in a session are also kept in `session.info` and handed, once the transaction
+committed, to the callback the session factory was configured with (`deliver_after_commit`):
+that is how live subscribers hear about them without reading the log back.
+On PostgreSQL each event is also announced with NOTIFY (transactional: sent at commit), so that
+the other replicas can read it from the log (app/domain/event_relay.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, event, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, JobEvent, Output
+from app.db.types import utcnow
+
+ACTIVE = ("queued", "running")
+#: The PostgreSQL channel on which committed events are announced.
+CHANNEL = "gateway_job_events"
+_PENDING = "pending_job_events"
+_SINK = "job_event_sink"
+_ORIGIN = "job_event_origin"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    job_id: str
+    user_id: str
+    seq: int
+    event: str  # status | progress | output
+    data: dict[str, Any]
+
+
+def job_snapshot(job: Job, outputs: Sequence[Output]) -> dict[str, Any]:
+    """The job's public fields as stored in a `status` event. Output URLs are signed, and so
+    expire; they are added when the event is sent (app/domain/views.py), never stored."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "template": job.template,
+        "params": job.params,
+        "priority": job.priority,
+        "metadata": job.meta,
+        "created_at": _rfc3339(job.created_at),
+        "started_at": _rfc3339(job.started_at),
+        "finished_at": _rfc3339(job.finished_at),
+        "waiting_reason": job.waiting_reason,
+        "progress": job.progress,
+        "outputs": [output_snapshot(o) for o in outputs],
+        "error": job.error,
+        "attempts": job.attempts,
+    }
+
+
+def output_snapshot(output: Output) -> dict[str, Any]:
+    return {
+        "id": output.id,
+        "job_id": output.job_id,
+        "node_id": output.node_id,
+        "filename": output.filename,
+        "content_type": output.content_type,
+        "size": output.size,
+        "sha256": output.sha256,
+    }
+
+
+def _rfc3339(value: Any) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+async def _take_seqs(session: AsyncSession, job_id: str, count: int, where: Sequence[Any] = ()) -> int | None:
+    """Reserve `count` ids for a job; returns the last one (None if the job is gone or `where`
+    does not hold). The UPDATE locks the job row until the transaction ends."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, *where)
+        .values(event_seq=Job.event_seq + count)
+        .returning(Job.event_seq)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def _write(session: AsyncSession, events: list[LoggedEvent]) -> None:
+    now = utcnow()
+    session.add_all(JobEvent(job_id=e.job_id, seq=e.seq, event=e.event, data=e.data, created_at=now) for e in events)
+    await session.flush()
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        origin = session.info.get(_ORIGIN, "")
+        for e in events:
+            # NOTIFY is transactional: the other replicas hear of the event when it is committed.
+            await session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": f"{origin}|{e.job_id}|{e.user_id}|{e.seq}"},
+            )
+    session.info.setdefault(_PENDING, []).extend(events)
+
+
+async def record_transition(session: AsyncSession, job: Job) -> None:
+    """Log a job's new status (and, when it succeeded, its outputs first), in the transition's
+    transaction. Called by app/db/jobs.py for every status change."""
+    outputs: list[Output] = []
+    if job.status == "succeeded":
+        rows = await session.execute(
+            select(Output).where(Output.job_id == job.id).order_by(Output.created_at, Output.id)
+        )
+        outputs = list(rows.scalars())
+    last = await _take_seqs(session, job.id, len(outputs) + 1)
+    if last is None:
+        return
+    first = last - len(outputs)
+    events = [
+        LoggedEvent(job.id, job.user_id, first + i, "output", output_snapshot(out)) for i, out in enumerate(outputs)
+    ]
+    events.append(LoggedEvent(job.id, job.user_id, last, "status", job_snapshot(job, outputs)))
+    await _write(session, events)
+
+
+async def record_progress(
+    session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]], *, keep: int
+) -> None:
+    """Log progress events (job id, user id, data) of jobs that have not ended, keeping at most
+    `keep` progress events per job: older progress says nothing the newer does not."""
+    events: list[LoggedEvent] = []
+    for job_id, user_id, data in items:
+        seq = await _take_seqs(session, job_id, 1, [Job.status.in_(ACTIVE)])
+        if seq is None:
+            continue
+        events.append(LoggedEvent(job_id, user_id, seq, "progress", data))
+        if seq % keep == 0:
+            # Every `keep` events, drop the progress older than the last `keep` ids.
+            await session.execute(
+                delete(JobEvent).where(JobEvent.job_id == job_id, JobEvent.event == "progress", JobEvent.seq <= seq - keep)
+            )
+    if events:
+        await _write(session, events)
+
+
+async def since(session: AsyncSession, job_id: str, after: int, limit: int = 10_000) -> list[LoggedEvent]:
+    """A job's logged events after id `after`, in order."""
+    user_id = (await session.execute(select(Job.user_id).where(Job.id == job_id))).scalar_one_or_none()
+    if user_id is None:
+        return []
+    rows = await session.execute(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after).order_by(JobEvent.seq).limit(limit)
+    )
+    return [LoggedEvent(r.job_id, user_id, r.seq, r.event, r.data) for r in rows.scalars()]
+
+
+async def by_ids(session: AsyncSession, keys: Sequence[tuple[str, int]]) -> list[LoggedEvent]:
+    """Events named by (job id, seq), in order per job (for events announced by other replicas)."""
+    if not keys:
+        return []
+    job_ids = sorted({k[0] for k in keys})
+    wanted = set(keys)
+    rows = await session.execute(
+        select(JobEvent, Job.user_id)
+        .join(Job, Job.id == JobEvent.job_id)
+        .where(JobEvent.job_id.in_(job_ids), JobEvent.seq >= min(k[1] for k in keys))
+        .order_by(JobEvent.job_id, JobEvent.seq)
+    )
+    return [
+        LoggedEvent(ev.job_id, user_id, ev.seq, ev.event, ev.data)
+        for ev, user_id in rows.all()
+        if (ev.job_id, ev.seq) in wanted
+    ]
+
+
+async def max_seq(session: AsyncSession, job_id: str) -> int:
+    return int((await session.execute(select(func.coalesce(Job.event_seq, 0)).where(Job.id == job_id))).scalar_one_or_none() or 0)
+
+
+def deliver_after_commit(
+    sessionmaker: async_sessionmaker[AsyncSession], sink: Callable[[list[LoggedEvent]], None], origin: str
+) -> None:
+    """Sessions of this factory hand the events they logged to `sink` once their transaction has
+    committed (never before: a subscriber must find in the log what it was told)."""
+    sessionmaker.configure(info={_SINK: sink, _ORIGIN: origin})
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    sink = session.info.get(_SINK)
+    if pending and sink is not None:
+        sink(pending)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous_transaction: Any) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def payload_of(raw: str) -> tuple[str, str, str, int] | None:
+    """(origin, job id, user id, seq) from a NOTIFY payload; None if malformed."""
+    parts = raw.split("|")
+    if len(parts) != 4 or not parts[3].isdigit():
+        return None
+    return parts[0], parts[1], parts[2], int(parts[3])
+
