@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.signer = signer
         state.bus = bus
         state.event_log = event_log
+        state.event_relay = relay
         state.metrics = metrics
         state.notifier = notifier
         state.dispatcher = dispatcher

@@ -108,6 +108,13 @@ async def _write(session: AsyncSession, events: list[LoggedEvent]) -> None:
     session.info.setdefault(_PENDING, []).extend(events)
 
 
+async def record_created(session: AsyncSession, job: Job) -> None:
+    """Log a new job's first status (event 1), in the transaction that inserts it."""
+    job.event_seq = 1
+    await session.flush()
+    await _write(session, [LoggedEvent(job.id, job.user_id, 1, "status", job_snapshot(job, []))])
+
+
 async def record_transition(session: AsyncSession, job: Job) -> None:
     """Log a job's new status (and, when it succeeded, its outputs first), in the transition's
     transaction. Called by app/db/jobs.py for every status change."""

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import job_events
 from app.db import jobs as repo
 from app.db.cursor import decode_cursor, encode_cursor
 from app.db.models import Job
@@ -135,6 +136,8 @@ async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
     (see app/domain/quotas.py for why)."""
     await check_job_quotas(session, principal)
     session.add(job)
+    # Its first event (`queued`): a /v1/ws subscriber hears of the new job.
+    await job_events.record_created(session, job)
     return job
 
 

@@ -225,3 +225,37 @@ async def test_ws_of_a_disabled_user_is_closed(emulator: Emulator, make_settings
             raise AssertionError("the socket stayed open")
         except websockets.ConnectionClosed as closed:
             assert closed.rcvd is not None and closed.rcvd.code == 1008
+
+
+# ---- several replicas ----------------------------------------------------------------------
+
+
+async def test_a_replica_without_the_dispatcher_streams_jobs_run_by_another(
+    db_url: str, emulator: Emulator, make_settings, gateway_factory  # noqa: ANN001
+) -> None:
+    if db_url.startswith("sqlite"):
+        import pytest
+
+        pytest.skip("several replicas need PostgreSQL (NOTIFY); SQLite is one process")
+    emulator.config.step_seconds = 0.05
+    runner = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
+    await runner.wait_ready()
+    api_only = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], run_dispatcher=False))
+    relay = api_only.app.state.event_relay
+    await asyncio.wait_for(relay.listening.wait(), 10)
+    _, alice = await api_only.create_user("alice")
+    alice_key = alice["Authorization"].split()[1]
+    async with websockets.connect(ws_url(api_only, f"?api_key={alice_key}")) as ws:
+        assert json.loads(await ws.recv())["event"] == "subscribed"
+        job = (await api_only.generate(txt2img(8), headers=alice)).json()
+        events, frames = await asyncio.gather(api_only.sse(job["id"], alice), ws_collect(ws, {job["id"]}))
+    kinds = [e.event for e in events]
+    assert "progress" in kinds and "output" in kinds
+    assert events[-1].data["status"] == "succeeded"
+    # The socket heard every event from the job's first (`queued`), in order, the stream's among them.
+    frame_ids = [f["id"] for f in frames]
+    assert frames[0]["data"]["status"] == "queued" and frame_ids == list(range(1, len(frames) + 1))
+    assert {int(e.id) for e in events} <= set(frame_ids)
+    # Prefer: wait on the replica that does not run the job is woken by the other's events too.
+    resp = await api_only.generate(txt2img(2), headers={**alice, "Prefer": "wait=30"})
+    assert resp.status_code == 200 and resp.json()["status"] == "succeeded"
