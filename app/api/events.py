@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.schemas import PROBLEMS
@@ -23,11 +23,15 @@ from app.domain.live import JobFollower
 router = APIRouter(tags=["events"])
 
 
-def _sse(event: JobEvent) -> dict:
-    message = {"event": event.event, "data": json.dumps(event.data, separators=(",", ":"))}
-    if event.id is not None:
-        message["id"] = str(event.id)
-    return message
+def _sse(event: JobEvent) -> bytes:
+    # One event goes to every subscriber of its job: encoded once, by the first.
+    if event.encoded is None:
+        event.encoded = ServerSentEvent(
+            data=json.dumps(event.data, separators=(",", ":")),
+            event=event.event,
+            id=None if event.id is None else str(event.id),
+        ).encode()
+    return event.encoded
 
 
 def parse_event_id(value: str | None) -> int | None:
@@ -71,7 +75,7 @@ async def job_events(
     await session.close()
     sessionmaker = request.app.state.sessionmaker
 
-    async def stream() -> AsyncIterator[dict]:
+    async def stream() -> AsyncIterator[bytes]:
         async for event in follower.events(sessionmaker):
             yield _sse(event)
 

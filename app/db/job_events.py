@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, event, func, select, text, update
+from sqlalchemy import case, delete, event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -94,17 +94,19 @@ async def _take_seqs(session: AsyncSession, job_id: str, count: int, where: Sequ
 
 
 async def _write(session: AsyncSession, events: list[LoggedEvent]) -> None:
+    """Insert events (one statement) and, on PostgreSQL, announce them (one more)."""
     now = utcnow()
-    session.add_all(JobEvent(job_id=e.job_id, seq=e.seq, event=e.event, data=e.data, created_at=now) for e in events)
-    await session.flush()
+    await session.execute(
+        insert(JobEvent),
+        [{"job_id": e.job_id, "seq": e.seq, "event": e.event, "data": e.data, "created_at": now} for e in events],
+    )
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         origin = session.info.get(_ORIGIN, "")
-        for e in events:
-            # NOTIFY is transactional: the other replicas hear of the event when it is committed.
-            await session.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": CHANNEL, "payload": f"{origin}|{e.job_id}|{e.user_id}|{e.seq}"},
-            )
+        # NOTIFY is transactional: the other replicas hear of the events when they are committed.
+        await session.execute(
+            text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+            {"channel": CHANNEL, "payloads": [f"{origin}|{e.job_id}|{e.user_id}|{e.seq}" for e in events]},
+        )
     session.info.setdefault(_PENDING, []).extend(events)
 
 
@@ -139,12 +141,28 @@ async def record_progress(
     session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]], *, keep: int
 ) -> None:
     """Log progress events (job id, user id, data) of jobs that have not ended, keeping at most
-    `keep` progress events per job: older progress says nothing the newer does not."""
+    `keep` progress events per job: older progress says nothing the newer does not.
+
+    A few statements per batch, however many jobs: one UPDATE takes every job's ids, one INSERT
+    writes the events."""
+    count: dict[str, int] = {}
+    for job_id, _, _ in items:
+        count[job_id] = count.get(job_id, 0) + 1
+    step = case(count, value=Job.id, else_=1) if any(n > 1 for n in count.values()) else 1
+    rows = await session.execute(
+        update(Job)
+        .where(Job.id.in_(list(count)), Job.status.in_(ACTIVE))
+        .values(event_seq=Job.event_seq + step)
+        .returning(Job.id, Job.event_seq)
+        .execution_options(synchronize_session=False)
+    )
+    next_seq = {job_id: last - count[job_id] + 1 for job_id, last in rows.all()}
     events: list[LoggedEvent] = []
     for job_id, user_id, data in items:
-        seq = await _take_seqs(session, job_id, 1, [Job.status.in_(ACTIVE)])
-        if seq is None:
-            continue
+        if job_id not in next_seq:
+            continue  # ended (or gone): its final status is its last event
+        seq = next_seq[job_id]
+        next_seq[job_id] = seq + 1
         events.append(LoggedEvent(job_id, user_id, seq, "progress", data))
         if seq % keep == 0:
             # Every `keep` events, drop the progress older than the last `keep` ids.

@@ -22,6 +22,8 @@ class JobEvent:
     terminal: bool = False
     # The event's id in the job's event log (app/db/job_events.py); None for previews (never stored).
     id: int | None = None
+    # The event as sent on the wire, encoded once for all of its subscribers (see app/api/events.py).
+    encoded: bytes | None = None
 
 
 @dataclass(eq=False)
