@@ -55,6 +55,11 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -229,11 +234,13 @@ async def main() -> None:
                     lags.append((time.time(), (time.monotonic() - before - 0.01) * 1000))
 
             watcher = asyncio.create_task(watch_own_loop())
+            cpu_start, wall_start = cpu_seconds(gw_proc.pid), time.monotonic()
             peak = rss_before
             while not all(t.done() for t in tasks):
                 peak = max(peak, rss_mb(gw_proc.pid))
                 await asyncio.sleep(0.5)
             watcher.cancel()
+            gw_cpu = (cpu_seconds(gw_proc.pid) - cpu_start) / (time.monotonic() - wall_start)
             for t in tasks:
                 t.result()
             prompt_of: dict[str, str] = {}
@@ -271,6 +278,7 @@ async def main() -> None:
     if os.environ.get("BENCH_DETAIL"):
         for sec in sorted(by_second):
             print(f"  s{sec:3d}: n {len(by_second[sec]):5d} p50 {pct(by_second[sec], 0.5):6.1f} p99 {pct(by_second[sec], 0.99):6.1f}")
+    print(f"gateway CPU while streaming: {gw_cpu * 100:.0f}% of a core; load average {os.getloadavg()[0]:.1f}")
     print(f"subscriber process loop lag: p99 {pct([l for _, l in lags], 0.99):.1f} ms, max {max((l for _, l in lags), default=0):.1f} ms")
     print(f"gateway RSS: before {rss_before:.1f} MB, during (peak) {peak:.1f} MB, growth {peak - rss_before:.1f} MB")
 
