@@ -99,13 +99,13 @@ async def generate(
     # One short transaction from here: the request's token, the quotas, the row. The token's UPDATE
     # locks the user's bucket row until the commit, so a user's concurrent submits (on any
     # replica) count and insert one after the other and never overshoot a quota.
-    await charge(request, session, principal)
     try:
+        await charge(request, session, principal)
         await jobs.enqueue(session, principal, job)
         await idempotency.attach(session, claim, job.id)
     except LimitExceeded:
         await idempotency.release(session, claim)
-        await session.commit()  # the token stays spent; no job
+        await session.commit()  # the token stays spent; no job; the key is free again
         raise
     # Subscribed before the commit: a job that ends at once still wakes its waiter.
     sub = bus.subscribe_job(job.id) if wait else None

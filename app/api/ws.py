@@ -49,7 +49,7 @@ async def _first_frame_key(websocket: WebSocket) -> str | None:
     try:
         raw = await asyncio.wait_for(websocket.receive_text(), FIRST_FRAME_SECONDS)
         message = json.loads(raw)
-    except (TimeoutError, ValueError, KeyError):
+    except (TimeoutError, ValueError, KeyError, WebSocketDisconnect, RuntimeError):
         return None
     key = message.get("api_key") if isinstance(message, dict) else None
     return key if isinstance(key, str) else None

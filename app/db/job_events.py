@@ -15,6 +15,7 @@ the other replicas can read it from the log (app/domain/event_relay.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent, Output
 from app.db.types import utcnow
+
+log = logging.getLogger("app.events")
 
 ACTIVE = ("queued", "running")
 #: The PostgreSQL channel on which committed events are announced.
@@ -220,7 +223,10 @@ def _after_commit(session: Session) -> None:
     pending = session.info.pop(_PENDING, None)
     sink = session.info.get(_SINK)
     if pending and sink is not None:
-        sink(pending)
+        try:
+            sink(pending)
+        except Exception:  # noqa: BLE001 - the transaction did commit; its caller must not think otherwise
+            log.exception("delivering %d committed job events", len(pending))
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -98,6 +98,10 @@ class EventLog:
     def progress(self, job_id: str, user_id: str, data: dict[str, Any]) -> None:
         state = self._coalesce.get(job_id)
         if state is None:
+            if len(self._coalesce) > 100_000:
+                # Jobs whose end this replica did not see (ended elsewhere): drop the idle ones.
+                for stale in [j for j, st in self._coalesce.items() if st.timer is None]:
+                    self._forget(stale)
             state = self._coalesce[job_id] = _Coalesce()
             self._user_of[job_id] = user_id
         now = time.monotonic()
