@@ -79,4 +79,4 @@ async def job_events(
         async for event in follower.events(sessionmaker):
             yield _sse(event)
 
-    return EventSourceResponse(stream(), ping=int(settings.sse_ping_seconds), headers={"X-Accel-Buffering": "no"})
+    return EventSourceResponse(stream(), ping=settings.sse_ping_seconds, headers={"X-Accel-Buffering": "no"})

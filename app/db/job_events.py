@@ -143,11 +143,11 @@ async def record_transition(session: AsyncSession, job: Job) -> None:
 async def record_progress(
     session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]], *, keep: int
 ) -> None:
-    """Log progress events (job id, user id, data) of jobs that have not ended, keeping at most
-    `keep` progress events per job: older progress says nothing the newer does not.
+    """Log progress events (job id, user id, data) of jobs that have not ended, keeping only the
+    progress among each job's last `keep` event ids: older progress says nothing the newer does not.
 
-    A few statements per batch, however many jobs: one UPDATE takes every job's ids, one INSERT
-    writes the events."""
+    Three statements per batch, however many jobs: one UPDATE takes every job's ids, one INSERT
+    writes the events, one DELETE drops the progress that fell out of the window."""
     count: dict[str, int] = {}
     for job_id, _, _ in items:
         count[job_id] = count.get(job_id, 0) + 1
@@ -167,13 +167,16 @@ async def record_progress(
         seq = next_seq[job_id]
         next_seq[job_id] = seq + 1
         events.append(LoggedEvent(job_id, user_id, seq, "progress", data))
-        if seq % keep == 0:
-            # Every `keep` events, drop the progress older than the last `keep` ids.
-            await session.execute(
-                delete(JobEvent).where(JobEvent.job_id == job_id, JobEvent.event == "progress", JobEvent.seq <= seq - keep)
-            )
     if events:
         await _write(session, events)
+        # The bound: of a job's progress, only events among its last `keep` ids stay.
+        await session.execute(
+            delete(JobEvent).where(
+                JobEvent.event == "progress",
+                JobEvent.job_id.in_(list(next_seq)),
+                JobEvent.seq <= select(Job.event_seq).where(Job.id == JobEvent.job_id).scalar_subquery() - keep,
+            ).execution_options(synchronize_session=False)
+        )
 
 
 async def since(session: AsyncSession, job_id: str, after: int, limit: int = 10_000) -> list[LoggedEvent]:

@@ -259,3 +259,40 @@ async def test_a_replica_without_the_dispatcher_streams_jobs_run_by_another(
     # Prefer: wait on the replica that does not run the job is woken by the other's events too.
     resp = await api_only.generate(txt2img(2), headers={**alice, "Prefer": "wait=30"})
     assert resp.status_code == 200 and resp.json()["status"] == "succeeded"
+
+
+# ---- the log's bound, keep-alive ---------------------------------------------------------------
+
+
+async def test_the_event_log_keeps_a_bounded_tail_of_progress_and_every_status(
+    emulator: Emulator, make_settings, gateway_factory  # noqa: ANN001
+) -> None:
+    gateway = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], event_log_max_progress=3, progress_events_per_second=100)
+    )
+    await gateway.wait_ready()
+    emulator.config.step_seconds = 0.03
+    job = (await gateway.generate(txt2img(25))).json()
+    live = await gateway.sse(job["id"], last_event_id="0")
+    assert sum(e.event == "progress" for e in live) > 3  # live subscribers got them all
+    replay = await gateway.sse(job["id"], last_event_id="0")
+    progress = [e for e in replay if e.event == "progress"]
+    assert 1 <= len(progress) <= 3
+    assert progress[-1].data == {"value": 25, "max": 25, "node": "3"}  # the newest are the ones kept
+    statuses = [e.data["status"] for e in replay if e.event == "status"]
+    assert statuses[0] == "queued" and "running" in statuses and statuses[-1] == "succeeded"
+    assert [e.event for e in replay].count("output") == 1
+    assert ids(replay) == sorted(ids(replay))
+
+
+async def test_a_quiet_stream_gets_keep_alive_comments(idle_gateway) -> None:  # noqa: ANN001
+    gateway: Gateway = await idle_gateway(sse_ping_seconds=0.2)
+    job = (await gateway.generate(txt2img(2))).json()  # no dispatcher: it stays queued, nothing happens
+    comments = 0
+    async with gateway.http.stream("GET", f"/v1/jobs/{job['id']}/events", headers=gateway.admin) as resp:
+        async for line in resp.aiter_lines():
+            if line.startswith(":"):
+                comments += 1
+                if comments == 2:
+                    break
+    assert comments == 2
