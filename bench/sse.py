@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,20 +38,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.throughput import free_port, pct, wait_http  # noqa: E402
+
 ADMIN_KEY = "cgw_bench_" + uuid.uuid4().hex
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -137,18 +125,6 @@ async def subscribe(host: str, port: int, job_id: str, arrivals: list[tuple[str,
     writer.close()
     with suppress(Exception):
         await writer.wait_closed()
-
-
-async def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while True:
-            with suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer")
-            await asyncio.sleep(0.2)
 
 
 def workflow(i: int, steps: int, step_seconds: float) -> dict:

@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import BusDep, SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
-from app.db.jobs import TERMINAL
 from app.domain import idempotency, jobs
 from app.domain.errors import DomainError, LimitExceeded, ValidationFailed
 from app.storage.signing import UrlSigner
@@ -145,7 +144,7 @@ async def _answer(
         sub = bus.subscribe_job(job_id)
         try:
             job = await jobs.get_owned(session, principal, job_id, fresh=True)
-            if job.status not in TERMINAL:
+            if job.status not in jobs.TERMINAL:
                 await session.close()
                 await until_ended(sub, wait)
         finally:
@@ -153,8 +152,8 @@ async def _answer(
         waited = wait
     job = await jobs.get_owned(session, principal, job_id, fresh=True)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if job.status in TERMINAL and waited:
+    if job.status in jobs.TERMINAL and waited:
         response.headers["Preference-Applied"] = f"wait={waited}"
-    if replay or (job.status in TERMINAL and waited):
+    if replay or (job.status in jobs.TERMINAL and waited):
         response.status_code = 200
     return await jobs.view(session, job, signer)

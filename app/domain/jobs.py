@@ -28,6 +28,7 @@ from app.storage.signing import UrlSigner
 from app.templates import ParamsInvalid, output_nodes, render, resolve_params
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL = repo.TERMINAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,6 +159,14 @@ async def ws_collect(ws: Any, job_ids: set[str], timeout: float = 30) -> list[di
     return frames
 
 
+async def assert_closed_for_policy(ws: Any) -> None:
+    try:
+        await asyncio.wait_for(ws.recv(), 10)
+        raise AssertionError("the socket stayed open")
+    except websockets.ConnectionClosed as closed:
+        assert closed.rcvd is not None and closed.rcvd.code == 1008
+
+
 async def test_ws_streams_all_of_the_callers_jobs_and_no_one_elses(gateway: Gateway, emulator: Emulator) -> None:
     emulator.config.step_seconds = 0.03
     _, alice = await gateway.create_user("alice")
@@ -204,11 +212,7 @@ async def test_ws_bad_key_is_refused_with_policy_violation(gateway: Gateway) -> 
                 await ws.send(json.dumps(first))
             error = json.loads(await ws.recv())
             assert error["event"] == "error" and error["data"]["status"] == 401
-            try:
-                await asyncio.wait_for(ws.recv(), 10)
-                raise AssertionError("the socket stayed open")
-            except websockets.ConnectionClosed as closed:
-                assert closed.rcvd is not None and closed.rcvd.code == 1008
+            await assert_closed_for_policy(ws)
 
 
 async def test_ws_of_a_disabled_user_is_closed(emulator: Emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
@@ -220,11 +224,7 @@ async def test_ws_of_a_disabled_user_is_closed(emulator: Emulator, make_settings
         assert resp.status_code == 200
         error = json.loads(await asyncio.wait_for(ws.recv(), 20))
         assert error["event"] == "error" and error["data"]["status"] == 401
-        try:
-            await asyncio.wait_for(ws.recv(), 10)
-            raise AssertionError("the socket stayed open")
-        except websockets.ConnectionClosed as closed:
-            assert closed.rcvd is not None and closed.rcvd.code == 1008
+        await assert_closed_for_policy(ws)
 
 
 # ---- several replicas ----------------------------------------------------------------------
