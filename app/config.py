@@ -130,9 +130,9 @@ class Settings(BaseSettings):
     # The event log keeps at most this many progress events per job (status and output events
     # are always kept): a client that reconnects after longer misses only older progress.
     event_log_max_progress: int = Field(default=100, ge=1, le=100_000)
-    # A /v1/ws connection's key is checked again this often: a revoked key or a disabled user
-    # stops receiving within this time.
-    ws_auth_check_seconds: float = Field(default=10.0, gt=0)
+    # The key of a live connection (SSE stream, /v1/ws) is checked again this often: a revoked key
+    # or a disabled user stops receiving within this time.
+    live_auth_check_seconds: float = Field(default=10.0, gt=0)
     # The longest `Prefer: wait=N` honoured on POST /v1/generate.
     max_wait_seconds: int = Field(default=60, ge=0, le=60)
     # How long an Idempotency-Key is remembered.

@@ -16,9 +16,10 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.schemas import PROBLEMS
-from app.domain.errors import ValidationFailed
+from app.domain.errors import Unauthorized, ValidationFailed
 from app.domain.events import JobEvent
 from app.domain.live import JobFollower
+from app.domain.users import authenticate
 
 router = APIRouter(tags=["events"])
 
@@ -75,8 +76,20 @@ async def job_events(
     await session.close()
     sessionmaker = request.app.state.sessionmaker
 
+    key = request.headers.get("authorization", "").partition(" ")[2].strip()
+
+    async def still_allowed() -> bool:
+        async with sessionmaker() as s:
+            try:
+                await authenticate(s, key, settings)
+            except Unauthorized:
+                return False
+        return True
+
     async def stream() -> AsyncIterator[bytes]:
-        async for event in follower.events(sessionmaker):
+        async for event in follower.events(
+            sessionmaker, still_allowed=still_allowed, check_every=settings.live_auth_check_seconds
+        ):
             yield _sse(event)
 
     return EventSourceResponse(stream(), ping=settings.sse_ping_seconds, headers={"X-Accel-Buffering": "no"})

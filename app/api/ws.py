@@ -6,7 +6,7 @@ same per-job ids. The key comes as `?api_key=` or, to keep it out of URLs and lo
 frame: `{"api_key": "..."}`. The first frame the server sends is `{"event": "subscribed", ...}`:
 from then on every event of the caller's jobs is sent. A bad key gets an `error` frame (a
 problem object) and the socket is closed with 1008 (policy violation); the key is checked again
-every `GATEWAY_WS_AUTH_CHECK_SECONDS`, so a revoked key or a disabled user stops receiving.
+every `GATEWAY_LIVE_AUTH_CHECK_SECONDS`, so a revoked key or a disabled user stops receiving.
 A client too slow to keep up gets a `lagged` frame (events were dropped: re-read its jobs).
 """
 
@@ -98,7 +98,7 @@ async def live_events(websocket: WebSocket, api_key: str | None = None, previews
 
     async def keep_checking_key() -> Unauthorized:
         while True:
-            await asyncio.sleep(state.settings.ws_auth_check_seconds)
+            await asyncio.sleep(state.settings.live_auth_check_seconds)
             try:
                 await _authenticate(websocket, key)
             except Unauthorized as exc:

@@ -9,7 +9,9 @@ subscription, so it arrives live.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -65,15 +67,33 @@ class JobFollower:
             raise
         return cls(bus, event_log, sub, job_id, first, last, done)
 
-    async def events(self, sessionmaker: Callable[[], AbstractAsyncContextManager[AsyncSession]]) -> AsyncIterator[JobEvent]:
-        """Yields until the job's final status has been sent; unsubscribes when closed."""
+    async def events(
+        self,
+        sessionmaker: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+        *,
+        still_allowed: Callable[[], Awaitable[bool]] | None = None,
+        check_every: float = 10.0,
+    ) -> AsyncIterator[JobEvent]:
+        """Yields until the job's final status has been sent; unsubscribes when closed.
+        `still_allowed` is asked every `check_every` seconds: a stream whose key was revoked (or
+        whose user was disabled) ends, and the client's reconnect gets a 401."""
         try:
             for event in self._first:
                 yield event
             if self._done:
                 return
+            next_check = time.monotonic() + check_every
             while True:
-                event = await self._sub.queue.get()
+                try:
+                    # asyncio.timeout, not wait_for: no task per event for each of many streams.
+                    async with asyncio.timeout(max(0.0, next_check - time.monotonic())):
+                        event = await self._sub.queue.get()
+                except TimeoutError:
+                    event = None
+                if still_allowed is not None and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + check_every
+                    if not await still_allowed():
+                        return
                 if self._sub.overflowed:
                     # This subscriber fell behind and live events were dropped: the log has them.
                     self._sub.overflowed = False

@@ -216,7 +216,7 @@ async def test_ws_bad_key_is_refused_with_policy_violation(gateway: Gateway) -> 
 
 
 async def test_ws_of_a_disabled_user_is_closed(emulator: Emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
-    gateway = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], ws_auth_check_seconds=0.2))
+    gateway = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], live_auth_check_seconds=0.2))
     user_id, alice = await gateway.create_user("alice")
     async with websockets.connect(ws_url(gateway, f"?api_key={alice['Authorization'].split()[1]}")) as ws:
         assert json.loads(await ws.recv())["event"] == "subscribed"
@@ -296,3 +296,25 @@ async def test_a_quiet_stream_gets_keep_alive_comments(idle_gateway) -> None:  #
                 if comments == 2:
                     break
     assert comments == 2
+
+
+async def test_an_sse_stream_of_a_revoked_key_ends(idle_gateway) -> None:  # noqa: ANN001
+    gateway: Gateway = await idle_gateway(live_auth_check_seconds=0.2)
+    user_id, alice = await gateway.create_user("alice")
+    job = (await gateway.generate(txt2img(2), headers=alice)).json()  # stays queued: the stream would go on
+
+    opened = asyncio.Event()
+
+    def note_open(events: list[SseEvent]) -> bool:
+        opened.set()
+        return False  # read on
+
+    reading = asyncio.create_task(gateway.sse(job["id"], alice, stop=note_open))
+    await asyncio.wait_for(opened.wait(), 20)  # the stream is open (its first event came)
+    keys = (await gateway.http.get(f"/v1/admin/users/{user_id}/keys", headers=gateway.admin)).json()
+    key_id = (keys["items"] if isinstance(keys, dict) else keys)[0]["id"]
+    assert (await gateway.http.delete(f"/v1/admin/users/{user_id}/keys/{key_id}", headers=gateway.admin)).status_code in (200, 204)
+    events = await asyncio.wait_for(reading, 20)  # the server ended it
+    assert events and events[0].event == "status" and events[0].data["status"] == "queued"
+    resp = await gateway.http.get(f"/v1/jobs/{job['id']}/events", headers=alice)
+    assert resp.status_code == 401
