@@ -251,6 +251,12 @@ async def main() -> None:
     by_second: dict[int, list[float]] = {}
     for (job_id, value, now), lat in zip([a for a in arrivals if a[0] in prompt_of and (prompt_of[a[0]], a[1]) in sent and sent[(prompt_of[a[0]], a[1])] >= connected_at], latencies):
         by_second.setdefault(int(now - connected_at), []).append(lat)
+    # The run has a start (1,000 streams' objects new) and an end (every job collecting its output):
+    # between them, the steady state of streaming.
+    last = max(by_second, default=0)
+    steady = [lat for sec, lats in by_second.items() if 5 <= sec <= last - 2 for lat in lats]
+    print(f"  steady state (from 5 s after all streams opened to 2 s before the jobs end): "
+          f"p50 {pct(steady, 0.5):.1f} ms, p99 {pct(steady, 0.99):.1f} ms, max {max(steady, default=float('nan')):.1f} ms")
     if os.environ.get("BENCH_DETAIL"):
         for sec in sorted(by_second):
             print(f"  s{sec:3d}: n {len(by_second[sec]):5d} p50 {pct(by_second[sec], 0.5):6.1f} p99 {pct(by_second[sec], 0.99):6.1f}")
