@@ -184,6 +184,21 @@ class Settings(BaseSettings):
     # Progress is written to the job row at most this often; live subscribers get it sooner.
     progress_persist_seconds: float = Field(default=1.0, ge=0)
 
+    # --- live events: event log, resume, WebSocket, synchronous wait, idempotency -------------
+    # Progress events sent to subscribers and logged, per job and second (the last step of a
+    # node always goes out).
+    progress_events_per_second: float = Field(default=4.0, gt=0, le=100)
+    # The event log keeps at most this many progress events per job (status and output events
+    # are always kept): a client that reconnects after longer misses only older progress.
+    event_log_max_progress: int = Field(default=100, ge=1, le=100_000)
+    # The key of a live connection (SSE stream, /v1/ws) is checked again this often: a revoked key
+    # or a disabled user stops receiving within this time.
+    live_auth_check_seconds: float = Field(default=10.0, gt=0)
+    # The longest `Prefer: wait=N` honoured on POST /v1/generate.
+    max_wait_seconds: int = Field(default=60, ge=0, le=60)
+    # How long an Idempotency-Key is remembered.
+    idempotency_ttl_seconds: int = Field(default=86400, ge=60)
+
     # --- server -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads
+from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads, ws
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
@@ -20,6 +21,9 @@ from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
 from app.domain.backends import register_configured_backends
+from app.db import job_events
+from app.domain.event_log import EventLog
+from app.domain.event_relay import EventRelay
 from app.domain.events import EventBus
 from app.domain.notify import Notifier
 from app.domain.fetch import make_fetcher
@@ -53,6 +57,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         worker_sessionmaker = create_sessionmaker(worker_engine)
         storage = build_storage(settings)
         await storage.start()
+        # Tells this replica's own event announcements (PostgreSQL NOTIFY) from the others'.
+        replica_id = uuid.uuid4().hex
 
         async with sessionmaker() as session:
             await ensure_bootstrap_admin(session)
@@ -71,7 +77,6 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         metrics = Metrics()
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
         bus = EventBus()
-        notifier = Notifier(worker_sessionmaker, signer, bus, metrics)
         guard = OutboundGuard(settings.outbound_allowlist, resolver=outbound_resolver)
         secret_box = SecretBox(settings.webhook_secret_key or secret)
         # The sender shares the API's connections, not the dispatcher's: receivers' pace must
@@ -87,6 +92,12 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         # Sessions that commit a job transition with a webhook wake the sender at once.
         for maker in (sessionmaker, worker_sessionmaker):
             maker.configure(info={WAKE_KEY: webhook_sender.wake})
+        event_log = EventLog(worker_sessionmaker, signer, bus, settings)
+        # Events logged in a transaction reach this process's subscribers when it commits.
+        for maker in (sessionmaker, worker_sessionmaker):
+            job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
+        relay = EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
+        notifier = Notifier(event_log, metrics)
         dispatcher = Dispatcher(
             sessionmaker=worker_sessionmaker,
             settings=settings,
@@ -103,6 +114,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         state.storage = storage
         state.signer = signer
         state.bus = bus
+        state.event_log = event_log
+        state.event_relay = relay
         state.metrics = metrics
         state.notifier = notifier
         state.dispatcher = dispatcher
@@ -127,6 +140,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         )
         retention = RetentionService(worker_sessionmaker, storage, settings)
         state.retention = retention
+        event_log.start()
+        await relay.start()
         if settings.run_dispatcher:
             await dispatcher.start()
         # Deleting is idempotent, so every replica that runs a dispatcher may run it too.
@@ -146,6 +161,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             await dispatcher.stop()
             await webhook_sender.stop()
             await storage.close()
+            await relay.stop()
+            await event_log.stop()
             await worker_engine.dispose()
             await engine.dispose()
 
@@ -162,7 +179,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     )
     app.add_middleware(RateLimitHeaders)
     problems.install(app)
-    for module in (generate, jobs, outputs, uploads, events, templates, me, admin, backends, health):
+    for module in (generate, jobs, outputs, uploads, events, ws, templates, me, admin, backends, health):
         app.include_router(module.router)
     return app
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,9 @@ class EmulatorConfig:
     #: KSampler & co. attach a JPEG preview to each progress step (as ComfyUI does with a
     #: latent previewer enabled). HarnessSlowSampler follows its own `send_preview` input.
     sampler_previews: bool = True
+    #: Called as `(prompt_id, node_id, value, max, sent_at)` with each `progress` message sent,
+    #: `sent_at` from time.time(): benchmarks measure event latency from the backend's message.
+    progress_hook: Callable[[str, str, Any, Any, float], None] | None = None
     #: PNG compression of SaveImage / PreviewImage files (ComfyUI uses 4 and 1). Low is faster.
     png_compress_level: int = 1
     #: Create `example.png` in the input directory at start, as a ComfyUI install ships one.

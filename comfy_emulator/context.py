@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -121,6 +122,8 @@ class NodeContext:
                 }
                 hub.send_bytes(preview_with_metadata_frame(data, meta, fmt), client_id)
         hub.send_json("progress", {"value": value, "max": total, "prompt_id": run.prompt_id, "node": self.node_id}, client_id)
+        if run.emu.config.progress_hook is not None:
+            run.emu.config.progress_hook(run.prompt_id, self.node_id, value, total, time.time())
         if data is not None and not with_metadata:
             hub.send_bytes(preview_frame(data, preview[0]), client_id)  # type: ignore[index]
 

@@ -1,33 +1,61 @@
 """GET /v1/jobs/{id}/events: Server-Sent Events for one job.
 
-The stream starts with the job as it is now, then follows its changes, and ends after the
-terminal status. It subscribes before reading the row, so no change can fall in between.
+The stream starts with the job as it is now (or, with `Last-Event-ID`, with what the client
+missed), follows its changes, and ends after the terminal status. Every event but `preview`
+has an `id:`, the event's id in the job's event log (app/domain/live.py has the ordering rules).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Request
-from sse_starlette import EventSourceResponse
+from fastapi import APIRouter, Header, Query, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.api.deps import BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.schemas import PROBLEMS
-from app.db.jobs import TERMINAL
-from app.domain import jobs
+from app.domain.errors import Unauthorized, ValidationFailed
+from app.domain.events import JobEvent
+from app.domain.live import JobFollower
+from app.domain.users import authenticate
 
 router = APIRouter(tags=["events"])
 
 
-def _sse(event: str, data: dict) -> dict:
-    return {"event": event, "data": json.dumps(data, separators=(",", ":"))}
+def _sse(event: JobEvent) -> bytes:
+    # One event goes to every subscriber of its job: encoded once, by the first.
+    if event.encoded is None:
+        event.encoded = ServerSentEvent(
+            data=json.dumps(event.data, separators=(",", ":")),
+            event=event.event,
+            id=None if event.id is None else str(event.id),
+        ).encode()
+    return event.encoded
+
+
+def parse_event_id(value: str | None) -> int | None:
+    if value is None or value.strip() == "":
+        return None
+    value = value.strip()
+    if not value.isdigit() or len(value) > 18:
+        raise ValidationFailed(
+            "Last-Event-ID must be an event id this stream sent (a non-negative integer).",
+            errors=[{"field": "Last-Event-ID", "message": "not an event id"}],
+        )
+    return int(value)
 
 
 @router.get(
     "/v1/jobs/{job_id}/events",
     responses={**PROBLEMS, 200: {"content": {"text/event-stream": {}}}},
     response_class=EventSourceResponse,
+    description=(
+        "Server-Sent Events: `status` (the job), `progress`, `output`, and a final `status`, then the stream ends. "
+        "Every event has an `id`; reconnect with `Last-Event-ID` to get, in order, what was missed. "
+        "`?previews=true` adds `preview` events (base64 images, no id, never stored)."
+    ),
 )
 async def job_events(
     job_id: str,
@@ -37,38 +65,31 @@ async def job_events(
     signer: SignerDep,
     settings: SettingsDep,
     bus: BusDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    previews: Annotated[bool, Query(description="also send live preview images")] = False,
 ) -> EventSourceResponse:
-    job = await jobs.get_owned(session, principal, job_id)
-    sub = bus.subscribe_job(job.id)
-    try:
-        first = await jobs.view(session, job, signer)
-    except BaseException:
-        bus.unsubscribe(sub)
-        raise
+    after = parse_event_id(last_event_id)
+    follower = await JobFollower.open(
+        session, bus, request.app.state.event_log, signer, principal, job_id, after=after, previews=previews
+    )
     # The request's session is not used by the stream: it would hold a connection for hours.
     await session.close()
     sessionmaker = request.app.state.sessionmaker
 
-    async def stream() -> AsyncIterator[dict]:
-        try:
-            yield _sse("status", first)
-            if first["status"] in TERMINAL:
-                return
-            while True:
-                event = await sub.queue.get()
-                if sub.overflowed:
-                    # The subscriber fell behind and events were dropped: resend the truth.
-                    sub.overflowed = False
-                    async with sessionmaker() as s:
-                        current = await jobs.view(s, await jobs.get_owned(s, principal, job_id), signer)
-                    yield _sse("status", current)
-                    if current["status"] in TERMINAL:
-                        return
-                    continue
-                yield _sse(event.event, event.data)
-                if event.terminal:
-                    return
-        finally:
-            bus.unsubscribe(sub)
+    key = request.headers.get("authorization", "").partition(" ")[2].strip()
 
-    return EventSourceResponse(stream(), ping=int(settings.sse_ping_seconds), headers={"X-Accel-Buffering": "no"})
+    async def still_allowed() -> bool:
+        async with sessionmaker() as s:
+            try:
+                await authenticate(s, key, settings)
+            except Unauthorized:
+                return False
+        return True
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for event in follower.events(
+            sessionmaker, still_allowed=still_allowed, check_every=settings.live_auth_check_seconds
+        ):
+            yield _sse(event)
+
+    return EventSourceResponse(stream(), ping=settings.sse_ping_seconds, headers={"X-Accel-Buffering": "no"})

@@ -1,19 +1,54 @@
-"""POST /v1/generate: validate, render, store one job row, answer 202. Nothing is sent to ComfyUI here."""
+"""POST /v1/generate: validate, render, store one job row, answer 202. Nothing is sent to ComfyUI here.
+
+`Idempotency-Key` (app/domain/idempotency.py) makes retries safe; `Prefer: wait=N`
+(app/domain/waiting.py) holds the answer until the job ends, up to N seconds.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
 
-from app.api.deps import GuardDep, SessionDep, SettingsDep, SignerDep, StorageDep, UncountedPrincipalDep, charge
+from fastapi import APIRouter, Header, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.deps import (
+    BusDep,
+    GuardDep,
+    SessionDep,
+    SettingsDep,
+    SignerDep,
+    StorageDep,
+    UncountedPrincipalDep,
+    charge,
+)
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
+from app.config import Settings
 from app.db.models import Upload
-from app.domain import jobs, webhooks
+from app.domain import idempotency, jobs, webhooks
 from app.domain.errors import DomainError, LimitExceeded
+from app.domain.events import EventBus
+from app.domain.users import Principal
+from app.domain.waiting import parse_prefer_wait, until_ended
+from app.net.ssrf import OutboundGuard
+from app.storage.base import Storage
+from app.storage.signing import UrlSigner
 
 router = APIRouter(tags=["jobs"])
 
 
-@router.post("/v1/generate", status_code=202, response_model=JobOut, responses=PROBLEMS)
+@router.post(
+    "/v1/generate",
+    status_code=202,
+    response_model=JobOut,
+    responses={
+        **PROBLEMS,
+        200: {
+            "model": JobOut,
+            "description": "The job ended within `Prefer: wait=N` (header `Preference-Applied`), or an "
+            "`Idempotency-Key` replay (header `Idempotent-Replayed: true`): the job as it is.",
+        },
+    },
+)
 async def generate(
     body: GenerateRequest,
     request: Request,
@@ -22,14 +57,23 @@ async def generate(
     principal: UncountedPrincipalDep,
     settings: SettingsDep,
     signer: SignerDep,
+    bus: BusDep,
     storage: StorageDep,
     guard: GuardDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(description="Retry-safe submits: the same key and body within 24 h answer the same job (200)."),
+    ] = None,
+    prefer: Annotated[str | None, Header(description="`wait=N` (N <= 60): answer when the job ends, or after N s.")] = None,
 ) -> dict:
     # Uploads made from image params given as data: URIs or URLs: stored with the job, or their
     # files deleted if no job comes of the request.
     new_uploads: list[Upload] = []
     try:
-        return await _generate(body, request, response, session, principal, settings, signer, storage, guard, new_uploads)
+        return await _generate(
+            body, request, response, session, principal, settings, signer, bus, storage, guard, new_uploads,
+            idempotency_key, prefer,
+        )
     except BaseException:
         # Emptied once the job and its uploads are committed.
         for upload in new_uploads:
@@ -37,8 +81,38 @@ async def generate(
         raise
 
 
-async def _generate(body, request, response, session, principal, settings, signer, storage, guard, new_uploads) -> dict:  # noqa: ANN001
+async def _generate(
+    body: GenerateRequest,
+    request: Request,
+    response: Response,
+    session: AsyncSession,
+    principal: Principal,
+    settings: Settings,
+    signer: UrlSigner,
+    bus: EventBus,
+    storage: Storage,
+    guard: OutboundGuard,
+    new_uploads: list[Upload],
+    idempotency_key: str | None,
+    prefer: str | None,
+) -> dict:
+    claim = idempotency.Claim()
     try:
+        wait = parse_prefer_wait(prefer, settings.max_wait_seconds)
+        if idempotency_key is not None:
+            idempotency.check_key(idempotency_key)
+            claim = await idempotency.claim(
+                session,
+                principal.user_id,
+                idempotency_key,
+                idempotency.request_hash(body.model_dump(mode="json")),
+                settings,
+            )
+        if claim.replay_job_id is not None:
+            await charge(request, session, principal)
+            await session.commit()
+            response.headers["Idempotent-Replayed"] = "true"
+            return await _answer(request, response, session, signer, principal, claim.replay_job_id, wait, replay=True)
         webhook = None
         if body.webhook is not None:
             webhook = webhooks.accept(guard, body.webhook.url, body.webhook.events)
@@ -62,26 +136,73 @@ async def _generate(body, request, response, session, principal, settings, signe
             fetch_url=getattr(request.app.state, "fetch_url", None),
         )
     except DomainError:
-        # A refused request counts against the rate too (or is answered 429 if over it).
+        # A refused request counts against the rate too (or is answered 429 if over it); its key is free again.
+        await session.rollback()
+        await idempotency.release(session, claim)
         await charge(request, session, principal)
         await session.commit()
         raise
     # One short transaction from here: the request's token, the quotas, the row. The token's UPDATE
     # locks the user's bucket row until the commit, so a user's concurrent submits (on any
     # replica) count and insert one after the other and never overshoot a quota.
-    await charge(request, session, principal)
     try:
+        await charge(request, session, principal)
         await jobs.enqueue(session, principal, job)
         session.add_all(new_uploads)
+        await idempotency.attach(session, claim, job.id)
     except LimitExceeded:
-        await session.commit()  # the token stays spent; no job
+        await idempotency.release(session, claim)
+        await session.commit()  # the token stays spent; no job; the key is free again
         raise
-    # Commit before reading anything back: on SQLite a write transaction holds the database's
-    # only write lock, and reads done inside it would make the dispatcher wait for that lock.
-    await session.commit()
-    new_uploads.clear()
-    # After the commit, never before: the dispatcher must find the row when it wakes.
-    request.app.state.on_job_submitted(principal.user_id)
-    view = await jobs.view(session, job, signer, new=True)
+    # Subscribed before the commit: a job that ends at once still wakes its waiter.
+    sub = bus.subscribe_job(job.id) if wait else None
+    try:
+        # Commit before reading anything back: on SQLite a write transaction holds the database's
+        # only write lock, and reads done inside it would make the dispatcher wait for that lock.
+        await session.commit()
+        new_uploads.clear()
+        # After the commit, never before: the dispatcher must find the row when it wakes.
+        request.app.state.on_job_submitted(principal.user_id)
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        if sub is None:
+            return await jobs.view(session, job, signer, new=True)
+        await session.close()  # no connection is held while waiting
+        await until_ended(sub, wait or 0)
+    finally:
+        if sub is not None:
+            bus.unsubscribe(sub)
+    return await _answer(request, response, session, signer, principal, job.id, 0, replay=False, waited=wait)
+
+
+async def _answer(
+    request: Request,
+    response: Response,
+    session: AsyncSession,
+    signer: UrlSigner,
+    principal: Principal,
+    job_id: str,
+    wait: int | None,
+    *,
+    replay: bool,
+    waited: int | None = None,
+) -> dict:
+    """The job as it is now: 200 if it ended (or is a replay), else 202. A replay with `Prefer: wait`
+    waits for the original job too."""
+    bus = request.app.state.bus
+    if wait:
+        sub = bus.subscribe_job(job_id)
+        try:
+            job = await jobs.get_owned(session, principal, job_id, fresh=True)
+            if job.status not in jobs.TERMINAL:
+                await session.close()
+                await until_ended(sub, wait)
+        finally:
+            bus.unsubscribe(sub)
+        waited = wait
+    job = await jobs.get_owned(session, principal, job_id, fresh=True)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return view
+    if job.status in jobs.TERMINAL and waited:
+        response.headers["Preference-Applied"] = f"wait={waited}"
+    if replay or (job.status in jobs.TERMINAL and waited):
+        response.status_code = 200
+    return await jobs.view(session, job, signer)

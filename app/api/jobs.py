@@ -42,7 +42,8 @@ async def cancel_job(
     job = await jobs.cancel(session, principal, job_id, signer)
     await session.commit()
     view = await jobs.view(session, job, signer)
-    # The dispatcher takes it off the backend (queue delete or targeted interrupt) and tells subscribers.
+    # The dispatcher takes it off the backend (queue delete or targeted interrupt); subscribers
+    # heard of it when the cancel committed (the event log).
     await request.app.state.on_job_canceled(job.id)
     return view
 

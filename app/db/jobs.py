@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import webhooks
+from app.db import job_events, webhooks
 from app.db.models import Job, Output
 from app.db.types import utcnow
 
@@ -21,8 +21,10 @@ ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
-async def get_job(session: AsyncSession, job_id: str, *, user_id: str | None = None) -> Job | None:
+async def get_job(session: AsyncSession, job_id: str, *, user_id: str | None = None, fresh: bool = False) -> Job | None:
     stmt = select(Job).where(Job.id == job_id)
+    if fresh:
+        stmt = stmt.execution_options(populate_existing=True)
     if user_id is not None:
         stmt = stmt.where(Job.user_id == user_id)
     return (await session.execute(stmt)).scalar_one_or_none()
@@ -125,11 +127,13 @@ async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **va
         # session (synchronize_session) would only cost time.
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    row = (await session.execute(stmt)).scalars().first()
-    if row is not None and "status" in values:
-        # The webhook outbox row, in this transition's transaction.
-        await webhooks.on_transition(session, row)
-    return row
+    job = (await session.execute(stmt)).scalars().first()
+    if job is not None and "status" in values:
+        # Both in this transition's transaction: the event log (Last-Event-ID, live subscribers)
+        # and the webhook outbox hear of every status change exactly when it commits.
+        await job_events.record_transition(session, job)
+        await webhooks.on_transition(session, job)
+    return job
 
 
 async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> Job | None:

@@ -116,6 +116,9 @@ class Job(Base):
     waiting_reason: Mapped[str | None] = mapped_column(String(500), default=None)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The id of the job's last event (job_events.seq): bumped in the same UPDATE that writes an
+    # event, so the row lock orders a job's events on every replica.
+    event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     # The input files staged onto the backend at each dispatch (app/dispatch/staging.py):
     # [{"param", "upload_id", "binds": [[node_id, input_name], ...], "mask_of": param | null}].
@@ -268,3 +271,31 @@ class Backend(Base):
     source: Mapped[str] = mapped_column(String(16), default="admin")
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+class JobEvent(Base):
+    """A job's live events (status, progress, output), kept so that a client that reconnects with
+    `Last-Event-ID` gets what it missed. `seq` is the job's own counter (`jobs.event_seq`), so ids
+    are monotonic per job and the same on every replica. Bounded: see app/db/job_events.py."""
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    event: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` a user sent to POST /v1/generate. Inserted before the job is made (the
+    unique key decides which of two concurrent requests goes ahead); `job_id` is set in the
+    transaction that stores the job, so a row without one is a request still being processed."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

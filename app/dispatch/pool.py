@@ -160,9 +160,10 @@ class BackendPool:
                     log.warning("job %s was on %s, which is not registered: back to the queue", job.id, job.backend)
                     changed.append(await repo.unclaim(session, job.id, prompt_id=job.prompt_id, count_attempt=False))
             await session.commit()
+        # Subscribers hear of it from the event log (the unclaim logged a `status` event).
         for job in changed:
             if job is not None:
-                await self.ctx.notifier.job_changed(job.id)
+                self.ctx.notifier.publish(job)
         if changed:
             self.wake()
 

@@ -20,6 +20,10 @@ class JobEvent:
     event: str  # status | progress | output
     data: dict[str, Any]
     terminal: bool = False
+    # The event's id in the job's event log (app/db/job_events.py); None for previews (never stored).
+    id: int | None = None
+    # The event as sent on the wire, encoded once for all of its subscribers (see app/api/events.py).
+    encoded: bytes | None = None
 
 
 @dataclass(eq=False)
@@ -29,6 +33,8 @@ class Subscription:
     queue: asyncio.Queue[JobEvent | None] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
     # Set when events were dropped because the subscriber fell behind.
     overflowed: bool = False
+    # Only subscribers that asked get `preview` events (images, large).
+    previews: bool = False
 
 
 class EventBus:
@@ -36,13 +42,13 @@ class EventBus:
         self._by_job: dict[str, set[Subscription]] = defaultdict(set)
         self._by_user: dict[str, set[Subscription]] = defaultdict(set)
 
-    def subscribe_job(self, job_id: str) -> Subscription:
-        sub = Subscription("job", job_id)
+    def subscribe_job(self, job_id: str, *, previews: bool = False) -> Subscription:
+        sub = Subscription("job", job_id, previews=previews)
         self._by_job[job_id].add(sub)
         return sub
 
-    def subscribe_user(self, user_id: str) -> Subscription:
-        sub = Subscription("user", user_id)
+    def subscribe_user(self, user_id: str, *, previews: bool = False) -> Subscription:
+        sub = Subscription("user", user_id, previews=previews)
         self._by_user[user_id].add(sub)
         return sub
 
@@ -55,11 +61,19 @@ class EventBus:
                 del index[sub.key]
 
     def publish(self, event: JobEvent) -> None:
+        preview = event.event == "preview"
         for sub in (*self._by_job.get(event.job_id, ()), *self._by_user.get(event.user_id, ())):
+            if preview and not sub.previews:
+                continue
             try:
                 sub.queue.put_nowait(event)
             except asyncio.QueueFull:
                 sub.overflowed = True
+
+    def listening(self, job_id: str, user_id: str, *, previews: bool = False) -> bool:
+        """Whether anyone here would get an event of this job (a preview: anyone who asked)."""
+        subs = (*self._by_job.get(job_id, ()), *self._by_user.get(user_id, ()))
+        return any(sub.previews for sub in subs) if previews else bool(subs)
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._by_job.values()) + sum(len(s) for s in self._by_user.values())

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import job_events
 from app.db import jobs as repo
 from app.db.cursor import decode_cursor, encode_cursor
 from app.db.models import Job
@@ -30,6 +31,7 @@ from app.storage.signing import UrlSigner
 from app.templates import ParamsInvalid, output_nodes, render, resolve_params
 
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL = repo.TERMINAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,12 +189,15 @@ async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
     (see app/domain/quotas.py for why)."""
     await check_job_quotas(session, principal)
     session.add(job)
+    # Its first event (`queued`): a /v1/ws subscriber hears of the new job.
+    await job_events.record_created(session, job)
     return job
 
 
-async def get_owned(session: AsyncSession, principal: Principal, job_id: str) -> Job:
+async def get_owned(session: AsyncSession, principal: Principal, job_id: str, *, fresh: bool = False) -> Job:
+    """`fresh`: read the row again even if the session holds it."""
     # Another user's job answers exactly like a missing one, for admins too: they have /v1/admin/jobs.
-    job = await repo.get_job(session, job_id, user_id=principal.user_id)
+    job = await repo.get_job(session, job_id, user_id=principal.user_id, fresh=fresh)
     if job is None:
         raise NotFound(f"There is no job {job_id!r}.")
     return job

@@ -1,10 +1,15 @@
-"""The public JSON shape of jobs and outputs, shared by the API, live events and (later) webhooks."""
+"""The public JSON shape of jobs and outputs, shared by the API, live events and (later) webhooks.
+
+The stored shape (app/db/job_events.py: what the event log keeps) has no signed URLs, which
+expire; `present_*` adds them when a view is sent.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+from app.db.job_events import job_snapshot, output_snapshot
 from app.db.models import Job, Output
 from app.storage.signing import UrlSigner
 
@@ -15,38 +20,40 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
+def present_output(snapshot: dict[str, Any], signer: UrlSigner) -> dict[str, Any]:
+    out = {k: v for k, v in snapshot.items() if k != "job_id"}
+    out["url"] = signer.url(snapshot["job_id"], snapshot["id"])
+    return out
+
+
+def present_job(snapshot: dict[str, Any], signer: UrlSigner, *, queue_position: int | None = None) -> dict[str, Any]:
+    view = {k: v for k, v in snapshot.items() if k not in ("outputs", "error", "attempts")}
+    view["queue_position"] = queue_position
+    # Keys in the order of the contract's job object.
+    ordered = {k: view[k] for k in ("id", "status", "template", "params", "priority", "metadata", "created_at",
+                                     "started_at", "finished_at", "queue_position", "waiting_reason", "progress")}
+    ordered["outputs"] = [present_output(o, signer) for o in snapshot["outputs"]]
+    ordered["error"] = snapshot["error"]
+    ordered["attempts"] = snapshot["attempts"]
+    # Absent from events logged before retention existed.
+    ordered["outputs_expired_at"] = snapshot.get("outputs_expired_at")
+    return ordered
+
+
+def present_event(event: str, data: dict[str, Any], signer: UrlSigner) -> dict[str, Any]:
+    """The data of a logged event as subscribers get it."""
+    if event == "status":
+        return present_job(data, signer)
+    if event == "output":
+        return present_output(data, signer)
+    return data
+
+
 def output_view(output: Output, signer: UrlSigner) -> dict[str, Any]:
-    return {
-        "id": output.id,
-        "node_id": output.node_id,
-        "kind": output.kind,
-        "filename": output.filename,
-        "content_type": output.content_type,
-        "size": output.size,
-        "sha256": output.sha256,
-        "url": signer.url(output.job_id, output.id),
-    }
+    return present_output(output_snapshot(output), signer)
 
 
 def job_view(
     job: Job, outputs: list[Output], signer: UrlSigner, *, queue_position: int | None = None
 ) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "status": job.status,
-        "template": job.template,
-        "params": job.params,
-        "priority": job.priority,
-        "metadata": job.meta,
-        "created_at": rfc3339(job.created_at),
-        "started_at": rfc3339(job.started_at),
-        "finished_at": rfc3339(job.finished_at),
-        "queue_position": queue_position,
-        "waiting_reason": job.waiting_reason,
-        "progress": job.progress,
-        "outputs": [output_view(o, signer) for o in outputs],
-        "error": job.error,
-        "attempts": job.attempts,
-        # Set when retention deleted the job's output files; `outputs` is then empty.
-        "outputs_expired_at": rfc3339(job.outputs_expired_at),
-    }
+    return present_job(job_snapshot(job, outputs), signer, queue_position=queue_position)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,13 @@ from comfy_emulator import Emulator, EmulatorConfig
 
 ADMIN_KEY = "cgw_test_admin_key_0123456789"
 TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    id: str | None
+    event: str
+    data: Any
 
 
 class Gateway:
@@ -55,6 +64,39 @@ class Gateway:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
             await asyncio.sleep(0.02)
+
+    async def sse(
+        self,
+        job_id: str,
+        headers: dict[str, str] | None = None,
+        *,
+        last_event_id: str | None = None,
+        previews: bool = False,
+        stop: Callable[[list[SseEvent]], bool] | None = None,
+        timeout: float = 30,
+    ) -> list[SseEvent]:
+        """A job's event stream, parsed, until the server ends it or `stop(events so far)` says so
+        (then the connection is dropped, as a client that goes away does)."""
+        hdrs = dict(headers or self.admin)
+        if last_event_id is not None:
+            hdrs["Last-Event-ID"] = last_event_id
+        params = {"previews": "true"} if previews else None
+        events: list[SseEvent] = []
+        async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=hdrs, params=params, timeout=timeout) as resp:
+            assert resp.status_code == 200, await resp.aread()
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            fields: dict[str, str] = {}
+            async for line in resp.aiter_lines():
+                if line == "":
+                    if "event" in fields:
+                        events.append(SseEvent(fields.get("id"), fields["event"], json.loads(fields.get("data", "null"))))
+                        if stop is not None and stop(events):
+                            break
+                    fields = {}
+                elif not line.startswith(":"):
+                    name, _, value = line.partition(":")
+                    fields[name] = value[1:] if value.startswith(" ") else value
+        return events
 
     async def create_user(self, name: str, *, is_admin: bool = False, limits: dict | None = None) -> tuple[str, dict[str, str]]:
         """A user and a key, made through the admin API; returns the user's id and its auth header."""

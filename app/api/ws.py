@@ -1,0 +1,117 @@
+"""GET /v1/ws: the live events of all of the caller's jobs, over one WebSocket.
+
+Frames are JSON text: `{"event", "job_id", "id", "data"}`, the same events as the SSE route
+(`status`, `progress`, `output`, and `preview` when asked for with `?previews=true`), with the
+same per-job ids. The key comes as `?api_key=` or, to keep it out of URLs and logs, as the first
+frame: `{"api_key": "..."}`. The first frame the server sends is `{"event": "subscribed", ...}`:
+from then on every event of the caller's jobs is sent. A bad key gets an `error` frame (a
+problem object) and the socket is closed with 1008 (policy violation); the key is checked again
+every `GATEWAY_LIVE_AUTH_CHECK_SECONDS`, so a revoked key or a disabled user stops receiving.
+A client too slow to keep up gets a `lagged` frame (events were dropped: re-read its jobs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from app.domain.errors import Unauthorized
+from app.domain.live import frame
+from app.domain.users import Principal, authenticate
+
+router = APIRouter(tags=["events"])
+
+POLICY_VIOLATION = 1008
+#: How long a client that sends its key as the first frame has to do so.
+FIRST_FRAME_SECONDS = 10.0
+
+
+async def _authenticate(websocket: WebSocket, key: str | None) -> Principal:
+    state = websocket.app.state
+    async with state.sessionmaker() as session:
+        return await authenticate(session, key, state.settings)
+
+
+async def _refuse(websocket: WebSocket, error: Unauthorized) -> None:
+    if websocket.application_state == WebSocketState.CONNECTED:
+        try:
+            await websocket.send_text(json.dumps({"event": "error", "job_id": None, "id": None, "data": error.problem()}))
+            await websocket.close(code=POLICY_VIOLATION, reason=error.title)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+
+
+async def _first_frame_key(websocket: WebSocket) -> str | None:
+    try:
+        raw = await asyncio.wait_for(websocket.receive_text(), FIRST_FRAME_SECONDS)
+        message = json.loads(raw)
+    except (TimeoutError, ValueError, KeyError, WebSocketDisconnect, RuntimeError):
+        return None
+    key = message.get("api_key") if isinstance(message, dict) else None
+    return key if isinstance(key, str) else None
+
+
+@router.websocket("/v1/ws")
+async def live_events(websocket: WebSocket, api_key: str | None = None, previews: bool = False) -> None:
+    await websocket.accept()
+    key = api_key if api_key is not None else await _first_frame_key(websocket)
+    try:
+        principal = await _authenticate(websocket, key)
+    except Unauthorized as exc:
+        await _refuse(websocket, exc)
+        return
+    state = websocket.app.state
+    bus = state.bus
+    sub = bus.subscribe_user(principal.user_id, previews=previews)
+    last: dict[str, int] = {}
+
+    async def send_events() -> None:
+        await websocket.send_text(
+            json.dumps({"event": "subscribed", "job_id": None, "id": None, "data": {"user_id": principal.user_id}})
+        )
+        while True:
+            event = await sub.queue.get()
+            if sub.overflowed:
+                sub.overflowed = False
+                await websocket.send_text(json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}}))
+            if event is None:
+                continue
+            if event.id is not None:
+                # The same event can reach us twice (this replica's commit and a relay); send it once.
+                if event.id <= last.get(event.job_id, 0):
+                    continue
+                last[event.job_id] = event.id
+                if event.terminal:
+                    last.pop(event.job_id, None)
+            await websocket.send_text(json.dumps(frame(event), separators=(",", ":")))
+
+    async def read_until_closed() -> None:
+        # Nothing is expected from the client; reading notices when it goes.
+        while True:
+            message: dict[str, Any] = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+
+    async def keep_checking_key() -> Unauthorized:
+        while True:
+            await asyncio.sleep(state.settings.live_auth_check_seconds)
+            try:
+                await _authenticate(websocket, key)
+            except Unauthorized as exc:
+                return exc
+
+    tasks = [asyncio.create_task(c) for c in (send_events(), read_until_closed(), keep_checking_key())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        checker = tasks[2]
+        if checker in done and not checker.cancelled() and checker.exception() is None:
+            await _refuse(websocket, checker.result())
+    finally:
+        bus.unsubscribe(sub)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

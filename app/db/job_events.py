@@ -1,0 +1,250 @@
+"""The per-job event log: what a client that reconnects with `Last-Event-ID` missed.
+
+Every event gets the next value of its job's counter (`jobs.event_seq`), taken by an UPDATE of
+the job row, so a job's events are numbered in the order their transactions commit, on every
+replica. Status and output events are written by the job's transitions, in the transition's own
+transaction (`record_transition`, called from app/db/jobs.py), so the log never disagrees with
+the row. Progress events are written in batches by app/domain/event_log.py.
+
+Events written in a session are also kept in `session.info` and handed, once the transaction
+committed, to the callback the session factory was configured with (`deliver_after_commit`):
+that is how live subscribers hear about them without reading the log back.
+On PostgreSQL each event is also announced with NOTIFY (transactional: sent at commit), so that
+the other replicas can read it from the log (app/domain/event_relay.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, delete, event, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from app.db.models import Job, JobEvent, Output
+from app.db.types import utcnow
+
+log = logging.getLogger("app.events")
+
+ACTIVE = ("queued", "running")
+#: The PostgreSQL channel on which committed events are announced.
+CHANNEL = "gateway_job_events"
+_PENDING = "pending_job_events"
+_SINK = "job_event_sink"
+_ORIGIN = "job_event_origin"
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    job_id: str
+    user_id: str
+    seq: int
+    event: str  # status | progress | output
+    data: dict[str, Any]
+
+
+def job_snapshot(job: Job, outputs: Sequence[Output]) -> dict[str, Any]:
+    """The job's public fields as stored in a `status` event. Output URLs are signed, and so
+    expire; they are added when the event is sent (app/domain/views.py), never stored."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "template": job.template,
+        "params": job.params,
+        "priority": job.priority,
+        "metadata": job.meta,
+        "created_at": _rfc3339(job.created_at),
+        "started_at": _rfc3339(job.started_at),
+        "finished_at": _rfc3339(job.finished_at),
+        "waiting_reason": job.waiting_reason,
+        "progress": job.progress,
+        "outputs": [output_snapshot(o) for o in outputs],
+        "error": job.error,
+        "attempts": job.attempts,
+        # Set when retention deleted the job's output files; `outputs` is then empty.
+        "outputs_expired_at": _rfc3339(job.outputs_expired_at),
+    }
+
+
+def output_snapshot(output: Output) -> dict[str, Any]:
+    return {
+        "id": output.id,
+        "job_id": output.job_id,
+        "node_id": output.node_id,
+        "kind": output.kind,
+        "filename": output.filename,
+        "content_type": output.content_type,
+        "size": output.size,
+        "sha256": output.sha256,
+    }
+
+
+def _rfc3339(value: Any) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+async def _take_seqs(session: AsyncSession, job_id: str, count: int, where: Sequence[Any] = ()) -> int | None:
+    """Reserve `count` ids for a job; returns the last one (None if the job is gone or `where`
+    does not hold). The UPDATE locks the job row until the transaction ends."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, *where)
+        .values(event_seq=Job.event_seq + count)
+        .returning(Job.event_seq)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def _write(session: AsyncSession, events: list[LoggedEvent]) -> None:
+    """Insert events (one statement) and, on PostgreSQL, announce them (one more)."""
+    now = utcnow()
+    await session.execute(
+        insert(JobEvent),
+        [{"job_id": e.job_id, "seq": e.seq, "event": e.event, "data": e.data, "created_at": now} for e in events],
+    )
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        origin = session.info.get(_ORIGIN, "")
+        # NOTIFY is transactional: the other replicas hear of the events when they are committed.
+        await session.execute(
+            text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+            {"channel": CHANNEL, "payloads": [f"{origin}|{e.job_id}|{e.user_id}|{e.seq}" for e in events]},
+        )
+    session.info.setdefault(_PENDING, []).extend(events)
+
+
+async def record_created(session: AsyncSession, job: Job) -> None:
+    """Log a new job's first status (event 1), in the transaction that inserts it."""
+    job.event_seq = 1
+    await session.flush()
+    await _write(session, [LoggedEvent(job.id, job.user_id, 1, "status", job_snapshot(job, []))])
+
+
+async def record_transition(session: AsyncSession, job: Job) -> None:
+    """Log a job's new status (and, when it succeeded, its outputs first), in the transition's
+    transaction. Called by app/db/jobs.py for every status change."""
+    outputs: list[Output] = []
+    if job.status == "succeeded":
+        rows = await session.execute(
+            select(Output).where(Output.job_id == job.id).order_by(Output.created_at, Output.id)
+        )
+        outputs = list(rows.scalars())
+    last = await _take_seqs(session, job.id, len(outputs) + 1)
+    if last is None:
+        return
+    first = last - len(outputs)
+    events = [
+        LoggedEvent(job.id, job.user_id, first + i, "output", output_snapshot(out)) for i, out in enumerate(outputs)
+    ]
+    events.append(LoggedEvent(job.id, job.user_id, last, "status", job_snapshot(job, outputs)))
+    await _write(session, events)
+
+
+async def record_progress(
+    session: AsyncSession, items: Sequence[tuple[str, str, dict[str, Any]]], *, keep: int
+) -> None:
+    """Log progress events (job id, user id, data) of jobs that have not ended, keeping only the
+    progress among each job's last `keep` event ids: older progress says nothing the newer does not.
+
+    Three statements per batch, however many jobs: one UPDATE takes every job's ids, one INSERT
+    writes the events, one DELETE drops the progress that fell out of the window."""
+    count: dict[str, int] = {}
+    for job_id, _, _ in items:
+        count[job_id] = count.get(job_id, 0) + 1
+    step = case(count, value=Job.id, else_=1) if any(n > 1 for n in count.values()) else 1
+    rows = await session.execute(
+        update(Job)
+        .where(Job.id.in_(list(count)), Job.status.in_(ACTIVE))
+        .values(event_seq=Job.event_seq + step)
+        .returning(Job.id, Job.event_seq)
+        .execution_options(synchronize_session=False)
+    )
+    next_seq = {job_id: last - count[job_id] + 1 for job_id, last in rows.all()}
+    events: list[LoggedEvent] = []
+    for job_id, user_id, data in items:
+        if job_id not in next_seq:
+            continue  # ended (or gone): its final status is its last event
+        seq = next_seq[job_id]
+        next_seq[job_id] = seq + 1
+        events.append(LoggedEvent(job_id, user_id, seq, "progress", data))
+    if events:
+        await _write(session, events)
+        # The bound: of a job's progress, only events among its last `keep` ids stay.
+        await session.execute(
+            delete(JobEvent).where(
+                JobEvent.event == "progress",
+                JobEvent.job_id.in_(list(next_seq)),
+                JobEvent.seq <= select(Job.event_seq).where(Job.id == JobEvent.job_id).scalar_subquery() - keep,
+            ).execution_options(synchronize_session=False)
+        )
+
+
+async def since(session: AsyncSession, job_id: str, after: int, limit: int = 10_000) -> list[LoggedEvent]:
+    """A job's logged events after id `after`, in order."""
+    user_id = (await session.execute(select(Job.user_id).where(Job.id == job_id))).scalar_one_or_none()
+    if user_id is None:
+        return []
+    rows = await session.execute(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after).order_by(JobEvent.seq).limit(limit)
+    )
+    return [LoggedEvent(r.job_id, user_id, r.seq, r.event, r.data) for r in rows.scalars()]
+
+
+async def by_ids(session: AsyncSession, keys: Sequence[tuple[str, int]]) -> list[LoggedEvent]:
+    """Events named by (job id, seq), in order per job (for events announced by other replicas)."""
+    if not keys:
+        return []
+    job_ids = sorted({k[0] for k in keys})
+    wanted = set(keys)
+    rows = await session.execute(
+        select(JobEvent, Job.user_id)
+        .join(Job, Job.id == JobEvent.job_id)
+        .where(JobEvent.job_id.in_(job_ids), JobEvent.seq >= min(k[1] for k in keys))
+        .order_by(JobEvent.job_id, JobEvent.seq)
+    )
+    return [
+        LoggedEvent(ev.job_id, user_id, ev.seq, ev.event, ev.data)
+        for ev, user_id in rows.all()
+        if (ev.job_id, ev.seq) in wanted
+    ]
+
+
+async def max_seq(session: AsyncSession, job_id: str) -> int:
+    return int((await session.execute(select(func.coalesce(Job.event_seq, 0)).where(Job.id == job_id))).scalar_one_or_none() or 0)
+
+
+def deliver_after_commit(
+    sessionmaker: async_sessionmaker[AsyncSession], sink: Callable[[list[LoggedEvent]], None], origin: str
+) -> None:
+    """Sessions of this factory hand the events they logged to `sink` once their transaction has
+    committed (never before: a subscriber must find in the log what it was told)."""
+    # Merged into what the factory's sessions already carry (the webhook sender's wake-up).
+    sessionmaker.configure(info={**sessionmaker.kw.get("info", {}), _SINK: sink, _ORIGIN: origin})
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    sink = session.info.get(_SINK)
+    if pending and sink is not None:
+        try:
+            sink(pending)
+        except Exception:  # noqa: BLE001 - the transaction did commit; its caller must not think otherwise
+            log.exception("delivering %d committed job events", len(pending))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous_transaction: Any) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def payload_of(raw: str) -> tuple[str, str, str, int] | None:
+    """(origin, job id, user id, seq) from a NOTIFY payload; None if malformed."""
+    parts = raw.split("|")
+    if len(parts) != 4 or not parts[3].isdigit():
+        return None
+    return parts[0], parts[1], parts[2], int(parts[3])
+
