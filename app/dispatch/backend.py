@@ -56,6 +56,9 @@ class BackendLink:
     backend_id: str | None = None
     # Drained by an admin: no new jobs are sent here; the ones it holds finish here.
     draining: bool = False
+    # The pool's change counter when `draining` was last set from an admin call in this process:
+    # a table read that began before it must not undo it (see BackendPool.sync_backends).
+    draining_stamp: int = 0
     connected: bool = False
     # After a failed HTTP call, no new work until this time (monotonic), even if the socket is up.
     retry_at: float = 0.0

@@ -44,6 +44,8 @@ class BackendPool:
     _started: bool
     _stopping: bool
     _next_sync: float
+    # Counts drains/resumes applied in this process from admin calls.
+    _local_changes: int = 0
 
     def wake(self) -> None:
         raise NotImplementedError
@@ -130,6 +132,7 @@ class BackendPool:
 
         Every replica does this on its poll, so a change made through any replica reaches all.
         """
+        seen = self._local_changes
         async with self._sessionmaker() as session:
             rows = {row.url: row for row in await backends_repo.all_backends(session)}
         for link in list(self.links):
@@ -142,7 +145,10 @@ class BackendPool:
                 if self._started:
                     self._start_link(link)
                 log.info("backend %s joined the pool", url)
-            link.draining = row.state == "draining"
+            # A drain or resume applied here after this read began is newer than what was read:
+            # applying the read would undo it for a moment and let a job onto a drained backend.
+            if link.draining_stamp <= seen:
+                link.draining = row.state == "draining"
         await self._requeue_orphans()
 
     async def _requeue_orphans(self) -> None:
@@ -172,7 +178,9 @@ class BackendPool:
         (a drain stops new work at once), and re-read the table on the next round."""
         link = self._by_url.get(url or "")
         if link is not None and draining is not None:
+            self._local_changes += 1
             link.draining = draining
+            link.draining_stamp = self._local_changes
         self._next_sync = 0.0
         self.wake()
 

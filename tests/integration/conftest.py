@@ -137,7 +137,10 @@ class Gateway:
     async def close(self) -> None:
         await self.http.aclose()
         self.server.should_exit = True
-        await asyncio.wait_for(self.task, timeout=15)
+        # Generous: on a loaded machine the dispatcher's 5 s grace can pass with a collection still
+        # waiting for SQLite's write lock, and a cancelled SQLite statement only returns when its
+        # busy timeout (30 s) ends; the next start reconciles whatever was left.
+        await asyncio.wait_for(self.task, timeout=60)
 
 
 async def start_gateway(settings: Settings, **app_options: Any) -> Gateway:
