@@ -5,8 +5,9 @@
 One run starts the emulator and the gateway as separate processes (as they would be deployed) and
 measures from this process, over loopback:
 - burst: all jobs submitted at once; jobs/s from the first submit to the last output downloaded.
-  Through the gateway twice: waiting by listing finished jobs, and with one SSE stream per job
-  (the heavier client: n open streams on the same two cores as the gateway and the emulator);
+  Through the gateway three ways: waiting by listing finished jobs, with one SSE stream per job
+  (the heavier client: n open streams on the same two cores as the gateway and the emulator),
+  and with one WebSocket (`/v1/ws`) that carries every job's events (the lightest client);
 - sequential: one job at a time; per-job latency from submit to output downloaded, so the
   gateway's added latency is not hidden behind queueing.
 "Direct" is what a client of ComfyUI itself does: POST /prompt, wait on the WebSocket for the end
@@ -212,6 +213,46 @@ class Gateway:
             resp.raise_for_status()
         return n / (time.perf_counter() - t0)
 
+    async def burst_ws(self, n: int, job_ms: float, offset: int, ws_url: str) -> float:
+        """Submit n jobs at once and hear of their ends on one WebSocket (`GET /v1/ws`, every
+        event of the caller's jobs), downloading each job's outputs as it ends: the lightest
+        client, as an app's backend that follows all of its jobs would be."""
+        t0 = time.perf_counter()
+        async with websockets.connect(f"{ws_url}/v1/ws?api_key={ADMIN_KEY}", max_size=None) as ws:
+            hello = json.loads(await ws.recv())
+            assert hello["event"] == "subscribed", hello
+            finals: dict[str, dict] = {}
+            all_seen = asyncio.Event()
+            ours: set[str] = set()
+            downloads: list[asyncio.Task] = []
+
+            async def read() -> None:
+                async for raw in ws:
+                    frame = json.loads(raw)
+                    data = frame.get("data") or {}
+                    if frame.get("event") == "status" and data.get("status") in ("succeeded", "failed", "canceled"):
+                        finals[frame["job_id"]] = data
+                        if data["status"] == "succeeded":
+                            downloads.extend(asyncio.create_task(self.http.get(out["url"])) for out in data["outputs"])
+                        if ours and ours <= finals.keys():
+                            all_seen.set()
+
+            reader = asyncio.create_task(read())
+            responses = await asyncio.gather(
+                *(self.http.post("/v1/generate", json={"workflow": workflow(offset + i, job_ms)}, headers=self.headers) for i in range(n))
+            )
+            ours.update(r.raise_for_status().json()["id"] for r in responses)
+            if ours <= finals.keys():
+                all_seen.set()
+            await asyncio.wait_for(all_seen.wait(), 600)
+            reader.cancel()
+        failed = {job_id: finals[job_id]["status"] for job_id in ours if finals[job_id]["status"] != "succeeded"}
+        if failed:
+            raise RuntimeError(f"jobs did not succeed: {failed}")
+        for resp in await asyncio.gather(*downloads):
+            resp.raise_for_status()
+        return n / (time.perf_counter() - t0)
+
     async def aclose(self) -> None:
         await self.http.aclose()
 
@@ -273,6 +314,10 @@ async def main() -> None:
                 p_rate = await gateway.burst_polling(args.jobs, args.job_ms, 4_000_000)
             await gateway.aclose()
             gateway = Gateway(gw_base)
+            with cpu.measure("ws"):
+                w_rate = await gateway.burst_ws(args.jobs, args.job_ms, 5_000_000, gw_base.replace("http", "ws", 1))
+            await gateway.aclose()
+            gateway = Gateway(gw_base)
             d_seq = await sequential(direct, args.sequential, args.job_ms, 2_000_000)
             g_seq = await sequential(gateway, args.sequential, args.job_ms, 3_000_000)
             await gateway.aclose()
@@ -288,6 +333,7 @@ async def main() -> None:
     print(f"  direct to emulator                       : {d_rate:8.1f} jobs/s")
     print(f"  through gateway, client lists every 50 ms: {p_rate:8.1f} jobs/s   ratio {p_rate / d_rate:6.3f}")
     print(f"  through gateway, one SSE stream per job  : {g_rate:8.1f} jobs/s   ratio {g_rate / d_rate:6.3f}")
+    print(f"  through gateway, one WebSocket, all jobs : {w_rate:8.1f} jobs/s   ratio {w_rate / d_rate:6.3f}")
     print("\nCPU time per job in the burst (ms; the machine's load does not change these)")
     for phase, spent in cpu.spent.items():
         print("  " + f"{phase:8s} " + "  ".join(f"{name} {secs * 1000 / args.jobs:6.2f}" for name, secs in spent.items()))
