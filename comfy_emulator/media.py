@@ -3,6 +3,10 @@
 - ImageBatch: two batches as one (the second scaled to the first's size, as ComfyUI does).
 - SaveAnimatedWEBP: an animated WEBP of the batch (Pillow), listed under `images` with
   `"animated": [true]`, as ComfyUI's comfy_extras/nodes_images.py does.
+- VHS_VideoCombine (the ComfyUI-VideoHelperSuite custom node, the usual way video leaves a
+  workflow): with `format: "image/gif"` a real animated GIF (Pillow), listed under `gifs` as that
+  node lists its files (`format`, `frame_rate`); the video formats need ffmpeg, which the emulator
+  does not carry. Its definition is in VIDEO_NODE_DEFINITIONS, for `extra_nodes`.
 - PreviewAny: `{"text": [str(source)]}` (comfy_extras/nodes_preview_any.py); PrimitiveString feeds it.
 - EmptyLatentAudio -> VAEDecodeAudio -> SaveAudio: a sine tone of the latent's length, saved under
   `audio` in `audio/` (SaveAudio's default prefix). ComfyUI encodes FLAC with PyAV; the emulator
@@ -69,6 +73,26 @@ async def save_animated_webp(
     return (), {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": [True]}
 
 
+@node("VHS_VideoCombine")
+async def video_combine(
+    ctx: NodeContext, images: Any, frame_rate: float = 8.0, loop_count: int = 0, filename_prefix: str = "AnimateDiff",
+    format: str = "image/gif", pingpong: bool = False, save_output: bool = True,
+) -> NodeResult:
+    if format != "image/gif":
+        raise ValueError(f"the emulator writes only image/gif, not {format}")
+    frames = list(as_images(images))
+    if pingpong:
+        frames += frames[-2:0:-1]
+    full, filename, counter, subfolder = _save_target(ctx, filename_prefix, frames[0].width, frames[0].height)
+    file = f"{filename}_{counter:05}.gif"
+    frames[0].save(
+        full / file, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / frame_rate), loop=loop_count
+    )
+    ctx.folders.advance(full, filename, counter + 1)
+    entry = {"filename": file, "subfolder": subfolder, "type": "output", "format": format, "frame_rate": frame_rate}
+    return (), {"gifs": [entry]}
+
+
 @node("PrimitiveString")
 async def primitive_string(ctx: NodeContext, value: str) -> NodeResult:
     return (value,), None
@@ -125,5 +149,22 @@ AUDIO_NODE_DEFINITIONS: dict[str, dict[str, Any]] = {
         "input": {"required": {"audio": ["AUDIO"], "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}]},
                   "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}},
         "output": [], "output_is_list": [], "output_name": [], "output_node": True, "category": "audio",
+    },
+}
+
+
+# From ComfyUI-VideoHelperSuite's videohelpersuite/nodes.py (a custom node: not in stock /object_info).
+VIDEO_NODE_DEFINITIONS: dict[str, dict[str, Any]] = {
+    "VHS_VideoCombine": {
+        "input": {"required": {"images": ["IMAGE"],
+                               "frame_rate": ["FLOAT", {"default": 8, "min": 1, "step": 1}],
+                               "loop_count": ["INT", {"default": 0, "min": 0, "max": 100, "step": 1}],
+                               "filename_prefix": ["STRING", {"default": "AnimateDiff"}],
+                               "format": [["image/gif", "image/webp", "video/h264-mp4", "video/webm"]],
+                               "pingpong": ["BOOLEAN", {"default": False}],
+                               "save_output": ["BOOLEAN", {"default": True}]},
+                  "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}},
+        "output": ["VHS_FILENAMES"], "output_is_list": [False], "output_name": ["Filenames"], "output_node": True,
+        "category": "Video Helper Suite 🎥🅥🅗🅢",
     },
 }

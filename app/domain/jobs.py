@@ -98,7 +98,8 @@ async def build(
     fetch_url: UrlFetcher | None = None,
 ) -> Job:
     """Validate a generate request and make its job (not yet added: see `enqueue`).
-    `object_info` (a backend's node definitions) sharpens the checks of raw workflows.
+    `object_info` (a backend's node definitions) sharpens the checks of raw workflows and tells
+    which nodes of a template are output nodes.
     Image params given as data: URIs or URLs are stored as the caller's uploads in `storage`
     (appended to `new_uploads`: the caller adds them with the job, or deletes their files)."""
     inputs: list[dict[str, Any]] = []
@@ -150,7 +151,9 @@ async def build(
                 new_uploads if new_uploads is not None else [], fetch_url,
             )
         workflow = render(doc, resolved)
-        nodes = output_nodes(doc)
+        # A backend's node definitions say which custom nodes are output nodes too (e.g. a video
+        # combiner): without them only the stock output classes would be collected.
+        nodes = output_nodes(doc, object_info)
         timeout_seconds = doc.timeout_seconds
         keep_temp = doc.keep_temp
     else:

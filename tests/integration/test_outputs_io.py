@@ -15,12 +15,12 @@ from sqlalchemy import func, select
 from app.db.models import Job, Output, Upload
 from app.db.types import utcnow
 from comfy_emulator import Emulator, EmulatorConfig
-from comfy_emulator.media import AUDIO_NODE_DEFINITIONS
+from comfy_emulator.media import AUDIO_NODE_DEFINITIONS, VIDEO_NODE_DEFINITIONS
 
 from .test_uploads import png, upload
 
 MEDIA_TEMPLATE = {
-    "description": "An animated WEBP, a sound, a text and a preview",
+    "description": "An animated WEBP, a GIF video, a sound, a text and a preview",
     "workflow": {
         "0": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 12, "batch_size": 1, "color": 255}},
         "10": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 12, "batch_size": 1, "color": 16711680}},
@@ -34,6 +34,9 @@ MEDIA_TEMPLATE = {
         "7": {"class_type": "VAEDecodeAudio", "inputs": {"samples": ["6", 0], "vae": ["5", 2]}},
         "8": {"class_type": "SaveAudio", "inputs": {"audio": ["7", 0], "filename_prefix": "audio/ComfyUI"}},
         "9": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "11": {"class_type": "VHS_VideoCombine", "inputs": {"images": ["1", 0], "frame_rate": 6, "loop_count": 0,
+                                                            "filename_prefix": "clip", "format": "image/gif",
+                                                            "pingpong": False, "save_output": True}},
     },
     "params": {"text": {"type": "string", "default": "hello", "bind": ["3.inputs.value"]}},
 }  # fmt: skip
@@ -41,7 +44,7 @@ MEDIA_TEMPLATE = {
 
 @pytest.fixture
 async def media_emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator(EmulatorConfig(step_seconds=0.01, extra_nodes=AUDIO_NODE_DEFINITIONS))
+    emu = Emulator(EmulatorConfig(step_seconds=0.01, extra_nodes={**AUDIO_NODE_DEFINITIONS, **VIDEO_NODE_DEFINITIONS}))
     await emu.start(host="127.0.0.1", port=0)
     yield emu
     await emu.stop()
@@ -58,15 +61,20 @@ async def test_video_audio_and_text_outputs_with_their_types(media_emulator, mak
     final = await gw.wait(job["id"])
     assert final["status"] == "succeeded", final
     by_node = {o["node_id"]: o for o in final["outputs"]}
-    assert set(by_node) == {"2", "4", "8"}  # the PreviewImage's temp file is not kept
+    assert set(by_node) == {"2", "4", "8", "11"}  # the PreviewImage's temp file is not kept
     assert (by_node["2"]["kind"], by_node["2"]["content_type"]) == ("images", "image/webp")
     assert (by_node["8"]["kind"], by_node["8"]["content_type"]) == ("audio", "audio/wav")
     assert (by_node["4"]["kind"], by_node["4"]["content_type"]) == ("text", "text/plain; charset=utf-8")
+    assert (by_node["11"]["kind"], by_node["11"]["content_type"]) == ("gifs", "image/gif")
 
     webp = await gw.http.get(by_node["2"]["url"])
     assert webp.headers["content-type"] == "image/webp"
     with Image.open(io.BytesIO(webp.content)) as img:
         assert img.format == "WEBP" and img.size == (16, 12) and img.n_frames == 2
+    clip = await gw.http.get(by_node["11"]["url"])
+    assert clip.headers["content-type"] == "image/gif"
+    with Image.open(io.BytesIO(clip.content)) as img:
+        assert img.format == "GIF" and img.size == (16, 12) and img.n_frames == 2
     sound = await gw.http.get(by_node["8"]["url"])
     with wave.open(io.BytesIO(sound.content)) as wav:
         assert wav.getnframes() / wav.getframerate() == 1.0
