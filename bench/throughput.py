@@ -36,6 +36,8 @@ import httpx
 import websockets
 
 ADMIN_KEY = "cgw_bench_" + uuid.uuid4().hex
+# Connections of the direct client and of the listing and WebSocket clients to the gateway.
+POOL = 50
 
 
 def free_port() -> int:
@@ -114,7 +116,7 @@ class Direct:
         self.base = base
         self.client_id = "bench-" + uuid.uuid4().hex
         self.done: dict[str, asyncio.Future] = {}
-        self.http = httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=50))
+        self.http = httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=POOL))
 
     async def __aenter__(self) -> Direct:
         ws_url = self.base.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
@@ -157,9 +159,13 @@ class Direct:
 
 
 class Gateway:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, max_connections: int | None = None) -> None:
+        """`max_connections`: None for the client with one SSE stream per job (all open at once);
+        the others use a bounded pool like the direct client's: httpcore looks through every
+        pooled connection for each request, so 200 connections cost the client more than the
+        gateway spends per job."""
         self.headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        self.http = httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=None))
+        self.http = httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=max_connections))
 
     async def run_job(self, i: int, job_ms: float) -> float:
         t0 = time.perf_counter()
@@ -309,11 +315,11 @@ async def main() -> None:
             await gateway.aclose()
             # A fresh connection pool per phase: idle keep-alive connections from the last phase
             # may have been closed by the server in the meantime.
-            gateway = Gateway(gw_base)
+            gateway = Gateway(gw_base, POOL)
             with cpu.measure("polling"):
                 p_rate = await gateway.burst_polling(args.jobs, args.job_ms, 4_000_000)
             await gateway.aclose()
-            gateway = Gateway(gw_base)
+            gateway = Gateway(gw_base, POOL)
             with cpu.measure("ws"):
                 w_rate = await gateway.burst_ws(args.jobs, args.job_ms, 5_000_000, gw_base.replace("http", "ws", 1))
             await gateway.aclose()
