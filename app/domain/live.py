@@ -61,6 +61,12 @@ class JobFollower:
             else:
                 first = await event_log.replay(session, job.id, after)
                 last = max([after, *(e.id or 0 for e in first)])
+                if job.status in TERMINAL and last < job.event_seq:
+                    # The log no longer holds the job's end (retention pruned it): what the client
+                    # missed is summed up by the job as it is now, and the stream ends.
+                    view = await jobs.view(session, job, signer)
+                    first.append(JobEvent(job.id, job.user_id, "status", view, terminal=True, id=job.event_seq))
+                    last = job.event_seq
             done = job.status in TERMINAL and last >= job.event_seq
         except BaseException:
             bus.unsubscribe(sub)

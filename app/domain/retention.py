@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import jobs as repo
-from app.db.models import Job, Output, Upload
+from app.db.models import Job, JobEvent, Output, Upload
 from app.db.types import utcnow
 from app.domain.errors import Conflict, NotFound
 from app.domain.users import Principal
@@ -83,6 +83,9 @@ class RetentionService:
             if not ids:
                 return []
             await session.execute(delete(Output).where(Output.job_id.in_(ids)))
+            # The logged events name the outputs just deleted: a client resuming such a job gets
+            # its current status (the tombstone) instead, see app/domain/live.py.
+            await session.execute(delete(JobEvent).where(JobEvent.job_id.in_(ids)))
             await session.execute(
                 update(Job).where(Job.id.in_(ids), Job.outputs_expired_at.is_(None)).values(outputs_expired_at=utcnow())
             )

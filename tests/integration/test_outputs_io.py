@@ -198,5 +198,10 @@ async def test_retention_deletes_expired_outputs_and_uploads_and_keeps_a_tombsto
     assert tomb["status"] == "succeeded" and tomb["outputs"] == [] and tomb["outputs_expired_at"]
     assert (await gw.http.get(final["outputs"][0]["url"])).status_code == 404
     assert (await gw.http.get(f"/v1/uploads/{up['id']}", headers=gw.admin)).status_code == 404
+    # A client resuming the job's events is told where it stands now (no links to deleted files),
+    # and its stream ends.
+    resumed = await gw.sse(final["id"], last_event_id="1", timeout=10)
+    assert [(e.event, e.data["status"], e.data["outputs"]) for e in resumed] == [("status", "succeeded", [])]
+    assert resumed[0].data["outputs_expired_at"] == tomb["outputs_expired_at"]
     # A second pass finds nothing more to delete.
     assert await retention.run_once(now=utcnow() + timedelta(days=1, hours=1)) == (0, 0)
