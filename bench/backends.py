@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import suppress
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import free_port, pct, wait_http, workflow  # noqa: E402
-
-ADMIN_KEY = "cgw_bench_" + uuid.uuid4().hex
+from harness import ADMIN_KEY, free_port, gateway_env, pct, start_emulator, start_gateway, stop, wait_http  # noqa: E402
+from throughput import workflow  # noqa: E402
 
 
 async def main() -> None:
@@ -45,20 +40,9 @@ async def main() -> None:
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     gw_port = free_port()
     base = f"http://127.0.0.1:{gw_port}"
-    env = {
-        **os.environ,
-        "GATEWAY_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db",
-        "GATEWAY_STORAGE_DIR": str(tmp / "outputs"),
-        "GATEWAY_COMFYUI_URLS": ",".join(urls),
-        "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
-        "GATEWAY_MAX_INFLIGHT_PER_BACKEND": str(args.inflight),
-        "GATEWAY_LOG_LEVEL": "warning",
-    }
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "comfy_emulator", "--host", "127.0.0.1", "--port", str(p)], env=env)
-        for p in ports
-    ]
-    procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port)], env=env))
+    env = gateway_env(tmp, urls, args.database_url, max_inflight_per_backend=args.inflight)
+    procs = [start_emulator(p, env) for p in ports]
+    procs.append(start_gateway(gw_port, env))
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     try:
         for url in urls:
@@ -118,11 +102,7 @@ async def main() -> None:
                 gaps += [(b[0] - a[1]) for a, b in zip(spans, spans[1:])]
                 long_gaps += [(a[1] / 1000 - wall0, b[0] - a[1]) for a, b in zip(spans, spans[1:]) if b[0] - a[1] > 20]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            with suppress(subprocess.TimeoutExpired):
-                p.wait(10)
+        stop(procs)
 
     ideal = args.jobs * args.job_ms / 1000 / args.backends
     print(f"\n{args.jobs} jobs of {args.job_ms:g} ms on {args.backends} emulated backends, {args.inflight} in flight each")

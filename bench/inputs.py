@@ -15,28 +15,16 @@ import argparse
 import asyncio
 import io
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import suppress
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import free_port, wait_http  # noqa: E402
-
-ADMIN_KEY = "cgw_bench_" + uuid.uuid4().hex
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+from harness import ADMIN_KEY, free_port, gateway_env, rss_kb, start_emulator, start_gateway, stop, wait_http  # noqa: E402
 
 
 async def main() -> None:
@@ -55,20 +43,10 @@ async def main() -> None:
 
     emu_port, gw_port = free_port(), free_port()
     base = f"http://127.0.0.1:{gw_port}"
-    env = {
-        **os.environ,
-        "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/bench.db",
-        "GATEWAY_STORAGE_DIR": str(tmp / "outputs"),
-        "GATEWAY_COMFYUI_URLS": f"http://127.0.0.1:{emu_port}",
-        "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
-        "GATEWAY_MAX_UPLOAD_BYTES": str(len(data) + 1024),
-        "GATEWAY_MAX_IMAGE_PIXELS": str(side * side),
-        "GATEWAY_LOG_LEVEL": "warning",
-    }
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "comfy_emulator", "--host", "127.0.0.1", "--port", str(emu_port)], env=env),
-        subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port)], env=env),
-    ]
+    env = gateway_env(
+        tmp, [f"http://127.0.0.1:{emu_port}"], max_upload_bytes=len(data) + 1024, max_image_pixels=side * side
+    )
+    procs = [start_emulator(emu_port, env), start_gateway(gw_port, env)]
     gateway_pid = procs[1].pid
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     try:
@@ -109,11 +87,7 @@ async def main() -> None:
                         pending.discard(job_id)
             makespan = time.perf_counter() - t0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            with suppress(subprocess.TimeoutExpired):
-                p.wait(10)
+        stop(procs)
 
     mb = len(data) / 1024 / 1024
     print(f"\nupload of a {mb:.1f} MB PNG ({side}x{side})")

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import suppress
 from pathlib import Path
 
@@ -38,21 +37,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.throughput import free_port, pct, wait_http  # noqa: E402
-
-ADMIN_KEY = "cgw_bench_" + uuid.uuid4().hex
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from bench.harness import ADMIN_KEY, cpu_seconds, free_port, gateway_env, pct, rss_kb, start_gateway, wait_http  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return rss_kb(pid) / 1024
 
 
 # ---- the emulator process ---------------------------------------------------------------------
@@ -157,16 +146,8 @@ async def main() -> None:
     assert emu_proc.stdout is not None
     urls = json.loads(emu_proc.stdout.readline())
     gw_port = free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db",
-        "GATEWAY_STORAGE_DIR": str(tmp / "outputs"),
-        "GATEWAY_COMFYUI_URLS": ",".join(urls),
-        "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
-        "GATEWAY_MAX_INFLIGHT_PER_BACKEND": "1",
-        "GATEWAY_LOG_LEVEL": "warning",
-    }
-    gw_proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port)], env=env)
+    env = gateway_env(tmp, urls, args.database_url, max_inflight_per_backend=1)
+    gw_proc = start_gateway(gw_port, env)
     base = f"http://127.0.0.1:{gw_port}"
     try:
         await wait_http(f"{base}/readyz")

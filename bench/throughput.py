@@ -21,29 +21,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from contextlib import suppress
 from pathlib import Path
 
 import httpx
 import websockets
 
-ADMIN_KEY = "cgw_bench_" + uuid.uuid4().hex
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    ADMIN_KEY,
+    cpu_seconds,
+    free_port,
+    gateway_env,
+    pct,
+    start_emulator,
+    start_gateway,
+    stop,
+    wait_http,
+)
+
 # Connections of the direct client and of the listing and WebSocket clients to the gateway.
 POOL = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def workflow(i: int, job_ms: float) -> dict:
@@ -58,14 +61,6 @@ def workflow(i: int, job_ms: float) -> dict:
         image = ["2", 0]
     nodes["9"] = {"class_type": "SaveImage", "inputs": {"images": image, "filename_prefix": "bench"}}
     return nodes
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc: a figure that does not
-    depend on what else the machine is doing, unlike jobs/s."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
@@ -87,25 +82,6 @@ class CpuMeter:
                 meter.spent[phase] = spent
 
         return _Phase()
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-async def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while True:
-            with suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer")
-            await asyncio.sleep(0.1)
 
 
 # ---- direct to the emulator -----------------------------------------------------------------
@@ -285,19 +261,8 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     emu_port, gw_port = free_port(), free_port()
     emu_base, gw_base = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{gw_port}"
-    env = {
-        **os.environ,
-        "GATEWAY_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db",
-        "GATEWAY_STORAGE_DIR": str(tmp / "outputs"),
-        "GATEWAY_COMFYUI_URLS": emu_base,
-        "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
-        "GATEWAY_MAX_INFLIGHT_PER_BACKEND": str(args.inflight),
-        "GATEWAY_LOG_LEVEL": "warning",
-    }
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "comfy_emulator", "--host", "127.0.0.1", "--port", str(emu_port)], env=env),
-        subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port)], env=env),
-    ]
+    env = gateway_env(tmp, [emu_base], args.database_url, max_inflight_per_backend=args.inflight)
+    procs = [start_emulator(emu_port, env), start_gateway(gw_port, env)]
     cpu = CpuMeter({"emulator": procs[0], "gateway": procs[1]})
     try:
         await wait_http(f"{emu_base}/system_stats")
@@ -328,11 +293,7 @@ async def main() -> None:
             g_seq = await sequential(gateway, args.sequential, args.job_ms, 3_000_000)
             await gateway.aclose()
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            with suppress(subprocess.TimeoutExpired):
-                p.wait(10)
+        stop(procs)
 
     db = "sqlite" if args.database_url is None else args.database_url.split(":", 1)[0]
     print(f"\n{args.jobs} jobs of {args.job_ms:g} ms, burst, 1 emulated backend, {args.inflight} in flight, {db}")

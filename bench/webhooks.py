@@ -17,9 +17,6 @@ import argparse
 import collections
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import suppress
@@ -29,7 +26,8 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
-from throughput import ADMIN_KEY, free_port, pct, wait_http, workflow
+from harness import ADMIN_KEY, free_port, gateway_env, pct, start_emulator, start_gateway, stop, wait_http
+from throughput import workflow
 
 
 class Receiver:
@@ -91,19 +89,8 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     emu_port, gw_port = free_port(), free_port()
     emu_base, gw_base = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{gw_port}"
-    env = {
-        **os.environ,
-        "GATEWAY_DATABASE_URL": args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db",
-        "GATEWAY_STORAGE_DIR": str(tmp / "outputs"),
-        "GATEWAY_COMFYUI_URLS": emu_base,
-        "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
-        "GATEWAY_OUTBOUND_ALLOWLIST": "127.0.0.1",
-        "GATEWAY_LOG_LEVEL": "warning",
-    }
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "comfy_emulator", "--host", "127.0.0.1", "--port", str(emu_port)], env=env),
-        subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port)], env=env),
-    ]
+    env = gateway_env(tmp, [emu_base], args.database_url, outbound_allowlist="127.0.0.1")
+    procs = [start_emulator(emu_port, env), start_gateway(gw_port, env)]
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     try:
         await wait_http(f"{emu_base}/system_stats")
@@ -147,11 +134,7 @@ async def main() -> None:
             burst_lat = [t - ts(p["data"]["finished_at"]) for t, p in burst_arrivals if p["type"] == "job.succeeded"]
             ids_seen = [p["data"]["id"] + p["type"] for _, p in burst_arrivals]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            with suppress(subprocess.TimeoutExpired):
-                p.wait(10)
+        stop(procs)
         await runner.cleanup()
 
     db = "sqlite" if args.database_url is None else args.database_url.split(":", 1)[0]
