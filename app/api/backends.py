@@ -55,18 +55,19 @@ async def get_backend(request: Request, backend_id: BackendId, session: SessionD
 @router.post("/{backend_id}/drain", response_model=BackendOut, responses=PROBLEMS)
 async def drain_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> dict:
     """No new jobs go to it; the jobs it holds finish there."""
-    row = await backends.set_draining(session, backend_id, True)
-    await session.commit()
-    _changed(request, row.url, draining=True)
-    return await _view(request, session, row)
+    return await _set_draining(request, session, backend_id, True)
 
 
 @router.post("/{backend_id}/resume", response_model=BackendOut, responses=PROBLEMS)
 async def resume_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> dict:
     """Undo a drain: it gets new jobs again."""
-    row = await backends.set_draining(session, backend_id, False)
+    return await _set_draining(request, session, backend_id, False)
+
+
+async def _set_draining(request: Request, session: AsyncSession, backend_id: str, draining: bool) -> dict:
+    row = await backends.set_draining(session, backend_id, draining)
     await session.commit()
-    _changed(request, row.url, draining=False)
+    _changed(request, row.url, draining=draining)
     return await _view(request, session, row)
 
 
