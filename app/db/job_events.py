@@ -86,19 +86,6 @@ def _rfc3339(value: Any) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-async def _take_seqs(session: AsyncSession, job_id: str, count: int, where: Sequence[Any] = ()) -> int | None:
-    """Reserve `count` ids for a job; returns the last one (None if the job is gone or `where`
-    does not hold). The UPDATE locks the job row until the transaction ends."""
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, *where)
-        .values(event_seq=Job.event_seq + count)
-        .returning(Job.event_seq)
-        .execution_options(synchronize_session=False)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
 async def _write(session: AsyncSession, events: list[LoggedEvent]) -> None:
     """Insert events (one statement) and, on PostgreSQL, announce them (one more)."""
     now = utcnow()
@@ -123,18 +110,11 @@ async def record_created(session: AsyncSession, job: Job) -> None:
     await _write(session, [LoggedEvent(job.id, job.user_id, 1, "status", job_snapshot(job, []))])
 
 
-async def record_transition(session: AsyncSession, job: Job) -> None:
-    """Log a job's new status (and, when it succeeded, its outputs first), in the transition's
-    transaction. Called by app/db/jobs.py for every status change."""
-    outputs: list[Output] = []
-    if job.status == "succeeded":
-        rows = await session.execute(
-            select(Output).where(Output.job_id == job.id).order_by(Output.created_at, Output.id)
-        )
-        outputs = list(rows.scalars())
-    last = await _take_seqs(session, job.id, len(outputs) + 1)
-    if last is None:
-        return
+async def record_transition(session: AsyncSession, job: Job, outputs: Sequence[Output] = ()) -> None:
+    """Log a job's new status (and its new `outputs` first), in the transition's transaction, under
+    the ids its UPDATE took (they end at `job.event_seq`). Called by app/db/jobs.py for every status
+    change."""
+    last = job.event_seq
     first = last - len(outputs)
     events = [
         LoggedEvent(job.id, job.user_id, first + i, "output", output_snapshot(out)) for i, out in enumerate(outputs)

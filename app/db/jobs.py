@@ -114,9 +114,16 @@ async def in_flight(session: AsyncSession, backend: str | None = None) -> list[J
     return list((await session.execute(stmt)).scalars())
 
 
-async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **values: Any) -> Job | None:
-    """One conditional UPDATE; the changed row comes back (RETURNING), or None if nothing matched."""
+async def _update(
+    session: AsyncSession, job_id: str, where: Sequence[Any], *, outputs: Sequence[Output] = (), **values: Any
+) -> Job | None:
+    """One conditional UPDATE; the changed row comes back (RETURNING), or None if nothing matched.
+
+    A status change also takes the ids of its events (`outputs`' events, then the status) in the
+    same UPDATE: the row lock orders a job's events on every replica, with no second statement."""
     values.setdefault("updated_at", utcnow())
+    if "status" in values:
+        values["event_seq"] = Job.event_seq + len(outputs) + 1
     stmt = (
         update(Job)
         .where(Job.id == job_id, *where)
@@ -131,7 +138,7 @@ async def _update(session: AsyncSession, job_id: str, where: Sequence[Any], **va
     if job is not None and "status" in values:
         # Both in this transition's transaction: the event log (Last-Event-ID, live subscribers)
         # and the webhook outbox hear of every status change exactly when it commits.
-        await job_events.record_transition(session, job)
+        await job_events.record_transition(session, job, outputs)
         await webhooks.on_transition(session, job)
     return job
 
@@ -170,12 +177,16 @@ async def mark_running(session: AsyncSession, job_id: str, *, prompt_id: str) ->
     )
 
 
-async def mark_succeeded(session: AsyncSession, job_id: str, *, prompt_id: str) -> Job | None:
+async def mark_succeeded(
+    session: AsyncSession, job_id: str, *, prompt_id: str, outputs: Sequence[Output] = ()
+) -> Job | None:
+    """`outputs`: the rows the caller added to this session for the job, logged before its status."""
     now = utcnow()
     return await _update(
         session,
         job_id,
         [Job.prompt_id == prompt_id, Job.status.in_(ACTIVE)],
+        outputs=outputs,
         status="succeeded",
         finished_at=now,
         # A job that ran from cache never sent execution_start; it still started.

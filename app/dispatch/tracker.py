@@ -298,7 +298,7 @@ class Tracker:
         await self.ctx.notifier.settle(job.id)
         async with self.ctx.sessionmaker() as session:
             session.add_all(outputs)
-            done = await repo.mark_succeeded(session, job.id, prompt_id=pid)
+            done = await repo.mark_succeeded(session, job.id, prompt_id=pid, outputs=outputs)
             if done is not None:
                 await session.commit()
             else:
