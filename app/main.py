@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             await session.commit()
         metrics = Metrics()
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
-        bus = EventBus()
+        bus = EventBus(on_lag=lambda sub: metrics.live_lagged.labels(sub.scope).inc())
         guard = OutboundGuard(settings.outbound_allowlist, resolver=outbound_resolver)
         secret_box = SecretBox(settings.webhook_secret_key or secret)
         # The sender shares the API's connections, not the dispatcher's: receivers' pace must

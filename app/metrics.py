@@ -24,6 +24,12 @@ class Metrics:
         self.backend_inflight = Gauge(
             "gateway_backend_inflight", "Prompts handed to the backend and not finished", ["backend"], registry=self.registry
         )
+        self.live_lagged = Counter(
+            "gateway_live_subscribers_lagged_total",
+            "Live streams that fell behind and dropped events, then resynchronised: scope job (SSE) or user (/v1/ws)",
+            ["scope"],
+            registry=self.registry,
+        )
         # Webhooks (app/webhooks/sender.py)
         self.webhook_attempts = Counter(
             "gateway_webhook_attempts_total",

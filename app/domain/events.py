@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +27,18 @@ class JobEvent:
     encoded: bytes | None = None
 
 
+#: Events a subscriber may have waiting. A stream that falls this far behind (its client reads
+#: slower than its jobs change) drops what comes next and resynchronises from the event log or
+#: the row, instead of holding an unbounded backlog in memory.
+QUEUE_SIZE = 256
+
+
 @dataclass(eq=False)
 class Subscription:
     scope: str  # "job" or "user"
     key: str
-    queue: asyncio.Queue[JobEvent | None] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
+    # Looked up when the subscription is made (not bound at import), so a test can shrink it.
+    queue: asyncio.Queue[JobEvent | None] = field(default_factory=lambda: asyncio.Queue(maxsize=QUEUE_SIZE))
     # Set when events were dropped because the subscriber fell behind.
     overflowed: bool = False
     # Only subscribers that asked get `preview` events (images, large).
@@ -38,7 +46,9 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self) -> None:
+    def __init__(self, on_lag: Callable[[Subscription], None] | None = None) -> None:
+        """`on_lag` hears of each subscriber that starts dropping events (once per fall behind)."""
+        self._on_lag = on_lag
         self._by_job: dict[str, set[Subscription]] = defaultdict(set)
         self._by_user: dict[str, set[Subscription]] = defaultdict(set)
 
@@ -68,6 +78,8 @@ class EventBus:
             try:
                 sub.queue.put_nowait(event)
             except asyncio.QueueFull:
+                if not sub.overflowed and self._on_lag is not None:
+                    self._on_lag(sub)
                 sub.overflowed = True
 
     def listening(self, job_id: str, user_id: str, *, previews: bool = False) -> bool:

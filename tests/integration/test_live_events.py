@@ -7,8 +7,10 @@ import base64
 import json
 from typing import Any
 
+import pytest
 import websockets
 
+from app.domain import events as live_bus
 from comfy_emulator import Emulator
 from tests.integration.conftest import Gateway, SseEvent
 
@@ -203,6 +205,55 @@ async def test_ws_key_as_first_frame_and_previews_when_asked(gateway: Gateway, e
     previews = [f for f in frames if f["event"] == "preview"]
     assert previews and base64.b64decode(previews[0]["data"]["image"])[:3] == b"\xff\xd8\xff"
     assert frames[-1]["data"]["status"] == "succeeded"
+
+
+def lagged_count(metrics: str, scope: str) -> float:
+    line = next((l for l in metrics.splitlines() if l.startswith(f'gateway_live_subscribers_lagged_total{{scope="{scope}"}}')), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+async def test_an_sse_stream_that_falls_behind_still_gets_every_status_once_and_in_order(
+    gateway: Gateway, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Room for one waiting event: the job's end, whose output and status are published together,
+    # overflows it however fast the client reads; the rest must come from the event log.
+    monkeypatch.setattr(live_bus, "QUEUE_SIZE", 1)
+    emulator.config.step_seconds = 0.02
+    job = (await gateway.generate(txt2img(6))).json()
+    got = await gateway.sse(job["id"])
+    assert got[-1].event == "status" and got[-1].data["status"] == "succeeded"
+    ids = [int(e.id) for e in got]
+    assert ids == sorted(set(ids)), "in order, none twice"
+    # Every status and output the log holds reached the stream that fell behind.
+    logged = await gateway.sse(job["id"], last_event_id="0")
+    wanted = [(int(e.id), e.event) for e in logged if e.event in ("status", "output")]
+    assert wanted and set(wanted) <= {(int(e.id), e.event) for e in got}
+    assert "output" in {e.event for e in got}
+    assert lagged_count((await gateway.http.get("/metrics")).text, "job") >= 1
+
+
+async def test_a_ws_client_that_falls_behind_is_told_to_read_its_jobs_again(
+    gateway: Gateway, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_bus, "QUEUE_SIZE", 1)
+    emulator.config.step_seconds = 0.02
+    _, alice = await gateway.create_user("alice")
+    async with websockets.connect(ws_url(gateway, f"?api_key={alice['Authorization'].split()[1]}")) as ws:
+        assert json.loads(await ws.recv())["event"] == "subscribed"
+        job = (await gateway.generate(txt2img(6), headers=alice)).json()
+        frames: list[dict] = []
+
+        async def until_lagged() -> None:
+            while not frames or frames[-1]["event"] != "lagged":
+                frames.append(json.loads(await ws.recv()))
+
+        await asyncio.wait_for(until_lagged(), 30)
+        # The socket stays open and keeps sending after the `lagged` frame.
+        after = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert after["job_id"] == job["id"] and after["event"] != "lagged"
+    # What was dropped is read again from the job, as the frame asks.
+    assert (await gateway.wait(job["id"], headers=alice))["status"] == "succeeded"
+    assert lagged_count((await gateway.http.get("/metrics")).text, "user") >= 1
 
 
 async def test_ws_bad_key_is_refused_with_policy_violation(gateway: Gateway) -> None:
