@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         state.on_job_submitted = dispatcher.job_submitted
         state.on_job_canceled = dispatcher.job_canceled
         state.backend_health = dispatcher.backend_health
+        state.probe_backends = dispatcher.probe_health
         state.object_info = dispatcher.object_info
         state.outbound_guard = guard
         state.secret_box = secret_box

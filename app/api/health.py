@@ -26,6 +26,7 @@ async def readyz(request: Request) -> Response:
             await session.execute(text("SELECT 1"))
     except Exception:  # noqa: BLE001 - any failure means "not ready", and says so
         problems.append("the database does not answer")
+    await request.app.state.probe_backends()
     backends = request.app.state.backend_health()
     # A drained backend is not down, but it takes no new jobs: with only drained ones healthy,
     # queued work would wait, so the gateway is not ready.

@@ -32,6 +32,10 @@ from app.domain.views import rfc3339
 log = logging.getLogger("app.dispatch")
 
 
+#: How long probe_health waits for a backend's answer.
+PROBE_TIMEOUT = 3.0
+
+
 class BackendPool:
     """The pool half of the Dispatcher (a mixin: the Dispatcher provides what is declared here)."""
 
@@ -46,6 +50,8 @@ class BackendPool:
     _next_sync: float
     # Counts drains/resumes applied in this process from admin calls.
     _local_changes: int = 0
+    # When probe_health last asked the backends (monotonic).
+    _probed_at: float = float("-inf")
 
     def wake(self) -> None:
         raise NotImplementedError
@@ -132,6 +138,10 @@ class BackendPool:
 
         Every replica does this on its poll, so a change made through any replica reaches all.
         """
+        await self._follow_table()
+        await self._requeue_orphans()
+
+    async def _follow_table(self) -> None:
         seen = self._local_changes
         async with self._sessionmaker() as session:
             rows = {row.url: row for row in await backends_repo.all_backends(session)}
@@ -149,7 +159,6 @@ class BackendPool:
             # applying the read would undo it for a moment and let a job onto a drained backend.
             if link.draining_stamp <= seen:
                 link.draining = row.state == "draining"
-        await self._requeue_orphans()
 
     async def _requeue_orphans(self) -> None:
         """Jobs handed to a backend that is no longer registered (removed in a race with a claim,
@@ -207,6 +216,27 @@ class BackendPool:
 
     def backend_health(self) -> dict[str, bool]:
         return {link.url: link.healthy for link in self.links}
+
+    async def probe_health(self) -> None:
+        """Make `backend_health` current on a replica that does not dispatch.
+
+        Such a replica follows no backend (no socket, no health loop), so for readiness it asks
+        them itself: the pool as the table has it now, then each backend's /system_stats, at most
+        once per GATEWAY_HEALTH_CHECK_SECONDS however often readiness is probed. A dispatching replica's
+        health loops keep it current already."""
+        if self._started or time.monotonic() - self._probed_at < self.settings.health_check_seconds:
+            return
+        self._probed_at = time.monotonic()
+        await self._follow_table()
+
+        async def ask(link: BackendLink) -> None:
+            try:
+                # Readiness probes have short timeouts of their own: a backend that hangs is down.
+                await asyncio.wait_for(self.tracker.check_health(link), PROBE_TIMEOUT)
+            except TimeoutError:
+                link.last_check_ok = False
+
+        await asyncio.gather(*(ask(link) for link in self.links))
 
     def draining(self) -> list[str]:
         return [link.url for link in self.links if link.draining]

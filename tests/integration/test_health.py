@@ -49,3 +49,20 @@ async def test_repeated_failed_checks_mark_a_backend_down_until_it_answers(emula
     final = await gw.wait(job["id"], timeout=15)
     assert final["status"] == "succeeded"
     assert (await gw.http.get("/readyz")).status_code == 200
+
+
+async def test_a_replica_that_does_not_dispatch_is_ready_while_a_backend_answers(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+    # Such a replica follows no backend, so it asks them itself when readiness is probed.
+    api_only = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], run_dispatcher=False, health_check_seconds=0.1)
+    )
+    ready = await api_only.http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["backends"] == {emulator.base_url: True}
+    emulator.error_responses("/system_stats", status=500)
+    await asyncio.sleep(0.2)
+    down = await api_only.http.get("/readyz")
+    assert down.status_code == 503 and "no ComfyUI backend is healthy" in down.json()["detail"]
+    emulator.clear_faults()
+    await asyncio.sleep(0.2)
+    assert (await api_only.http.get("/readyz")).status_code == 200
