@@ -9,7 +9,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.cursor import decode_cursor, encode_cursor
-from app.db.models import Template
+from app.db.models import GatewayState, Template
+from app.db.types import utcnow
 from app.domain.errors import NotFound, ValidationFailed
 from app.templates import (
     TemplateDocument,
@@ -23,9 +24,20 @@ from app.templates import (
 )
 
 
+#: A built-in an operator deleted is marked in gateway_state, so the next start does not bring it back.
+_DELETED = "deleted_builtin_template:"
+
+
 async def sync_builtins(session: AsyncSession) -> None:
-    """Insert or refresh the built-in templates; one an operator replaced (builtin=False) is left alone."""
+    """Insert or refresh the built-in templates; one an operator replaced (builtin=False) is left
+    alone, and one an operator deleted stays deleted."""
+    deleted = {
+        key[len(_DELETED) :]
+        for key in (await session.execute(select(GatewayState.key).where(GatewayState.key.startswith(_DELETED)))).scalars()
+    }
     for name, doc in load_builtin().items():
+        if name in deleted:
+            continue
         data = doc.to_dict()
         row = await session.get(Template, name)
         if row is None:
@@ -108,6 +120,10 @@ async def put_template(
     except TemplateInvalid as exc:
         raise ValidationFailed("The template does not fit its workflow.", errors=exc.errors) from None
     stored = doc.to_dict()
+    # Registered again after a delete: the operator's from now on.
+    marker = await session.get(GatewayState, _DELETED + name)
+    if marker is not None:
+        await session.delete(marker)
     row = await session.get(Template, name)
     created = row is None
     if row is None:
@@ -125,4 +141,6 @@ async def delete_template(session: AsyncSession, name: str) -> None:
     if row is None:
         raise NotFound(f"There is no template named {name!r}.")
     await session.delete(row)
+    if name in load_builtin() and await session.get(GatewayState, _DELETED + name) is None:
+        session.add(GatewayState(key=_DELETED + name, value=utcnow().isoformat()))
     await session.flush()

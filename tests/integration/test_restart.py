@@ -45,3 +45,27 @@ async def test_range_requests_on_outputs(gateway) -> None:  # noqa: ANN001
     beyond = await gateway.http.get(out["url"], headers={"Range": f"bytes={len(full) + 10}-"})
     assert beyond.status_code == 416
     assert "filename" in (await gateway.http.get(out["url"])).headers["content-disposition"]
+
+
+async def test_a_deleted_built_in_template_stays_deleted_across_restarts(
+    emulator, make_settings, gateway_factory  # noqa: ANN001
+) -> None:
+    settings = make_settings(comfyui_urls=[emulator.base_url])
+    first = await gateway_factory(settings)
+    blur = (await first.http.get("/v1/templates/blur", headers=first.admin)).json()
+    assert (await first.http.delete("/v1/templates/blur", headers=first.admin)).status_code == 204
+    await first.close()
+
+    second = await gateway_factory(settings)
+    assert (await second.http.get("/v1/templates/blur", headers=second.admin)).status_code == 404
+    assert (await second.generate({"template": "blur"})).status_code == 422
+    # Registered again by the operator, it is theirs: kept across the next restart.
+    doc = {"description": blur["description"], "workflow": blur["workflow"], "params": {}, "outputs": blur["outputs"]}
+    assert (await second.http.put("/v1/templates/blur", json=doc, headers=second.admin)).status_code == 201
+    await second.close()
+
+    third = await gateway_factory(settings)
+    again = await third.http.get("/v1/templates/blur", headers=third.admin)
+    assert again.status_code == 200 and again.json()["params_schema"]["properties"] == {}
+    # The other built-ins are untouched.
+    assert (await third.http.get("/v1/templates/txt2img", headers=third.admin)).status_code == 200
