@@ -44,8 +44,9 @@ class GenerateRequest(BaseModel):
 
 
 class Progress(BaseModel):
-    value: float
-    max: float
+    # ComfyUI counts steps in integers; a node may report fractions. Whole numbers stay integers.
+    value: int | float
+    max: int | float
     node: str | None = None
 
 
@@ -63,7 +64,14 @@ class OutputOut(BaseModel):
 class JobError(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    type: str
+    type: str = Field(
+        description="`invalid_workflow` (ComfyUI refused the graph; `node_errors` says why), `execution_error` "
+        "(a node failed), `timeout` (the job's deadline passed), `backend_lost` (its backends kept losing it; "
+        "attempts exhausted), `interrupted` (interrupted on its backend by someone else), `output_missing` "
+        "(ComfyUI listed an output it did not serve), `unsupported_workflow` (no registered backend has the "
+        "nodes or models it needs; `missing` lists them), `input_missing` (an input image was deleted before it "
+        "ran), `staging_failed` (the backend refused an input image)."
+    )
     message: str
     node_id: str | None = None
     node_type: str | None = None

@@ -66,6 +66,21 @@ async def test_txt2img_end_to_end_with_progress_and_download(gateway: Gateway) -
     assert data.headers["etag"] == f'"{out["sha256"]}"'
 
 
+async def test_a_running_jobs_progress_counts_in_whole_steps(gateway: Gateway, emulator) -> None:  # noqa: ANN001
+    emulator.config.step_seconds = 0.05
+    job = (await gateway.generate({"template": "txt2img", "params": {"prompt": "steps", "steps": 40, "width": 64, "height": 64}})).json()
+    for _ in range(200):
+        resp = await gateway.http.get(f"/v1/jobs/{job['id']}", headers=gateway.admin)
+        if resp.json()["progress"]:
+            break
+        await asyncio.sleep(0.02)
+    progress = resp.json()["progress"]
+    assert progress is not None and progress["node"] == "3"
+    # As the contract shows it: {"value": 5, "max": 20}, not 5.0 / 20.0.
+    assert type(progress["value"]) is int and progress["max"] == 40 and type(progress["max"]) is int
+    await gateway.wait(job["id"])
+
+
 async def test_output_is_served_from_gateway_storage_after_backend_forgets(gateway: Gateway, emulator) -> None:  # noqa: ANN001
     job = (await gateway.generate(BLUR)).json()
     final = await gateway.wait(job["id"])
