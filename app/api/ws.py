@@ -2,8 +2,9 @@
 
 Frames are JSON text: `{"event", "job_id", "id", "data"}`, the same events as the SSE route
 (`status`, `progress`, `output`, and `preview` when asked for with `?previews=true`), with the
-same per-job ids. The key comes as `?api_key=` or, to keep it out of URLs and logs, as the first
-frame: `{"api_key": "..."}`. The first frame the server sends is `{"event": "subscribed", ...}`:
+same per-job ids. The key comes as `?api_key=`, as `Authorization: Bearer`, or, to keep it out of
+URLs and logs, as the first frame: `{"api_key": "..."}` or the key alone. The first frame the
+server sends is `{"event": "subscribed", ...}`:
 from then on every event of the caller's jobs is sent. A bad key gets an `error` frame (a
 problem object) and the socket is closed with 1008 (policy violation); the key is checked again
 every `GATEWAY_LIVE_AUTH_CHECK_SECONDS`, so a revoked key or a disabled user stops receiving.
@@ -46,19 +47,33 @@ async def _refuse(websocket: WebSocket, error: Unauthorized) -> None:
 
 
 async def _first_frame_key(websocket: WebSocket) -> str | None:
+    """The key from the first frame: `{"api_key": "..."}`, or the key alone as the frame's text."""
     try:
         raw = await asyncio.wait_for(websocket.receive_text(), FIRST_FRAME_SECONDS)
-        message = json.loads(raw)
-    except (TimeoutError, ValueError, KeyError, WebSocketDisconnect, RuntimeError):
+    except (TimeoutError, KeyError, WebSocketDisconnect, RuntimeError):
         return None
-    key = message.get("api_key") if isinstance(message, dict) else None
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return raw.strip() or None
+    key = message.get("api_key") if isinstance(message, dict) else message
     return key if isinstance(key, str) else None
+
+
+def _header_key(websocket: WebSocket) -> str | None:
+    """A client that can set headers (not a browser) may send `Authorization: Bearer <key>`."""
+    scheme, _, key = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return key.strip() or None
 
 
 @router.websocket("/v1/ws")
 async def live_events(websocket: WebSocket, api_key: str | None = None, previews: bool = False) -> None:
     await websocket.accept()
-    key = api_key if api_key is not None else await _first_frame_key(websocket)
+    key = api_key if api_key is not None else _header_key(websocket)
+    if key is None:
+        key = await _first_frame_key(websocket)
     try:
         principal = await _authenticate(websocket, key)
     except Unauthorized as exc:

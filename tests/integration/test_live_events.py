@@ -256,6 +256,22 @@ async def test_a_ws_client_that_falls_behind_is_told_to_read_its_jobs_again(
     assert lagged_count((await gateway.http.get("/metrics")).text, "user") >= 1
 
 
+async def test_ws_key_alone_as_first_frame_or_as_bearer_header(gateway: Gateway) -> None:
+    alice_id, alice = await gateway.create_user("alice")
+    key = alice["Authorization"].split()[1]
+    async with websockets.connect(ws_url(gateway)) as ws:
+        await ws.send(key)
+        hello = json.loads(await ws.recv())
+    async with websockets.connect(ws_url(gateway), additional_headers=alice) as ws:
+        by_header = json.loads(await ws.recv())
+    for frame in (hello, by_header):
+        assert frame["event"] == "subscribed" and frame["data"]["user_id"] == alice_id
+    async with websockets.connect(ws_url(gateway), additional_headers={"Authorization": "Bearer cgw_not_a_key"}) as ws:
+        error = json.loads(await ws.recv())
+        assert error["event"] == "error" and error["data"]["status"] == 401
+        await assert_closed_for_policy(ws)
+
+
 async def test_ws_bad_key_is_refused_with_policy_violation(gateway: Gateway) -> None:
     for query, first in (("?api_key=cgw_not_a_key", None), ("", {"api_key": "cgw_not_a_key"}), ("", {"nothing": 1})):
         async with websockets.connect(ws_url(gateway, query)) as ws:
