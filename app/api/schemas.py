@@ -30,7 +30,13 @@ class GenerateRequest(BaseModel):
         default=None, description="A ComfyUI API-format graph, for users allowed to send raw workflows."
     )
     params: dict[str, Any] = Field(default_factory=dict, description="The template's params.")
-    priority: int = Field(default=0, ge=0, le=1_000_000, description="Higher runs earlier within your share.")
+    priority: int = Field(
+        default=0,
+        ge=-1_000_000,
+        le=1_000_000,
+        description="Higher runs earlier within your share; capped at your `max_priority` (the job shows the "
+        "priority it got). Below 0 runs after your default-priority jobs.",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back untouched.")
     webhook: WebhookIn | None = Field(
         default=None, description="Where to POST the job's changes (signed per Standard Webhooks; see /v1/me/webhook-secret)."

@@ -108,11 +108,8 @@ async def build(
             "Send either 'template' (with 'params') or 'workflow', not both and not neither.",
             errors=[{"field": "template", "message": "exactly one of template or workflow is required"}],
         )
-    if not principal.unlimited and req.priority > principal.limits.get("max_priority", 0):
-        raise ValidationFailed(
-            f"Priority {req.priority} is above your maximum of {principal.limits.get('max_priority', 0)}.",
-            errors=[{"field": "priority", "message": "above the user's max_priority"}],
-        )
+    # The contract caps a priority at the user's own maximum (the job shows what it got).
+    priority = req.priority if principal.unlimited else min(req.priority, int(principal.limits.get("max_priority", 0)))
     if len(json.dumps(req.metadata, separators=(",", ":"))) > settings.max_metadata_bytes:
         raise ValidationFailed(
             f"metadata is larger than {settings.max_metadata_bytes} bytes.",
@@ -176,7 +173,7 @@ async def build(
         output_nodes=nodes,
         inputs=inputs,
         keep_temp=keep_temp,
-        priority=req.priority,
+        priority=priority,
         meta=req.metadata,
         attempts=0,
         cancel_requested=False,

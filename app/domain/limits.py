@@ -46,7 +46,7 @@ class Limits(BaseModel):
         StrictInt | None, Field(ge=1, le=100_000_000, description="Jobs created in any 24 hours (429 `jobs_per_day`).")
     ] = None
     max_priority: Annotated[
-        StrictInt | None, Field(ge=0, le=1_000_000, description="Highest `priority` the user may ask for (422 above).")
+        StrictInt | None, Field(ge=0, le=1_000_000, description="Highest `priority` the user's jobs get; a higher one asked for is capped at it.")
     ] = None
     allow_raw_workflows: Annotated[
         StrictBool | None, Field(description="May send `workflow` (a ComfyUI graph) instead of a template.")

@@ -76,10 +76,10 @@ async def test_request_rate_is_limited_on_every_route_and_recovers(idle_gateway)
 async def test_max_queued_refuses_with_429_and_creates_nothing(idle_gateway) -> None:  # noqa: ANN001
     gw = await idle_gateway(default_max_queued=2)
     user_id, user = await gw.create_user("queuer", limits={"max_priority": 5})  # max_queued: the default
-    over = await gw.generate({**BLUR, "priority": 6}, headers=user)
-    assert over.status_code == 422 and over.json()["errors"][0]["field"] == "priority"
-    accepted = [await gw.generate({**BLUR, "priority": 5}, headers=user) for _ in range(2)]
+    # A priority above the user's maximum is capped at it; a negative one is kept.
+    accepted = [await gw.generate({**BLUR, "priority": p}, headers=user) for p in (6, -3)]
     assert [r.status_code for r in accepted] == [202, 202]
+    assert [r.json()["priority"] for r in accepted] == [5, -3]
     refused = await gw.generate(BLUR, headers=user)
     assert_limited(refused, "max_queued", "queued", 2, None)
     assert "max_queued" in refused.json()["detail"]
@@ -97,7 +97,7 @@ async def test_max_queued_refuses_with_429_and_creates_nothing(idle_gateway) -> 
     # The bootstrap admin key is not limited: no queue cap, no rate, any priority.
     for _ in range(3):
         resp = await gw.generate({**BLUR, "priority": 1000})
-        assert resp.status_code == 202 and "ratelimit" not in resp.headers
+        assert resp.status_code == 202 and "ratelimit" not in resp.headers and resp.json()["priority"] == 1000
     me = (await gw.http.get("/v1/me", headers=gw.admin)).json()
     assert me["usage"]["queued"] == 3 and me["usage"]["rate_remaining"] is None
 
