@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import AdminDep, SessionDep
@@ -33,9 +33,16 @@ def _changed(request: Request, url: str, *, draining: bool | None = None) -> Non
 
 
 @router.get("", response_model=BackendList, responses=PROBLEMS)
-async def list_backends(request: Request, session: SessionDep, admin: AdminDep) -> dict:
-    rows = await backends.list_backends(session)
-    return {"items": [await _view(request, session, row) for row in rows]}
+async def list_backends(
+    request: Request,
+    session: SessionDep,
+    admin: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict:
+    """The pool, newest first, with each backend's health, load and capabilities."""
+    rows, next_cursor = await backends.list_backends(session, limit=limit, cursor=cursor)
+    return {"items": [await _view(request, session, row) for row in rows], "next_cursor": next_cursor}
 
 
 @router.post("", status_code=201, response_model=BackendOut, responses=PROBLEMS)

@@ -59,7 +59,13 @@ async def delete_finished_job(job_id: str, session: SessionDep, principal: Princ
 
 
 @router.get("/v1/jobs/{job_id}/webhook-deliveries", response_model=WebhookDeliveryList, responses=PROBLEMS)
-async def list_webhook_deliveries(job_id: str, session: SessionDep, principal: PrincipalDep) -> dict:
-    """The job's webhook deliveries (one per event), each with its attempts."""
+async def list_webhook_deliveries(
+    job_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict:
+    """The job's webhook deliveries (one per event), newest first, each with its attempts."""
     job = await jobs.get_owned(session, principal, job_id)
-    return await webhooks.deliveries_view(session, job.id)
+    return await webhooks.deliveries_view(session, job.id, limit=limit, cursor=cursor)

@@ -324,6 +324,7 @@ class BackendOut(BaseModel):
 
 class BackendList(BaseModel):
     items: list[BackendOut]
+    next_cursor: str | None
 
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {

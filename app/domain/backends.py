@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import backends as repo
 from app.db.models import Backend
+from app.db.pages import newest_first
 from app.domain.errors import Conflict, NotFound, ValidationFailed
 from app.domain.views import rfc3339
 
@@ -74,8 +76,9 @@ async def register_configured_backends(session: AsyncSession, urls: list[str], *
             await repo.delete_backend(session, row.id)
 
 
-async def list_backends(session: AsyncSession) -> list[Backend]:
-    return await repo.all_backends(session)
+async def list_backends(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[Backend], str | None]:
+    """A page of the pool, newest first."""
+    return await newest_first(session, select(Backend), at=Backend.added_at, key=Backend.id, limit=limit, cursor=cursor)
 
 
 async def get_backend(session: AsyncSession, backend_id: str) -> Backend:

@@ -10,16 +10,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import ratelimit as buckets
-from app.db.cursor import decode_cursor, encode_cursor
 from app.db.models import ApiKey, User
+from app.db.pages import newest_first
 from app.db.types import utcnow
 from app.domain import limits as limits_
-from app.domain.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from app.domain.errors import Conflict, NotFound, Unauthorized
 from app.domain.keys import generate_key, hash_key, key_hint, same_secret
 from app.domain.limits import LIMIT_NAMES
 from app.domain.views import rfc3339
@@ -126,29 +126,8 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
     return user
 
 
-def _after(cursor: str | None) -> tuple[Any, str] | None:
-    if not cursor:
-        return None
-    after = decode_cursor(cursor)
-    if after is None:
-        raise ValidationFailed("The cursor is not valid.", errors=[{"field": "cursor", "message": "not a cursor from this API"}])
-    return after
-
-
-async def _page(session: AsyncSession, model: Any, where: list[Any], limit: int, cursor: str | None) -> tuple[list[Any], str | None]:
-    """Newest first, by (created_at, id), like every list of the API."""
-    stmt = select(model).where(*where)
-    after = _after(cursor)
-    if after is not None:
-        created, row_id = after
-        stmt = stmt.where(or_(model.created_at < created, and_(model.created_at == created, model.id < row_id)))
-    rows = list((await session.execute(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1))).scalars())
-    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    return rows[:limit], next_cursor
-
-
 async def list_users(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[User], str | None]:
-    return await _page(session, User, [], limit, cursor)
+    return await newest_first(session, select(User), at=User.created_at, key=User.id, limit=limit, cursor=cursor)
 
 
 async def update_user(
@@ -182,7 +161,8 @@ async def update_user(
 
 async def list_keys(session: AsyncSession, user_id: str, *, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
     await get_user(session, user_id)
-    return await _page(session, ApiKey, [ApiKey.user_id == user_id], limit, cursor)
+    stmt = select(ApiKey).where(ApiKey.user_id == user_id)
+    return await newest_first(session, stmt, at=ApiKey.created_at, key=ApiKey.id, limit=limit, cursor=cursor)
 
 
 async def revoke_key(session: AsyncSession, user_id: str, key_id: str) -> ApiKey:

@@ -66,10 +66,10 @@ def delivery_view(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> 
     }
 
 
-async def deliveries_view(session: AsyncSession, job_id: str) -> dict[str, Any]:
-    """A job's deliveries, oldest first, each with its attempts. The caller checked ownership."""
-    rows = await repo.for_job(session, job_id)
-    return {"items": [delivery_view(d, a) for d, a in rows], "next_cursor": None}
+async def deliveries_view(session: AsyncSession, job_id: str, *, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+    """A page of a job's deliveries, newest first, each with its attempts. The caller checked ownership."""
+    rows, next_cursor = await repo.for_job(session, job_id, limit=limit, cursor=cursor)
+    return {"items": [delivery_view(d, a) for d, a in rows], "next_cursor": next_cursor}
 
 
 async def redeliver(session: AsyncSession, delivery_id: str) -> dict[str, Any]:

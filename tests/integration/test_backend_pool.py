@@ -80,6 +80,11 @@ async def test_admin_only_validated_and_conflicts_answered(idle_gateway) -> None
     duplicate = await gw.http.post("/v1/admin/backends", json={"url": "http://127.0.0.1:8189"}, headers=gw.admin)
     assert duplicate.status_code == 409 and duplicate.json()["backend_id"] == new["id"]
     assert set(await gw.backends()) == {env_url, "http://127.0.0.1:8189"}
+    # Paged newest first, like every list.
+    page = (await gw.http.get("/v1/admin/backends", params={"limit": 1}, headers=gw.admin)).json()
+    assert [b["url"] for b in page["items"]] == ["http://127.0.0.1:8189"] and page["next_cursor"]
+    rest = (await gw.http.get("/v1/admin/backends", params={"cursor": page["next_cursor"]}, headers=gw.admin)).json()
+    assert [b["url"] for b in rest["items"]] == [env_url] and rest["next_cursor"] is None
 
     unknown = "00000000-0000-0000-0000-00000000dead"
     for method, path in (

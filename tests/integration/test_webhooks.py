@@ -230,7 +230,15 @@ async def test_failed_and_canceled_are_delivered_and_the_events_filter_holds(hoo
     assert (await gw.job(only_failed["id"], user))["status"] == "succeeded"
     assert await deliveries(gw, only_failed["id"], user) == []
     assert receiver.at("/none") == []
-    assert [d["event"] for d in await deliveries(gw, both["id"], user)] == ["job.running", "job.succeeded"]
+    # Newest first, paged like every list.
+    assert [d["event"] for d in await deliveries(gw, both["id"], user)] == ["job.succeeded", "job.running"]
+    url = f"/v1/jobs/{both['id']}/webhook-deliveries"
+    first = (await gw.http.get(url, params={"limit": 1}, headers=user)).json()
+    assert [d["event"] for d in first["items"]] == ["job.succeeded"] and first["next_cursor"]
+    rest = (await gw.http.get(url, params={"limit": 1, "cursor": first["next_cursor"]}, headers=user)).json()
+    assert [d["event"] for d in rest["items"]] == ["job.running"] and rest["next_cursor"] is None
+    bad = await gw.http.get(url, params={"cursor": "not-a-cursor"}, headers=user)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "cursor"
     assert [d["event"] for d in await deliveries(gw, failed["id"], user)] == ["job.failed"]
 
 
