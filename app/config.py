@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     max_workflow_nodes: int = Field(default=500, ge=1)
 
     # --- inputs and outputs (uploads, staging, retention) ------------------------------------
-    # Largest upload (POST /v1/uploads) and largest image fetched from a URL param, in bytes
-    # (413 above). Uploads are streamed, so this bounds disk use, not memory.
+    # Largest upload (POST /v1/uploads: 413 above) and largest image fetched from a URL param
+    # (422 above, naming the param), in bytes. Uploads are streamed, so this bounds disk use, not memory.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     # Largest decoded `data:` URI image param, in bytes (422 above); the request body limit
     # (GATEWAY_MAX_BODY_BYTES) applies to the whole request too.

@@ -42,6 +42,11 @@ router = APIRouter(tags=["jobs"])
     response_model=JobOut,
     responses={
         **PROBLEMS,
+        202: {
+            "model": JobOut,
+            "description": "The job, queued.",
+            "headers": {"Location": {"description": "`/v1/jobs/{id}`: where the job is.", "schema": {"type": "string"}}},
+        },
         200: {
             "model": JobOut,
             "description": "The job ended within `Prefer: wait=N` (header `Preference-Applied`), or an "

@@ -328,8 +328,9 @@ class BackendList(BaseModel):
 
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 422, 429)
+    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 413, 422, 429)
 }
+PROBLEMS[413] = {**PROBLEMS[413], "description": "The request body is larger than GATEWAY_MAX_BODY_BYTES (uploads: GATEWAY_MAX_UPLOAD_BYTES)."}
 PROBLEMS[429] = {
     **PROBLEMS[429],
     "description": "Over a limit; the problem's `limit` member names it (rate_per_minute, max_queued, jobs_per_day).",

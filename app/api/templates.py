@@ -36,7 +36,12 @@ async def get_template(name: str, session: SessionDep, principal: PrincipalDep, 
     )
 
 
-@router.put("/v1/templates/{name}", response_model=TemplateOut, response_model_exclude_none=True, responses=PROBLEMS)
+@router.put(
+    "/v1/templates/{name}",
+    response_model=TemplateOut,
+    response_model_exclude_none=True,
+    responses={**PROBLEMS, 201: {"model": TemplateOut, "description": "Registered (a new name); 200 when it replaced one."}},
+)
 async def put_template(
     name: str,
     request: Request,
