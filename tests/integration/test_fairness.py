@@ -121,3 +121,18 @@ async def test_weights_share_the_backend_in_proportion(emulator, make_settings, 
     share = first_40.count(heavy_id) / 40
     assert 0.65 <= share <= 0.85, (share, first_40)  # 3:1 is 0.75
     assert first_40.count(light_id) >= 6  # the light user is not starved either
+
+
+async def test_queue_position_counts_what_starts_first(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway()
+    blur = {"template": "blur", "params": {"width": 16, "height": 16}}
+    first = (await gw.generate({**blur, "priority": 0})).json()
+    second = (await gw.generate({**blur, "priority": 0})).json()
+    urgent = (await gw.generate({**blur, "priority": 5})).json()
+    # Each submit answers with its place at that moment.
+    assert [first["queue_position"], second["queue_position"], urgent["queue_position"]] == [0, 1, 0]
+    # Higher priority first, then age.
+    assert [(await gw.job(j["id"]))["queue_position"] for j in (urgent, first, second)] == [0, 1, 2]
+    await gw.http.post(f"/v1/jobs/{urgent['id']}/cancel", headers=gw.admin)
+    assert [(await gw.job(j["id"]))["queue_position"] for j in (first, second)] == [0, 1]
+    assert (await gw.job(urgent["id"]))["queue_position"] is None
