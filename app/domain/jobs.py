@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import job_events
 from app.db import jobs as repo
-from app.db.cursor import decode_cursor, encode_cursor
+from app.db.cursor import encode_cursor
+from app.db.pages import after_cursor
 from app.db.models import Job
 from app.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.domain.quotas import check_job_quotas
@@ -227,11 +228,7 @@ async def list_views(
                 f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.",
                 errors=[{"field": "status", "message": f"unknown status {status!r}"}],
             )
-    after = None
-    if cursor:
-        after = decode_cursor(cursor)
-        if after is None:
-            raise ValidationFailed("The cursor is not valid.", errors=[{"field": "cursor", "message": "not a cursor from this API"}])
+    after = after_cursor(cursor)
     jobs, more = await repo.list_jobs(session, user_id=user_id, statuses=statuses, limit=limit, after=after)
     outputs = await repo.outputs_for(session, [j.id for j in jobs])
     items = [job_view(j, outputs[j.id], signer, queue_position=await repo.queue_position(session, j)) for j in jobs]

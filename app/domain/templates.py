@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.cursor import decode_cursor, encode_cursor
 from app.db.models import GatewayState, Template
+from app.db.pages import newest_first
 from app.db.types import utcnow
 from app.domain.errors import NotFound, ValidationFailed
 from app.templates import (
@@ -94,19 +94,7 @@ def summary(
 
 async def list_page(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[Template], str | None]:
     """Newest first, like every list of the API."""
-    stmt = select(Template)
-    if cursor:
-        after = decode_cursor(cursor)
-        if after is None:
-            raise ValidationFailed("The cursor is not valid.", errors=[{"field": "cursor", "message": "not a cursor from this API"}])
-        created_at, name = after
-        stmt = stmt.where(
-            or_(Template.created_at < created_at, and_(Template.created_at == created_at, Template.name > name))
-        )
-    stmt = stmt.order_by(Template.created_at.desc(), Template.name).limit(limit + 1)
-    rows = list((await session.execute(stmt)).scalars())
-    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].name) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return await newest_first(session, select(Template), at=Template.created_at, key=Template.name, limit=limit, cursor=cursor)
 
 
 async def put_template(

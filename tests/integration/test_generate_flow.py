@@ -320,3 +320,23 @@ async def test_job_list_is_newest_first_and_paginated(gateway: Gateway) -> None:
     done = (await gateway.http.get("/v1/jobs?status=succeeded", headers=gateway.admin)).json()
     assert len(done["items"]) == 5
     assert (await gateway.http.get("/v1/jobs?status=failed", headers=gateway.admin)).json()["items"] == []
+
+
+async def test_template_list_is_newest_first_and_paginated(gateway: Gateway) -> None:
+    blur = (await gateway.http.get("/v1/templates/blur", headers=gateway.admin)).json()
+    doc = {"description": "newest", "workflow": blur["workflow"], "params": {}, "outputs": blur["outputs"]}
+    assert (await gateway.http.put("/v1/templates/zz-newest", json=doc, headers=gateway.admin)).status_code == 201
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await gateway.http.get("/v1/templates", params=params, headers=gateway.admin)).json()
+        assert len(page["items"]) <= 2
+        seen += [t["name"] for t in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen[0] == "zz-newest"
+    assert len(seen) == len(set(seen)) and {"txt2img", "img2img", "blur"} <= set(seen)
+    bad = await gateway.http.get("/v1/templates", params={"cursor": "x"}, headers=gateway.admin)
+    assert bad.status_code == 422
