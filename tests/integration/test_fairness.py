@@ -20,13 +20,18 @@ async def dispatch_order(gw, job_ids: set[str]) -> list[str]:  # noqa: ANN001
         return [user for job_id, user in rows.all() if not job_ids or job_id in job_ids]
 
 
+# Several times what B needs to be done (12 of A's jobs at most, below), so that B waiting behind
+# A's backlog would show.
+A_BACKLOG = 60
+
+
 async def test_a_burst_of_one_user_does_not_hold_back_another(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
     await gw.wait_ready()
     a_id, alice = await gw.create_user("alice", limits=PLENTY)
     b_id, bob = await gw.create_user("bob", limits=PLENTY)
     job = {"template": "txt2img", "params": {"prompt": "a", "steps": 8}}  # about 80 ms each
-    a_jobs = await asyncio.gather(*(gw.generate(job, headers=alice) for _ in range(200)))
+    a_jobs = await asyncio.gather(*(gw.generate(job, headers=alice) for _ in range(A_BACKLOG)))
     assert all(r.status_code == 202 for r in a_jobs)
     while len(await dispatch_order(gw, set())) < 5:
         await asyncio.sleep(0.01)
@@ -45,11 +50,11 @@ async def test_a_burst_of_one_user_does_not_hold_back_another(emulator, make_set
             stmt = select(func.count()).where(Job.user_id == a_id, *where)
             return (await session.execute(stmt)).scalar_one()
 
-        a_waiting_when_b_arrived = 200 - await a_count(Job.dispatched_at <= b_arrived)
+        a_waiting_when_b_arrived = A_BACKLOG - await a_count(Job.dispatched_at <= b_arrived)
         a_between_arrival_and_first = await a_count(Job.dispatched_at > b_arrived, Job.dispatched_at < b_first)
         a_during_b = await a_count(Job.dispatched_at > b_first, Job.dispatched_at < b_last)
         a_finished_while_b_ran = await a_count(Job.finished_at > b_arrived, Job.finished_at <= b_done)
-    assert a_waiting_when_b_arrived > 100  # B really arrived behind a large backlog of A's
+    assert a_waiting_when_b_arrived > A_BACKLOG // 2  # B really arrived behind a large backlog of A's
     # B's first job takes the next free slot. At most two A jobs can go between B's INSERT and
     # B's first dispatch: one in a dispatch round already under way when B's commit woke the
     # dispatcher, and its reserve, handed to the slot that round was filling.

@@ -336,7 +336,8 @@ async def test_a_slow_upload_to_the_backend_holds_up_no_other_job(emulator, make
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], backend_timeout_seconds=60))
     await gw.wait_ready()
     up = (await upload(gw, png(), gw.admin)).json()
-    emulator.slow_responses("/upload", 15)
+    # Hangs for several times what the other job needs to run.
+    emulator.slow_responses("/upload", 5)
     staged = (await gw.generate(img2img(up["id"]))).json()
     # Wait until the dispatcher took it and is uploading its input.
     async with gw.app.state.sessionmaker() as session:
