@@ -1,7 +1,7 @@
 """GET /v1/jobs/{id}/events: Server-Sent Events for one job.
 
-The stream starts with the job as it is now (or, with `Last-Event-ID`, with what the client
-missed), follows its changes, and ends after the terminal status. Every event but `preview`
+The stream starts with the job as it is now (with `Last-Event-ID`: without an id, then what the
+client missed), follows its changes, and ends after the terminal status. Every event but `preview`
 has an `id:`, the event's id in the job's event log (app/domain/live.py has the ordering rules).
 """
 
@@ -53,7 +53,8 @@ def parse_event_id(value: str | None) -> int | None:
     response_class=EventSourceResponse,
     description=(
         "Server-Sent Events: `status` (the job), `progress`, `output`, and a final `status`, then the stream ends. "
-        "Every event has an `id`; reconnect with `Last-Event-ID` to get, in order, what was missed. "
+        "Every event has an `id`; reconnect with `Last-Event-ID` to get the job as it is now (a `status` "
+        "without an id), then, in order, what was missed. "
         "`?previews=true` adds `preview` events (base64 images, no id, never stored)."
     ),
 )

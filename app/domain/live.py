@@ -1,5 +1,6 @@
-"""Following one job's events, as the SSE route sends them: the current state or what a client
-missed (`Last-Event-ID`), then the live events, each once and in order, until the final status.
+"""Following one job's events, as the SSE route sends them: the current state (and, after a
+`Last-Event-ID`, what the client missed), then the live events, each once and in order, until the
+final status.
 
 The order of the steps is what makes "no gap, no repeat" hold: subscribe to the bus first, then
 read the row or the log, then drop live events whose id was already sent. An event committed
@@ -54,19 +55,23 @@ class JobFollower:
         try:
             # Read again now that we are subscribed (see the module's docstring).
             job = await jobs.get_owned(session, principal, job_id, fresh=True)
+            view = await jobs.view(session, job, signer)
             if after is None:
-                view = await jobs.view(session, job, signer)
                 first = [JobEvent(job.id, job.user_id, "status", view, terminal=job.status in TERMINAL, id=job.event_seq)]
                 last = job.event_seq
             else:
-                first = await event_log.replay(session, job.id, after)
-                last = max([after, *(e.id or 0 for e in first)])
+                # Every stream starts with the job as it is now (the contract); a resumed one sends
+                # it without an id, so the client's Last-Event-ID still points into the log, and then
+                # what the client missed, each once and in order.
+                missed = await event_log.replay(session, job.id, after)
+                last = max([after, *(e.id or 0 for e in missed)])
                 if job.status in TERMINAL and last < job.event_seq:
                     # The log no longer holds the job's end (retention pruned it): what the client
-                    # missed is summed up by the job as it is now, and the stream ends.
-                    view = await jobs.view(session, job, signer)
-                    first.append(JobEvent(job.id, job.user_id, "status", view, terminal=True, id=job.event_seq))
+                    # missed is summed up by the job as it is now, under its last id, and the stream ends.
+                    first = [*missed, JobEvent(job.id, job.user_id, "status", view, terminal=True, id=job.event_seq)]
                     last = job.event_seq
+                else:
+                    first = [JobEvent(job.id, job.user_id, "status", view), *missed]
             done = job.status in TERMINAL and last >= job.event_seq
         except BaseException:
             bus.unsubscribe(sub)

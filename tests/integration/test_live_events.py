@@ -68,9 +68,13 @@ async def test_reconnect_with_last_event_id_gets_what_was_missed_once(gateway: G
     last_seen = first[-1].id
     assert first[-1].event == "progress" and last_seen is not None
     # Reconnect while the job still runs, as an EventSource does.
-    rest = await gateway.sse(job["id"], last_event_id=last_seen)
+    resumed_stream = await gateway.sse(job["id"], last_event_id=last_seen)
     whole = await whole_task
 
+    # It starts with the job as it is now, without an id (Last-Event-ID stays where it was) ...
+    now, rest = resumed_stream[0], resumed_stream[1:]
+    assert now.event == "status" and now.id is None and now.data["status"] == "running"
+    # ... then what was missed.
     assert rest[0].event != "status" or rest[0].data["status"] != "queued"
     assert rest[-1].event == "status" and rest[-1].data["status"] == "succeeded"
     assert int(rest[0].id) > int(last_seen)
@@ -90,10 +94,12 @@ async def test_reconnect_after_the_end_gets_the_rest_then_the_stream_ends(gatewa
     whole = await gateway.sse(job["id"])
     # A client that saw only up to the first event comes back after the job ended.
     rest = await gateway.sse(job["id"], last_event_id=whole[0].id)
-    assert [e.id for e in rest] == [e.id for e in whole[1:]]
-    assert rest[-1].data["status"] == "succeeded"
-    # One that saw everything gets nothing more, and the stream ends.
-    assert await gateway.sse(job["id"], last_event_id=whole[-1].id) == []
+    assert [e.id for e in rest] == [None] + [e.id for e in whole[1:]]
+    assert rest[0].data["status"] == rest[-1].data["status"] == "succeeded"
+    # One that saw everything gets only the job as it is now (no id: nothing it has not seen), and
+    # the stream ends.
+    again = await gateway.sse(job["id"], last_event_id=whole[-1].id)
+    assert [(e.event, e.id, e.data["status"]) for e in again] == [("status", None, "succeeded")]
 
 
 async def test_late_subscriber_gets_the_current_state(gateway: Gateway, emulator: Emulator) -> None:
@@ -190,7 +196,7 @@ async def test_ws_streams_all_of_the_callers_jobs_and_no_one_elses(gateway: Gate
         assert mine[-1]["data"]["status"] == "succeeded"
         # The same ids as the job's SSE stream, in order.
         assert [f["id"] for f in mine] == sorted(f["id"] for f in mine)
-        sse_ids = {int(e.id) for e in await gateway.sse(job_id, alice, last_event_id="0")}
+        sse_ids = {int(e.id) for e in await gateway.sse(job_id, alice, last_event_id="0") if e.id is not None}
         assert {f["id"] for f in mine} <= sse_ids
 
 
@@ -226,7 +232,7 @@ async def test_an_sse_stream_that_falls_behind_still_gets_every_status_once_and_
     assert ids == sorted(set(ids)), "in order, none twice"
     # Every status and output the log holds reached the stream that fell behind.
     logged = await gateway.sse(job["id"], last_event_id="0")
-    wanted = [(int(e.id), e.event) for e in logged if e.event in ("status", "output")]
+    wanted = [(int(e.id), e.event) for e in logged if e.event in ("status", "output") and e.id is not None]
     assert wanted and set(wanted) <= {(int(e.id), e.event) for e in got}
     assert "output" in {e.event for e in got}
     assert lagged_count((await gateway.http.get("/metrics")).text, "job") >= 1
@@ -342,7 +348,8 @@ async def test_the_event_log_keeps_a_bounded_tail_of_progress_and_every_status(
     job = (await gateway.generate(txt2img(25))).json()
     live = await gateway.sse(job["id"], last_event_id="0")
     assert sum(e.event == "progress" for e in live) > 3  # live subscribers got them all
-    replay = await gateway.sse(job["id"], last_event_id="0")
+    now, *replay = await gateway.sse(job["id"], last_event_id="0")
+    assert now.id is None and now.data["status"] == "succeeded"
     progress = [e for e in replay if e.event == "progress"]
     assert 1 <= len(progress) <= 3
     assert progress[-1].data == {"value": 25, "max": 25, "node": "3"}  # the newest are the ones kept
