@@ -23,6 +23,8 @@ BackendId = Annotated[str, Path(max_length=36, description="The backend's opaque
 
 
 async def _view(request: Request, session: AsyncSession, row: Backend) -> dict:
+    # A replica that does not dispatch asks the backends itself (at most once per health period).
+    await request.app.state.probe_backends()
     live = request.app.state.backend_live(row.url)
     return await backends.backend_view(session, row, live)
 

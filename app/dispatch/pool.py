@@ -242,9 +242,10 @@ class BackendPool:
         return [link.url for link in self.links if link.draining]
 
     def backend_live(self, url: str) -> dict[str, Any] | None:
-        """What this dispatcher knows of a backend now, for the admin view."""
+        """What this dispatcher knows of a backend now, for the admin view (on a replica that does
+        not dispatch: what its last probe_health found)."""
         link = self._by_url.get(url)
-        if link is None or not self._started:
+        if link is None or not (self._started or self._probed_at > float("-inf")):
             return None
         healthy = link.observe_health()
         caps = link.capabilities

@@ -118,7 +118,8 @@ async def remove_backend(session: AsyncSession, backend_id: str) -> Backend:
 
 async def backend_view(session: AsyncSession, row: Backend, live: Mapping[str, Any] | None) -> dict[str, Any]:
     """The admin view: the row, its jobs (from the database, so every replica's count), and what
-    this process's dispatcher knows of it (None on an API-only replica, or before its first poll)."""
+    this process's dispatcher knows of it (on an API-only replica, what its last probe found; None
+    before the first poll or probe)."""
     count, ids = await repo.jobs_on(session, row.url, limit=MAX_LISTED_JOBS)
     live = live or {}
     health = live.get("health") or {"status": "unknown", "since": None, "last_error": None, "connected": False}

@@ -50,8 +50,8 @@ async def test_admin_only_validated_and_conflicts_answered(idle_gateway) -> None
 
     before = await gw.backends()
     assert list(before) == [env_url] and before[env_url]["source"] == "env" and before[env_url]["state"] == "active"
-    # No dispatcher runs in this process: it cannot say whether the backend is up.
-    assert before[env_url]["health"]["status"] == "unknown"
+    # No dispatcher runs in this process: it asked the backend itself, which does not answer.
+    assert before[env_url]["health"]["status"] == "down" and before[env_url]["capabilities"] is None
 
     for bad in (
         {"url": "ftp://127.0.0.1:8188"},

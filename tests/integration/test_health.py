@@ -59,10 +59,14 @@ async def test_a_replica_that_does_not_dispatch_is_ready_while_a_backend_answers
     ready = await api_only.http.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["backends"] == {emulator.base_url: True}
+    # Its admin view of the pool shows what it found, not "unknown".
+    view = (await api_only.backends())[emulator.base_url]
+    assert view["health"]["status"] == "up" and view["capabilities"]["node_classes"] > 0
     emulator.error_responses("/system_stats", status=500)
     await asyncio.sleep(0.2)
     down = await api_only.http.get("/readyz")
     assert down.status_code == 503 and "no ComfyUI backend is healthy" in down.json()["detail"]
+    assert (await api_only.backends())[emulator.base_url]["health"]["status"] == "down"
     emulator.clear_faults()
     await asyncio.sleep(0.2)
     assert (await api_only.http.get("/readyz")).status_code == 200
