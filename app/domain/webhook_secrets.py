@@ -77,7 +77,9 @@ async def _readable(session: AsyncSession, box: SecretBox, user_id: str) -> list
 
     A secret sealed under another server key cannot be read: it no longer signs, and when none is
     left a new one is made (the user fetches it from /v1/me/webhook-secret)."""
-    for _ in range(2):
+    # Read, or make one and read again: three rounds cover losing a race to make it (another
+    # request's commit wins) on top of a changed server key.
+    for _ in range(3):
         rows = [(row, box.open(row.ciphertext)) for row in await repo.secrets_of(session, user_id)]
         readable = [(row, value) for row, value in rows if value is not None]
         if len(readable) < len(rows):

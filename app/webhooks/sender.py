@@ -158,10 +158,15 @@ class WebhookSender:
             if not due:
                 return 0
             try:
-                bodies, secrets = await self._prepare(session, due)
+                bodies = await self._bodies(session, due)
             except BaseException:
                 await self._release([d.id for d in due])
                 raise
+        try:
+            secrets = await self._secrets({d.user_id for d in due})
+        except BaseException:
+            await self._release([d.id for d in due])
+            raise
         started = []
         for delivery in due:
             if delivery.id not in bodies:
@@ -206,11 +211,9 @@ class WebhookSender:
         except Exception:  # noqa: BLE001 - the leases expire anyway
             log.exception("could not release webhook leases")
 
-    async def _prepare(
-        self, session: AsyncSession, due: list[WebhookDelivery]
-    ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    async def _bodies(self, session: AsyncSession, due: list[WebhookDelivery]) -> dict[str, str]:
         """Each delivery's body, rendered at each attempt from the job row (output URLs freshly
-        signed, so a receiver can download what a late retry announces), and each user's secrets."""
+        signed, so a receiver can download what a late retry announces)."""
         jobs = {job.id: job for job in await jobs_repo.get_jobs(session, list({d.job_id for d in due}))}
         outputs = await jobs_repo.outputs_for(session, list(jobs))
         bodies: dict[str, str] = {}
@@ -221,8 +224,15 @@ class WebhookSender:
             view = job_view(job, outputs[job.id], self._signer, queue_position=await jobs_repo.queue_position(session, job))
             payload: dict[str, Any] = {"type": delivery.event, "timestamp": rfc3339(delivery.created_at), "data": view}
             bodies[delivery.id] = json.dumps(payload, separators=(",", ":"))
-        secrets = {uid: await signing_secrets(session, self._box, uid) for uid in {d.user_id for d in due}}
-        return bodies, secrets
+        return bodies
+
+    async def _secrets(self, user_ids: set[str]) -> dict[str, list[str]]:
+        """Each user's signing secrets, made for a user who has none. In a session of its own,
+        after the deliveries' has closed: making a first secret may lose a race with another
+        replica, and the rollback that follows would expire the leased deliveries if they were in
+        its session (then unreadable, and the round lost until the leases expire)."""
+        async with self._sessionmaker() as session:
+            return {uid: await signing_secrets(session, self._box, uid) for uid in user_ids}
 
     async def _attempt(self, delivery: WebhookDelivery, body: str, secrets: list[str]) -> tuple[datetime, Outcome, float]:
         attempted_at = utcnow()

@@ -15,7 +15,9 @@ from sqlalchemy import text
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from app.db import webhooks as secrets_repo
 from app.db.engine import create_engine
+from app.domain.webhook_secrets import SecretBox, new_secret
 from comfy_emulator import Emulator
 from tests.integration.conftest import Gateway
 from tests.integration.webhook_receiver import Receiver, free_port
@@ -408,3 +410,35 @@ async def test_secrets_are_encrypted_and_a_changed_server_key_gives_users_a_new_
     [got] = receiver.received
     assert got.headers["webhook-signature"].count("v1,") == 1
     assert Webhook(new).verify(got.body, got.headers)["type"] == "job.succeeded"
+
+
+# The simulated stale read leaves generation 1 in the session when the sender adds its own; a real
+# race would not (it never saw the row), hence SQLAlchemy's identity warning here only.
+@pytest.mark.filterwarnings("ignore:New instance:sqlalchemy.exc.SAWarning")
+async def test_losing_the_race_to_make_a_users_secret_does_not_stall_the_delivery(
+    hooked, receiver: Receiver, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """Two replicas sending a new user's first webhooks both make the user's secret; the one whose
+    insert collides rolls back. That rollback must not cost the deliveries it had leased."""
+    gw = await hooked()
+    user_id, user = await gw.create_user("app", limits={"rate_per_minute": 100_000})
+    # Generation 1 exists but cannot be read (sealed under another server key) ...
+    async with gw.app.state.sessionmaker() as session:
+        await secrets_repo.add_secret(session, user_id, 1, SecretBox("another server key").seal(new_secret()), retire_before=None)
+        await session.commit()
+    # ... and the sender's first look at the generations misses it, as a read that raced another
+    # replica's insert would: its own generation 1 collides, and its transaction is rolled back.
+    real = secrets_repo.latest_generation
+    looks = 0
+
+    async def racing(session, uid):  # noqa: ANN001, ANN202
+        nonlocal looks
+        looks += 1
+        return None if looks == 1 else await real(session, uid)
+
+    monkeypatch.setattr(secrets_repo, "latest_generation", racing)
+    job = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/race")}}, user)).json()
+    await receiver.wait_for(lambda: len(receiver.at("/race")) == 1, timeout=10)
+    assert looks >= 2, "the collision was not exercised"
+    payload = Webhook(await secret_of(gw, user)).verify(receiver.at("/race")[0].body, receiver.at("/race")[0].headers)
+    assert payload["data"]["id"] == job["id"] and payload["type"] == "job.succeeded"
