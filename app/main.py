@@ -160,11 +160,13 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
                 retention_task.cancel()
                 await asyncio.gather(retention_task, return_exceptions=True)
             await dispatcher.stop()
+            await event_log.stop()
+            # The dispatcher's connections go before the sender gives back its leases: on SQLite a
+            # write of theirs cut short by the stop could otherwise hold the lock those need.
+            await worker_engine.dispose()
             await webhook_sender.stop()
             await storage.close()
             await relay.stop()
-            await event_log.stop()
-            await worker_engine.dispose()
             await engine.dispose()
 
     app = FastAPI(

@@ -39,6 +39,8 @@ log = logging.getLogger("app.webhooks")
 # Deliveries leased per round, and attempts in flight at once, per sender.
 BATCH = 32
 MAX_INFLIGHT = 128
+#: How long a stopping sender tries to give back its leases.
+RELEASE_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
@@ -117,7 +119,11 @@ class WebhookSender:
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
         # Attempts cut short are not recorded; their rows are due again at once, for the next sender.
-        await self._release()
+        # Bounded: a stop must end; leases not given back expire (GATEWAY_WEBHOOK_LEASE_SECONDS).
+        try:
+            await asyncio.wait_for(self._release(), RELEASE_TIMEOUT)
+        except TimeoutError:
+            log.warning("stopping: could not give back the webhook leases in %g s; they expire instead", RELEASE_TIMEOUT)
         await self._client.aclose()
 
     def wake(self) -> None:
