@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from app.db.models import Job
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Per user (its id: names change) and per backend: who uses the GPUs, and how each backend fares.
         self.jobs_submitted = Counter(
-            "gateway_jobs_submitted_total", "Jobs accepted by /v1/generate", ["template"], registry=self.registry
+            "gateway_jobs_submitted_total",
+            "Jobs accepted by /v1/generate, by template (`(workflow)` for raw workflows) and user id",
+            ["template", "user"],
+            registry=self.registry,
         )
         self.jobs_finished = Counter(
-            "gateway_jobs_finished_total", "Jobs that reached a terminal status", ["status"], registry=self.registry
+            "gateway_jobs_finished_total",
+            "Jobs that reached a terminal status, by status, user id and backend (`none`: never sent to one)",
+            ["status", "user", "backend"],
+            registry=self.registry,
         )
         self.job_run_seconds = Histogram(
             "gateway_job_run_seconds",
-            "From start on a backend to the end, for finished jobs",
+            "From start on a backend to the end, for finished jobs, by backend",
+            ["backend"],
             registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
         )
@@ -49,3 +62,10 @@ class Metrics:
             registry=self.registry,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
         )
+
+    def count_finished(self, job: Job) -> None:
+        """A job reached a terminal status (counted once, by the process that moved it there)."""
+        backend = job.backend or "none"
+        self.jobs_finished.labels(job.status, job.user_id, backend).inc()
+        if job.started_at and job.finished_at:
+            self.job_run_seconds.labels(backend).observe((job.finished_at - job.started_at).total_seconds())

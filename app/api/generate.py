@@ -168,6 +168,7 @@ async def _generate(
         new_uploads.clear()
         # After the commit, never before: the dispatcher must find the row when it wakes.
         request.app.state.on_job_submitted(principal.user_id)
+        request.app.state.metrics.jobs_submitted.labels(job.template or "(workflow)", principal.user_id).inc()
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         if sub is None:
             return await jobs.view(session, job, signer, new=True)

@@ -44,7 +44,7 @@ async def cancel_job(
     view = await jobs.view(session, job, signer)
     # The dispatcher takes it off the backend (queue delete or targeted interrupt); subscribers
     # heard of it when the cancel committed (the event log).
-    await request.app.state.on_job_canceled(job.id)
+    await request.app.state.on_job_canceled(job)
     return view
 
 

@@ -454,14 +454,14 @@ class Dispatcher(BackendPool):
                 await repo.cleanup_done(session, job.id)
                 await session.commit()
 
-    async def job_canceled(self, job_id: str) -> None:
+    async def job_canceled(self, job: Job) -> None:
         """Called after an API cancel committed: clean up on the backend now."""
         for link in self.links:
             for item in list(link.prepared):
-                if item.job_id == job_id:
+                if item.job_id == job.id:
                     link.drop_prepared(item.prompt_id)
         # Subscribers heard of it from the event log when the cancel committed; count it here.
-        self.ctx.metrics.jobs_finished.labels("canceled").inc()
+        self.ctx.metrics.count_finished(job)
         self.wake()
 
     # ---- views for the API -----------------------------------------------------------------

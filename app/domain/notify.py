@@ -24,9 +24,7 @@ class Notifier:
     def publish(self, job: Job, outputs: Sequence[Output] = (), *, new_outputs: Sequence[Output] = ()) -> None:
         """A transition committed (its events are already on their way): count it."""
         if job.status in TERMINAL:
-            self._metrics.jobs_finished.labels(job.status).inc()
-            if job.started_at and job.finished_at:
-                self._metrics.job_run_seconds.observe((job.finished_at - job.started_at).total_seconds())
+            self._metrics.count_finished(job)
 
     def progress(self, job_id: str, user_id: str, progress: dict[str, Any]) -> None:
         self._events.progress(job_id, user_id, progress)

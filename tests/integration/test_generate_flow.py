@@ -8,6 +8,7 @@ import json
 
 import httpx
 
+from app.domain.users import BOOTSTRAP_ADMIN_ID
 from tests.integration.conftest import Gateway
 
 BLUR = {"template": "blur", "params": {"width": 64, "height": 48, "blur_radius": 2}}
@@ -219,6 +220,9 @@ async def test_cancel_queued_pending_and_running_jobs(gateway: Gateway, emulator
     # 3) the running job is interrupted on its backend, by its prompt id.
     resp = await gateway.http.post(f"/v1/jobs/{ids[0]}/cancel", headers=gateway.admin)
     assert resp.json()["status"] == "canceled"
+    # Each counted once, for the user who canceled them.
+    metrics = (await gateway.http.get("/metrics")).text
+    assert sample(metrics, "gateway_jobs_finished_total", status="canceled", user=BOOTSTRAP_ADMIN_ID) == 3
 
     final3 = await gateway.wait(ids[2])
     assert final3["status"] == "succeeded"
@@ -264,7 +268,7 @@ async def test_templates_me_health_and_listing(gateway: Gateway) -> None:
     assert txt["params_schema"]["type"] == "object" and "prompt" in txt["params_schema"]["required"]
     assert "workflow" not in txt
 
-    _, user = await gateway.create_user("carol")
+    carol_id, user = await gateway.create_user("carol")
     one = (await gateway.http.get("/v1/templates/blur", headers=user)).json()
     assert "workflow" not in one
     assert "workflow" in (await gateway.http.get("/v1/templates/blur", headers=gateway.admin)).json()
@@ -299,8 +303,22 @@ async def test_templates_me_health_and_listing(gateway: Gateway) -> None:
 
     assert (await gateway.http.get("/healthz")).json() == {"status": "ok"}
     assert (await gateway.http.get("/readyz")).status_code == 200
-    metrics = await gateway.http.get("/metrics")
-    assert "gateway_jobs_finished_total" in metrics.text
+    # Counted per user and per backend.
+    metrics = (await gateway.http.get("/metrics")).text
+    assert sample(metrics, "gateway_jobs_submitted_total", template="tiny", user=carol_id) == 1
+    backend = gateway.dispatcher.links[0].url
+    assert sample(metrics, "gateway_jobs_finished_total", status="succeeded", user=carol_id, backend=backend) == 1
+    assert sample(metrics, "gateway_job_run_seconds_count", backend=backend) >= 1
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    """The sum of a metric's Prometheus samples that carry these labels (0 if there is none)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        metric, _, rest = line.partition("{")
+        if metric == name and all(f'{k}="{v}"' in rest.split("}")[0] for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 async def test_job_list_is_newest_first_and_paginated(gateway: Gateway) -> None:
