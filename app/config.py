@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     # The key of a live connection (SSE stream, /v1/ws) is checked again this often: a revoked key
     # or a disabled user stops receiving within this time.
     live_auth_check_seconds: float = Field(default=10.0, gt=0)
+    # How often the gauge of queued and running jobs per user (gateway_jobs_active) is read from
+    # the database: one grouped count each time.
+    metrics_refresh_seconds: float = Field(default=5.0, gt=0)
     # The longest `Prefer: wait=N` honoured on POST /v1/generate.
     max_wait_seconds: int = Field(default=60, ge=0, le=60)
     # How long an Idempotency-Key is remembered.

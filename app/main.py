@@ -25,6 +25,7 @@ from app.db import job_events
 from app.domain.event_log import EventLog
 from app.domain.event_relay import EventRelay
 from app.domain.events import EventBus
+from app.domain import queue_metrics
 from app.domain.notify import Notifier
 from app.domain.fetch import make_fetcher
 from app.domain.retention import RetentionService
@@ -153,9 +154,14 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         )
         if settings.run_webhooks:
             await webhook_sender.start()
+        gauges_task = asyncio.create_task(
+            queue_metrics.run(sessionmaker, metrics, settings.metrics_refresh_seconds), name="job gauges"
+        )
         try:
             yield
         finally:
+            gauges_task.cancel()
+            await asyncio.gather(gauges_task, return_exceptions=True)
             if retention_task is not None:
                 retention_task.cancel()
                 await asyncio.gather(retention_task, return_exceptions=True)

@@ -33,6 +33,14 @@ class Metrics:
             registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
         )
+        self.jobs_active = Gauge(
+            "gateway_jobs_active",
+            "Jobs queued or running now, by status and user id, from the database (all replicas' jobs)",
+            ["status", "user"],
+            registry=self.registry,
+        )
+        # What jobs_active exports now, by label set (app/domain/queue_metrics.py).
+        self.jobs_active_exported: dict[tuple[str, str], int] = {}
         self.backend_up = Gauge("gateway_backend_up", "1 while the backend is healthy", ["backend"], registry=self.registry)
         self.backend_inflight = Gauge(
             "gateway_backend_inflight", "Prompts handed to the backend and not finished", ["backend"], registry=self.registry

@@ -358,3 +358,23 @@ async def test_template_list_is_newest_first_and_paginated(gateway: Gateway) -> 
     assert len(seen) == len(set(seen)) and {"txt2img", "img2img", "blur"} <= set(seen)
     bad = await gateway.http.get("/v1/templates", params={"cursor": "x"}, headers=gateway.admin)
     assert bad.status_code == 422
+
+
+async def test_queued_and_running_jobs_per_user_are_gauged(idle_gateway) -> None:  # noqa: ANN001
+    gw: Gateway = await idle_gateway(metrics_refresh_seconds=0.05)  # no dispatcher: jobs stay queued
+    dave_id, dave = await gw.create_user("dave")
+    jobs = [(await gw.generate(BLUR, headers=dave)).json() for _ in range(2)]
+
+    async def queued() -> float:
+        await asyncio.sleep(0.3)  # a few refreshes
+        return sample((await gw.http.get("/metrics")).text, "gateway_jobs_active", status="queued", user=dave_id)
+
+    assert await queued() == 2
+    await gw.http.post(f"/v1/jobs/{jobs[0]['id']}/cancel", headers=dave)
+    assert await queued() == 1
+    await gw.http.post(f"/v1/jobs/{jobs[1]['id']}/cancel", headers=dave)
+    # Gone from the export once nothing of the user's is active.
+    assert await queued() == 0
+    assert f'user="{dave_id}"' not in "".join(
+        line for line in (await gw.http.get("/metrics")).text.splitlines() if line.startswith("gateway_jobs_active")
+    )
