@@ -19,13 +19,12 @@ from app.api.schemas import (
     UserPatch,
     WebhookDeliveryOut,
 )
+from app.api.pages import Cursor, Limit
 from app.domain import jobs, users, webhooks
 from app.domain.views import rfc3339
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
-Limit = Annotated[int, Query(ge=1, le=100, description="Page size.")]
-Cursor = Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")]
 
 
 @router.post("/users", status_code=201, response_model=UserOut, responses=PROBLEMS)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import AdminDep, SessionDep
+from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, BackendCreate, BackendList, BackendOut
 from app.db.models import Backend
 from app.domain import backends
@@ -39,8 +40,8 @@ async def list_backends(
     request: Request,
     session: SessionDep,
     admin: AdminDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
 ) -> dict:
     """The pool, newest first, with each backend's health, load and capabilities."""
     rows, next_cursor = await backends.list_backends(session, limit=limit, cursor=cursor)

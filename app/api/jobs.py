@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import PrincipalDep, SessionDep, SignerDep, StorageDep
+from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, JobList, JobOut, WebhookDeliveryList
 from app.domain import jobs, webhooks
 from app.domain.retention import delete_job
@@ -20,8 +21,8 @@ async def list_jobs(
     principal: PrincipalDep,
     signer: SignerDep,
     status: Annotated[list[str] | None, Query(description="Filter by status; repeat or comma-separate.")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
 ) -> dict:
     statuses = [s for value in status or () for s in value.split(",") if s] or None
     return await jobs.list_views(
@@ -63,8 +64,8 @@ async def list_webhook_deliveries(
     job_id: str,
     session: SessionDep,
     principal: PrincipalDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
 ) -> dict:
     """The job's webhook deliveries (one per event), newest first, each with its attempts."""
     job = await jobs.get_owned(session, principal, job_id)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
+from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, TemplateList, TemplateOut
 from app.domain import templates
 from app.templates import TemplateDocument
@@ -19,8 +20,8 @@ async def list_templates(
     session: SessionDep,
     principal: PrincipalDep,
     settings: SettingsDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
 ) -> dict:
     rows, next_cursor = await templates.list_page(session, limit=limit, cursor=cursor)
     cap = settings.max_param_string_length
