@@ -17,7 +17,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Job, WebhookAttempt, WebhookDelivery, WebhookSecret
-from app.db.pages import newest_first
 from app.db.types import utcnow
 
 # The event a transition into each status announces.
@@ -153,18 +152,6 @@ async def release(session: AsyncSession, owner: str, ids: Sequence[str] | None =
     if ids is not None:
         stmt = stmt.where(WebhookDelivery.id.in_(ids))
     await session.execute(stmt.values(lease_owner=None, lease_until=None).execution_options(synchronize_session=False))
-
-
-async def for_job(
-    session: AsyncSession, job_id: str, *, limit: int, cursor: str | None
-) -> tuple[list[tuple[WebhookDelivery, list[WebhookAttempt]]], str | None]:
-    """A page of the job's deliveries, newest first, each with its attempts."""
-    stmt = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
-    deliveries, next_cursor = await newest_first(
-        session, stmt, at=WebhookDelivery.created_at, key=WebhookDelivery.id, limit=limit, cursor=cursor
-    )
-    attempts = await attempts_of(session, [d.id for d in deliveries])
-    return [(d, attempts[d.id]) for d in deliveries], next_cursor
 
 
 async def attempts_of(session: AsyncSession, delivery_ids: Sequence[str]) -> dict[str, list[WebhookAttempt]]:

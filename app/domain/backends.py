@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import backends as repo
 from app.db.models import Backend
-from app.db.pages import newest_first
 from app.domain.errors import Conflict, NotFound, ValidationFailed
+from app.domain.pages import newest_first
 from app.domain.views import rfc3339
 
 log = logging.getLogger("app.backends")

@@ -17,9 +17,9 @@ from app.config import Settings
 from app.db import job_events
 from app.db import jobs as repo
 from app.db.cursor import encode_cursor
-from app.db.pages import after_cursor
 from app.db.models import Job
 from app.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.domain.pages import after_cursor
 from app.domain.quotas import check_job_quotas
 from app.domain.templates import get_document
 from app.domain.users import Principal

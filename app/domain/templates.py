@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import GatewayState, Template
-from app.db.pages import newest_first
 from app.db.types import utcnow
 from app.domain.errors import NotFound, ValidationFailed
+from app.domain.pages import newest_first
 from app.templates import (
     TemplateDocument,
     TemplateInvalid,

@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import ratelimit as buckets
 from app.db.models import ApiKey, User
-from app.db.pages import newest_first
 from app.db.types import utcnow
 from app.domain import limits as limits_
 from app.domain.errors import Conflict, NotFound, Unauthorized
 from app.domain.keys import generate_key, hash_key, key_hint, same_secret
 from app.domain.limits import LIMIT_NAMES
+from app.domain.pages import newest_first
 from app.domain.views import rfc3339
 
 # The row that owns what the bootstrap key (GATEWAY_ADMIN_API_KEY) does.

@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import webhooks as repo
 from app.db.models import WebhookAttempt, WebhookDelivery
 from app.db.webhooks import DEFAULT_EVENTS, EVENTS
 from app.domain.errors import NotFound, ValidationFailed
+from app.domain.pages import newest_first
 from app.domain.views import rfc3339
 from app.net.ssrf import OutboundGuard, UnsafeUrl
 
@@ -68,8 +70,12 @@ def delivery_view(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> 
 
 async def deliveries_view(session: AsyncSession, job_id: str, *, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
     """A page of a job's deliveries, newest first, each with its attempts. The caller checked ownership."""
-    rows, next_cursor = await repo.for_job(session, job_id, limit=limit, cursor=cursor)
-    return {"items": [delivery_view(d, a) for d, a in rows], "next_cursor": next_cursor}
+    stmt = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+    deliveries, next_cursor = await newest_first(
+        session, stmt, at=WebhookDelivery.created_at, key=WebhookDelivery.id, limit=limit, cursor=cursor
+    )
+    attempts = await repo.attempts_of(session, [d.id for d in deliveries])
+    return {"items": [delivery_view(d, attempts[d.id]) for d in deliveries], "next_cursor": next_cursor}
 
 
 async def redeliver(session: AsyncSession, delivery_id: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """One page of a list, newest first, as every list of the API is paged: `?limit=` and an opaque
-`?cursor=` (the sort key of the last item sent, app/db/cursor.py)."""
+`?cursor=` (the sort key of the last item sent, app/db/cursor.py). A cursor this API did not make
+is a 422, hence here and not in app/db."""
 
 from __future__ import annotations
 
