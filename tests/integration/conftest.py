@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.main import create_app
@@ -30,6 +31,16 @@ class SseEvent:
     id: str | None
     event: str
     data: Any
+
+
+def metric_sum(metrics: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` in a /metrics text whose labels include `labels` (0 if none)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 class Gateway:

@@ -9,7 +9,7 @@ import json
 import httpx
 
 from app.domain.users import BOOTSTRAP_ADMIN_ID
-from tests.integration.conftest import Gateway
+from tests.integration.conftest import Gateway, metric_sum
 
 BLUR = {"template": "blur", "params": {"width": 64, "height": 48, "blur_radius": 2}}
 
@@ -222,7 +222,7 @@ async def test_cancel_queued_pending_and_running_jobs(gateway: Gateway, emulator
     assert resp.json()["status"] == "canceled"
     # Each counted once, for the user who canceled them.
     metrics = (await gateway.http.get("/metrics")).text
-    assert sample(metrics, "gateway_jobs_finished_total", status="canceled", user=BOOTSTRAP_ADMIN_ID) == 3
+    assert metric_sum(metrics, "gateway_jobs_finished_total", status="canceled", user=BOOTSTRAP_ADMIN_ID) == 3
 
     final3 = await gateway.wait(ids[2])
     assert final3["status"] == "succeeded"
@@ -305,20 +305,10 @@ async def test_templates_me_health_and_listing(gateway: Gateway) -> None:
     assert (await gateway.http.get("/readyz")).status_code == 200
     # Counted per user and per backend.
     metrics = (await gateway.http.get("/metrics")).text
-    assert sample(metrics, "gateway_jobs_submitted_total", template="tiny", user=carol_id) == 1
+    assert metric_sum(metrics, "gateway_jobs_submitted_total", template="tiny", user=carol_id) == 1
     backend = gateway.dispatcher.links[0].url
-    assert sample(metrics, "gateway_jobs_finished_total", status="succeeded", user=carol_id, backend=backend) == 1
-    assert sample(metrics, "gateway_job_run_seconds_count", backend=backend) >= 1
-
-
-def sample(metrics: str, name: str, **labels: str) -> float:
-    """The sum of a metric's Prometheus samples that carry these labels (0 if there is none)."""
-    total = 0.0
-    for line in metrics.splitlines():
-        metric, _, rest = line.partition("{")
-        if metric == name and all(f'{k}="{v}"' in rest.split("}")[0] for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    assert metric_sum(metrics, "gateway_jobs_finished_total", status="succeeded", user=carol_id, backend=backend) == 1
+    assert metric_sum(metrics, "gateway_job_run_seconds_count", backend=backend) >= 1
 
 
 async def test_job_list_is_newest_first_and_paginated(gateway: Gateway) -> None:
@@ -367,7 +357,7 @@ async def test_queued_and_running_jobs_per_user_are_gauged(idle_gateway) -> None
 
     async def queued() -> float:
         await asyncio.sleep(0.3)  # a few refreshes
-        return sample((await gw.http.get("/metrics")).text, "gateway_jobs_active", status="queued", user=dave_id)
+        return metric_sum((await gw.http.get("/metrics")).text, "gateway_jobs_active", status="queued", user=dave_id)
 
     assert await queued() == 2
     await gw.http.post(f"/v1/jobs/{jobs[0]['id']}/cancel", headers=dave)

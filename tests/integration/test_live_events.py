@@ -12,7 +12,7 @@ import websockets
 
 from app.domain import events as live_bus
 from comfy_emulator import Emulator
-from tests.integration.conftest import Gateway, SseEvent
+from tests.integration.conftest import Gateway, SseEvent, metric_sum
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -213,11 +213,6 @@ async def test_ws_key_as_first_frame_and_previews_when_asked(gateway: Gateway, e
     assert frames[-1]["data"]["status"] == "succeeded"
 
 
-def lagged_count(metrics: str, scope: str) -> float:
-    line = next((l for l in metrics.splitlines() if l.startswith(f'gateway_live_subscribers_lagged_total{{scope="{scope}"}}')), None)
-    return float(line.split()[-1]) if line else 0.0
-
-
 async def test_an_sse_stream_that_falls_behind_still_gets_every_status_once_and_in_order(
     gateway: Gateway, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,7 +230,7 @@ async def test_an_sse_stream_that_falls_behind_still_gets_every_status_once_and_
     wanted = [(int(e.id), e.event) for e in logged if e.event in ("status", "output") and e.id is not None]
     assert wanted and set(wanted) <= {(int(e.id), e.event) for e in got}
     assert "output" in {e.event for e in got}
-    assert lagged_count((await gateway.http.get("/metrics")).text, "job") >= 1
+    assert metric_sum((await gateway.http.get("/metrics")).text, "gateway_live_subscribers_lagged_total", scope="job") >= 1
 
 
 async def test_a_ws_client_that_falls_behind_is_told_to_read_its_jobs_again(
@@ -259,7 +254,7 @@ async def test_a_ws_client_that_falls_behind_is_told_to_read_its_jobs_again(
     assert after["job_id"] == job["id"] and after["event"] != "lagged"
     # What was dropped is read again from the job, as the frame asks.
     assert (await gateway.wait(job["id"], headers=alice))["status"] == "succeeded"
-    assert lagged_count((await gateway.http.get("/metrics")).text, "user") >= 1
+    assert metric_sum((await gateway.http.get("/metrics")).text, "gateway_live_subscribers_lagged_total", scope="user") >= 1
 
 
 async def test_ws_key_alone_as_first_frame_or_as_bearer_header(gateway: Gateway) -> None:
