@@ -1,19 +1,25 @@
-"""Throughput and added latency: N jobs through the gateway vs. the same N straight to the emulator.
+"""Throughput, CPU per job and added latency: jobs through the gateway vs. the same jobs sent
+straight to the backend by a lean client, in one run, on one machine.
 
-    python bench/throughput.py [--jobs 200] [--job-ms 20] [--sequential 50] [--database-url ...]
+    python bench/throughput.py [--jobs 200] [--concurrency 8] [--job-ms 0] [--steps 1]
+                               [--sequential 30] [--database-url URL] [--comfy-url URL]
 
-One run starts the emulator and the gateway as separate processes (as they would be deployed) and
-measures from this process, over loopback:
-- burst: all jobs submitted at once; jobs/s from the first submit to the last output downloaded.
-  Through the gateway three ways: waiting by listing finished jobs, with one SSE stream per job
-  (the heavier client: n open streams on the same two cores as the gateway and the emulator),
-  and with one WebSocket (`/v1/ws`) that carries every job's events (the lightest client);
-- sequential: one job at a time; per-job latency from submit to output downloaded, so the
-  gateway's added latency is not hidden behind queueing.
-"Direct" is what a client of ComfyUI itself does: POST /prompt, wait on the WebSocket for the end
-of the prompt, read /history, download /view. "Gateway" is POST /v1/generate, wait on the job's
-SSE stream for the final status, download the signed output URL.
-Job length is set with the HarnessSlowSampler node (steps × seconds_per_step); 0 ms jobs skip it.
+Every figure is a ratio measured in this run, or CPU in H: the CPU one `GET /healthz` costs the
+same gateway process (measured first, over keep-alive connections). Machines differ by 2-3x in
+raw speed; these figures do not.
+
+Both clients are lean (bench/lean.py: raw HTTP/1.1 over keep-alive connections, one WebSocket,
+nothing fetched that the job does not need), so that "direct" is the backend's limit and not the
+client's:
+- direct: POST /prompt, wait on one shared ComfyUI WebSocket for the prompt's `executing: null`,
+  GET /history/{id}, GET /view of each image;
+- gateway: POST /v1/generate (a raw workflow), wait on one shared `/v1/ws` for the final status,
+  GET each output's signed URL.
+`--concurrency` jobs are in the client's hands at once (submitted and not yet downloaded).
+
+The backend is the emulator, started here (it is cheaper to run than ComfyUI, so the ratios are
+harsher than against ComfyUI), or a running ComfyUI given with `--comfy-url` (then jobs are
+EmptyImage 8x8 -> ImageInvert -> SaveImage, and `--job-ms`/`--steps` do not apply).
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,272 +49,238 @@ from harness import (  # noqa: E402
     stop,
     wait_http,
 )
+from lean import LeanClient  # noqa: E402
 
-# Connections of the direct client and of the listing and WebSocket clients to the gateway.
-POOL = 50
+TERMINAL = ("succeeded", "failed", "canceled")
 
 
-def workflow(i: int, job_ms: float) -> dict:
-    """A distinct prompt per job (the color), so ComfyUI's cache never answers for it."""
-    nodes: dict = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": i}}}
+def workflow(i: int, job_ms: float, steps: int, real: bool) -> dict:
+    """A distinct prompt per job (the color), so that ComfyUI's cache never answers for it."""
+    nodes: dict = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": i % 16_777_216}}}
     image = ["1", 0]
-    if job_ms > 0:
+    if real:
+        nodes["2"] = {"class_type": "ImageInvert", "inputs": {"image": image}}
+        image = ["2", 0]
+    elif job_ms > 0 or steps > 1:
         nodes["2"] = {
             "class_type": "HarnessSlowSampler",
-            "inputs": {"image": image, "steps": 2, "seconds_per_step": job_ms / 2000.0},
+            "inputs": {"image": image, "steps": steps, "seconds_per_step": job_ms / 1000.0 / steps},
         }
         image = ["2", 0]
     nodes["9"] = {"class_type": "SaveImage", "inputs": {"images": image, "filename_prefix": "bench"}}
     return nodes
 
 
-class CpuMeter:
-    def __init__(self, procs: dict[str, subprocess.Popen]) -> None:
+class Cpu:
+    """CPU seconds spent by processes (and this client) over a block."""
+
+    def __init__(self, procs: dict[str, int]) -> None:
         self.procs = procs
-        self.spent: dict[str, dict[str, float]] = {}
 
-    def measure(self, phase: str):  # noqa: ANN201
-        meter = self
+    def __enter__(self) -> Cpu:
+        self.start = {name: cpu_seconds(pid) for name, pid in self.procs.items()}
+        self.own = time.process_time()
+        self.t0 = time.perf_counter()
+        return self
 
-        class _Phase:
-            def __enter__(self) -> None:
-                self.start = {name: cpu_seconds(p.pid) for name, p in meter.procs.items()}
-                self.own = time.process_time()
-
-            def __exit__(self, *exc: object) -> None:
-                spent = {name: cpu_seconds(p.pid) - self.start[name] for name, p in meter.procs.items()}
-                spent["client"] = time.process_time() - self.own
-                meter.spent[phase] = spent
-
-        return _Phase()
-
-
-# ---- direct to the emulator -----------------------------------------------------------------
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.spent = {name: cpu_seconds(pid) - self.start[name] for name, pid in self.procs.items()}
+        self.spent["client"] = time.process_time() - self.own
 
 
 class Direct:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, pool: int) -> None:
         self.base = base
         self.client_id = "bench-" + uuid.uuid4().hex
-        self.done: dict[str, asyncio.Future] = {}
-        self.http = httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=POOL))
+        self.http = LeanClient(base, pool)
+        self.ended: dict[str, asyncio.Future[None]] = {}
 
-    async def __aenter__(self) -> Direct:
-        ws_url = self.base.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}"
-        self.ws = await websockets.connect(ws_url, max_size=None)
+    async def open(self) -> None:
+        self.ws = await websockets.connect(self.base.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}", max_size=None, compression=None)
         self.reader = asyncio.create_task(self._read())
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            if isinstance(raw, bytes) or '"executing"' not in raw:
+                continue
+            msg = json.loads(raw)
+            data = msg["data"]
+            if msg["type"] == "executing" and data.get("node") is None:
+                fut = self.ended.get(data.get("prompt_id"))
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    async def run_job(self, wf: dict) -> float:
+        t0 = time.perf_counter()
+        prompt_id = str(uuid.uuid4())
+        ended = self.ended[prompt_id] = asyncio.get_running_loop().create_future()
+        (await self.http.post_json("/prompt", {"prompt": wf, "client_id": self.client_id, "prompt_id": prompt_id})).ok()
+        await ended
+        del self.ended[prompt_id]
+        entry = (await self.http.get(f"/history/{prompt_id}")).ok().json()[prompt_id]
+        for out in entry["outputs"].values():
+            for image in out.get("images", ()):
+                query = f"filename={image['filename']}&subfolder={image['subfolder']}&type={image['type']}"
+                (await self.http.get(f"/view?{query}")).ok()
+        return time.perf_counter() - t0
+
+    async def close(self) -> None:
         self.reader.cancel()
         await self.ws.close()
         await self.http.aclose()
 
+
+class Through:
+    def __init__(self, base: str, pool: int) -> None:
+        self.base = base
+        self.http = LeanClient(base, pool, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        self.ended: dict[str, asyncio.Future[dict]] = {}
+        # Finals that came before the submit's answer (a job can end before its 202 is read).
+        self.early: dict[str, dict] = {}
+
+    async def open(self) -> None:
+        self.ws = await websockets.connect(self.base.replace("http", "ws", 1) + "/v1/ws", max_size=None, compression=None)
+        await self.ws.send(ADMIN_KEY)
+        hello = json.loads(await self.ws.recv())
+        assert hello["event"] == "subscribed", hello
+        self.reader = asyncio.create_task(self._read())
+
     async def _read(self) -> None:
         async for raw in self.ws:
-            if isinstance(raw, bytes):
+            if '"status"' not in raw:
                 continue
-            msg = json.loads(raw)
-            data = msg.get("data") or {}
-            if msg.get("type") == "executing" and data.get("node") is None:
-                fut = self.done.get(data.get("prompt_id"))
-                if fut and not fut.done():
-                    fut.set_result(time.perf_counter())
+            frame = json.loads(raw)
+            data = frame.get("data") or {}
+            if frame.get("event") == "status" and data.get("status") in TERMINAL:
+                fut = self.ended.get(frame["job_id"])
+                if fut is None:
+                    self.early[frame["job_id"]] = data
+                elif not fut.done():
+                    fut.set_result(data)
 
-    async def run_job(self, i: int, job_ms: float) -> float:
+    async def run_job(self, wf: dict) -> float:
         t0 = time.perf_counter()
-        prompt_id = str(uuid.uuid4())
-        self.done[prompt_id] = asyncio.get_running_loop().create_future()
-        resp = await self.http.post("/prompt", json={"prompt": workflow(i, job_ms), "client_id": self.client_id, "prompt_id": prompt_id})
-        resp.raise_for_status()
-        await self.done[prompt_id]
-        history = (await self.http.get(f"/history/{prompt_id}")).json()[prompt_id]
-        for out in history["outputs"].values():
-            for image in out.get("images", []):
-                view = await self.http.get("/view", params=image)
-                view.raise_for_status()
-        return time.perf_counter() - t0
-
-
-# ---- through the gateway --------------------------------------------------------------------
-
-
-class Gateway:
-    def __init__(self, base: str, max_connections: int | None = None) -> None:
-        """`max_connections`: None for the client with one SSE stream per job (all open at once);
-        the others use a bounded pool like the direct client's: httpcore looks through every
-        pooled connection for each request, so 200 connections cost the client more than the
-        gateway spends per job."""
-        self.headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        self.http = httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=max_connections))
-
-    async def run_job(self, i: int, job_ms: float) -> float:
-        t0 = time.perf_counter()
-        resp = await self.http.post("/v1/generate", json={"workflow": workflow(i, job_ms)}, headers=self.headers)
-        resp.raise_for_status()
-        job_id = resp.json()["id"]
-        final = None
-        async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=self.headers) as stream:
-            event = None
-            async for line in stream.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event == "status":
-                    data = json.loads(line[5:])
-                    if data["status"] in ("succeeded", "failed", "canceled"):
-                        final = data
-        if final is None or final["status"] != "succeeded":
-            raise RuntimeError(f"job {job_id} ended as {final}")
+        job_id = (await self.http.post_json("/v1/generate", {"workflow": wf})).ok().json()["id"]
+        if job_id in self.early:
+            final = self.early.pop(job_id)
+        else:
+            fut = self.ended[job_id] = asyncio.get_running_loop().create_future()
+            final = await fut
+            del self.ended[job_id]
+        if final["status"] != "succeeded":
+            raise RuntimeError(f"job {job_id} ended {final['status']}: {final.get('error')}")
         for out in final["outputs"]:
-            (await self.http.get(out["url"])).raise_for_status()
+            (await self.http.get(out["url"])).ok()
         return time.perf_counter() - t0
 
-    async def burst_polling(self, n: int, job_ms: float, offset: int) -> float:
-        """Submit n jobs at once, then find finished ones by listing (`GET /v1/jobs?status=...`)
-        every 50 ms, downloading each job's outputs as it is seen: one request serves many jobs,
-        as an app that polls (or a webhook receiver) would do, instead of n open streams."""
-        t0 = time.perf_counter()
-        responses = await asyncio.gather(
-            *(self.http.post("/v1/generate", json={"workflow": workflow(offset + i, job_ms)}, headers=self.headers) for i in range(n))
-        )
-        ours = {r.raise_for_status().json()["id"] for r in responses}
-        pending = set(ours)
-        downloads = []
-        while pending:
-            await asyncio.sleep(0.05)
-            cursor = None
-            while pending:
-                url = "/v1/jobs?status=succeeded,failed,canceled&limit=100" + (f"&cursor={cursor}" if cursor else "")
-                page = (await self.http.get(url, headers=self.headers)).json()
-                older = any(job["id"] not in ours for job in page["items"])
-                for job in page["items"]:
-                    if job["id"] in pending:
-                        pending.discard(job["id"])
-                        if job["status"] != "succeeded":
-                            raise RuntimeError(f"job {job['id']} ended as {job['status']}: {job['error']}")
-                        downloads += [asyncio.create_task(self.http.get(out["url"])) for out in job["outputs"]]
-                cursor = page["next_cursor"]
-                if cursor is None or older:  # newest first: past our jobs, nothing more to find
-                    break
-        for resp in await asyncio.gather(*downloads):
-            resp.raise_for_status()
-        return n / (time.perf_counter() - t0)
-
-    async def burst_ws(self, n: int, job_ms: float, offset: int, ws_url: str) -> float:
-        """Submit n jobs at once and hear of their ends on one WebSocket (`GET /v1/ws`, every
-        event of the caller's jobs), downloading each job's outputs as it ends: the lightest
-        client, as an app's backend that follows all of its jobs would be."""
-        t0 = time.perf_counter()
-        async with websockets.connect(f"{ws_url}/v1/ws?api_key={ADMIN_KEY}", max_size=None) as ws:
-            hello = json.loads(await ws.recv())
-            assert hello["event"] == "subscribed", hello
-            finals: dict[str, dict] = {}
-            all_seen = asyncio.Event()
-            ours: set[str] = set()
-            downloads: list[asyncio.Task] = []
-
-            async def read() -> None:
-                async for raw in ws:
-                    frame = json.loads(raw)
-                    data = frame.get("data") or {}
-                    if frame.get("event") == "status" and data.get("status") in ("succeeded", "failed", "canceled"):
-                        finals[frame["job_id"]] = data
-                        if data["status"] == "succeeded":
-                            downloads.extend(asyncio.create_task(self.http.get(out["url"])) for out in data["outputs"])
-                        if ours and ours <= finals.keys():
-                            all_seen.set()
-
-            reader = asyncio.create_task(read())
-            responses = await asyncio.gather(
-                *(self.http.post("/v1/generate", json={"workflow": workflow(offset + i, job_ms)}, headers=self.headers) for i in range(n))
-            )
-            ours.update(r.raise_for_status().json()["id"] for r in responses)
-            if ours <= finals.keys():
-                all_seen.set()
-            await asyncio.wait_for(all_seen.wait(), 600)
-            reader.cancel()
-        failed = {job_id: finals[job_id]["status"] for job_id in ours if finals[job_id]["status"] != "succeeded"}
-        if failed:
-            raise RuntimeError(f"jobs did not succeed: {failed}")
-        for resp in await asyncio.gather(*downloads):
-            resp.raise_for_status()
-        return n / (time.perf_counter() - t0)
-
-    async def aclose(self) -> None:
+    async def close(self) -> None:
+        self.reader.cancel()
+        await self.ws.close()
         await self.http.aclose()
 
 
-async def burst(runner, n: int, job_ms: float, offset: int) -> tuple[float, list[float]]:  # noqa: ANN001
-    t0 = time.perf_counter()
-    latencies = await asyncio.gather(*(runner.run_job(offset + i, job_ms) for i in range(n)))
-    return n / (time.perf_counter() - t0), list(latencies)
+async def burst(client: Direct | Through, n: int, concurrency: int, make, offset: int) -> list[float]:  # noqa: ANN001
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> float:
+        async with gate:
+            return await client.run_job(make(offset + i))
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def sequential(runner, n: int, job_ms: float, offset: int) -> list[float]:  # noqa: ANN001
-    return [await runner.run_job(offset + i, job_ms) for i in range(n)]
+async def healthz_cost(gw_base: str, gw_pid: int, n: int) -> float:
+    """H: the gateway's CPU seconds per GET /healthz, 8 keep-alive connections."""
+    client = LeanClient(gw_base, 8)
+    await asyncio.gather(*(client.get("/healthz") for _ in range(200)))  # warm
+    with Cpu({"gateway": gw_pid}) as cpu:
+        gate = asyncio.Semaphore(8)
+
+        async def one() -> None:
+            async with gate:
+                (await client.get("/healthz")).ok()
+
+        await asyncio.gather(*(one() for _ in range(n)))
+    await client.aclose()
+    return cpu.spent["gateway"] / n
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--job-ms", type=float, default=20.0, help="length of each job on the emulated GPU")
-    parser.add_argument("--sequential", type=int, default=50, help="jobs run one at a time for latency")
-    parser.add_argument("--inflight", type=int, default=2, help="GATEWAY_MAX_INFLIGHT_PER_BACKEND")
+    parser.add_argument("--concurrency", type=int, default=8, help="jobs in the client's hands at once")
+    parser.add_argument("--job-ms", type=float, default=0.0, help="length of each job on the emulated GPU")
+    parser.add_argument("--steps", type=int, default=1, help="sampler steps per job (progress messages)")
+    parser.add_argument("--sequential", type=int, default=30, help="jobs run one at a time for latency")
+    parser.add_argument("--inflight", type=int, default=None, help="GATEWAY_MAX_INFLIGHT_PER_BACKEND (default: the gateway's)")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--comfy-url", default=None, help="a running ComfyUI to measure against instead of the emulator")
     args = parser.parse_args()
 
+    real = args.comfy_url is not None
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-    emu_port, gw_port = free_port(), free_port()
-    emu_base, gw_base = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{gw_port}"
-    env = gateway_env(tmp, [emu_base], args.database_url, max_inflight_per_backend=args.inflight)
-    procs = [start_emulator(emu_port, env), start_gateway(gw_port, env)]
-    cpu = CpuMeter({"emulator": procs[0], "gateway": procs[1]})
-    try:
-        await wait_http(f"{emu_base}/system_stats")
-        await wait_http(f"{gw_base}/readyz")
-        async with Direct(emu_base) as direct:
-            # Warm both paths (imports, connections, first PNG encoder call).
-            await direct.run_job(10_000_000, 0)
-            gateway = Gateway(gw_base)
-            await gateway.run_job(10_000_001, 0)
+    gw_port = free_port()
+    gw_base = f"http://127.0.0.1:{gw_port}"
+    procs: list[subprocess.Popen] = []
+    if real:
+        backend = args.comfy_url.rstrip("/")
+    else:
+        emu_port = free_port()
+        backend = f"http://127.0.0.1:{emu_port}"
+    extra = {} if args.inflight is None else {"max_inflight_per_backend": args.inflight}
+    env = gateway_env(tmp, [backend], args.database_url, **extra)
+    if not real:
+        procs.append(start_emulator(emu_port, env))
+    gateway = start_gateway(gw_port, env)
+    procs.append(gateway)
+    watched = {"gateway": gateway.pid} | ({} if real else {"emulator": procs[0].pid})
 
-            with cpu.measure("direct"):
-                d_rate, d_burst = await burst(direct, args.jobs, args.job_ms, 0)
-            with cpu.measure("sse"):
-                g_rate, g_burst = await burst(gateway, args.jobs, args.job_ms, 1_000_000)
-            await gateway.aclose()
-            # A fresh connection pool per phase: idle keep-alive connections from the last phase
-            # may have been closed by the server in the meantime.
-            gateway = Gateway(gw_base, POOL)
-            with cpu.measure("polling"):
-                p_rate = await gateway.burst_polling(args.jobs, args.job_ms, 4_000_000)
-            await gateway.aclose()
-            gateway = Gateway(gw_base, POOL)
-            with cpu.measure("ws"):
-                w_rate = await gateway.burst_ws(args.jobs, args.job_ms, 5_000_000, gw_base.replace("http", "ws", 1))
-            await gateway.aclose()
-            gateway = Gateway(gw_base)
-            d_seq = await sequential(direct, args.sequential, args.job_ms, 2_000_000)
-            g_seq = await sequential(gateway, args.sequential, args.job_ms, 3_000_000)
-            await gateway.aclose()
+    def make(i: int) -> dict:
+        return workflow(i, args.job_ms, args.steps, real)
+
+    try:
+        await wait_http(f"{backend}/system_stats")
+        await wait_http(f"{gw_base}/healthz")
+        await asyncio.sleep(1.0)  # the dispatcher connects and reads /object_info
+        h = await healthz_cost(gw_base, gateway.pid, 3000)
+        direct, through = Direct(backend, args.concurrency), Through(gw_base, args.concurrency)
+        await direct.open()
+        await through.open()
+        # Warm both paths (imports, connections, the first PNG encode).
+        await burst(direct, 8, args.concurrency, make, 10_000_000)
+        await burst(through, 8, args.concurrency, make, 11_000_000)
+
+        with Cpu(watched) as d_cpu:
+            await burst(direct, args.jobs, args.concurrency, make, 0)
+        with Cpu(watched) as g_cpu:
+            await burst(through, args.jobs, args.concurrency, make, 1_000_000)
+        d_seq = [await direct.run_job(make(2_000_000 + i)) for i in range(args.sequential)]
+        g_seq = [await through.run_job(make(3_000_000 + i)) for i in range(args.sequential)]
+        await direct.close()
+        await through.close()
     finally:
         stop(procs)
 
+    n = args.jobs
+    d_rate, g_rate = n / d_cpu.wall, n / g_cpu.wall
     db = "sqlite" if args.database_url is None else args.database_url.split(":", 1)[0]
-    print(f"\n{args.jobs} jobs of {args.job_ms:g} ms, burst, 1 emulated backend, {args.inflight} in flight, {db}")
-    print(f"  direct to emulator                       : {d_rate:8.1f} jobs/s")
-    print(f"  through gateway, client lists every 50 ms: {p_rate:8.1f} jobs/s   ratio {p_rate / d_rate:6.3f}")
-    print(f"  through gateway, one SSE stream per job  : {g_rate:8.1f} jobs/s   ratio {g_rate / d_rate:6.3f}")
-    print(f"  through gateway, one WebSocket, all jobs : {w_rate:8.1f} jobs/s   ratio {w_rate / d_rate:6.3f}")
-    print("\nCPU time per job in the burst (ms; the machine's load does not change these)")
-    for phase, spent in cpu.spent.items():
-        print("  " + f"{phase:8s} " + "  ".join(f"{name} {secs * 1000 / args.jobs:6.2f}" for name, secs in spent.items()))
-    print(f"\n{args.sequential} jobs one at a time: latency submit -> output downloaded (ms)")
+    kind = f"ComfyUI at {backend}" if real else f"emulator, {args.job_ms:g} ms, {args.steps} step(s)"
+    print(f"\n{n} jobs ({kind}), {args.concurrency} in the client's hands, gateway on {db}")
+    print(f"  H = {h * 1e3:.3f} ms: the gateway's CPU for one GET /healthz")
+    print(f"  direct  : {d_rate:8.1f} jobs/s")
+    print(f"  gateway : {g_rate:8.1f} jobs/s   ratio {g_rate / d_rate:5.3f}")
+    print("  CPU per job (ms, and in H for the gateway):")
+    for phase, cpu in (("direct", d_cpu), ("gateway", g_cpu)):
+        parts = "  ".join(f"{name} {secs * 1e3 / n:6.2f}" for name, secs in cpu.spent.items())
+        print(f"    {phase:8s} {parts}")
+    print(f"  gateway CPU per job: {g_cpu.spent['gateway'] / n / h:6.1f} H")
+    if not real:
+        print(f"  emulator CPU per job (direct): {d_cpu.spent['emulator'] / n / h:6.1f} H")
+    print(f"\n{args.sequential} jobs one at a time, submit -> output downloaded (ms)")
     for name, values in (("direct", d_seq), ("gateway", g_seq)):
-        print(f"  {name:8s} p50 {pct(values, .5) * 1000:7.1f}  p95 {pct(values, .95) * 1000:7.1f}  mean {statistics.mean(values) * 1000:7.1f}")
-    print(
-        f"  added    p50 {(pct(g_seq, .5) - pct(d_seq, .5)) * 1000:7.1f}  p95 {(pct(g_seq, .95) - pct(d_seq, .95)) * 1000:7.1f}"
-    )
+        print(f"  {name:8s} p50 {pct(values, .5) * 1e3:7.1f}  p95 {pct(values, .95) * 1e3:7.1f}  mean {statistics.mean(values) * 1e3:7.1f}")
+    print(f"  added    p50 {(pct(g_seq, .5) - pct(d_seq, .5)) * 1e3:7.1f}  p95 {(pct(g_seq, .95) - pct(d_seq, .95)) * 1e3:7.1f}")
 
 
 if __name__ == "__main__":
