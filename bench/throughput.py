@@ -216,6 +216,7 @@ async def main() -> None:
     parser.add_argument("--inflight", type=int, default=None, help="GATEWAY_MAX_INFLIGHT_PER_BACKEND (default: the gateway's)")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument("--comfy-url", default=None, help="a running ComfyUI to measure against instead of the emulator")
+    parser.add_argument("--profile", default=None, help="write py-spy's collapsed stacks of the gateway's burst to this file")
     args = parser.parse_args()
 
     real = args.comfy_url is not None
@@ -253,8 +254,15 @@ async def main() -> None:
 
         with Cpu(watched) as d_cpu:
             await burst(direct, args.jobs, args.concurrency, make, 0)
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-r", "200", "--gil", "-f", "raw", "-o", args.profile])
+            await asyncio.sleep(1.0)
         with Cpu(watched) as g_cpu:
             await burst(through, args.jobs, args.concurrency, make, 1_000_000)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
         d_seq = [await direct.run_job(make(2_000_000 + i)) for i in range(args.sequential)]
         g_seq = [await through.run_job(make(3_000_000 + i)) for i in range(args.sequential)]
         await direct.close()

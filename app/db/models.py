@@ -93,7 +93,10 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     template: Mapped[str | None] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    workflow: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Deferred, and loading them by accident raises: only the dispatcher's pick needs the graph
+    # and the inputs to stage, and decoding a workflow on every transition and view was a large
+    # share of a job's CPU (bench/throughput.py).
+    workflow: Mapped[dict[str, Any]] = mapped_column(JSON, deferred=True, deferred_raiseload=True)
     # The node ids whose files the job returns.
     output_nodes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -122,7 +125,7 @@ class Job(Base):
 
     # The input files staged onto the backend at each dispatch (app/dispatch/staging.py):
     # [{"param", "upload_id", "binds": [[node_id, input_name], ...], "mask_of": param | null}].
-    inputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    inputs: Mapped[list[Any]] = mapped_column(JSON, default=list, deferred=True, deferred_raiseload=True)
     # Keep `temp` files (previews) as outputs too: the template's `keep_temp`.
     keep_temp: Mapped[bool] = mapped_column(Boolean, default=False)
     # Set when retention deleted the job's output files (the job row stays, as a tombstone).

@@ -15,6 +15,20 @@ from app.db.types import utcnow
 from app.dispatch.capabilities import Capabilities
 
 
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """Which of a finished prompt's files are the job's: what collecting needs of the job row,
+    kept from the claim so that a finished job is not read back before its files are copied."""
+
+    id: str
+    output_nodes: list[Any]
+    keep_temp: bool
+
+    @classmethod
+    def of(cls, job: Any) -> OutputSpec:
+        return cls(job.id, list(job.output_nodes or ()), bool(job.keep_temp))
+
+
 @dataclass(slots=True)
 class InFlight:
     """A prompt handed to this backend and not finished: what the WebSocket messages are matched to."""
@@ -31,6 +45,8 @@ class InFlight:
     # Set when the deadline passed and the backend was asked to interrupt: by then (wall clock)
     # the backend must have confirmed, or it is taken for broken.
     interrupt_due: float | None = None
+    # None when the flight was rebuilt without it: the job row is then read before collecting.
+    outputs: OutputSpec | None = None
 
 
 @dataclass(slots=True)
@@ -44,6 +60,7 @@ class Prepared:
     timeout: float | None = None
     # Input images to stage onto the backend before the prompt is sent (job.inputs).
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: OutputSpec | None = None
 
 
 @dataclass(eq=False)

@@ -9,7 +9,8 @@ from pathlib import PurePosixPath
 
 from app.comfy.client import ComfyClient
 from app.comfy.models import HistoryEntry, OutputFile
-from app.db.models import Job, Output
+from app.db.models import Output
+from app.dispatch.backend import OutputSpec
 from app.storage.base import Storage
 
 
@@ -26,7 +27,7 @@ CONTENT_TYPES = {
 }  # fmt: skip
 
 
-def wanted_files(job: Job, entry: HistoryEntry) -> list[OutputFile]:
+def wanted_files(job: OutputSpec, entry: HistoryEntry) -> list[OutputFile]:
     """The files the job returns from its output nodes: saved outputs, and `temp` previews too
     when its template has `keep_temp`."""
     nodes = set(job.output_nodes or ())
@@ -34,7 +35,7 @@ def wanted_files(job: Job, entry: HistoryEntry) -> list[OutputFile]:
     return [f for f in entry.output_files() if f.type in types and (not nodes or f.node_id in nodes)]
 
 
-def wanted_texts(job: Job, entry: HistoryEntry) -> list[tuple[str, str, str]]:
+def wanted_texts(job: OutputSpec, entry: HistoryEntry) -> list[tuple[str, str, str]]:
     """Text outputs (e.g. PreviewAny's `text`) of the job's output nodes: `(node_id, key, text)`."""
     nodes = set(job.output_nodes or ())
     return [t for t in entry.texts() if not nodes or t[0] in nodes]
@@ -54,7 +55,7 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def collect(client: ComfyClient, storage: Storage, job: Job, entry: HistoryEntry) -> list[Output]:
+async def collect(client: ComfyClient, storage: Storage, job: OutputSpec, entry: HistoryEntry) -> list[Output]:
     """Stream every wanted file into storage. On any failure, what was already stored is removed."""
     stored: list[Output] = []
     try:

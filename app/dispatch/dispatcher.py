@@ -22,7 +22,7 @@ from app.config import Settings
 from app.db import jobs as repo
 from app.dispatch import job_errors, staging
 from app.db.models import Job
-from app.dispatch.backend import BackendLink, InFlight, Prepared
+from app.dispatch.backend import BackendLink, InFlight, OutputSpec, Prepared
 from app.dispatch.pool import BackendPool
 from app.dispatch.capabilities import checkpoint_of
 
@@ -74,6 +74,10 @@ class Dispatcher(BackendPool):
         self._reserve_stale = False
         # The waiting_reason last written per job, so that an unchanged reason is not rewritten.
         self._waiting: dict[str, str] = {}
+        # Canceled jobs are looked for when this process canceled one, and once per poll for
+        # cancels made through other replicas: not on every round (a query per job otherwise).
+        self._cancel_hint = True
+        self._next_cancel_scan = 0.0
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -164,7 +168,7 @@ class Dispatcher(BackendPool):
         for job in jobs:
             link = self._by_url.get(job.backend or "")
             if link is not None and job.prompt_id:
-                flight = InFlight(job.id, job.user_id, timeout=self._timeout(job))
+                flight = InFlight(job.id, job.user_id, timeout=self._timeout(job), outputs=OutputSpec.of(job))
                 if job.status == "running" and job.started_at is not None and flight.timeout is not None:
                     flight.deadline = job.started_at.timestamp() + flight.timeout
                 link.track(job.prompt_id, flight)
@@ -193,7 +197,10 @@ class Dispatcher(BackendPool):
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
         await self._fail_over()
         sent = await self._dispatch()
-        await self._cleanup_cancels()
+        if self._cancel_hint or now >= self._next_cancel_scan:
+            self._cancel_hint = False
+            self._next_cancel_scan = now + self.settings.dispatch_poll_seconds
+            await self._cleanup_cancels()
         await self._enforce_deadlines()
         return sent
 
@@ -252,11 +259,13 @@ class Dispatcher(BackendPool):
                 for job in await self.scheduler.pick(session, sum(want.values()), accept=placeable):
                     url = self._route(job, ready, want, missing)
                     prompt_id = str(uuid.uuid4())
+                    # Taken before the claim: its RETURNING row leaves the deferred columns out.
+                    item = Prepared(
+                        job.id, job.user_id, prompt_id, job.workflow, self._timeout(job), list(job.inputs or ()), OutputSpec.of(job)
+                    )
                     if url and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
                         want[url] -= 1
-                        claimed[url].append(
-                            Prepared(job.id, job.user_id, prompt_id, job.workflow, self._timeout(job), list(job.inputs or ()))
-                        )
+                        claimed[url].append(item)
                     else:
                         self.scheduler.give_back(job.user_id)
                 failed = [
@@ -280,7 +289,7 @@ class Dispatcher(BackendPool):
         for url, items in claimed.items():
             link = self._by_url[url]
             for item in items:
-                flight = InFlight(item.job_id, item.user_id, timeout=item.timeout)
+                flight = InFlight(item.job_id, item.user_id, timeout=item.timeout, outputs=item.outputs)
                 if link.free_slots(cap) and not link.draining:
                     link.track(item.prompt_id, flight)
                     link.submitting.add(item.prompt_id)
@@ -462,6 +471,7 @@ class Dispatcher(BackendPool):
                     link.drop_prepared(item.prompt_id)
         # Subscribers heard of it from the event log when the cancel committed; count it here.
         self.ctx.metrics.count_finished(job)
+        self._cancel_hint = True
         self.wake()
 
     # ---- views for the API -----------------------------------------------------------------

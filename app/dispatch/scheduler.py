@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import undefer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -112,6 +113,7 @@ class FairScheduler:
                     Job.cancel_requested.is_(False),
                 )
                 .order_by(Job.priority.desc(), Job.created_at, Job.id)
+                .options(undefer(Job.workflow), undefer(Job.inputs))
                 # A few more than needed, in case some cannot be placed right now.
                 .limit(k if accept is None else k + 16)
             )

@@ -34,7 +34,7 @@ from app.config import Settings
 from app.db import jobs as repo
 from app.db.types import utcnow
 from app.dispatch import job_errors
-from app.dispatch.backend import BackendLink, InFlight
+from app.dispatch.backend import BackendLink, InFlight, OutputSpec
 from app.dispatch.capabilities import Capabilities
 from app.dispatch.collector import collect
 from app.domain.notify import Notifier
@@ -284,11 +284,16 @@ class Tracker:
         await self._succeeded(link, pid, flight, entry)
 
     async def _succeeded(self, link: BackendLink, pid: str, flight: InFlight, entry: HistoryEntry) -> None:
-        async with self.ctx.sessionmaker() as session:
-            job = await repo.get_job(session, flight.job_id)
-        if job is None or job.prompt_id != pid or job.status not in repo.ACTIVE:
-            link.forget(pid)
-            return
+        job: OutputSpec | None = flight.outputs
+        if job is None:
+            async with self.ctx.sessionmaker() as session:
+                row = await repo.get_job(session, flight.job_id)
+            if row is None or row.prompt_id != pid or row.status not in repo.ACTIVE:
+                link.forget(pid)
+                return
+            job = OutputSpec.of(row)
+        # Otherwise the row is not read first: the conditional transition below refuses a job
+        # that was canceled (or moved on) meanwhile, and the copies are then deleted.
         # No database connection is held while files are copied.
         try:
             outputs = await collect(link.client, self.ctx.storage, job, entry)
@@ -337,7 +342,7 @@ class Tracker:
                 continue
             flight = link.inflight.get(pid)
             if flight is None:
-                flight = InFlight(job.id, job.user_id)
+                flight = InFlight(job.id, job.user_id, outputs=OutputSpec.of(job))
                 link.track(pid, flight)
             if pid in running:
                 if job.status == "queued":
