@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import job_events, webhooks
+from app.db import job_events, queue, webhooks
 from app.db.models import Job, Output
 from app.db.types import utcnow
 
@@ -74,41 +74,8 @@ async def list_jobs(
     return jobs[:limit], len(jobs) > limit
 
 
-# Built once: queue_position runs for every job view of a queued job (each submit answers one),
-# and building and hashing the statement cost twice what running it does.
-_AHEAD_ON_BACKEND = select(func.count()).where(
-    Job.status == "queued", Job.backend == bindparam("backend"), Job.dispatched_at < bindparam("dispatched_at")
-)
-_priority, _created, _id = bindparam("priority"), bindparam("created_at"), bindparam("job_id")
-_AHEAD_IN_QUEUE = select(
-    select(func.count()).where(Job.status == "queued", Job.backend.is_not(None)).scalar_subquery()
-    + select(func.count())
-    .where(
-        Job.status == "queued",
-        Job.backend.is_(None),
-        or_(
-            Job.priority > _priority,
-            and_(Job.priority == _priority, Job.created_at < _created),
-            and_(Job.priority == _priority, Job.created_at == _created, Job.id < _id),
-        ),
-    )
-    .scalar_subquery()
-)
-
-
-async def queue_position(session: AsyncSession, job: Job) -> int | None:
-    """How many queued jobs will start before this one.
-
-    Jobs already handed to a backend come first (they wait in ComfyUI's own queue), then the
-    gateway's queue in dispatch order (priority, then age).
-    """
-    if job.status != "queued":
-        return None
-    if job.backend is not None:
-        params = {"backend": job.backend, "dispatched_at": job.dispatched_at}
-        return int((await session.execute(_AHEAD_ON_BACKEND, params)).scalar_one())
-    params = {"priority": job.priority, "created_at": job.created_at, "job_id": job.id}
-    return int((await session.execute(_AHEAD_IN_QUEUE, params)).scalar_one())
+# The jobs ahead of a queued one, counted without scanning the queue (app/db/queue.py).
+queue_position = queue.position
 
 
 async def in_flight(session: AsyncSession, backend: str | None = None) -> list[Job]:

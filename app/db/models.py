@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -79,12 +80,14 @@ class Template(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        # The dispatcher's scan of waiting work.
-        Index("ix_jobs_status_backend", "status", "backend"),
+        # Users with waiting work, found by skipping through it (app/db/queue.py), and jobs in flight.
+        Index("ix_jobs_status_backend_user", "status", "backend", "user_id"),
         # A user's job list, newest first; the jobs-per-day count.
         Index("ix_jobs_user_created", "user_id", "created_at"),
-        # A user's queued and running counts (limits, /v1/me).
-        Index("ix_jobs_user_status", "user_id", "status"),
+        # A user's next jobs in dispatch order; its prefix: a user's queued and running counts.
+        Index("ix_jobs_user_pick", "user_id", "status", text("priority DESC"), "created_at", "id"),
+        # The jobs ahead of a queued one, a contiguous range (queue_position).
+        Index("ix_jobs_queue_order", "status", "backend", text("priority DESC"), "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import undefer
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.db.jobs import ACTIVE
+from app.db import queue
 from app.db.models import Job, User
 from app.domain.users import BOOTSTRAP_ADMIN_ID, effective_limits
 
@@ -46,37 +44,23 @@ class FairScheduler:
         """
         if n <= 0:
             return []
-        waiting = dict(
-            (
-                await session.execute(
-                    select(Job.user_id, func.count())
-                    .where(Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False))
-                    .group_by(Job.user_id)
-                )
-            ).all()
-        )
+        waiting = await queue.waiting_users(session)
         if not waiting:
             return []
-        in_flight = dict(
-            (
-                await session.execute(
-                    select(Job.user_id, func.count())
-                    .where(Job.status.in_(ACTIVE), Job.backend.is_not(None), Job.user_id.in_(waiting))
-                    .group_by(Job.user_id)
-                )
-            ).all()
-        )
+        in_flight = await queue.in_flight_counts(session)
         users = {u.id: u for u in (await session.execute(select(User).where(User.id.in_(waiting)))).scalars()}
 
+        # How many of its jobs each user may start now. How many it has waiting is not counted
+        # (that would scan the queue); a user whose jobs run out gives the turns back below.
         capacity: dict[str, int] = {}
-        for user_id, count in waiting.items():
+        for user_id in waiting:
             user = users.get(user_id)
             if user is None or user.disabled:
                 continue
             if user_id == BOOTSTRAP_ADMIN_ID:
-                cap = count
+                cap = n
             else:
-                cap = min(count, int(effective_limits(user, self.settings)["max_running"]) - in_flight.get(user_id, 0))
+                cap = min(n, int(effective_limits(user, self.settings)["max_running"]) - in_flight.get(user_id, 0))
             if cap > 0:
                 capacity[user_id] = cap
                 self._weights[user_id] = _weight(user, self.settings)
@@ -90,47 +74,32 @@ class FairScheduler:
         for user_id in capacity:
             self._vtime[user_id] = max(self._vtime.get(user_id, floor), floor)
 
-        turns: list[str] = []
+        # Each turn goes to the user with the lowest virtual time; a user's next jobs are read the
+        # first time it gets a turn, and a user whose jobs run out (or none of whose jobs can be
+        # placed now) drops out without costing anyone a slot.
         taken: dict[str, int] = defaultdict(int)
-        for _ in range(n):
+        jobs_of: dict[str, list[Job]] = {}
+        ordered: list[Job] = []
+        while len(ordered) < n:
             candidates = [u for u in capacity if taken[u] < capacity[u]]
             if not candidates:
                 break
             # Ties go to the user with less in flight: a newcomer starts at the next free slot.
             user_id = min(candidates, key=lambda u: (self._vtime[u], in_flight.get(u, 0) + taken[u], u))
+            if user_id not in jobs_of:
+                want = capacity[user_id]
+                # A few more than needed, in case some cannot be placed right now.
+                fetched = await queue.next_jobs(session, user_id, want if accept is None else want + 16)
+                jobs_of[user_id] = [j for j in fetched if accept is None or accept(j)][:want]
+            if not jobs_of[user_id]:
+                capacity[user_id] = taken[user_id]
+                continue
+            ordered.append(jobs_of[user_id].pop(0))
             taken[user_id] += 1
             self._vtime[user_id] += 1.0 / self._weights[user_id]
-            turns.append(user_id)
-
-        jobs_of: dict[str, list[Job]] = {}
-        for user_id, k in taken.items():
-            stmt = (
-                select(Job)
-                .where(
-                    Job.user_id == user_id,
-                    Job.status == "queued",
-                    Job.backend.is_(None),
-                    Job.cancel_requested.is_(False),
-                )
-                .order_by(Job.priority.desc(), Job.created_at, Job.id)
-                .options(undefer(Job.workflow), undefer(Job.inputs))
-                # A few more than needed, in case some cannot be placed right now.
-                .limit(k if accept is None else k + 16)
-            )
-            candidates = list((await session.execute(stmt)).scalars())
-            jobs_of[user_id] = [j for j in candidates if accept is None or accept(j)][:k]
-        ordered: list[Job] = []
-        for user_id in turns:
-            if jobs_of[user_id]:
-                ordered.append(jobs_of[user_id].pop(0))
-            else:
-                self.give_back(user_id)
         return ordered
 
     def give_back(self, user_id: str) -> None:
         """A picked job was not dispatched after all (claim lost, or a reserve returned)."""
         if user_id in self._vtime:
             self._vtime[user_id] -= 1.0 / self._weights.get(user_id, 1.0)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"virtual_time": dict(self._vtime), "weights": dict(self._weights)}

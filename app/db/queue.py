@@ -1,0 +1,120 @@
+"""The queue as the dispatcher reads it: statements whose cost does not grow with its length.
+
+At 100,000 queued jobs a count or a GROUP BY over the queue costs tens of milliseconds per round
+and per submit; these read only what they return, through the indexes of migration 0008:
+- the users with waiting work: a skip scan (one index seek per user, as a recursive query, since
+  neither SQLite nor PostgreSQL skips through an index by itself);
+- jobs in flight per user: the short `backend IS NOT NULL` ranges of active jobs;
+- a user's next jobs in dispatch order (priority, then age), read from the index in that order.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, func, literal_column, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
+
+from app.db.models import Job
+
+ACTIVE = ("queued", "running")
+
+# min(user_id) over the waiting range, then the next user after each: one seek per user.
+_WAITING_USERS = text(
+    """
+    WITH RECURSIVE waiting(user_id) AS (
+        SELECT min(user_id) FROM jobs WHERE status = 'queued' AND backend IS NULL
+        UNION ALL
+        SELECT (SELECT min(j.user_id) FROM jobs j
+                WHERE j.status = 'queued' AND j.backend IS NULL AND j.user_id > waiting.user_id)
+        FROM waiting WHERE waiting.user_id IS NOT NULL
+    )
+    SELECT user_id FROM waiting WHERE user_id IS NOT NULL
+    """
+)
+
+_IN_FLIGHT = (
+    select(Job.user_id, func.count())
+    .where(Job.status.in_(ACTIVE), Job.backend.is_not(None))
+    .group_by(Job.user_id)
+)
+
+
+async def waiting_users(session: AsyncSession) -> list[str]:
+    """Users with at least one queued job not yet handed to a backend."""
+    return [row[0] for row in (await session.execute(_WAITING_USERS)).all()]
+
+
+async def in_flight_counts(session: AsyncSession) -> dict[str, int]:
+    """Jobs handed to a backend and not ended, per user (at most the pool's slots and reserves)."""
+    return {user_id: int(count) for user_id, count in (await session.execute(_IN_FLIGHT)).all()}
+
+
+_NEXT = (
+    select(Job)
+    .where(
+        Job.user_id == bindparam("user_id"),
+        Job.status == "queued",
+        Job.backend.is_(None),
+        Job.cancel_requested.is_(False),
+    )
+    .order_by(Job.priority.desc(), Job.created_at, Job.id)
+    .limit(bindparam("limit"))
+    .options(undefer(Job.workflow), undefer(Job.inputs))
+)
+
+
+async def next_jobs(session: AsyncSession, user_id: str, limit: int) -> list[Job]:
+    """A user's next undispatched jobs in dispatch order, with what dispatching needs of them."""
+    return list((await session.execute(_NEXT, {"user_id": user_id, "limit": limit})).scalars())
+
+
+#: queue_position counts at most this many jobs ahead: past it, the exact number says nothing a
+#: client can use, and counting it would grow with the queue.
+POSITION_CAP = 1000
+
+_cap = literal_column(str(POSITION_CAP))
+_AHEAD_ON_BACKEND = select(func.count()).select_from(
+    select(Job.id)
+    .where(Job.status == "queued", Job.backend == bindparam("backend"), Job.dispatched_at < bindparam("dispatched_at"))
+    .limit(_cap)
+    .subquery()
+)
+_ON_BACKENDS = select(func.count()).select_from(
+    select(Job.id).where(Job.status == "queued", Job.backend.is_not(None)).limit(_cap).subquery()
+)
+_priority, _created, _id = bindparam("priority"), bindparam("created_at"), bindparam("job_id")
+# Three ranges of ix_jobs_queue_order: higher priority; same priority, older; same age, lower id.
+_AHEAD_IN_QUEUE = select(func.count()).select_from(
+    select(Job.id)
+    .where(Job.status == "queued", Job.backend.is_(None), Job.priority > _priority)
+    .union_all(
+        select(Job.id).where(
+            Job.status == "queued", Job.backend.is_(None), Job.priority == _priority, Job.created_at < _created
+        ),
+        select(Job.id).where(
+            Job.status == "queued",
+            Job.backend.is_(None),
+            Job.priority == _priority,
+            Job.created_at == _created,
+            Job.id < _id,
+        ),
+    )
+    .limit(_cap)
+    .subquery()
+)
+
+
+async def position(session: AsyncSession, job: Job) -> int | None:
+    """How many queued jobs will start before this one, up to POSITION_CAP.
+
+    Jobs already handed to a backend come first (they wait in ComfyUI's own queue), then the
+    gateway's queue in dispatch order (priority, then age)."""
+    if job.status != "queued":
+        return None
+    if job.backend is not None:
+        params = {"backend": job.backend, "dispatched_at": job.dispatched_at}
+        return int((await session.execute(_AHEAD_ON_BACKEND, params)).scalar_one())
+    on_backends = int((await session.execute(_ON_BACKENDS)).scalar_one())
+    params = {"priority": job.priority, "created_at": job.created_at, "job_id": job.id}
+    ahead = int((await session.execute(_AHEAD_IN_QUEUE, params)).scalar_one())
+    return min(POSITION_CAP, on_backends + ahead)
