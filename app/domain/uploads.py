@@ -74,7 +74,7 @@ async def store(
     """Sniff the file and copy it into storage; returns its row, not yet added to the session (the
     caller adds and commits it, or deletes the stored file). Not an image: 422, nothing stored."""
     try:
-        info = await anyio.to_thread.run_sync(inspect_image, fh, settings.max_image_pixels)
+        info = await anyio.to_thread.run_sync(inspect_image, fh, settings.max_image_pixels, settings.max_image_frames)
     except NotAnImage as exc:
         raise ValidationFailed(str(exc), errors=[{"field": "file", "message": str(exc)}]) from None
     upload_id = str(uuid.uuid4())
