@@ -107,3 +107,14 @@ async def test_converted_copies_of_an_output_are_few_whatever_is_asked(gateway) 
             assert resp.status_code == 200, resp.text
     # The original plus at most one copy per format and quality level.
     assert 1 < len(await stored(root)) <= 1 + 2 * len(levels)
+
+
+async def test_a_job_whose_outputs_exceed_the_cap_fails_and_keeps_no_file(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+    gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], max_job_output_bytes=50))
+    await gw.wait_ready()
+    job = (await gw.generate({"template": "blur", "params": {"width": 64, "height": 48}})).json()
+    final = await gw.wait(job["id"])
+    assert final["status"] == "failed", final
+    assert final["error"]["type"] == "output_too_large" and final["outputs"] == []
+    assert "50 bytes" in final["error"]["message"]
+    assert await stored(gw.app.state.settings.storage_dir / job["id"]) == []
