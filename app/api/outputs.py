@@ -2,7 +2,8 @@
 
 A valid, unexpired signature is enough (so an <img src> works); otherwise the owner's key is needed.
 Range requests (206, 416) come from Starlette's FileResponse; the ETag is the content's sha256.
-`?format=webp|jpeg&quality=` converts an image output, once: the result is kept in storage.
+`?format=webp|jpeg&quality=` converts an image output, once per format and quality level: the result is kept in storage.
+Every output is served nosniff and sandboxed (CSP); SVG and other active types as attachments.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ async def get_output(
     expires: Annotated[str | None, Query(max_length=20)] = None,
     signature: Annotated[str | None, Query(max_length=100)] = None,
     format: Annotated[Literal["webp", "jpeg"] | None, Query(description="Convert an image output.")] = None,
-    quality: Annotated[int, Query(ge=1, le=100, description="Quality of a converted image.")] = 85,
+    quality: Annotated[int, Query(ge=1, le=100, description="Quality of a converted image; snaps to the nearest of GATEWAY_CONVERSION_QUALITIES.")] = 85,
 ) -> Response:
     signed = signer.verify(job_id, output_id, expires, signature)
     stmt = select(Output).join(Job, Job.id == Output.job_id).where(Output.id == output_id, Output.job_id == job_id)
