@@ -129,6 +129,18 @@ class Settings(BaseSettings):
     max_data_uri_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # Most pixels of an accepted image (width x height): a tiny file can decode into gigabytes.
     max_image_pixels: int = Field(default=64 * 1024 * 1024, ge=1)
+    # Most frames of an accepted image (animated GIF/WEBP/PNG, multi-page TIFF): LoadImage decodes
+    # every frame into one tensor, so GATEWAY_MAX_IMAGE_PIXELS bounds frames x width x height too.
+    max_image_frames: int = Field(default=100, ge=1)
+    # Storage quota of each user's uploads (files sent, data: URIs and fetched image URLs alike):
+    # over either, 409 `quota-exceeded` naming the limit, until the user deletes some.
+    max_uploads_per_user: int = Field(default=1000, ge=1)
+    max_upload_bytes_per_user: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    # Most bytes one job may store as outputs; a job over it fails with `output_too_large`.
+    max_job_output_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
+    # `?format=` conversions snap `quality` to the nearest of these levels, so an output has at most
+    # two formats x these many converted copies, however many qualities are asked for.
+    conversion_qualities: Annotated[list[int], NoDecode] = [50, 70, 85, 95]
     # Time limit of fetching an image param given as a URL (the whole download).
     url_fetch_timeout_seconds: float = Field(default=20.0, gt=0)
     # Days outputs and uploads are kept; 0 keeps them forever.
@@ -215,6 +227,7 @@ class Settings(BaseSettings):
         "raw_workflow_deny_nodes",
         "raw_workflow_allow_nodes",
         "webhook_retry_schedule",
+        "conversion_qualities",
         mode="before",
     )
     @classmethod
@@ -246,6 +259,13 @@ class Settings(BaseSettings):
         if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
             raise ValueError("GATEWAY_WEBHOOK_LEASE_SECONDS must be longer than GATEWAY_WEBHOOK_TIMEOUT_SECONDS")
         return self
+
+    @field_validator("conversion_qualities")
+    @classmethod
+    def _qualities(cls, value: list[int]) -> list[int]:
+        if not value or any(not 1 <= q <= 100 for q in value):
+            raise ValueError("a non-empty list of qualities, each 1..100")
+        return sorted(set(value))
 
     @field_validator("comfyui_urls")
     @classmethod

@@ -2,11 +2,13 @@
 
 A valid, unexpired signature is enough (so an <img src> works); otherwise the owner's key is needed.
 Range requests (206, 416) come from Starlette's FileResponse; the ETag is the content's sha256.
-`?format=webp|jpeg&quality=` converts an image output, once: the result is kept in storage.
+`?format=webp|jpeg&quality=` converts an image output, once per format and quality level: the result is kept in storage.
+Every output is served nosniff and sandboxed (CSP); SVG and other active types as attachments.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -28,12 +30,26 @@ router = APIRouter(tags=["outputs"])
 _bearer = HTTPBearer(auto_error=False)
 
 
-def content_disposition(filename: str) -> str:
-    """`inline` with an ASCII fallback name and the exact name as RFC 6266 `filename*` (RFC 5987):
-    no quote, backslash, control character or path survives into the header."""
+# Types a browser would run as a document (script included) if shown inline: downloaded instead.
+_ACTIVE_TYPES = frozenset({"image/svg+xml", "text/html", "application/xhtml+xml", "text/xml", "application/xml", "text/javascript", "application/javascript"})
+# Whatever a file holds, it cannot run script, load anything or be re-typed by the browser in the
+# gateway's origin, where the users' keys and pages live.
+SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+
+
+def content_disposition(filename: str, content_type: str = "") -> str:
+    """`inline` (`attachment` for active types) with an ASCII fallback name and the exact name as
+    RFC 6266 `filename*` (RFC 5987): no quote, backslash, control character or path survives into the header."""
     name = filename.replace("\\", "/").rsplit("/", 1)[-1] or "output"
     fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\;%' else "_" for c in name)
-    return f"inline; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+    kind = "attachment" if content_type.split(";")[0].strip().lower() in _ACTIVE_TYPES else "inline"
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def _signed_cache(expires: str | None) -> str:
+    # A cache must not outlive the URL: once it expires, the file needs a fresh signature.
+    remaining = max(0, int(expires or 0) - int(time.time()))
+    return f"private, max-age={remaining}, immutable"
 
 
 @router.get(
@@ -53,7 +69,7 @@ async def get_output(
     expires: Annotated[str | None, Query(max_length=20)] = None,
     signature: Annotated[str | None, Query(max_length=100)] = None,
     format: Annotated[Literal["webp", "jpeg"] | None, Query(description="Convert an image output.")] = None,
-    quality: Annotated[int, Query(ge=1, le=100, description="Quality of a converted image.")] = 85,
+    quality: Annotated[int, Query(ge=1, le=100, description="Quality of a converted image; snaps to the nearest of GATEWAY_CONVERSION_QUALITIES.")] = 85,
 ) -> Response:
     signed = signer.verify(job_id, output_id, expires, signature)
     stmt = select(Output).join(Job, Job.id == Output.job_id).where(Output.id == output_id, Output.job_id == job_id)
@@ -68,11 +84,13 @@ async def get_output(
 
     key, content_type, filename, etag = output.storage_key, output.content_type, output.filename, f'"{output.sha256}"'
     if format is not None:
-        key, content_type, filename = await converted(storage, output, format, quality)
+        key, content_type, filename, quality = await converted(storage, output, format, quality, settings)
         etag = f'"{output.sha256}-{format}-{quality}"'
     # Outputs never change, so a signed URL may be cached until it expires; a keyed request stays private.
-    cache = "private, max-age=31536000, immutable" if signed else "private, no-cache"
-    headers = {"ETag": etag, "Cache-Control": cache, "Content-Disposition": content_disposition(filename)}
+    cache = _signed_cache(expires) if signed else "private, no-cache"
+    headers = {
+        "ETag": etag, "Cache-Control": cache, "Content-Disposition": content_disposition(filename, content_type), **SAFETY_HEADERS,
+    }
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")] or request.headers.get("if-none-match") == "*":
         return Response(status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Disposition"})
     if isinstance(storage, S3Storage):

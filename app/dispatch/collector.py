@@ -55,16 +55,42 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def collect(client: ComfyClient, storage: Storage, job: OutputSpec, entry: HistoryEntry) -> list[Output]:
-    """Stream every wanted file into storage. On any failure, what was already stored is removed."""
+class OutputTooLarge(Exception):
+    """The job's outputs came to more than GATEWAY_MAX_JOB_OUTPUT_BYTES."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"outputs over {limit} bytes")
+        self.limit = limit
+
+
+class _Budget:
+    """The bytes a job may still store: a file that would overrun it is cut off as it streams."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit, self.used = limit, 0
+
+    async def through(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self.used += len(chunk)
+            if self.limit is not None and self.used > self.limit:
+                raise OutputTooLarge(self.limit)
+            yield chunk
+
+
+async def collect(
+    client: ComfyClient, storage: Storage, job: OutputSpec, entry: HistoryEntry, max_bytes: int | None = None
+) -> list[Output]:
+    """Stream every wanted file into storage. On any failure, what was already stored is removed;
+    past `max_bytes` in all, OutputTooLarge."""
     stored: list[Output] = []
+    budget = _Budget(max_bytes)
     try:
         for f in wanted_files(job, entry):
             output_id = str(uuid.uuid4())
             suffix = PurePosixPath(f.filename).suffix.lower()[:10]
             key = f"{job.id}/{output_id}{suffix}"
             async with client.view(f.filename, f.subfolder, f.type) as resp:
-                obj = await storage.write_stream(key, resp.aiter_bytes())
+                obj = await storage.write_stream(key, budget.through(resp.aiter_bytes()))
                 content_type = _content_type(f.filename, resp.content_type)
             stored.append(
                 Output(
@@ -82,7 +108,7 @@ async def collect(client: ComfyClient, storage: Storage, job: OutputSpec, entry:
         for index, (node_id, key, text) in enumerate(wanted_texts(job, entry)):
             output_id = str(uuid.uuid4())
             storage_key = f"{job.id}/{output_id}.txt"
-            obj = await storage.write_stream(storage_key, _one(text.encode("utf-8")))
+            obj = await storage.write_stream(storage_key, budget.through(_one(text.encode("utf-8"))))
             stored.append(
                 Output(
                     id=output_id,

@@ -91,3 +91,11 @@ def input_missing(param: str) -> dict[str, Any]:
 
 def staging_failed(message: str) -> dict[str, Any]:
     return {"type": "staging_failed", "message": "The backend refused an input image: " + scrub(message)}
+
+
+def output_too_large(limit: int) -> dict[str, Any]:
+    return {
+        "type": "output_too_large",
+        "message": f"The job's outputs came to more than {limit} bytes (GATEWAY_MAX_JOB_OUTPUT_BYTES); none were kept.",
+        "limit": limit,
+    }

@@ -36,7 +36,7 @@ from app.db.types import utcnow
 from app.dispatch import job_errors
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec
 from app.dispatch.capabilities import Capabilities
-from app.dispatch.collector import collect
+from app.dispatch.collector import OutputTooLarge, collect
 from app.domain.notify import Notifier
 from app.metrics import Metrics
 from app.storage.base import Storage
@@ -296,9 +296,12 @@ class Tracker:
         # that was canceled (or moved on) meanwhile, and the copies are then deleted.
         # No database connection is held while files are copied.
         try:
-            outputs = await collect(link.client, self.ctx.storage, job, entry)
+            outputs = await collect(link.client, self.ctx.storage, job, entry, self.ctx.settings.max_job_output_bytes)
         except NotFound as exc:
             await self.fail(link, pid, job_errors.output_missing(str(exc)))
+            return
+        except OutputTooLarge as exc:
+            await self.fail(link, pid, job_errors.output_too_large(exc.limit))
             return
         await self.ctx.notifier.settle(job.id)
         async with self.ctx.sessionmaker() as session:

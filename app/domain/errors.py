@@ -47,6 +47,11 @@ class Conflict(DomainError):
     status, type, title = 409, "conflict", "Conflict"
 
 
+class QuotaExceeded(Conflict):
+    # Not a 429: waiting does not help; deleting stored things does. `limit` names the setting.
+    type, title = "quota-exceeded", "Storage quota exceeded"
+
+
 class ValidationFailed(DomainError):
     status, type, title = 422, "validation-error", "Invalid request"
 

@@ -14,16 +14,16 @@ import re
 import tempfile
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, BinaryIO
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db.models import Upload
-from app.domain.errors import NotFound, PayloadTooLarge, ValidationFailed
+from app.domain.errors import NotFound, PayloadTooLarge, QuotaExceeded, ValidationFailed
 from app.domain.views import rfc3339
 from app.storage.images import NotAnImage, inspect_image
 from app.storage.base import Storage
@@ -68,13 +68,40 @@ async def _file_chunks(fh: BinaryIO) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def _usage(session: AsyncSession, user_id: str, pending: Sequence[Upload]) -> tuple[int, int]:
+    """The user's stored uploads (count, bytes), with `pending` ones of this request not yet committed."""
+    count, size = (
+        await session.execute(select(func.count(), func.coalesce(func.sum(Upload.size), 0)).where(Upload.user_id == user_id))
+    ).one()
+    return int(count) + len(pending), int(size) + sum(u.size for u in pending)
+
+
+def _over_quota(limit: str, quota: int, used: int, what: str) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"Your uploads would exceed your storage quota: {what} ({limit}={quota}); delete some uploads first.",
+        limit=limit, quota=quota, used=used,
+    )
+
+
 async def store(
-    session: AsyncSession, storage: Storage, settings: Settings, user_id: str, filename: str | None, fh: BinaryIO
+    session: AsyncSession,
+    storage: Storage,
+    settings: Settings,
+    user_id: str,
+    filename: str | None,
+    fh: BinaryIO,
+    pending: Sequence[Upload] = (),
 ) -> Upload:
     """Sniff the file and copy it into storage; returns its row, not yet added to the session (the
-    caller adds and commits it, or deletes the stored file). Not an image: 422, nothing stored."""
+    caller adds and commits it, or deletes the stored file). Not an image: 422, nothing stored.
+    Over the user's quota (GATEWAY_MAX_UPLOADS_PER_USER, _UPLOAD_BYTES_PER_USER; `pending` are this
+    request's uploads not yet committed): 409, nothing stored. Two requests racing may both fit;
+    the overshoot is bounded by one file each."""
+    count, used = await _usage(session, user_id, pending)
+    if count >= settings.max_uploads_per_user:
+        raise _over_quota("max_uploads_per_user", settings.max_uploads_per_user, count, f"you have {count} uploads")
     try:
-        info = await anyio.to_thread.run_sync(inspect_image, fh, settings.max_image_pixels)
+        info = await anyio.to_thread.run_sync(inspect_image, fh, settings.max_image_pixels, settings.max_image_frames)
     except NotAnImage as exc:
         raise ValidationFailed(str(exc), errors=[{"field": "file", "message": str(exc)}]) from None
     upload_id = str(uuid.uuid4())
@@ -83,6 +110,12 @@ async def store(
     if obj.size > settings.max_upload_bytes:
         await storage.delete(key)
         raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.")
+    if used + obj.size > settings.max_upload_bytes_per_user:
+        await storage.delete(key)
+        raise _over_quota(
+            "max_upload_bytes_per_user", settings.max_upload_bytes_per_user, used,
+            f"you store {used} bytes and this file has {obj.size}",
+        )
     upload = Upload(
         id=upload_id,
         user_id=user_id,
@@ -199,7 +232,7 @@ async def _store_input(
     param: str,
 ) -> Upload:
     try:
-        upload = await store(session, storage, settings, user_id, filename, fh)
+        upload = await store(session, storage, settings, user_id, filename, fh, new_uploads)
     except ValidationFailed as exc:
         raise _bad(param, exc.detail[0].lower() + exc.detail[1:].rstrip(".")) from None
     except PayloadTooLarge as exc:

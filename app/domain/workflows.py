@@ -1,12 +1,14 @@
 """Raw workflows: what the gateway checks before it stores a user's own ComfyUI graph.
 
 Who may send one is decided by the caller (`allow_raw_workflows`). Here: the graph's size and shape,
-the operator's node class lists (GATEWAY_RAW_WORKFLOW_DENY_NODES / _ALLOW_NODES), and inputs that
-name files on the ComfyUI server. Every problem is a 422 naming the node id and its class.
+the operator's node class lists (GATEWAY_RAW_WORKFLOW_DENY_NODES / _ALLOW_NODES), inputs that
+name files on the ComfyUI server, and string values of any node that look like server paths (a
+deny list cannot know every custom node that reads a path, so the values are checked instead). Every problem is a 422 naming the node id and its class.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -70,6 +72,38 @@ def upload_refs(workflow: dict[str, Any], object_info: Mapping[str, Any] | None 
     return refs
 
 
+# A value that names a file outside the folders ComfyUI joins it onto: an absolute POSIX path, a
+# Windows root, UNC or device path (\\server\share, \\?\...), a drive (C:\, C:/, C:name, C:), a home
+# directory (~, ~/x, ~user/x), a `file:` URL, or any `..` segment. Relative names (sub/x.png) pass:
+# ComfyUI's own loaders and savers keep those inside their folder.
+_DRIVE = re.compile(r"^[A-Za-z]:(?:$|[\\/]|[^\s\d:])")
+_HOME = re.compile(r"^~[\w.-]*(?:$|[\\/])")
+_SEGMENTS = re.compile(r"[\\/]")
+
+
+def looks_like_path(value: str) -> bool:
+    text = value.strip()
+    if not text:
+        return False
+    if text[0] in "/\\" or _DRIVE.match(text) or _HOME.match(text) or text[:5].lower() == "file:":
+        return True
+    # Windows drops trailing dots of a path part, so `...` climbs like `..`.
+    return any(len(part) > 1 and set(part) == {"."} for part in (p.strip() for p in _SEGMENTS.split(text)))
+
+
+def _combo_options(class_type: str, name: str, object_info: Mapping[str, Any] | None) -> frozenset[str]:
+    """The choices /object_info lists for a combo input (e.g. model files); ComfyUI checks those itself."""
+    info = object_info.get(class_type) if object_info else None
+    inputs = info.get("input") if isinstance(info, Mapping) else None
+    if not isinstance(inputs, Mapping):
+        return frozenset()
+    for section in ("required", "optional"):
+        spec = (inputs.get(section) or {}).get(name)
+        if isinstance(spec, list | tuple) and spec and isinstance(spec[0], list | tuple):
+            return frozenset(o for o in spec[0] if isinstance(o, str))
+    return frozenset()
+
+
 def _node_error(node_id: str, class_type: str, field: str, message: str) -> dict[str, str]:
     return {"field": f"workflow.{node_id}.{field}", "node_id": node_id, "class_type": class_type, "message": message}
 
@@ -106,7 +140,25 @@ def check_raw_workflow(
         # of the caller's uploads, in an input that loads an image. A plain file name (which could
         # be any user's file in ComfyUI's shared input folder) or a link is refused.
         images = image_inputs(class_type, object_info)
-        for name in sorted(upload_inputs(class_type, object_info) & set(node["inputs"])):
+        files = upload_inputs(class_type, object_info)
+        # Any node, known or not (custom nodes take free-text paths: VHS_LoadVideoPath...), may
+        # not be given a server path; file inputs are checked below, and a combo's own choices
+        # are ComfyUI's to check.
+        for name, value in sorted(node["inputs"].items()):
+            if (
+                name not in files
+                and isinstance(value, str)
+                and looks_like_path(value)
+                and value not in _combo_options(class_type, name, object_info)
+            ):
+                errors.append(
+                    _node_error(
+                        node_id, class_type, f"inputs.{name}",
+                        f"input {name!r} of {class_type!r} looks like a path on the server (absolute, "
+                        "drive, home, file: or '..'); raw workflows cannot name server paths",
+                    )
+                )
+        for name in sorted(files & set(node["inputs"])):
             value = node["inputs"][name]
             if name in images and isinstance(value, str) and value.startswith(UPLOAD_REF):
                 continue

@@ -28,11 +28,13 @@ class ImageInfo:
         return EXTENSIONS[self.content_type]
 
 
-def inspect_image(fh: BinaryIO, max_pixels: int) -> ImageInfo:
+def inspect_image(fh: BinaryIO, max_pixels: int, max_frames: int | None = None) -> ImageInfo:
     """Open the file as an image and check it; blocking (run it in a thread).
 
     Only the header is decoded for the dimensions, and `verify()` checks the structure without
     decoding the pixels, so a small file that would decode into gigabytes costs nothing here.
+    ComfyUI's LoadImage decodes every frame of an animated image into one tensor, so the pixel
+    bound is over all frames (frames x width x height), and the frames are bounded too.
     """
     fh.seek(0)
     try:
@@ -45,6 +47,16 @@ def inspect_image(fh: BinaryIO, max_pixels: int) -> ImageInfo:
                     raise NotAnImage(f"{fmt or 'this'} images are not accepted; send PNG, JPEG, WEBP, GIF, BMP or TIFF.")
                 if width * height > max_pixels:
                     raise NotAnImage(f"The image has {width}x{height} pixels; at most {max_pixels} pixels are accepted.")
+                # Counting walks the frame headers (GIF, TIFF) or reads the count from the header
+                # (APNG, WEBP); no frame is decoded.
+                frames = getattr(img, "n_frames", 1)
+                if max_frames is not None and frames > max_frames:
+                    raise NotAnImage(f"The image has {frames} frames; at most {max_frames} frames are accepted.")
+                if frames * width * height > max_pixels:
+                    raise NotAnImage(
+                        f"The image has {frames} frames of {width}x{height} pixels; at most {max_pixels} pixels "
+                        "are accepted over all frames."
+                    )
                 img.verify()
     except NotAnImage:
         raise

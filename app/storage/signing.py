@@ -38,4 +38,5 @@ class UrlSigner:
             return False
         if exp < time.time():
             return False
-        return hmac.compare_digest(self._mac(job_id, output_id, exp), signature)
+        # Compared as bytes: compare_digest refuses a str with non-ASCII characters (a TypeError).
+        return hmac.compare_digest(self._mac(job_id, output_id, exp).encode("ascii"), signature.encode("utf-8", "replace"))

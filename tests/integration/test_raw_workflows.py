@@ -120,3 +120,34 @@ async def test_raw_workflows_load_the_callers_uploads_by_reference(gateway: Gate
     )
     assert theirs.status_code == made_up.status_code == 422
     assert theirs.json()["errors"] == [{**made_up.json()["errors"][0]}]
+
+
+async def test_path_like_values_are_refused_on_any_node(gateway: Gateway) -> None:
+    _, user = await gateway.create_user("raw", limits={"allow_raw_workflows": True})
+    # Custom nodes the gateway knows nothing about, taking free-text server paths.
+    paths = [
+        ("VHS_LoadVideoPath", "video", "/etc/passwd"),
+        ("VHS_LoadVideoPath", "video", "~/.ssh/id_rsa"),
+        ("LoadTextFile", "path", "C:\\Windows\\win.ini"),
+        ("LoadTextFile", "path", "c:/secrets.txt"),
+        ("LoadTextFile", "path", "\\\\fileserver\\share\\x.txt"),
+        ("LoadTextFile", "path", "file:///etc/shadow"),
+        ("LoadTextFile", "path", "notes/../../../etc/hosts"),
+        ("LoadTextFile", "path", ".."),
+        ("SaveText", "filename_prefix", "..\\..\\startup"),
+    ]
+    for class_type, name, value in paths:
+        resp = await gateway.generate({"workflow": with_node("9", class_type, {name: value})}, headers=user)
+        assert refused_nodes(resp) == {("9", class_type)}, (value, resp.text)
+        assert resp.json()["errors"][0]["field"] == f"workflow.9.inputs.{name}"
+        assert "path" in resp.json()["errors"][0]["message"]
+    # A stock node's input too: SaveImage's prefix may not climb out of the output folder.
+    climbing = {**BLUR_GRAPH, "3": {**BLUR_GRAPH["3"], "inputs": {**BLUR_GRAPH["3"]["inputs"], "filename_prefix": "../x"}}}
+    assert refused_nodes(await gateway.generate({"workflow": climbing}, headers=user)) == {("3", "SaveImage")}
+    assert await job_count(gateway) == 0
+
+    # Text that is not a path, and relative sub-folders, pass.
+    prompt = {**with_node("4", "PrimitiveString", {"value": "a cat at ~ sunset, 1/2 scale.. wow ~cute~ /imagine"}),
+              "3": {**BLUR_GRAPH["3"], "inputs": {**BLUR_GRAPH["3"]["inputs"], "filename_prefix": "raw/sub/x"}}}
+    accepted = await gateway.generate({"workflow": prompt}, headers=user)
+    assert accepted.status_code == 202, accepted.text

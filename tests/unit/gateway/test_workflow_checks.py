@@ -31,3 +31,16 @@ def test_a_custom_upload_input_is_refused_only_when_set() -> None:
         check_raw_workflow(graph, settings, info)
     assert exc.value.extensions["errors"][0]["field"] == "workflow.1.inputs.video"
     assert check_raw_workflow({"1": {"class_type": "VHS_LoadVideo", "inputs": {}}}, settings, info) == []
+
+
+def test_a_path_like_value_passes_only_as_one_of_its_combos_own_choices() -> None:
+    settings = Settings(_env_file=None)
+    # A model list as a backend reports it: ComfyUI checks a combo's value against it itself.
+    info = {"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["../shared/sd15.safetensors", "sd15.safetensors"]]}}}}
+    listed = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "../shared/sd15.safetensors"}}}
+    assert check_raw_workflow(listed, settings, info) == []
+    unlisted = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "../../etc/passwd"}}}
+    for object_info in (info, None):
+        with pytest.raises(ValidationFailed) as exc:
+            check_raw_workflow(unlisted, settings, object_info)
+        assert exc.value.extensions["errors"][0]["field"] == "workflow.1.inputs.ckpt_name"
