@@ -115,7 +115,8 @@ function renderJob(main, ctx, id, userId) {
           "Cancel job",
         )
       : null;
-    head.replaceChildren(
+    // replaceChildren would show a null as the text "null".
+    const parts = [
       section(
         h("span", {}, "Job ", h("code", {}, job.id), " ", h("span", { id: "job-status" }, badge(job.status))),
         h(
@@ -132,7 +133,9 @@ function renderJob(main, ctx, id, userId) {
           job.status === "queued"
             ? [h("dt", {}, "Queue position"), h("dd", {}, job.queue_position ?? "—"), h("dt", {}, "Waiting because"), h("dd", {}, job.waiting_reason || "—")]
             : null,
-          h("dt", {}, "Progress"), h("dd", { id: "job-progress" }, progressBar(job.progress, "job progress")),
+          job.progress || !TERMINAL.has(job.status)
+            ? [h("dt", {}, "Progress"), h("dd", { id: "job-progress" }, progressBar(job.progress, "job progress"))]
+            : null,
         ),
         cancel,
       ),
@@ -144,7 +147,8 @@ function renderJob(main, ctx, id, userId) {
       section("Outputs", outputs),
       section("Event timeline", timeline),
       section("Webhook deliveries", deliveries),
-    );
+    ];
+    head.replaceChildren(...parts.filter(Boolean));
     drawOutputs();
   }
 

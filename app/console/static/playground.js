@@ -95,20 +95,20 @@ export function render(main, ctx) {
   const description = h("p", { class: "muted" });
   const form = h("form", { id: "params-form", class: "params", novalidate: null });
   const curl = h("pre", { id: "curl", class: "curl", tabindex: "0", "aria-label": "The same request with curl" });
-  const result = h("div", { id: "result" });
+  const result = h("div", { id: "result" }, section("Result", h("p", { class: "muted" }, "Progress and outputs appear here.")));
   const submit = h("button", { type: "submit", form: "params-form" }, "Generate");
-  main.append(
+  // Form and result side by side on a wide screen, one above the other on a phone.
+  main.classList.add("wide");
+  main.append(h("div", { class: "playground" },
     section(
       "Playground",
       h("div", { class: "field" }, h("label", { for: "template" }, "Template"), picker),
       description,
       form,
       submit,
-      h("h3", {}, "The same request"),
-      curl,
     ),
-    result,
-  );
+    h("div", { class: "side" }, section("The same request", curl), result),
+  ));
   let templates = [];
   let current = null;
   const aborter = new AbortController();
@@ -197,5 +197,8 @@ export function render(main, ctx) {
       form.replaceChildren(problemBox(err));
     }
   })();
-  return () => aborter.abort();
+  return () => {
+    aborter.abort();
+    main.classList.remove("wide");
+  };
 }
