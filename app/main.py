@@ -200,7 +200,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     problems.install(app)
     for module in (generate, jobs, outputs, uploads, events, ws, templates, me, admin, backends, health):
         app.include_router(module.router)
-    app.include_router(console_router)
+    if settings.console_enabled:
+        app.include_router(console_router)
     return app
 
 
