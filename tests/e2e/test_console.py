@@ -128,6 +128,28 @@ def test_playground_runs_a_template_and_the_job_page_shows_it(console: Console, 
     console.shot("job", full_page=True)
 
 
+def test_an_image_param_is_a_file_picker_that_uploads(console: Console, stack: Stack) -> None:
+    from PIL import Image
+
+    picture = stack.tmp / "input.png"
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(picture)
+    console.login(ADMIN_KEY)
+    page = console.page
+    console.go("#/playground")
+    page.select_option("#template", "img2img")
+    page.set_input_files("#param-image-file", str(picture))
+    page.wait_for_function("() => document.querySelector('#param-image').value !== ''")
+    upload_id = page.input_value("#param-image")
+    assert "64×48" in page.inner_text(".upload-note")
+    page.fill("#param-prompt", "the same, in blue")
+    page.fill("#param-steps", "3")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector('#run-status[data-final="succeeded"]', timeout=30_000)
+    console.image_loaded("#run-outputs img")
+    job = stack.admin.get(f"/v1/jobs/{page.inner_text('#run-link')}").json()
+    assert job["params"]["image"] == upload_id
+
+
 def test_queue_shows_live_progress_and_cancels_a_running_job(console: Console, stack: Stack) -> None:
     job = submit(stack, {"template": "txt2img", "params": {"prompt": "slow", "steps": 100}})
     console.login(ADMIN_KEY)
@@ -178,6 +200,17 @@ def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(browser
     finally:
         alice.page.context.close()
     assert [e for e in alice.errors if not RESOURCE_4XX.search(e)] == []
+
+    # The admin sees alice's job among everyone's, by her name, and opens its page (read from the
+    # admin list: /v1/jobs/{id} is the owner's).
+    console.go("#/jobs")
+    row = f'tr[data-job="{alices_job["id"]}"]'
+    page.wait_for_selector(row)
+    assert page.inner_text(f"{row} .job-user") == "alice"
+    page.click(f"{row} a")
+    page.wait_for_selector("#job-status .badge")
+    assert '"width": 32' in page.inner_text("pre.json")
+    assert "owner's key" in page.inner_text(".timeline")
 
 
 def test_a_refused_key_is_shown_as_the_problem(console: Console, stack: Stack) -> None:
