@@ -5,6 +5,7 @@ module's temporary directory."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,6 +69,15 @@ def submit(stack: Stack, body: dict, headers: dict | None = None) -> dict:
     return resp.json()
 
 
+def wait_terminal(stack: Stack, job_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = stack.admin.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
 def test_pool_shows_both_backends_and_drain_marks_one(console: Console, stack: Stack) -> None:
     console.login(ADMIN_KEY)
     page = console.page
@@ -84,6 +94,10 @@ def test_pool_shows_both_backends_and_drain_marks_one(console: Console, stack: S
         console.shot("pool")
         card.get_by_role("button", name="Resume").click()
         page.wait_for_selector(f'.backend[data-backend="{first}"][data-state="active"]')
+        # Drained elsewhere (through the API): the page sees it by itself.
+        second = next(b for b in stack.admin.get("/v1/admin/backends").json()["items"] if b["url"] == stack.backends[1])
+        stack.admin.post(f"/v1/admin/backends/{second['id']}/drain")
+        page.wait_for_selector(f'.backend[data-backend="{second["url"]}"][data-state="draining"]')
     finally:
         for b in stack.admin.get("/v1/admin/backends").json()["items"]:
             stack.admin.post(f"/v1/admin/backends/{b['id']}/resume")
@@ -166,6 +180,28 @@ def test_queue_shows_live_progress_and_cancels_a_running_job(console: Console, s
     page.locator(row).get_by_role("button", name=re.compile("Cancel")).click()
     page.wait_for_selector(row, state="detached")
     assert stack.admin.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+
+
+def test_queue_shows_the_oldest_waiting_job(console: Console, stack: Stack) -> None:
+    pool = stack.admin.get("/v1/admin/backends").json()["items"]
+    try:
+        # Every backend drained: jobs wait in the gateway's queue.
+        for b in pool:
+            stack.admin.post(f"/v1/admin/backends/{b['id']}/drain")
+        older = submit(stack, {"template": "blur", "params": {"width": 16}})
+        newer = submit(stack, {"template": "blur", "params": {"width": 24}})
+        console.login(ADMIN_KEY)
+        page = console.page
+        console.go("#/queue")
+        page.wait_for_selector(f'tr[data-job="{newer["id"]}"]')
+        oldest = page.inner_text(".oldest")
+        assert older["id"][:8] in oldest and newer["id"][:8] not in oldest
+        assert page.inner_text(".waiting-reason")
+    finally:
+        for b in pool:
+            stack.admin.post(f"/v1/admin/backends/{b['id']}/resume")
+    for job in (older, newer):
+        assert wait_terminal(stack, job["id"])["status"] == "succeeded"
 
 
 def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(browser: Any, console: Console, stack: Stack) -> None:

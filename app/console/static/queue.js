@@ -76,7 +76,7 @@ export function render(main, ctx) {
             when(first.created_at),
             h("br"),
             h("strong", {}, "Why: "),
-            h("span", { class: "waiting-reason" }, first.waiting_reason || "waiting for a free backend slot"),
+            h("span", { class: "waiting-reason" }, first.waiting_reason || "none given: it waits for a free slot on a healthy, active backend"),
           )
         : h("p", {}, "No job is waiting."),
     );
