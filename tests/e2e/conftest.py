@@ -90,6 +90,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
             comfyui_urls=[emu.base_url for emu in emulators],
             dispatch_poll_seconds=0.2,
             backend_retry_seconds=0.2,
+            # A webhook to a closed loopback port: deliveries that fail, for the redeliver button.
+            outbound_allowlist=["127.0.0.1"],
+            webhook_poll_seconds=0.2,
             _env_file=None,
         )
         gw = await start_gateway(settings)

@@ -164,6 +164,20 @@ def test_an_image_param_is_a_file_picker_that_uploads(console: Console, stack: S
     assert job["params"]["image"] == upload_id
 
 
+def test_job_page_lists_webhook_deliveries_and_redelivers(console: Console, stack: Stack) -> None:
+    job = submit(stack, {"template": "blur", "params": {"width": 16}, "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    wait_terminal(stack, job["id"])
+    console.login(ADMIN_KEY)
+    page = console.page
+    console.go(f"#/jobs/{job['id']}")
+    row = ".deliveries tbody tr"
+    page.wait_for_selector(f"{row} td.attempts:text('1')", timeout=20_000)
+    assert "127.0.0.1:9" in page.inner_text(row)
+    page.locator(row).get_by_role("button", name="Redeliver").click()
+    # The next attempt is made at once (the schedule would wait 5 s): the list shows it.
+    page.wait_for_selector(f"{row} td.attempts:text('2')", timeout=20_000)
+
+
 def test_queue_shows_live_progress_and_cancels_a_running_job(console: Console, stack: Stack) -> None:
     job = submit(stack, {"template": "txt2img", "params": {"prompt": "slow", "steps": 100}})
     console.login(ADMIN_KEY)

@@ -89,7 +89,8 @@ function renderJob(main, ctx, id, userId) {
   const status = h("div");
   const outputs = h("div", { class: "outputs" });
   const timeline = h("ol", { class: "timeline", "aria-live": "polite" });
-  const deliveries = h("div");
+  const deliveries = h("div", { class: "deliveries" });
+  let deliveriesTimer = null;
   const aborter = new AbortController();
   main.append(h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")), status, head);
   let job = null;
@@ -201,8 +202,11 @@ function renderJob(main, ctx, id, userId) {
   }
 
   async function loadDeliveries() {
+    clearTimeout(deliveriesTimer);
     try {
       const items = await all(`/v1/jobs/${encodeURIComponent(job.id)}/webhook-deliveries`, 100);
+      // Deliveries still being attempted are re-read until they settle.
+      if (items.some((d) => d.status === "pending") && !aborter.signal.aborted) deliveriesTimer = setTimeout(loadDeliveries, 2000);
       deliveries.replaceChildren(
         items.length
           ? table(
@@ -214,7 +218,7 @@ function renderJob(main, ctx, id, userId) {
                   h("td", {}, d.event),
                   h("td", { class: "url" }, d.url),
                   h("td", {}, badge(d.status)),
-                  h("td", {}, d.attempts.length),
+                  h("td", { class: "attempts" }, d.attempts.length),
                   h("td", {}, d.last_error || "—"),
                   h("td", {}, when(d.next_attempt_at)),
                   ctx.me.is_admin
@@ -257,5 +261,8 @@ function renderJob(main, ctx, id, userId) {
       head.replaceChildren(problemBox(err));
     }
   })();
-  return () => aborter.abort();
+  return () => {
+    aborter.abort();
+    clearTimeout(deliveriesTimer);
+  };
 }
