@@ -263,6 +263,30 @@ def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(browser
     assert "owner's key" in page.inner_text(".timeline")
 
 
+def test_the_console_is_usable_with_the_keyboard(console: Console) -> None:
+    console.login(ADMIN_KEY)
+    page = console.page
+    # A reload keeps the session (the key is in this tab's sessionStorage); the first Tab is the skip link.
+    page.reload()
+    page.wait_for_selector(".backend")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "main"
+    assert page.evaluate("() => location.hash") == "#/pool"
+    page.evaluate("() => document.activeElement.blur()")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.dataset.page") == "playground":
+            break
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#param-prompt")
+    # Submitting the form with Enter in a field; a missing required param is refused in place.
+    page.focus("#param-width")
+    page.keyboard.press("Enter")
+    assert page.evaluate("() => document.activeElement.id") == "param-prompt"
+    assert page.locator("#run-link").count() == 0
+
+
 def test_a_refused_key_is_shown_as_the_problem(console: Console, stack: Stack) -> None:
     problem = stack.admin.get("/v1/me", headers={"Authorization": "Bearer cgw_not_a_key"}).json()
     console.page.goto(f"{stack.base_url}/console")

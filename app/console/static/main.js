@@ -98,6 +98,8 @@ function route() {
   const [path, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
   const allowed = PAGES.filter((p) => !p.admin || ctx.me.is_admin);
   const entry = allowed.find((p) => p.path === path) || allowed.find((p) => p.path === (ctx.me.is_admin ? "pool" : "jobs"));
+  // The address always names the page shown, so it can be bookmarked or shared.
+  if (entry.path !== path) history.replaceState(null, "", `#/${entry.path}`);
   for (const a of nav.querySelectorAll("a")) {
     if (a.dataset.page === entry.path) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
@@ -117,5 +119,10 @@ window.addEventListener("unhandledrejection", (ev) => {
   main.prepend(problemBox(ev.reason instanceof ApiError ? ev.reason : { title: "Error", detail: String(ev.reason) }));
 });
 window.addEventListener("hashchange", route);
+// The skip link moves focus without touching location.hash, which is the router's.
+document.querySelector(".skip").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  main.focus();
+});
 logoutButton.addEventListener("click", logout);
 start();
