@@ -262,6 +262,13 @@ def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(browser
     assert '"width": 32' in page.inner_text("pre.json")
     assert "owner's key" in page.inner_text(".timeline")
 
+    # Revoking the key from the users page: it no longer opens anything.
+    console.go("#/users")
+    page.locator('tr[data-user="alice"]').get_by_role("button", name="Keys").click()
+    page.locator('tr[data-user="alice"] .keys li').get_by_role("button", name=re.compile("Revoke")).click()
+    page.wait_for_selector('tr[data-user="alice"] .keys .badge-revoked')
+    assert stack.admin.get("/v1/me", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+
 
 def test_the_console_is_usable_with_the_keyboard(console: Console) -> None:
     console.login(ADMIN_KEY)
