@@ -282,7 +282,7 @@ comfy-gateway demo: gateway {base}  ·  emulated ComfyUI {emulator.base_url}  ·
        -d '{{"template": "txt2img", "params": {{"prompt": "a lighthouse at dusk"}}}}'
   curl -N {base}/v1/jobs/<job id>/events -H 'Authorization: Bearer {key}'
 
-Interactive API docs: {base}/docs   ·   Ctrl-C stops.
+Console (log in with the admin key): {base}/console   ·   interactive API docs: {base}/docs   ·   Ctrl-C stops.
 """
         )
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))

@@ -220,6 +220,9 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # Run the dispatcher in this process. Off for an API-only replica.
     run_dispatcher: bool = True
+    # Serve the browser console at /console (static files; it uses the public API with the key
+    # typed into it). Off for a gateway that should answer API routes only.
+    console_enabled: bool = True
 
     @field_validator(
         "comfyui_urls",

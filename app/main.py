@@ -15,6 +15,7 @@ from app.api import admin, backends, events, generate, health, jobs, me, outputs
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
+from app.console.routes import router as console_router
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
@@ -199,6 +200,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     problems.install(app)
     for module in (generate, jobs, outputs, uploads, events, ws, templates, me, admin, backends, health):
         app.include_router(module.router)
+    if settings.console_enabled:
+        app.include_router(console_router)
     return app
 
 
