@@ -80,8 +80,8 @@ class Template(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        # Users with waiting work, found by skipping through it (app/db/queue.py), and jobs in flight.
-        Index("ix_jobs_status_backend_user", "status", "backend", "user_id"),
+        # The dispatcher's reads of jobs in flight, and of canceled jobs to clean up.
+        Index("ix_jobs_status_backend", "status", "backend"),
         # A user's job list, newest first; the jobs-per-day count.
         Index("ix_jobs_user_created", "user_id", "created_at"),
         # A user's next jobs in dispatch order; its prefix: a user's queued and running counts.
@@ -136,6 +136,17 @@ class Job(Base):
     # Webhook: where and for which events (job.running, job.succeeded ...); null when none.
     webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
     webhook_events: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+
+
+class JobCount(Base):
+    """A user's active jobs per state (`queued`, `dispatched`, `running`), kept by triggers on
+    `jobs` in the transaction that changes them (migration 0009): read instead of counting."""
+
+    __tablename__ = "job_counts"
+
+    user_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class Output(Base):

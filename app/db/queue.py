@@ -2,40 +2,26 @@
 
 At 100,000 queued jobs a count or a GROUP BY over the queue costs tens of milliseconds per round
 and per submit; these read only what they return, through the indexes of migration 0008:
-- the users with waiting work: a skip scan (one index seek per user, as a recursive query, since
-  neither SQLite nor PostgreSQL skips through an index by itself);
-- jobs in flight per user: the short `backend IS NOT NULL` ranges of active jobs;
+- the users with waiting work, and jobs in flight per user: the counters the database keeps
+  (JobCount, migration 0009), a few rows per user;
 - a user's next jobs in dispatch order (priority, then age), read from the index in that order.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, literal_column, select, text
+from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from app.db.models import Job
+from app.db.models import Job, JobCount
 
 ACTIVE = ("queued", "running")
 
-# min(user_id) over the waiting range, then the next user after each: one seek per user.
-_WAITING_USERS = text(
-    """
-    WITH RECURSIVE waiting(user_id) AS (
-        SELECT min(user_id) FROM jobs WHERE status = 'queued' AND backend IS NULL
-        UNION ALL
-        SELECT (SELECT min(j.user_id) FROM jobs j
-                WHERE j.status = 'queued' AND j.backend IS NULL AND j.user_id > waiting.user_id)
-        FROM waiting WHERE waiting.user_id IS NOT NULL
-    )
-    SELECT user_id FROM waiting WHERE user_id IS NOT NULL
-    """
-)
-
+_WAITING_USERS = select(JobCount.user_id).where(JobCount.state == "queued", JobCount.n > 0)
 _IN_FLIGHT = (
-    select(Job.user_id, func.count())
-    .where(Job.status.in_(ACTIVE), Job.backend.is_not(None))
-    .group_by(Job.user_id)
+    select(JobCount.user_id, func.sum(JobCount.n))
+    .where(JobCount.state.in_(("dispatched", "running")), JobCount.n > 0)
+    .group_by(JobCount.user_id)
 )
 
 

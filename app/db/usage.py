@@ -4,29 +4,33 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Job
+from app.db.models import Job, JobCount
+
+
+async def _active(session: AsyncSession, user_id: str) -> dict[str, int]:
+    """The user's counters (app/db/models.py JobCount): a few rows, whatever the queue holds."""
+    rows = await session.execute(_COUNTS, {"user_id": user_id})
+    return {state: int(n) for state, n in rows.all()}
+
+
+_COUNTS = select(JobCount.state, JobCount.n).where(JobCount.user_id == bindparam("user_id"))
 
 
 async def quota_counts(session: AsyncSession, user_id: str, since: datetime) -> tuple[int, int]:
-    """(queued jobs, jobs created after `since`) of the user, in one round trip; each count uses its index."""
-    queued = select(func.count()).where(Job.user_id == user_id, Job.status == "queued").scalar_subquery()
-    created = select(func.count()).where(Job.user_id == user_id, Job.created_at > since).scalar_subquery()
-    row = (await session.execute(select(queued, created))).one()
-    return int(row[0]), int(row[1])
+    """(queued jobs, jobs created after `since`) of the user. Queued counts jobs handed to a
+    backend that have not started, as the user sees them (status `queued`)."""
+    counts = await _active(session, user_id)
+    created = select(func.count()).where(Job.user_id == user_id, Job.created_at > since)
+    return counts.get("queued", 0) + counts.get("dispatched", 0), int((await session.execute(created)).scalar_one())
 
 
 async def status_counts(session: AsyncSession, user_id: str) -> dict[str, int]:
     """The user's queued and running jobs."""
-    rows = await session.execute(
-        select(Job.status, func.count())
-        .where(Job.user_id == user_id, Job.status.in_(("queued", "running")))
-        .group_by(Job.status)
-    )
-    counts = {status: int(count) for status, count in rows.all()}
-    return {"queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+    counts = await _active(session, user_id)
+    return {"queued": counts.get("queued", 0) + counts.get("dispatched", 0), "running": counts.get("running", 0)}
 
 
 async def created_since(session: AsyncSession, user_id: str, since: datetime) -> int:

@@ -1,7 +1,8 @@
 """Gauges of the work waiting and running, per user, read from the rows (so every replica exports the
 whole deployment's numbers, and a restart loses nothing): what GPU autoscaling and alerts watch.
 
-One grouped count every GATEWAY_METRICS_REFRESH_SECONDS, not a query per scrape.
+Read every GATEWAY_METRICS_REFRESH_SECONDS from the counters the database keeps (JobCount), not
+counted from the queue, and not a query per scrape.
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.jobs import ACTIVE
-from app.db.models import Job
+from app.db.models import JobCount
 from app.metrics import Metrics
 
 log = logging.getLogger("app.metrics")
@@ -21,12 +21,12 @@ log = logging.getLogger("app.metrics")
 
 async def refresh(sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics) -> None:
     async with sessionmaker() as session:
-        rows = (
-            await session.execute(
-                select(Job.status, Job.user_id, func.count()).where(Job.status.in_(ACTIVE)).group_by(Job.status, Job.user_id)
-            )
-        ).all()
-    counts = {(status, user_id): count for status, user_id, count in rows}
+        rows = (await session.execute(select(JobCount.state, JobCount.user_id, JobCount.n).where(JobCount.n > 0))).all()
+    counts: dict[tuple[str, str], int] = {}
+    for state, user_id, n in rows:
+        # Handed to a backend but not started is `queued` to users, and here.
+        status = "queued" if state == "dispatched" else state
+        counts[(status, user_id)] = counts.get((status, user_id), 0) + int(n)
     gauge, exported = metrics.jobs_active, metrics.jobs_active_exported
     # A user whose jobs all ended shows 0 for one refresh, then leaves the export.
     for labels, last in list(exported.items()):

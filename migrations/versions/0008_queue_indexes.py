@@ -3,9 +3,6 @@
 Revision ID: 0008
 Revises: 0007
 
-- ix_jobs_status_backend_user (status, backend, user_id) replaces ix_jobs_status_backend: the pick
-  finds the users with waiting work by skipping through it (one seek per user, not a scan of the
-  queue), and counts in-flight jobs from the short `backend IS NOT NULL` range;
 - ix_jobs_user_pick (user_id, status, priority DESC, created_at, id) replaces ix_jobs_user_status:
   a user's next jobs are read in dispatch order from the index, however many it has queued
   (the quota counts use its prefix);
@@ -25,9 +22,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.drop_index("ix_jobs_status_backend", table_name="jobs")
     op.drop_index("ix_jobs_user_status", table_name="jobs")
-    op.create_index("ix_jobs_status_backend_user", "jobs", ["status", "backend", "user_id"])
     op.create_index(
         "ix_jobs_user_pick", "jobs", ["user_id", "status", sa.text("priority DESC"), "created_at", "id"]
     )
@@ -39,6 +34,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_jobs_queue_order", table_name="jobs")
     op.drop_index("ix_jobs_user_pick", table_name="jobs")
-    op.drop_index("ix_jobs_status_backend_user", table_name="jobs")
     op.create_index("ix_jobs_user_status", "jobs", ["user_id", "status"])
-    op.create_index("ix_jobs_status_backend", "jobs", ["status", "backend"])
