@@ -32,7 +32,7 @@ FIRST_FRAME_SECONDS = 10.0
 
 
 async def _authenticate(websocket: WebSocket, key: str | None) -> Principal:
-    # A JSON first frame can carry a lone surrogate ("\\ud800"), which no key holds and which
+    # A JSON first frame can carry a lone surrogate (`\ud800`), which no key holds and which
     # cannot be hashed: it is a wrong key, not a server error.
     if key is not None and not _encodable(key):
         raise Unauthorized("The API key is not valid.")
