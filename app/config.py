@@ -14,6 +14,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+ADMIN_KEY_MIN_LENGTH = 24
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -21,7 +24,8 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+    # Errors name the setting but never echo its value: several settings are secrets.
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     # --- storage and database -------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///./data/gateway.db"
@@ -60,6 +64,8 @@ class Settings(BaseSettings):
     object_info_refresh_seconds: float = Field(default=300.0, gt=0)
 
     # --- auth -------------------------------------------------------------------------------
+    # Bypasses every limit and is compared directly: refused at start when shorter than
+    # ADMIN_KEY_MIN_LENGTH, so a guessable one never goes live.
     admin_api_key: str | None = None
     # Secret for signing output URLs. When unset, one is generated once and kept in the database,
     # so that URLs stay valid across restarts and replicas.
@@ -245,6 +251,15 @@ class Settings(BaseSettings):
         # A lease shorter than an attempt would let a second sender send the same attempt again.
         if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
             raise ValueError("GATEWAY_WEBHOOK_LEASE_SECONDS must be longer than GATEWAY_WEBHOOK_TIMEOUT_SECONDS")
+        return self
+
+    @model_validator(mode="after")
+    def _admin_key_long_enough(self) -> Settings:
+        if self.admin_api_key and len(self.admin_api_key) < ADMIN_KEY_MIN_LENGTH:
+            raise ValueError(
+                f"GATEWAY_ADMIN_API_KEY must be at least {ADMIN_KEY_MIN_LENGTH} characters "
+                "(e.g. python -c \"import secrets; print('cgw_admin_' + secrets.token_urlsafe(24))\")"
+            )
         return self
 
     @field_validator("comfyui_urls")
