@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # A backend's socket is pinged this often and dropped when a pong takes longer: a socket that
     # stalls silently is found within two intervals, and missed events are read from /history.
     ws_ping_seconds: float = Field(default=10.0, gt=0)
+    # Largest message accepted on a backend's socket: previews of big images are megabytes, but a
+    # backend must not make the gateway buffer without bound. Over it the socket is closed (1009)
+    # and reconnected, like any lost socket.
+    backend_ws_max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # A backend unreachable for this long loses its unfinished jobs to the others.
     failover_grace_seconds: float = Field(default=30.0, gt=0)
     # Each backend's /system_stats is checked this often; after this many failures in a row it
