@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Secret for signing output URLs. When unset, one is generated once and kept in the database,
     # so that URLs stay valid across restarts and replicas.
     signing_secret: str | None = None
+    # The same secrets read from files (Docker/Kubernetes secrets), for when the environment is
+    # not private enough; the file's trailing newline is not part of the secret.
+    signing_secret_file: Path | None = None
     signed_url_ttl_seconds: int = Field(default=3600, ge=10)
 
     # --- per-user defaults ------------------------------------------------------------------
@@ -188,6 +191,7 @@ class Settings(BaseSettings):
     # Key that encrypts users' webhook secrets in the database. When unset, one is derived from
     # the URL signing secret; set it apart so that a database copy alone does not reveal them.
     webhook_secret_key: str | None = None
+    webhook_secret_key_file: Path | None = None
 
     # --- events -----------------------------------------------------------------------------
     sse_ping_seconds: float = Field(default=15.0, gt=0)
@@ -255,6 +259,28 @@ class Settings(BaseSettings):
         # A lease shorter than an attempt would let a second sender send the same attempt again.
         if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
             raise ValueError("GATEWAY_WEBHOOK_LEASE_SECONDS must be longer than GATEWAY_WEBHOOK_TIMEOUT_SECONDS")
+        return self
+
+    @field_validator("signing_secret_file", "webhook_secret_key_file", mode="before")
+    @classmethod
+    def _empty_is_no_file(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        for name in ("signing_secret", "webhook_secret_key"):
+            path = getattr(self, name + "_file")
+            if path is None:
+                continue
+            if getattr(self, name):
+                raise ValueError(f"set GATEWAY_{name.upper()} or GATEWAY_{name.upper()}_FILE, not both")
+            try:
+                value = path.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"GATEWAY_{name.upper()}_FILE cannot be read: {type(exc).__name__}") from None
+            if not value:
+                raise ValueError(f"GATEWAY_{name.upper()}_FILE is empty")
+            setattr(self, name, value)
         return self
 
     @model_validator(mode="after")

@@ -68,6 +68,14 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         secret = settings.signing_secret or await get_or_create(
             sessionmaker, "signing_secret", lambda: secrets.token_urlsafe(48)
         )
+        if not settings.signing_secret and not settings.webhook_secret_key:
+            # Loud on purpose: the operator may believe the database alone holds nothing usable.
+            log.warning(
+                "GATEWAY_SIGNING_SECRET and GATEWAY_WEBHOOK_SECRET_KEY are unset: the URL signing secret "
+                "is kept in the database and users' webhook secrets are encrypted with a key derived "
+                "from it, so a copy of the database alone reveals them (and can sign output URLs). "
+                "Set both (or GATEWAY_*_FILE) from a secret store."
+            )
         # The pool is the `backends` table: GATEWAY_COMFYUI_URLS is registered in it, beside the
         # backends admins added (which survive a restart that way).
         async with sessionmaker() as session:
