@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import log_redaction
 from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads, ws
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
@@ -45,9 +46,12 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     """`outbound_resolver` replaces DNS for outbound URLs (webhooks): for tests of what a host name
     resolves to at send time."""
     settings = settings or get_settings()
+    log_redaction.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Again: a logging configuration applied after create_app may have made new loggers.
+        log_redaction.install()
         if settings.auto_migrate:
             await upgrade_async(settings.database_url)
         engine = create_engine(settings.database_url)
