@@ -211,6 +211,10 @@ class Settings(BaseSettings):
     # How often the gauge of queued and running jobs per user (gateway_jobs_active) is read from
     # the database: one grouped count each time.
     metrics_refresh_seconds: float = Field(default=5.0, gt=0)
+    # /metrics names every user id and backend URL: it needs this token (or an admin key) as
+    # `Authorization: Bearer`, unless made public for a port only the scraper can reach.
+    metrics_token: SecretStr | None = None
+    metrics_public: bool = False
     # The longest `Prefer: wait=N` honoured on POST /v1/generate.
     max_wait_seconds: int = Field(default=60, ge=0, le=60)
     # How long an Idempotency-Key is remembered.
