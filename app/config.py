@@ -208,6 +208,9 @@ class Settings(BaseSettings):
     # The key of a live connection (SSE stream, /v1/ws) is checked again this often: a revoked key
     # or a disabled user stops receiving within this time.
     live_auth_check_seconds: float = Field(default=10.0, gt=0)
+    # Live connections (SSE streams and /v1/ws sockets together) one user may hold open at once,
+    # counted per process; over it: 429 (SSE) or an error frame and close 1013 (/v1/ws).
+    max_live_streams_per_user: int = Field(default=32, ge=1, le=100_000)
     # How often the gauge of queued and running jobs per user (gateway_jobs_active) is read from
     # the database: one grouped count each time.
     metrics_refresh_seconds: float = Field(default=5.0, gt=0)

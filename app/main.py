@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from app import log_redaction
 from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads, ws
 from app.api.limits import BodySizeLimit
+from app.api.live_slots import LiveSlots
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
 from app.db.engine import create_engine, create_sessionmaker
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         state.event_log = event_log
         state.event_relay = relay
         state.metrics = metrics
+        state.live_slots = LiveSlots(settings.max_live_streams_per_user)
         state.notifier = notifier
         state.dispatcher = dispatcher
         state.dispatcher_wake = dispatcher.wake
@@ -198,7 +200,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             "the same per-job `id`), `preview` with `?previews=true`. The key comes as `?api_key=`, "
             '`Authorization: Bearer`, or the first frame (`{"api_key": "..."}` or the key alone). The server '
             'first sends `{"event": "subscribed"}`; a bad key gets an `error` frame (a problem) and close code '
-            "1008; a client too slow to keep up gets a `lagged` frame (re-read its jobs)."
+            "1008; a user over its cap of live connections an `error` frame and 1013; a client too slow to keep "
+            "up gets a `lagged` frame (re-read its jobs)."
         ),
         lifespan=lifespan,
     )
