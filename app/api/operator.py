@@ -12,7 +12,7 @@ from app.domain.users import authenticate
 
 def bearer(request: Request) -> str | None:
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    return credential.strip() or None if scheme.lower() == "bearer" else None
+    return (credential.strip() or None) if scheme.lower() == "bearer" else None
 
 
 async def require_operator(request: Request) -> None:
