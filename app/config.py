@@ -14,6 +14,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+ADMIN_KEY_MIN_LENGTH = 24
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
@@ -21,7 +24,8 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+    # Errors name the setting but never echo its value: several settings are secrets.
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     # --- storage and database -------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///./data/gateway.db"
@@ -47,6 +51,10 @@ class Settings(BaseSettings):
     # A backend's socket is pinged this often and dropped when a pong takes longer: a socket that
     # stalls silently is found within two intervals, and missed events are read from /history.
     ws_ping_seconds: float = Field(default=10.0, gt=0)
+    # Largest message accepted on a backend's socket: previews of big images are megabytes, but a
+    # backend must not make the gateway buffer without bound. Over it the socket is closed (1009)
+    # and reconnected, like any lost socket.
+    backend_ws_max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # A backend unreachable for this long loses its unfinished jobs to the others.
     failover_grace_seconds: float = Field(default=30.0, gt=0)
     # Each backend's /system_stats is checked this often; after this many failures in a row it
@@ -60,10 +68,15 @@ class Settings(BaseSettings):
     object_info_refresh_seconds: float = Field(default=300.0, gt=0)
 
     # --- auth -------------------------------------------------------------------------------
+    # Bypasses every limit and is compared directly: refused at start when shorter than
+    # ADMIN_KEY_MIN_LENGTH, so a guessable one never goes live.
     admin_api_key: str | None = None
     # Secret for signing output URLs. When unset, one is generated once and kept in the database,
     # so that URLs stay valid across restarts and replicas.
     signing_secret: str | None = None
+    # The same secrets read from files (Docker/Kubernetes secrets), for when the environment is
+    # not private enough; the file's trailing newline is not part of the secret.
+    signing_secret_file: Path | None = None
     signed_url_ttl_seconds: int = Field(default=3600, ge=10)
 
     # --- per-user defaults ------------------------------------------------------------------
@@ -190,6 +203,7 @@ class Settings(BaseSettings):
     # Key that encrypts users' webhook secrets in the database. When unset, one is derived from
     # the URL signing secret; set it apart so that a database copy alone does not reveal them.
     webhook_secret_key: str | None = None
+    webhook_secret_key_file: Path | None = None
 
     # --- events -----------------------------------------------------------------------------
     sse_ping_seconds: float = Field(default=15.0, gt=0)
@@ -206,9 +220,16 @@ class Settings(BaseSettings):
     # The key of a live connection (SSE stream, /v1/ws) is checked again this often: a revoked key
     # or a disabled user stops receiving within this time.
     live_auth_check_seconds: float = Field(default=10.0, gt=0)
+    # Live connections (SSE streams and /v1/ws sockets together) one user may hold open at once,
+    # counted per process; over it: 429 (SSE) or an error frame and close 1013 (/v1/ws).
+    max_live_streams_per_user: int = Field(default=32, ge=1, le=100_000)
     # How often the gauge of queued and running jobs per user (gateway_jobs_active) is read from
     # the database: one grouped count each time.
     metrics_refresh_seconds: float = Field(default=5.0, gt=0)
+    # /metrics names every user id and backend URL: it needs this token (or an admin key) as
+    # `Authorization: Bearer`, unless made public for a port only the scraper can reach.
+    metrics_token: SecretStr | None = None
+    metrics_public: bool = False
     # The longest `Prefer: wait=N` honoured on POST /v1/generate.
     max_wait_seconds: int = Field(default=60, ge=0, le=60)
     # How long an Idempotency-Key is remembered.
@@ -269,6 +290,37 @@ class Settings(BaseSettings):
         if not value or any(not 1 <= q <= 100 for q in value):
             raise ValueError("a non-empty list of qualities, each 1..100")
         return sorted(set(value))
+
+    @field_validator("signing_secret_file", "webhook_secret_key_file", mode="before")
+    @classmethod
+    def _empty_is_no_file(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        for name in ("signing_secret", "webhook_secret_key"):
+            path = getattr(self, name + "_file")
+            if path is None:
+                continue
+            if getattr(self, name):
+                raise ValueError(f"set GATEWAY_{name.upper()} or GATEWAY_{name.upper()}_FILE, not both")
+            try:
+                value = path.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"GATEWAY_{name.upper()}_FILE cannot be read: {type(exc).__name__}") from None
+            if not value:
+                raise ValueError(f"GATEWAY_{name.upper()}_FILE is empty")
+            setattr(self, name, value)
+        return self
+
+    @model_validator(mode="after")
+    def _admin_key_long_enough(self) -> Settings:
+        if self.admin_api_key and len(self.admin_api_key) < ADMIN_KEY_MIN_LENGTH:
+            raise ValueError(
+                f"GATEWAY_ADMIN_API_KEY must be at least {ADMIN_KEY_MIN_LENGTH} characters "
+                "(e.g. python -c \"import secrets; print('cgw_admin_' + secrets.token_urlsafe(24))\")"
+            )
+        return self
 
     @field_validator("comfyui_urls")
     @classmethod

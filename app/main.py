@@ -11,8 +11,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import log_redaction
 from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads, ws
 from app.api.limits import BodySizeLimit
+from app.api.live_slots import LiveSlots
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
@@ -46,9 +48,12 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     """`outbound_resolver` replaces DNS for outbound URLs (webhooks): for tests of what a host name
     resolves to at send time."""
     settings = settings or get_settings()
+    log_redaction.install()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Again: a logging configuration applied after create_app may have made new loggers.
+        log_redaction.install()
         if settings.auto_migrate:
             await upgrade_async(settings.database_url)
         engine = create_engine(settings.database_url)
@@ -69,6 +74,14 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         secret = settings.signing_secret or await get_or_create(
             sessionmaker, "signing_secret", lambda: secrets.token_urlsafe(48)
         )
+        if not settings.signing_secret and not settings.webhook_secret_key:
+            # Loud on purpose: the operator may believe the database alone holds nothing usable.
+            log.warning(
+                "GATEWAY_SIGNING_SECRET and GATEWAY_WEBHOOK_SECRET_KEY are unset: the URL signing secret "
+                "is kept in the database and users' webhook secrets are encrypted with a key derived "
+                "from it, so a copy of the database alone reveals them (and can sign output URLs). "
+                "Set both (or GATEWAY_*_FILE) from a secret store."
+            )
         # The pool is the `backends` table: GATEWAY_COMFYUI_URLS is registered in it, beside the
         # backends admins added (which survive a restart that way).
         async with sessionmaker() as session:
@@ -119,6 +132,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         state.event_log = event_log
         state.event_relay = relay
         state.metrics = metrics
+        state.live_slots = LiveSlots(settings.max_live_streams_per_user)
         state.notifier = notifier
         state.dispatcher = dispatcher
         state.dispatcher_wake = dispatcher.wake
@@ -187,7 +201,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             "the same per-job `id`), `preview` with `?previews=true`. The key comes as `?api_key=`, "
             '`Authorization: Bearer`, or the first frame (`{"api_key": "..."}` or the key alone). The server '
             'first sends `{"event": "subscribed"}`; a bad key gets an `error` frame (a problem) and close code '
-            "1008; a client too slow to keep up gets a `lagged` frame (re-read its jobs)."
+            "1008; a user over its cap of live connections an `error` frame and 1013; a client too slow to keep "
+            "up gets a `lagged` frame (re-read its jobs)."
         ),
         lifespan=lifespan,
     )

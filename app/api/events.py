@@ -8,11 +8,12 @@ has an `id:`, the event's id in the job's event log (app/domain/live.py has the 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from app.api.deps import BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.schemas import PROBLEMS
@@ -47,6 +48,21 @@ def parse_event_id(value: str | None) -> int | None:
     return int(value)
 
 
+class _SlotResponse(EventSourceResponse):
+    """Gives the caller's live slot (app/api/live_slots.py) back when the stream ends, however it
+    ends: also when the client left before the first event and the generator never ran."""
+
+    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 @router.get(
     "/v1/jobs/{job_id}/events",
     responses={**PROBLEMS, 200: {"content": {"text/event-stream": {}}}},
@@ -55,7 +71,9 @@ def parse_event_id(value: str | None) -> int | None:
         "Server-Sent Events: `status` (the job), `progress`, `output`, and a final `status`, then the stream ends. "
         "Every event has an `id`; reconnect with `Last-Event-ID` to get the job as it is now (a `status` "
         "without an id), then, in order, what was missed. "
-        "`?previews=true` adds `preview` events (base64 images, no id, never stored)."
+        "`?previews=true` adds `preview` events (base64 images, no id, never stored). "
+        "A user holds at most GATEWAY_MAX_LIVE_STREAMS_PER_USER live connections (these streams and /v1/ws "
+        "sockets); one more is a 429."
     ),
 )
 async def job_events(
@@ -70,9 +88,15 @@ async def job_events(
     previews: Annotated[bool, Query(description="also send live preview images")] = False,
 ) -> EventSourceResponse:
     after = parse_event_id(last_event_id)
-    follower = await JobFollower.open(
-        session, bus, request.app.state.event_log, signer, principal, job_id, after=after, previews=previews
-    )
+    slots = request.app.state.live_slots
+    slot = slots.take(principal)
+    try:
+        follower = await JobFollower.open(
+            session, bus, request.app.state.event_log, signer, principal, job_id, after=after, previews=previews
+        )
+    except BaseException:
+        slots.give_back(slot)
+        raise
     # The request's session is not used by the stream: it would hold a connection for hours.
     await session.close()
     sessionmaker = request.app.state.sessionmaker
@@ -93,4 +117,6 @@ async def job_events(
         ):
             yield _sse(event)
 
-    return EventSourceResponse(stream(), ping=settings.sse_ping_seconds, headers={"X-Accel-Buffering": "no"})
+    return _SlotResponse(
+        stream(), ping=settings.sse_ping_seconds, headers={"X-Accel-Buffering": "no"}, release=lambda: slots.give_back(slot)
+    )

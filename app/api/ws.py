@@ -9,6 +9,8 @@ from then on every event of the caller's jobs is sent. A bad key gets an `error`
 problem object) and the socket is closed with 1008 (policy violation); the key is checked again
 every `GATEWAY_LIVE_AUTH_CHECK_SECONDS`, so a revoked key or a disabled user stops receiving.
 A client too slow to keep up gets a `lagged` frame (events were dropped: re-read its jobs).
+A user over GATEWAY_MAX_LIVE_STREAMS_PER_USER open connections (with its SSE streams) gets an
+`error` frame (a 429 problem) and close 1013 (try again later).
 """
 
 from __future__ import annotations
@@ -20,28 +22,42 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from app.domain.errors import Unauthorized
+from app.domain.errors import DomainError, LimitExceeded, Unauthorized
 from app.domain.live import frame
 from app.domain.users import Principal, authenticate
 
 router = APIRouter(tags=["events"])
 
 POLICY_VIOLATION = 1008
+#: Over the cap of live connections: a temporary condition, unlike a bad key.
+TRY_AGAIN_LATER = 1013
 #: How long a client that sends its key as the first frame has to do so.
 FIRST_FRAME_SECONDS = 10.0
 
 
 async def _authenticate(websocket: WebSocket, key: str | None) -> Principal:
+    # A JSON first frame can carry a lone surrogate (`\ud800`), which no key holds and which
+    # cannot be hashed: it is a wrong key, not a server error.
+    if key is not None and not _encodable(key):
+        raise Unauthorized("The API key is not valid.")
     state = websocket.app.state
     async with state.sessionmaker() as session:
         return await authenticate(session, key, state.settings)
 
 
-async def _refuse(websocket: WebSocket, error: Unauthorized) -> None:
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def _refuse(websocket: WebSocket, error: DomainError, *, code: int = POLICY_VIOLATION) -> None:
     if websocket.application_state == WebSocketState.CONNECTED:
         try:
             await websocket.send_text(json.dumps({"event": "error", "job_id": None, "id": None, "data": error.problem()}))
-            await websocket.close(code=POLICY_VIOLATION, reason=error.title)
+            await websocket.close(code=code, reason=error.title)
         except (WebSocketDisconnect, RuntimeError):
             pass
 
@@ -79,6 +95,19 @@ async def live_events(websocket: WebSocket, api_key: str | None = None, previews
     except Unauthorized as exc:
         await _refuse(websocket, exc)
         return
+    state = websocket.app.state
+    try:
+        slot = state.live_slots.take(principal)
+    except LimitExceeded as exc:
+        await _refuse(websocket, exc, code=TRY_AGAIN_LATER)
+        return
+    try:
+        await _follow(websocket, principal, key, previews)
+    finally:
+        state.live_slots.give_back(slot)
+
+
+async def _follow(websocket: WebSocket, principal: Principal, key: str | None, previews: bool) -> None:
     state = websocket.app.state
     bus = state.bus
     sub = bus.subscribe_user(principal.user_id, previews=previews)

@@ -129,7 +129,9 @@ class ComfyWebSocket:
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
         self.first_message_timeout = first_message_timeout
-        self.max_size = max_size  # None = unlimited: previews can be large
+        # None = unlimited. The gateway always sets a bound (GATEWAY_BACKEND_WS_MAX_MESSAGE_BYTES):
+        # a message over it closes the socket (1009), which then reconnects like any lost one.
+        self.max_size = max_size
         # Frames buffered while the consumer is busy. When the buffer is full websockets stops
         # reading the socket, pongs go unread and the keepalive kills the connection, so keep
         # it roomy (ComfyUI sends a progress_state per node event) and keep consumers quick.

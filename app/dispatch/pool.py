@@ -78,7 +78,13 @@ class BackendPool:
             url=url,
             client_id=client_id,
             client=ComfyClient(url, timeout=settings.backend_timeout_seconds),
-            ws=ComfyWebSocket(url, client_id, ping_interval=settings.ws_ping_seconds, ping_timeout=settings.ws_ping_seconds),
+            ws=ComfyWebSocket(
+                url,
+                client_id,
+                ping_interval=settings.ws_ping_seconds,
+                ping_timeout=settings.ws_ping_seconds,
+                max_size=settings.backend_ws_max_message_bytes,
+            ),
             backend_id=backend_id,
             draining=draining,
         )

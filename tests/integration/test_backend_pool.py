@@ -154,7 +154,7 @@ async def test_drain_lets_jobs_in_flight_finish_there_and_sends_new_ones_elsewhe
     assert drained.json()["jobs"]["count"] >= 1, drained.json()
     held = {j.id: j.prompt_id for j in running_on_a}
 
-    ready = await gw.http.get("/readyz")
+    ready = await gw.http.get("/readyz", headers=gw.admin)
     assert ready.status_code == 200 and ready.json()["draining"] == [a.base_url], ready.text
 
     after = [(await gw.generate(slow_job(steps=2))).json()["id"] for _ in range(4)]

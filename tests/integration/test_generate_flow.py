@@ -221,7 +221,7 @@ async def test_cancel_queued_pending_and_running_jobs(gateway: Gateway, emulator
     resp = await gateway.http.post(f"/v1/jobs/{ids[0]}/cancel", headers=gateway.admin)
     assert resp.json()["status"] == "canceled"
     # Each counted once, for the user who canceled them.
-    metrics = (await gateway.http.get("/metrics")).text
+    metrics = (await gateway.http.get("/metrics", headers=gateway.admin)).text
     assert metric_sum(metrics, "gateway_jobs_finished_total", status="canceled", user=BOOTSTRAP_ADMIN_ID) == 3
 
     final3 = await gateway.wait(ids[2])
@@ -304,7 +304,7 @@ async def test_templates_me_health_and_listing(gateway: Gateway) -> None:
     assert (await gateway.http.get("/healthz")).json() == {"status": "ok"}
     assert (await gateway.http.get("/readyz")).status_code == 200
     # Counted per user and per backend.
-    metrics = (await gateway.http.get("/metrics")).text
+    metrics = (await gateway.http.get("/metrics", headers=gateway.admin)).text
     assert metric_sum(metrics, "gateway_jobs_submitted_total", template="tiny", user=carol_id) == 1
     backend = gateway.dispatcher.links[0].url
     assert metric_sum(metrics, "gateway_jobs_finished_total", status="succeeded", user=carol_id, backend=backend) == 1
@@ -357,7 +357,7 @@ async def test_queued_and_running_jobs_per_user_are_gauged(idle_gateway) -> None
 
     async def queued() -> float:
         await asyncio.sleep(0.3)  # a few refreshes
-        return metric_sum((await gw.http.get("/metrics")).text, "gateway_jobs_active", status="queued", user=dave_id)
+        return metric_sum((await gw.http.get("/metrics", headers=gw.admin)).text, "gateway_jobs_active", status="queued", user=dave_id)
 
     assert await queued() == 2
     await gw.http.post(f"/v1/jobs/{jobs[0]['id']}/cancel", headers=dave)
@@ -366,5 +366,5 @@ async def test_queued_and_running_jobs_per_user_are_gauged(idle_gateway) -> None
     # Gone from the export once nothing of the user's is active.
     assert await queued() == 0
     assert f'user="{dave_id}"' not in "".join(
-        line for line in (await gw.http.get("/metrics")).text.splitlines() if line.startswith("gateway_jobs_active")
+        line for line in (await gw.http.get("/metrics", headers=gw.admin)).text.splitlines() if line.startswith("gateway_jobs_active")
     )

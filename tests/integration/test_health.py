@@ -56,7 +56,7 @@ async def test_a_replica_that_does_not_dispatch_is_ready_while_a_backend_answers
     api_only = await gateway_factory(
         make_settings(comfyui_urls=[emulator.base_url], run_dispatcher=False, health_check_seconds=0.1)
     )
-    ready = await api_only.http.get("/readyz")
+    ready = await api_only.http.get("/readyz", headers=api_only.admin)
     assert ready.status_code == 200, ready.text
     assert ready.json()["backends"] == {emulator.base_url: True}
     # Its admin view of the pool shows what it found, not "unknown".

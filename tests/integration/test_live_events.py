@@ -230,7 +230,7 @@ async def test_an_sse_stream_that_falls_behind_still_gets_every_status_once_and_
     wanted = [(int(e.id), e.event) for e in logged if e.event in ("status", "output") and e.id is not None]
     assert wanted and set(wanted) <= {(int(e.id), e.event) for e in got}
     assert "output" in {e.event for e in got}
-    assert metric_sum((await gateway.http.get("/metrics")).text, "gateway_live_subscribers_lagged_total", scope="job") >= 1
+    assert metric_sum((await gateway.http.get("/metrics", headers=gateway.admin)).text, "gateway_live_subscribers_lagged_total", scope="job") >= 1
 
 
 async def test_a_ws_client_that_falls_behind_is_told_to_read_its_jobs_again(
@@ -254,7 +254,7 @@ async def test_a_ws_client_that_falls_behind_is_told_to_read_its_jobs_again(
     assert after["job_id"] == job["id"] and after["event"] != "lagged"
     # What was dropped is read again from the job, as the frame asks.
     assert (await gateway.wait(job["id"], headers=alice))["status"] == "succeeded"
-    assert metric_sum((await gateway.http.get("/metrics")).text, "gateway_live_subscribers_lagged_total", scope="user") >= 1
+    assert metric_sum((await gateway.http.get("/metrics", headers=gateway.admin)).text, "gateway_live_subscribers_lagged_total", scope="user") >= 1
 
 
 async def test_ws_key_alone_as_first_frame_or_as_bearer_header(gateway: Gateway) -> None:

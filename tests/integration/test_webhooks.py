@@ -363,7 +363,7 @@ async def test_a_host_that_resolves_to_a_private_address_at_send_time_is_not_sen
     await wait_deliveries(gw, good["id"], user, lambda items: items and items[0]["status"] == "succeeded")
     [got] = receiver.at("/good")
     assert got.headers["Host"] == f"good.test:{receiver.port}"
-    metrics = (await gw.http.get("/metrics")).text
+    metrics = (await gw.http.get("/metrics", headers=gw.admin)).text
     assert 'gateway_webhook_attempts_total{outcome="refused"} 2.0' in metrics
     assert 'gateway_webhook_deliveries_total{status="failed"} 1.0' in metrics
 

@@ -38,3 +38,31 @@ def test_raw_workflow_node_lists_and_limit_ranges(monkeypatch) -> None:  # noqa:
     # A default limit of 0 would lock every user out: refused at start.
     with pytest.raises(ValidationError):
         Settings(_env_file=None, default_rate_per_minute=0)
+
+
+def test_a_short_bootstrap_admin_key_is_refused_at_start_without_echoing_it() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, admin_api_key="cgw_short_secret_1")
+    message = str(refused.value)
+    assert "GATEWAY_ADMIN_API_KEY" in message and "24" in message
+    assert "cgw_short_secret_1" not in message
+    # Long enough, or unset (an empty value is unset), starts.
+    assert Settings(_env_file=None, admin_api_key="cgw_" + "k" * 20).admin_api_key == "cgw_" + "k" * 20
+    assert Settings(_env_file=None, admin_api_key="").admin_api_key == ""
+
+
+def test_server_secrets_from_files(tmp_path: Path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    secret = tmp_path / "signing"
+    secret.write_text("from-a-file\n")
+    assert Settings(_env_file=None, signing_secret_file=secret).signing_secret == "from-a-file"
+    assert Settings(_env_file=None, signing_secret_file="").signing_secret is None
+    with pytest.raises(ValidationError, match="not both"):
+        Settings(_env_file=None, signing_secret_file=secret, signing_secret="another")
+    with pytest.raises(ValidationError, match="GATEWAY_WEBHOOK_SECRET_KEY_FILE cannot be read"):
+        Settings(_env_file=None, webhook_secret_key_file=tmp_path / "missing")
