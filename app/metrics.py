@@ -41,6 +41,12 @@ class Metrics:
         )
         # What jobs_active exports now, by label set (app/domain/queue_metrics.py).
         self.jobs_active_exported: dict[tuple[str, str], int] = {}
+        self.dispatch_round_seconds = Histogram(
+            "gateway_dispatch_round_seconds",
+            "Time of one dispatcher round (reconcile, fail over, pick and claim, send, cancels)",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self.backend_up = Gauge("gateway_backend_up", "1 while the backend is healthy", ["backend"], registry=self.registry)
         self.backend_inflight = Gauge(
             "gateway_backend_inflight", "Prompts handed to the backend and not finished", ["backend"], registry=self.registry

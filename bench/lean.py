@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 from urllib.parse import urlsplit
+
+
+#: Idle connections older than this are not reused.
+IDLE_SECONDS = 3.0
 
 
 class Response:
@@ -35,6 +40,7 @@ class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.used = time.monotonic()
 
     async def request(self, head: bytes, body: bytes) -> Response:
         self.writer.write(head + body)
@@ -83,8 +89,13 @@ class LeanClient:
         async with self._free:
             while not self._idle and self._open >= self.size:
                 await self._free.wait()
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                conn = self._idle.pop()
+                # Servers close keep-alive connections idle for a while (uvicorn: 5 s).
+                if time.monotonic() - conn.used < IDLE_SECONDS:
+                    return conn
+                conn.writer.close()
+                self._open -= 1
             self._open += 1
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 24)
@@ -100,6 +111,7 @@ class LeanClient:
             if conn is None:
                 self._open -= 1
             else:
+                conn.used = time.monotonic()
                 self._idle.append(conn)
             self._free.notify()
 

@@ -150,7 +150,8 @@ class Dispatcher(BackendPool):
         while not self._stopping:
             self._wake_event.clear()
             try:
-                await self.run_once()
+                with self.ctx.metrics.dispatch_round_seconds.time():
+                    await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001
