@@ -157,7 +157,7 @@ class OutboundGuard:
         scheme, host, port = self._parts(url)
         literal = self._literal(host)
         if literal is not None:
-            self._check_address(host, literal)
+            self._check_address(host, literal, resolved=False)
         return urlsplit(url.strip())._replace(scheme=scheme).geturl()
 
     async def accept(self, url: str) -> str:
@@ -167,16 +167,7 @@ class OutboundGuard:
         checked = self.check_url(url)
         _, host, port = self._parts(checked)
         literal = self._literal(host)
-        addresses: list[IPAddress] = []
-        if literal is not None:
-            addresses = [literal]
-        else:
-            try:
-                async with asyncio.timeout(_ACCEPT_RESOLVE_SECONDS):
-                    addresses = [_address(a) for a in await self._resolve(host, port)]
-            except (OSError, UnicodeError, ValueError, TimeoutError):
-                pass
-        await self._refuse_backends(host, port, addresses)
+        await self._refuse_backends(host, port, [literal] if literal is not None else None)
         return checked
 
     # --- use time ---------------------------------------------------------------------------
@@ -245,19 +236,19 @@ class OutboundGuard:
             candidates.append(addr.ipv4_mapped)
         return any(a in net for a in candidates for net in self._networks if net.version == a.version)
 
-    def _check_address(self, host: str, addr: IPAddress) -> None:
+    def _check_address(self, host: str, addr: IPAddress, *, resolved: bool) -> None:
         if self._allowed(host, addr):
             return
         reason = blocked_reason(addr)
         if reason:
-            if host != str(addr):
+            if resolved:
                 raise UnsafeUrl(_UNREACHABLE_NAME.format(host=host))
             raise UnsafeUrl(f"{host} {reason}; it may not be reached unless allow-listed")
 
     async def _resolve_host(self, host: str, port: int) -> list[IPAddress]:
         literal = self._literal(host)
         if literal is not None:
-            self._check_address(host, literal)
+            self._check_address(host, literal, resolved=False)
             addresses = [literal]
         else:
             try:
@@ -269,12 +260,14 @@ class OutboundGuard:
             if not addresses:
                 raise UnsafeUrl(_UNREACHABLE_NAME.format(host=host))
             for addr in addresses:
-                self._check_address(host, addr)
+                self._check_address(host, addr, resolved=True)
         await self._refuse_backends(host, port, addresses)
         return addresses
 
-    async def _refuse_backends(self, host: str, port: int, addresses: list[IPAddress]) -> None:
-        """UnsafeUrl if host:port, or any of its addresses on that port, is a backend's."""
+    async def _refuse_backends(self, host: str, port: int, addresses: list[IPAddress] | None) -> None:
+        """UnsafeUrl if host:port, or any of its addresses on that port, is a backend's. `addresses`
+        None: resolved here, if a backend listens on that port, and a name that does not resolve
+        (yet) passes (at accept time: it is resolved and checked again, completely, at each use)."""
         if self._forbidden is None:
             return
         try:
@@ -282,14 +275,25 @@ class OutboundGuard:
         except Exception:  # noqa: BLE001 - unknown backends: refuse rather than risk reaching one
             log.warning("could not read the backends the outbound guard keeps closed", exc_info=True)
             raise UnsafeUrl("the URL cannot be checked now; try again later") from None
-        targets = [_plain(a) for a in addresses]
+        backends = []
         for url in urls:
             try:
                 _, b_host, b_port = self._parts(url)
             except UnsafeUrl:
                 continue
-            if b_port != port:
-                continue
+            if b_port == port:
+                backends.append(b_host)
+        if not backends:
+            return
+        if addresses is None:
+            addresses = []
+            try:
+                async with asyncio.timeout(_ACCEPT_RESOLVE_SECONDS):
+                    addresses = [_address(a) for a in await self._resolve(host, port)]
+            except (OSError, UnicodeError, ValueError, TimeoutError):
+                pass
+        targets = [_plain(a) for a in addresses]
+        for b_host in backends:
             if b_host.lower() == host.lower():
                 raise UnsafeUrl(f"{host}:{port} may not be reached")
             literal = self._literal_or_none(b_host)
@@ -297,7 +301,7 @@ class OutboundGuard:
                 backend_addresses = [literal]
             else:
                 try:
-                    backend_addresses = [_address(a) for a in await self._resolve(b_host, b_port)]
+                    backend_addresses = [_address(a) for a in await self._resolve(b_host, port)]
                 except (OSError, UnicodeError, ValueError):
                     continue  # a backend that does not resolve cannot be reached by this name either
             for b_addr in map(_plain, backend_addresses):
