@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     # A delivery claimed by a sender is not sent by another one for this long (longer than an attempt).
     webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    # Attempts one sender makes at once, over all users; and at once for any one user, so that one
+    # user's stalled receivers never take every slot.
+    webhook_max_inflight: int = Field(default=128, ge=1)
+    webhook_max_inflight_per_user: int = Field(default=4, ge=1)
     # After a rotation, the previous secret keeps signing (next to the new one) this long.
     webhook_secret_grace_seconds: float = Field(default=86400.0, ge=0)
     # Key that encrypts users' webhook secrets in the database. When unset, one is derived from

@@ -23,7 +23,7 @@ from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
-from app.domain.backends import register_configured_backends
+from app.domain.backends import pool_urls, register_configured_backends
 from app.db import job_events
 from app.domain.event_log import EventLog
 from app.domain.event_relay import EventRelay
@@ -92,7 +92,16 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         metrics = Metrics()
         signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
         bus = EventBus(on_lag=lambda sub: metrics.live_lagged.labels(sub.scope).inc())
-        guard = OutboundGuard(settings.outbound_allowlist, resolver=outbound_resolver)
+        # The backends stay closed to users' URLs whatever the allow-list covers (ComfyUI has no
+        # per-user authorization); read at each check, since admins change the pool at run time.
+        # On a connection of its own: the guard checks inside requests that hold theirs.
+        guard_engine = create_engine(settings.database_url, pool_size=1)
+        guard_sessionmaker = create_sessionmaker(guard_engine)
+        guard = OutboundGuard(
+            settings.outbound_allowlist,
+            resolver=outbound_resolver,
+            forbidden=lambda: pool_urls(guard_sessionmaker, settings.comfyui_urls),
+        )
         secret_box = SecretBox(settings.webhook_secret_key or secret)
         # The sender shares the API's connections, not the dispatcher's: receivers' pace must
         # never hold up the loop that keeps the GPUs busy.
@@ -186,6 +195,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             # write of theirs cut short by the stop could otherwise hold the lock those need.
             await worker_engine.dispose()
             await webhook_sender.stop()
+            await guard_engine.dispose()
             await storage.close()
             await relay.stop()
             await engine.dispose()

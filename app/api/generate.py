@@ -120,7 +120,7 @@ async def _generate(
             return await _answer(request, response, session, signer, principal, claim.replay_job_id, wait, replay=True)
         webhook = None
         if body.webhook is not None:
-            webhook = webhooks.accept(guard, body.webhook.url, body.webhook.events)
+            webhook = await webhooks.accept(guard, body.webhook.url, body.webhook.events)
         job = await jobs.build(
             session,
             principal,

@@ -71,12 +71,26 @@ def _due(now: datetime) -> Any:
     )
 
 
-async def claim_due(session: AsyncSession, *, owner: str, lease_seconds: float, limit: int) -> list[WebhookDelivery]:
+async def claim_due(
+    session: AsyncSession,
+    *,
+    owner: str,
+    lease_seconds: float,
+    limit: int,
+    skip_ids: Sequence[str] = (),
+    skip_users: Sequence[str] = (),
+) -> list[WebhookDelivery]:
     """Lease up to `limit` due deliveries to `owner`, committed. Each lease is a conditional UPDATE, so
     two senders (replicas) never hold the same delivery; an expired lease (a sender that died) is
-    taken over."""
+    taken over. `skip_ids` (what the caller is sending already) and `skip_users` (users at their
+    share of the caller's slots) are left for later."""
     now = utcnow()
-    stmt = select(WebhookDelivery.id).where(_due(now)).order_by(WebhookDelivery.next_attempt_at).limit(limit)
+    stmt = select(WebhookDelivery.id).where(_due(now))
+    if skip_ids:
+        stmt = stmt.where(WebhookDelivery.id.not_in(list(skip_ids)))
+    if skip_users:
+        stmt = stmt.where(WebhookDelivery.user_id.not_in(list(skip_users)))
+    stmt = stmt.order_by(WebhookDelivery.next_attempt_at).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         # Replicas scanning at once skip each other's candidates instead of racing for them.
         stmt = stmt.with_for_update(skip_locked=True)

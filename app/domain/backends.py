@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import backends as repo
 from app.db.models import Backend
@@ -74,6 +74,13 @@ async def register_configured_backends(session: AsyncSession, urls: list[str], *
         else:
             log.info("%s is no longer configured: removed from the pool", row.url)
             await repo.delete_backend(session, row.id)
+
+
+async def pool_urls(sessionmaker: async_sessionmaker[AsyncSession], configured: list[str]) -> list[str]:
+    """Every backend's URL now: the configured ones and the pool's rows (admins add some at run time)."""
+    async with sessionmaker() as session:
+        rows = await repo.all_backends(session)
+    return list(dict.fromkeys([*configured, *(row.url for row in rows)]))
 
 
 async def list_backends(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[Backend], str | None]:

@@ -20,11 +20,12 @@ from app.net.ssrf import OutboundGuard, UnsafeUrl
 __all__ = ["DEFAULT_EVENTS", "EVENTS", "accept", "deliveries_view", "redeliver"]
 
 
-def accept(guard: OutboundGuard, url: str, events: Sequence[str] | None) -> tuple[str, list[str]]:
-    """Check a job's webhook when it is submitted: the URL's form and any literal address (it is
-    checked again, resolved, at every attempt), and the events. Returns the URL and events to store."""
+async def accept(guard: OutboundGuard, url: str, events: Sequence[str] | None) -> tuple[str, list[str]]:
+    """Check a job's webhook when it is submitted: the URL's form, any literal address, and that it
+    is no backend's (it is checked again, resolved, at every attempt), and the events. Returns the
+    URL and events to store."""
     try:
-        checked = guard.check_url(url)
+        checked = await guard.accept(url)
         try:
             # What the sender's HTTP client would refuse (control characters ...) is refused now.
             httpx.URL(checked)

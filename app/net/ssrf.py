@@ -11,12 +11,22 @@ that are themselves refused, multicast, unspecified, reserved and documentation 
 names written as numbers in forms other than dotted decimal (2130706433, 0x7f000001, 0177.0.0.1,
 127.1), which resolvers read differently. `GATEWAY_OUTBOUND_ALLOWLIST` names host names or CIDR
 ranges that may be reached even so, for internal receivers and tests.
+
+The gateway's own ComfyUI backends are never reached, whatever the allow-list says: `forbidden`
+gives their URLs as they are at the time of each check (the pool changes at run time), and a
+target whose host name, or any address it resolves to, meets a backend's on the same port is
+refused. ComfyUI has no per-user authorization (`/view` serves any user's output, `/interrupt`
+stops whatever runs), so a user who reached it would act as the gateway.
+
+Refusals name what the user wrote, never what a name resolved to: they would otherwise map the
+internal DNS for anyone who submits URLs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -24,8 +34,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
+log = logging.getLogger("app.net")
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+# The base URLs the guard must never reach (the backends), read afresh at every check.
+Forbidden = Callable[[], Awaitable[Iterable[str]]]
+# A backend at one of these is reached through any of them: one listening on all interfaces
+# answers on 127.0.0.2 or 0.0.0.0 as well as on 127.0.0.1.
+_THIS_HOST = [ipaddress.ip_network(n) for n in ("127.0.0.0/8", "0.0.0.0/32", "::1/128", "::/128")]
+# An answer the guard may not reach, told without what the name resolved to.
+_UNREACHABLE_NAME = "{host} does not resolve to an address the gateway may reach"
 
 # Ranges that `is_global` lets through but that no webhook or image server should be.
 _EXTRA_BLOCKED = [
@@ -38,6 +57,8 @@ _EXTRA_BLOCKED = [
     )
 ]
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# How long accepting a URL waits for its name to resolve (the check at use does not depend on it).
+_ACCEPT_RESOLVE_SECONDS = 2.0
 
 
 class UnsafeUrl(ValueError):
@@ -101,8 +122,21 @@ async def _system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+def _plain(addr: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv4-mapped IPv6 address stands for; any other address as is."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _this_host(addr: IPAddress) -> bool:
+    return any(addr in net for net in _THIS_HOST if net.version == addr.version)
+
+
 class OutboundGuard:
-    def __init__(self, allowlist: Iterable[str] = (), *, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self, allowlist: Iterable[str] = (), *, resolver: Resolver | None = None, forbidden: Forbidden | None = None
+    ) -> None:
         self._hosts: set[str] = set()
         self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in allowlist:
@@ -114,6 +148,7 @@ class OutboundGuard:
             except ValueError:
                 self._hosts.add(entry)
         self._resolve = resolver or _system_resolver
+        self._forbidden = forbidden
 
     # --- accept time ------------------------------------------------------------------------
 
@@ -122,8 +157,18 @@ class OutboundGuard:
         scheme, host, port = self._parts(url)
         literal = self._literal(host)
         if literal is not None:
-            self._check_address(host, literal)
+            self._check_address(host, literal, resolved=False)
         return urlsplit(url.strip())._replace(scheme=scheme).geturl()
+
+    async def accept(self, url: str) -> str:
+        """`check_url`, and not a backend: by its name or literal address, or by what its name
+        resolves to now (a name that does not resolve yet is let through: it is resolved and
+        checked again, completely, at every use)."""
+        checked = self.check_url(url)
+        _, host, port = self._parts(checked)
+        literal = self._literal(host)
+        await self._refuse_backends(host, port, [literal] if literal is not None else None)
+        return checked
 
     # --- use time ---------------------------------------------------------------------------
 
@@ -164,6 +209,14 @@ class OutboundGuard:
         host = (parts.hostname or "").rstrip(".")
         if not host:
             raise UnsafeUrl("the URL has no host")
+        try:
+            # What the HTTP client would refuse (hosts that are not valid IDNA, such as digits in
+            # other scripts, lone surrogates, control characters) is refused here, as a refusal.
+            httpx.URL(url.strip())
+        except (httpx.InvalidURL, UnicodeError, ValueError):
+            if host.isascii():
+                self._literal(host)  # a number in another form: refused with its own reason
+            raise UnsafeUrl("the URL is malformed") from None
         return scheme, host, port or (443 if scheme == "https" else 80)
 
     def _literal(self, host: str) -> IPAddress | None:
@@ -183,32 +236,88 @@ class OutboundGuard:
             candidates.append(addr.ipv4_mapped)
         return any(a in net for a in candidates for net in self._networks if net.version == a.version)
 
-    def _check_address(self, host: str, addr: IPAddress) -> None:
+    def _check_address(self, host: str, addr: IPAddress, *, resolved: bool) -> None:
         if self._allowed(host, addr):
             return
         reason = blocked_reason(addr)
         if reason:
-            shown = host if host == str(addr) else f"{host} ({addr})"
-            raise UnsafeUrl(f"{shown} {reason}; it may not be reached unless allow-listed")
+            if resolved:
+                raise UnsafeUrl(_UNREACHABLE_NAME.format(host=host))
+            raise UnsafeUrl(f"{host} {reason}; it may not be reached unless allow-listed")
 
     async def _resolve_host(self, host: str, port: int) -> list[IPAddress]:
         literal = self._literal(host)
         if literal is not None:
-            self._check_address(host, literal)
-            return [literal]
-        try:
-            answers = await self._resolve(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise UnsafeUrl(f"the host {host!r} could not be resolved ({exc})") from None
-        if not answers:
-            raise UnsafeUrl(f"the host {host!r} has no address")
-        addresses = []
-        for answer in answers:
-            # Strip an IPv6 zone ("fe80::1%eth0"): the address is link-local either way.
-            addr = ipaddress.ip_address(answer.split("%", 1)[0])
-            self._check_address(host, addr)
-            addresses.append(addr)
+            self._check_address(host, literal, resolved=False)
+            addresses = [literal]
+        else:
+            try:
+                answers = await self._resolve(host, port)
+                addresses = [_address(answer) for answer in answers]
+            except (OSError, UnicodeError, ValueError):
+                # Why it failed (no such name, a timeout ...) is for the server's logs alone.
+                raise UnsafeUrl(_UNREACHABLE_NAME.format(host=host)) from None
+            if not addresses:
+                raise UnsafeUrl(_UNREACHABLE_NAME.format(host=host))
+            for addr in addresses:
+                self._check_address(host, addr, resolved=True)
+        await self._refuse_backends(host, port, addresses)
         return addresses
+
+    async def _refuse_backends(self, host: str, port: int, addresses: list[IPAddress] | None) -> None:
+        """UnsafeUrl if host:port, or any of its addresses on that port, is a backend's. `addresses`
+        None: resolved here, if a backend listens on that port, and a name that does not resolve
+        (yet) passes (at accept time: it is resolved and checked again, completely, at each use)."""
+        if self._forbidden is None:
+            return
+        try:
+            urls = list(await self._forbidden())
+        except Exception:  # noqa: BLE001 - unknown backends: refuse rather than risk reaching one
+            log.warning("could not read the backends the outbound guard keeps closed", exc_info=True)
+            raise UnsafeUrl("the URL cannot be checked now; try again later") from None
+        backends = []
+        for url in urls:
+            try:
+                _, b_host, b_port = self._parts(url)
+            except UnsafeUrl:
+                continue
+            if b_port == port:
+                backends.append(b_host)
+        if not backends:
+            return
+        if addresses is None:
+            addresses = []
+            try:
+                async with asyncio.timeout(_ACCEPT_RESOLVE_SECONDS):
+                    addresses = [_address(a) for a in await self._resolve(host, port)]
+            except (OSError, UnicodeError, ValueError, TimeoutError):
+                pass
+        targets = [_plain(a) for a in addresses]
+        for b_host in backends:
+            if b_host.lower() == host.lower():
+                raise UnsafeUrl(f"{host}:{port} may not be reached")
+            literal = self._literal_or_none(b_host)
+            if literal is not None:
+                backend_addresses = [literal]
+            else:
+                try:
+                    backend_addresses = [_address(a) for a in await self._resolve(b_host, port)]
+                except (OSError, UnicodeError, ValueError):
+                    continue  # a backend that does not resolve cannot be reached by this name either
+            for b_addr in map(_plain, backend_addresses):
+                if any(t == b_addr or (_this_host(t) and _this_host(b_addr)) for t in targets):
+                    raise UnsafeUrl(f"{host}:{port} may not be reached")
+
+    def _literal_or_none(self, host: str) -> IPAddress | None:
+        try:
+            return self._literal(host)
+        except UnsafeUrl:
+            return None
+
+
+def _address(answer: str) -> IPAddress:
+    # Strip an IPv6 zone ("fe80::1%eth0"): the address is link-local either way.
+    return ipaddress.ip_address(answer.split("%", 1)[0])
 
 
 class _PinnedTransport(httpx.AsyncHTTPTransport):

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,17 +37,33 @@ from app.webhooks.retry import RetrySchedule
 
 log = logging.getLogger("app.webhooks")
 
-# Deliveries leased per round, and attempts in flight at once, per sender.
+# Deliveries leased per round, per sender (GATEWAY_WEBHOOK_MAX_INFLIGHT bounds those in flight).
 BATCH = 32
-MAX_INFLIGHT = 128
 #: How long a stopping sender tries to give back its leases.
 RELEASE_TIMEOUT = 5.0
+#: An attempt ends this long before its lease does (at most; less when the lease is barely longer
+#: than GATEWAY_WEBHOOK_TIMEOUT_SECONDS), so that it is recorded while the lease still holds and no
+#: other sender can have taken the delivery meanwhile and be sending it too.
+LEASE_MARGIN = 2.0
+
+# What an attempt's `error` says, shown to the job's owner: a fixed vocabulary. The exception's own
+# words (refused vs. reset vs. TLS text, what a name resolved to) would map ports and hosts the
+# gateway reaches; they go to the server's log only.
+TIMEOUT = "timeout"
+CONNECTION_FAILED = "connection_failed"
+HTTP_STATUS = "http_status"
+REDIRECT = "redirect_not_followed"
+GONE = "gone"
+REFUSED = "refused_by_guard"
+SEND_FAILED = "send_failed"
 
 
 @dataclass(slots=True)
 class Outcome:
     status_code: int | None = None
     error: str | None = None
+    # For the log: what went wrong, in the words of the exception (never shown to users).
+    detail: str | None = None
     succeeded: bool = False
     # The receiver asked for no more deliveries (410 Gone).
     stop: bool = False
@@ -103,6 +120,9 @@ class WebhookSender:
         self._wake_event = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        # Deliveries this sender holds (leased, being sent), by id: their users. A delivery in here
+        # is never claimed again, even if its lease ran out, so it is never sent twice at once.
+        self._holding: dict[str, str] = {}
         self._stopping = False
 
     # ---- life cycle ------------------------------------------------------------------------
@@ -147,59 +167,100 @@ class WebhookSender:
     # ---- one round -------------------------------------------------------------------------
 
     async def run_once(self, *, wait: bool = True) -> int:
-        """Lease the deliveries due now (as many as there are free sending slots) and start their
-        attempts; returns how many. With `wait`, until those attempts are recorded.
+        """Lease the deliveries due now (as many as there are free sending slots, and no more of a
+        user's than its share) and start their attempts; returns how many were leased. With
+        `wait`, until those attempts are recorded.
 
-        Each attempt is a task of its own, so one slow receiver (up to the 15 s timeout) never
-        holds up the others. Leasing and reading the jobs and secrets is one short database
+        Each attempt is a task of its own, so one slow receiver (up to GATEWAY_WEBHOOK_TIMEOUT_SECONDS)
+        never holds up the others. Leasing and reading the jobs and secrets is one short database
         visit per round; each attempt is recorded in one more. No connection is held while a
         receiver answers."""
-        free = MAX_INFLIGHT - len(self._inflight)
+        free = self.settings.webhook_max_inflight - len(self._holding)
         if free <= 0:
             return 0
+        share = self.settings.webhook_max_inflight_per_user
+        per_user = Counter(self._holding.values())
+        # Taken before the lease is: the lease never ends sooner than this sender believes.
+        lease_end = time.monotonic() + self.settings.webhook_lease_seconds
         async with self._sessionmaker() as session:
             due = await repo.claim_due(
-                session, owner=self.owner, lease_seconds=self.settings.webhook_lease_seconds, limit=min(free, BATCH)
+                session,
+                owner=self.owner,
+                lease_seconds=self.settings.webhook_lease_seconds,
+                limit=min(free, BATCH),
+                skip_ids=list(self._holding),
+                skip_users=[user for user, n in per_user.items() if n >= share],
             )
             if not due:
                 return 0
+            leased = len(due)
+            kept, over = [], []
+            for delivery in due:
+                if per_user[delivery.user_id] < share:
+                    per_user[delivery.user_id] += 1
+                    kept.append(delivery)
+                else:
+                    over.append(delivery.id)
+            due = kept
+            self._holding.update((d.id, d.user_id) for d in due)
             try:
+                if over:
+                    # Past their user's share: due again at once, for a round with a free slot of theirs.
+                    await repo.release(session, self.owner, over)
+                    await session.commit()
                 bodies = await self._bodies(session, due)
             except BaseException:
-                await self._release([d.id for d in due])
+                await self._let_go([d.id for d in due])
                 raise
         try:
             secrets = await self._secrets({d.user_id for d in due})
         except BaseException:
-            await self._release([d.id for d in due])
+            await self._let_go([d.id for d in due])
             raise
         started = []
         for delivery in due:
             if delivery.id not in bodies:
+                self._holding.pop(delivery.id, None)
                 continue  # its job is gone, and the row with it
             task = asyncio.create_task(
-                self._send(delivery, bodies[delivery.id], secrets[delivery.user_id]), name=f"webhook {delivery.id}"
+                self._send(delivery, bodies[delivery.id], secrets[delivery.user_id], lease_end),
+                name=f"webhook {delivery.id}",
             )
             self._inflight.add(task)
-            task.add_done_callback(self._sent)
+            task.add_done_callback(lambda t, d=delivery: self._sent(t, d))
             started.append(task)
         if wait and started:
             await asyncio.gather(*started, return_exceptions=True)
-        if len(due) == min(free, BATCH):
+        if leased == min(free, BATCH):
             self.wake()  # more may be due
         return len(due)
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        full = len(self._inflight) >= MAX_INFLIGHT
+    def _sent(self, task: asyncio.Task[None], delivery: WebhookDelivery) -> None:
+        full = len(self._holding) >= self.settings.webhook_max_inflight
+        user_full = Counter(self._holding.values())[delivery.user_id] >= self.settings.webhook_max_inflight_per_user
         self._inflight.discard(task)
+        self._holding.pop(delivery.id, None)
         if not task.cancelled() and task.exception() is not None:
             # Its lease expires and the delivery is tried again.
             log.error("webhook task %s failed", task.get_name(), exc_info=task.exception())
-        if full:
+        if full or user_full:
             self.wake()  # a slot is free again
 
-    async def _send(self, delivery: WebhookDelivery, body: str, secrets: list[str]) -> None:
-        attempted_at, outcome, duration_ms = await self._attempt(delivery, body, secrets)
+    async def _let_go(self, ids: list[str]) -> None:
+        for delivery_id in ids:
+            self._holding.pop(delivery_id, None)
+        await self._release(ids)
+
+    async def _send(self, delivery: WebhookDelivery, body: str, secrets: list[str], lease_end: float) -> None:
+        # The attempt must end before the lease does, and early enough to be recorded under it.
+        margin = min(LEASE_MARGIN, (self.settings.webhook_lease_seconds - self.settings.webhook_timeout_seconds) / 2)
+        budget = min(self.settings.webhook_timeout_seconds, lease_end - time.monotonic() - margin)
+        if budget <= 0:
+            # The round took most of the lease (a slow database): sent later instead, under a new one.
+            log.warning("webhook %s: its lease is nearly over before the attempt; given back", delivery.id)
+            await self._release([delivery.id])
+            return
+        attempted_at, outcome, duration_ms = await self._attempt(delivery, body, secrets, budget)
         async with self._sessionmaker() as session:
             row = await self._record(session, delivery, attempted_at, outcome, duration_ms)
             await session.commit()
@@ -240,15 +301,23 @@ class WebhookSender:
         async with self._sessionmaker() as session:
             return {uid: await signing_secrets(session, self._box, uid) for uid in user_ids}
 
-    async def _attempt(self, delivery: WebhookDelivery, body: str, secrets: list[str]) -> tuple[datetime, Outcome, float]:
+    async def _attempt(
+        self, delivery: WebhookDelivery, body: str, secrets: list[str], budget: float
+    ) -> tuple[datetime, Outcome, float]:
         attempted_at = utcnow()
         started = time.monotonic()
-        outcome = await self._post(delivery, body, secrets, attempted_at)
+        try:
+            # One bound for the whole attempt (connect, send, answer): httpx's own timeouts bound
+            # each read, and a receiver that sends its answer a byte at a time never trips them.
+            async with asyncio.timeout(budget):
+                outcome = await self._post(delivery, body, secrets, attempted_at)
+        except TimeoutError:
+            outcome = Outcome(error=TIMEOUT, detail=f"no complete answer within {budget:.3g} s")
         duration_ms = (time.monotonic() - started) * 1000
         if not outcome.succeeded:
             log.info(
-                "webhook %s (%s, job %s) attempt %d failed: %s",
-                delivery.id, delivery.event, delivery.job_id, delivery.attempts + 1, outcome.error,
+                "webhook %s (%s, job %s) attempt %d failed: %s (%s)",
+                delivery.id, delivery.event, delivery.job_id, delivery.attempts + 1, outcome.error, outcome.detail,
             )
         return attempted_at, outcome, duration_ms
 
@@ -290,16 +359,17 @@ class WebhookSender:
                 if 200 <= code < 300:
                     return Outcome(code, succeeded=True)
                 if code == 410:
-                    return Outcome(code, "410 Gone: the receiver wants no more deliveries", stop=True)
+                    # The receiver wants no more deliveries.
+                    return Outcome(code, GONE, stop=True)
                 if 300 <= code < 400:
-                    return Outcome(code, f"HTTP {code}: redirects are not followed")
-                return Outcome(code, f"HTTP {code}", retry_after=parse_retry_after(resp.headers.get("retry-after"), time.time()))
+                    return Outcome(code, REDIRECT)
+                return Outcome(code, HTTP_STATUS, retry_after=parse_retry_after(resp.headers.get("retry-after"), time.time()))
         except UnsafeRequest as exc:
-            return Outcome(error=f"refused: {exc.reason}", refused=True)
-        except httpx.TimeoutException:
-            return Outcome(error=f"timed out after {self.settings.webhook_timeout_seconds:g} s")
+            return Outcome(error=REFUSED, detail=exc.reason, refused=True)
+        except httpx.TimeoutException as exc:
+            return Outcome(error=TIMEOUT, detail=type(exc).__name__)
         except httpx.HTTPError as exc:
-            return Outcome(error=f"{type(exc).__name__}: {exc}"[:500] if str(exc) else type(exc).__name__)
+            return Outcome(error=CONNECTION_FAILED, detail=f"{type(exc).__name__}: {exc}"[:500])
         except Exception as exc:  # noqa: BLE001 - whatever a URL or a receiver does, it is one failed attempt
             log.warning("webhook %s: unexpected error sending", delivery.id, exc_info=True)
-            return Outcome(error=f"could not send ({type(exc).__name__})")
+            return Outcome(error=SEND_FAILED, detail=type(exc).__name__)

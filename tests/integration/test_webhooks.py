@@ -134,7 +134,7 @@ async def test_receiver_failing_three_times_gets_it_on_the_fourth_with_one_webho
     # The job itself never noticed.
     assert (await gw.job(job["id"], user))["status"] == "succeeded"
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 502, 503, 200]
-    assert [a["error"] for a in delivery["attempts"]] == ["HTTP 500", "HTTP 502", "HTTP 503", None]
+    assert [a["error"] for a in delivery["attempts"]] == ["http_status", "http_status", "http_status", None]
     # Each retry waited for the schedule (0.3 s here), measured on the recorded attempt times.
     times = [parse_ts(a["attempted_at"]) for a in delivery["attempts"]]
     assert all((b - a).total_seconds() >= 0.3 for a, b in zip(times, times[1:]))
@@ -159,12 +159,12 @@ async def test_410_stops_retries_retry_after_is_honoured_and_redirects_are_not_f
     # A redirect is a failed attempt, retried at the same URL; the Location is never visited.
     [redirected] = await wait_deliveries(gw, moved["id"], user, lambda items: items and items[0]["status"] == "succeeded")
     assert [(a["status_code"], a["succeeded"]) for a in redirected["attempts"]] == [(307, False), (200, True)]
-    assert "redirect" in redirected["attempts"][0]["error"]
+    assert redirected["attempts"][0]["error"] == "redirect_not_followed"
     assert receiver.at("/elsewhere") == [] and len(receiver.at("/moved")) == 2
 
     [stopped] = await wait_deliveries(gw, gone["id"], user, lambda items: items and items[0]["status"] == "failed")
     assert [a["status_code"] for a in stopped["attempts"]] == [410]
-    assert stopped["next_attempt_at"] is None and "410" in stopped["last_error"]
+    assert stopped["next_attempt_at"] is None and stopped["last_error"] == "gone"
 
     [later] = await wait_deliveries(gw, busy["id"], user, lambda items: items and items[0]["status"] == "succeeded")
     assert [a["status_code"] for a in later["attempts"]] == [429, 200]
@@ -189,7 +189,8 @@ async def test_receiver_down_across_a_gateway_restart_is_delivered_after(
     job = (await first.generate({**BLUR, "webhook": {"url": url}}, user)).json()
     [before] = await wait_deliveries(first, job["id"], user, lambda items: items and items[0]["attempts"])
     assert before["status"] == "pending" and before["attempts"][0]["status_code"] is None
-    assert before["attempts"][0]["error"]  # connection refused: nothing listens there
+    # Nothing listens there; the socket's own words (refused, reset ...) stay in the server's log.
+    assert before["attempts"][0]["error"] == "connection_failed"
     await first.close()
 
     receiver = Receiver(port)
@@ -357,7 +358,8 @@ async def test_a_host_that_resolves_to_a_private_address_at_send_time_is_not_sen
     assert len(refused["attempts"]) == 2  # retried (DNS may change), then given up
     for attempt in refused["attempts"]:
         assert attempt["status_code"] is None and not attempt["succeeded"]
-        assert "10.20.30.40" in attempt["error"] and "private" in attempt["error"]
+        # Not what the name resolved to: that would map the internal DNS for whoever submits URLs.
+        assert attempt["error"] == "refused_by_guard"
     assert receiver.at("/bad") == []
     # The same receiver through a name that resolves only to it is reached, with the name as Host.
     await wait_deliveries(gw, good["id"], user, lambda items: items and items[0]["status"] == "succeeded")

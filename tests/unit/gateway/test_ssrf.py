@@ -130,8 +130,19 @@ async def test_every_resolved_address_is_checked() -> None:
     for host in ("mixed.test", "metadata.test", "mapped.test"):
         with pytest.raises(UnsafeUrl, match=host):
             await guard.resolve(f"https://{host}/")
-    with pytest.raises(UnsafeUrl, match="could not be resolved"):
+    with pytest.raises(UnsafeUrl, match="nowhere.test does not resolve"):
         await guard.resolve("https://nowhere.test/")
+
+
+async def test_a_refusal_never_tells_what_a_name_resolved_to() -> None:
+    guard = OutboundGuard(resolver=_resolver({"db.internal": ["10.1.2.3"], "meta.internal": ["169.254.169.254"]}))
+    reasons = []
+    for host in ("db.internal", "meta.internal", "nowhere.internal"):
+        with pytest.raises(UnsafeUrl) as refused:
+            await guard.resolve(f"https://{host}/")
+        reasons.append(refused.value.reason.replace(host, "HOST"))
+    # One answer for an internal name, another internal name and a name that does not exist.
+    assert len(set(reasons)) == 1 and not any(c.isdigit() for c in reasons[0]), reasons
 
 
 async def test_allowlisted_host_name_may_resolve_to_a_private_address() -> None:
@@ -179,7 +190,7 @@ async def test_guarded_client_refuses_a_name_that_resolves_to_a_refused_address(
     port, seen = receiver
     guard = OutboundGuard(resolver=_resolver({"rebind.test": ["127.0.0.1"]}))
     async with guard.client(timeout=5) as client:
-        with pytest.raises(UnsafeRequest, match="loopback"):
+        with pytest.raises(UnsafeRequest, match="rebind.test does not resolve"):
             await client.get(f"http://rebind.test:{port}/hook")
     assert seen == []
 
@@ -198,3 +209,58 @@ async def test_guarded_client_refuses_non_http_schemes_before_any_io() -> None:
     async with guard.client(timeout=5) as client:
         with pytest.raises((UnsafeRequest, httpx.UnsupportedProtocol)):
             await asyncio.wait_for(client.get("ftp://127.0.0.1/x"), 5)
+
+
+@pytest.mark.parametrize("url", ["http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x.png", "http://a\ud800b.example/", "http://\uff45x.com/"])
+def test_hosts_the_http_client_would_refuse_are_refused_as_unsafe(url: str) -> None:
+    with pytest.raises(UnsafeUrl, match="malformed"):
+        OutboundGuard(["0.0.0.0/0"]).check_url(url)
+
+
+async def _backends() -> list[str]:
+    return ["http://127.0.0.1:8188", "http://comfy.internal:8188", "https://10.9.8.7"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8188/interrupt",
+        "http://localhost:8188/view?filename=x.png",
+        "http://127.0.0.2:8188/",  # a backend listening on every interface answers here too
+        "http://0.0.0.0:8188/",
+        "http://[::ffff:127.0.0.1]:8188/",
+        "http://[::1]:8188/",
+        "http://COMFY.internal:8188/",
+        "http://alias.internal:8188/",  # another name for the backend's address
+        "https://10.9.8.7/",
+    ],
+)
+async def test_backends_are_never_reached_whatever_the_allowlist_says(url: str) -> None:
+    table = {"localhost": ["127.0.0.1"], "comfy.internal": ["10.0.0.4"], "alias.internal": ["10.0.0.4"]}
+    guard = OutboundGuard(["0.0.0.0/0", "::/0", "comfy.internal", "alias.internal"], resolver=_resolver(table), forbidden=_backends)
+    with pytest.raises(UnsafeUrl, match="may not be reached"):
+        await guard.resolve(url)
+    with pytest.raises(UnsafeUrl, match="may not be reached"):
+        await guard.accept(url)
+
+
+async def test_other_ports_of_a_backends_host_stay_reachable_when_allow_listed() -> None:
+    guard = OutboundGuard(["127.0.0.0/8"], forbidden=_backends)
+    assert [str(a) for a in await guard.resolve("http://127.0.0.1:9000/hook")] == ["127.0.0.1"]
+    assert await guard.accept("http://127.0.0.1:9000/hook") == "http://127.0.0.1:9000/hook"
+
+
+async def test_a_backend_added_after_the_guard_was_built_is_refused_too(receiver) -> None:
+    port, seen = receiver
+    pool: list[str] = []
+
+    async def forbidden() -> list[str]:
+        return pool
+
+    guard = OutboundGuard(["127.0.0.1/32"], forbidden=forbidden)
+    async with guard.client(timeout=5) as client:
+        assert (await client.get(f"http://127.0.0.1:{port}/hook")).status_code == 200
+        pool.append(f"http://127.0.0.1:{port}")
+        with pytest.raises(UnsafeRequest, match="may not be reached"):
+            await client.get(f"http://127.0.0.1:{port}/hook")
+    assert len(seen) == 1
