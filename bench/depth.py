@@ -8,7 +8,8 @@ straight into the table), then the gateway and an emulator start as processes of
 - H: the gateway's CPU for one `GET /healthz`, and the `/healthz` rate with `--connections`
   keep-alive connections (the yardstick of the submit rate);
 - submits: `--submits` accepted `POST /v1/generate` (a template job of the users, round robin)
-  over `--connections` connections: rate, p50/p99 latency, the gateway's CPU per submit in H;
+  over `--connections` connections, the backend drained meanwhile (so no job runs): rate,
+  p50/p99 latency, the gateway's CPU per submit in H;
 - rounds: the mean time of one dispatcher round while it dispatches (from
   `gateway_dispatch_round_seconds`), the emulator running each job at once;
 - memory: the gateway's RSS after all of that.
@@ -135,7 +136,10 @@ async def measure(url: str, depth: int, args: argparse.Namespace) -> dict[str, f
         await health.aclose()
 
         admin = LeanClient(gw, 2, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        before = histogram((await admin.get("/metrics")).ok().body.decode(), "gateway_dispatch_round_seconds")
+        backend_id = (await admin.get("/v1/admin/backends")).ok().json()["items"][0]["id"]
+        # Submits alone first: the backend drained, so that no job runs meanwhile.
+        (await admin.request("POST", f"/v1/admin/backends/{backend_id}/drain")).ok()
+        await asyncio.sleep(1.0)
         clients = [LeanClient(gw, max(1, args.connections // len(keys)), headers={"Authorization": f"Bearer {k}"}) for k in keys]
         body = json.dumps({"template": "blur", "params": {"width": 64, "height": 64}}).encode()
         latencies: list[float] = []
@@ -161,7 +165,10 @@ async def measure(url: str, depth: int, args: argparse.Namespace) -> dict[str, f
         result["submit_H"] = (cpu_seconds(gateway.pid) - c0) / args.submits * 1e3 / h
         result["submit_p50_ms"] = pct(latencies, 0.5) * 1e3
         result["submit_p99_ms"] = pct(latencies, 0.99) * 1e3
-        await asyncio.sleep(5.0)  # the dispatcher goes on working through the queue
+        (await admin.request("POST", f"/v1/admin/backends/{backend_id}/resume")).ok()
+        await asyncio.sleep(1.0)
+        before = histogram((await admin.get("/metrics")).ok().body.decode(), "gateway_dispatch_round_seconds")
+        await asyncio.sleep(5.0)  # rounds that dispatch: the emulator runs each job at once
         after = histogram((await admin.get("/metrics")).ok().body.decode(), "gateway_dispatch_round_seconds")
         rounds = after[1] - before[1]
         result["round_ms"] = (after[0] - before[0]) / rounds * 1e3 if rounds else float("nan")
