@@ -99,11 +99,20 @@ async def test_bad_keys_are_refused_and_bad_params_named(gateway: Gateway) -> No
 
 
 async def test_a_call_that_outlives_its_bound_returns_the_job_to_follow(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
-    gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], mcp_wait_seconds=0.5))
+    gw = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], mcp_wait_seconds=0.5, mcp_inline_image_bytes=0)
+    )
     await gw.wait_ready()
-    emulator.config.step_seconds = 0.5
     _, alice = await gw.create_user("alice")
     async with mcp_client(gw, alice) as mcp:
+        # Larger than GATEWAY_MCP_INLINE_IMAGE_BYTES: a link to the image (signed: no key needed).
+        blur = await mcp.call_tool("blur", {"width": 16, "height": 16})
+        links = [c for c in blur.content if isinstance(c, types.ResourceLink)]
+        assert len(links) == 1 and not any(isinstance(c, types.ImageContent) for c in blur.content)
+        fetched = await gw.http.get(str(links[0].uri))
+        assert fetched.status_code == 200 and len(fetched.content) == links[0].size
+
+        emulator.config.step_seconds = 0.5
         result = await mcp.call_tool("txt2img", {**TXT2IMG, "steps": 40})
         assert not result.is_error
         job_id = result.structured_content["id"]
@@ -128,3 +137,15 @@ async def test_a_session_answers_only_the_user_that_opened_it(gateway: Gateway) 
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     assert (await gateway.http.post("/mcp", json=listing, headers={**bob, **session})).status_code == 404
     assert (await gateway.http.post("/mcp", json=listing, headers={**alice, **session})).status_code == 200
+
+
+async def test_over_a_limit_a_call_is_an_error_naming_it_and_makes_no_job(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway(mcp_wait_seconds=0.2)
+    _, alice = await gw.create_user("alice", limits={"max_queued": 1})
+    async with mcp_client(gw, alice) as mcp:
+        first = await mcp.call_tool("blur", {})
+        assert first.structured_content["status"] == "queued"
+        second = await mcp.call_tool("blur", {})
+        assert second.is_error and json.loads(text_of(second))["limit"] == "max_queued"
+    jobs = (await gw.http.get("/v1/jobs", headers=alice)).json()["items"]
+    assert [j["id"] for j in jobs] == [first.structured_content["id"]]

@@ -11,7 +11,7 @@ from openai import AsyncOpenAI
 from PIL import Image
 
 from tests.integration.conftest import Gateway
-from tests.integration.test_uploads import png
+from tests.integration.test_uploads import png, stored_files, upload_count
 
 
 def client(gw: Gateway, headers: dict[str, str], **options: object) -> AsyncOpenAI:
@@ -135,3 +135,43 @@ async def test_a_job_that_outlives_the_bound_is_an_error_naming_it(emulator, mak
     assert [j["id"] for j in await user_jobs(gateway, alice)] == job_ids
     assert job_ids[0] in err.value.message
     await gateway.http.post(f"/v1/jobs/{job_ids[0]}/cancel", headers=alice)
+
+
+async def test_bad_edits_are_named_and_store_nothing(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway()
+    _, alice = await gw.create_user("alice")
+    async with client(gw, alice) as oa:
+        with pytest.raises(openai.BadRequestError) as err:
+            await oa.images.edit(model="img2img", image=("a.png", b"%PDF-1.4 not an image" * 10, "image/png"), prompt="x")
+        assert err.value.param == "image"
+        with pytest.raises(openai.BadRequestError) as err:
+            await oa.images.edit(model="txt2img", image=("a.png", png(), "image/png"), prompt="x")
+        assert err.value.param == "model"
+        with pytest.raises(openai.BadRequestError) as err:
+            await oa.images.edit(model="img2img", image=("a.png", png(), "image/png"), mask=("m.png", png(), "image/png"), prompt="x")
+        assert err.value.param == "mask"
+        with pytest.raises(openai.BadRequestError) as err:
+            await oa.images.edit(model="img2img", image=("a.png", png(), "image/png"), prompt="x" * 3000)
+        assert err.value.param == "prompt"
+    assert await user_jobs(gw, alice) == []
+    assert (await upload_count(gw)) == 0
+    assert stored_files(gw.app.state.settings.storage_dir) == []
+
+
+async def test_a_template_an_admin_maps_becomes_a_model(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway()
+    _, alice = await gw.create_user("alice")
+    doc = (await gw.http.get("/v1/templates/blur", headers=gw.admin)).json()
+    document = {"workflow": doc["workflow"], "params": {
+        "width": {"type": "integer", "default": 64, "bind": ["1.inputs.width"]},
+        "height": {"type": "integer", "default": 64, "bind": ["1.inputs.height"]},
+        "prompt": {"type": "string", "default": "", "bind": ["3.inputs.filename_prefix"]},
+    }}
+    bad = await gw.http.put("/v1/templates/flat", json={**document, "openai": {"prompt": "width"}}, headers=gw.admin)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "openai", bad.text
+    good = await gw.http.put(
+        "/v1/templates/flat", json={**document, "openai": {"prompt": "prompt", "size": ["width", "height"]}}, headers=gw.admin
+    )
+    assert good.status_code == 201, good.text
+    async with client(gw, alice) as oa:
+        assert "flat" in {m.id for m in (await oa.models.list()).data}
