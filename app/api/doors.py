@@ -58,10 +58,7 @@ async def submit(
             for params in params_list
         ]
     except DomainError:
-        # A refused request counts against the rate too (as on POST /v1/generate).
-        await session.rollback()
-        await charge(request, session, principal)
-        await session.commit()
+        await refused(request, session, principal)
         raise
     try:
         await charge(request, session, principal)
@@ -69,11 +66,8 @@ async def submit(
             await jobs.enqueue(session, principal, job)
         session.add_all(new_uploads)
     except LimitExceeded:
-        # All or none: a quota reached at the second of n jobs leaves no first one behind. The
-        # request's token stays spent.
-        await session.rollback()
-        await charge(request, session, principal)
-        await session.commit()
+        # All or none: a quota reached at the second of n jobs leaves no first one behind.
+        await refused(request, session, principal)
         raise
     # Subscribed before the commit: a job that ends at once still wakes its waiter.
     subs = [state.bus.subscribe_job(job.id) for job in built]
@@ -88,6 +82,14 @@ async def submit(
     for job in built:
         state.metrics.jobs_submitted.labels(job.template or "(workflow)", principal.user_id).inc()
     return built, subs
+
+
+async def refused(request: Request, session: AsyncSession, principal: Principal) -> None:
+    """A refused request counts against the rate too (as on POST /v1/generate; over it, this
+    raises the 429 instead): whatever it wrote is rolled back, its token is spent."""
+    await session.rollback()
+    await charge(request, session, principal)
+    await session.commit()
 
 
 async def wait_all(subs: list[Subscription], seconds: float) -> bool:

@@ -7,7 +7,6 @@ clients get the shape their SDKs turn into typed exceptions (404 NotFoundError, 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -19,8 +18,6 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.domain.errors import DomainError
-
-log = logging.getLogger("app.api")
 
 _TYPES = {
     400: "invalid_request_error",

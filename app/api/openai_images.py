@@ -13,7 +13,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
@@ -25,7 +25,7 @@ from app.api.openai_errors import OPENAI_ERRORS, ImagesFailed, OpenAIRoute
 from app.config import Settings
 from app.db.models import Template, Upload
 from app.domain import uploads
-from app.domain.errors import NotFound, PayloadTooLarge, ValidationFailed
+from app.domain.errors import DomainError, NotFound, PayloadTooLarge, ValidationFailed
 from app.domain.users import Principal
 from app.storage.signing import UrlSigner
 from app.templates import TemplateDocument
@@ -226,13 +226,17 @@ async def generations(
     settings: SettingsDep,
     signer: SignerDep,
 ) -> dict:
-    doc, mapping = await _model(session, body.model)
-    if mapping.image is not None and doc.params[mapping.image].required:
-        raise ValidationFailed(
-            f"The model {body.model!r} edits images: use POST /v1/images/edits.",
-            errors=[{"field": "model", "message": "an edit model"}],
-        )
-    params = _params(mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style)
+    try:
+        doc, mapping = await _model(session, body.model)
+        if mapping.image is not None and doc.params[mapping.image].required:
+            raise ValidationFailed(
+                f"The model {body.model!r} edits images: use POST /v1/images/edits.",
+                errors=[{"field": "model", "message": "an edit model"}],
+            )
+        params = _params(mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style)
+    except DomainError:
+        await doors.refused(request, session, principal)
+        raise
     return await _run(
         request, session, principal, settings, signer, model=body.model, mapping=mapping, params=params,
         n=body.n, response_format=body.response_format, user=body.user, new_uploads=[],
@@ -262,8 +266,6 @@ _EDIT_BODY = {
         },
     }
 }
-
-_EDIT_FIELDS = ImageGenerationRequest.model_fields
 
 
 def _form_text(form: Any, name: str) -> str | None:
@@ -297,30 +299,11 @@ async def edits(
         raise ValidationFailed(f"The body is not a valid multipart form: {exc.message}", errors=[{"field": "image", "message": "bad multipart body"}]) from None
     new_uploads: list[Upload] = []
     try:
-        fields = {name: _form_text(form, name) for name in ("model", "prompt", "n", "size", "response_format", "user", "quality", "style")}
         try:
-            body = ImageGenerationRequest.model_validate({k: v for k, v in fields.items() if v is not None})
-        except Exception as exc:  # pydantic's ValidationError: the first field named, as for JSON bodies
-            errors = getattr(exc, "errors", lambda: [])()
-            field = str(errors[0]["loc"][0]) if errors and errors[0].get("loc") else "prompt"
-            message = errors[0].get("msg", "invalid") if errors else "invalid"
-            raise ValidationFailed(f"Invalid value for '{field}': {message}.", errors=[{"field": field, "message": message}]) from None
-        doc, mapping = await _model(session, body.model)
-        if mapping.image is None:
-            raise ValidationFailed(
-                f"The model {body.model!r} does not edit images: use POST /v1/images/generations.",
-                errors=[{"field": "model", "message": "not an edit model"}],
-            )
-        params = _params(mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style)
-        image = form.get("image") or form.get("image[]")
-        if not isinstance(image, UploadFile):
-            raise ValidationFailed("Send the image to edit as the multipart file 'image'.", errors=[{"field": "image", "message": "missing"}])
-        params[mapping.image] = await _store(session, settings, request, principal, image, "image", new_uploads)
-        mask = form.get("mask")
-        if isinstance(mask, UploadFile):
-            if mapping.mask is None:
-                raise ValidationFailed(f"The model {body.model!r} takes no mask.", errors=[{"field": "mask", "message": "not mapped"}])
-            params[mapping.mask] = await _store(session, settings, request, principal, mask, "mask", new_uploads)
+            body, mapping, params = await _edit_request(request, session, settings, principal, form, new_uploads)
+        except DomainError:
+            await doors.refused(request, session, principal)
+            raise
         return await _run(
             request, session, principal, settings, signer, model=body.model, mapping=mapping, params=params,
             n=body.n, response_format=body.response_format, user=body.user, new_uploads=new_uploads,
@@ -330,6 +313,39 @@ async def edits(
         for upload in new_uploads:
             await request.app.state.storage.delete(upload.storage_key)
         await form.close()
+
+
+async def _edit_request(
+    request: Request, session: AsyncSession, settings: Settings, principal: Principal, form: Any, new_uploads: list[Upload]
+) -> tuple[ImageGenerationRequest, OpenAIMapping, dict[str, Any]]:
+    """The form's fields checked as a generation request's, and its files stored as the caller's uploads."""
+    fields = {name: _form_text(form, name) for name in ("model", "prompt", "n", "size", "response_format", "user", "quality", "style")}
+    try:
+        body = ImageGenerationRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:  # the first field named, as for JSON bodies
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = str(first["loc"][0]) if first.get("loc") else "prompt"
+        raise ValidationFailed(
+            f"Invalid value for '{field}': {first['msg']}.", errors=[{"field": field, "message": first["msg"]}]
+        ) from None
+    _, mapping = await _model(session, body.model)
+    if mapping.image is None:
+        raise ValidationFailed(
+            f"The model {body.model!r} does not edit images: use POST /v1/images/generations.",
+            errors=[{"field": "model", "message": "not an edit model"}],
+        )
+    params = _params(mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style)
+    image = form.get("image") or form.get("image[]")
+    if not isinstance(image, UploadFile):
+        raise ValidationFailed("Send the image to edit as the multipart file 'image'.", errors=[{"field": "image", "message": "missing"}])
+    mask = form.get("mask")
+    if isinstance(mask, UploadFile) and mapping.mask is None:
+        raise ValidationFailed(f"The model {body.model!r} takes no mask.", errors=[{"field": "mask", "message": "not mapped"}])
+    params[mapping.image] = await _store(session, settings, request, principal, image, "image", new_uploads)
+    if isinstance(mask, UploadFile):
+        assert mapping.mask is not None
+        params[mapping.mask] = await _store(session, settings, request, principal, mask, "mask", new_uploads)
+    return body, mapping, params
 
 
 async def _store(

@@ -175,3 +175,18 @@ async def test_a_template_an_admin_maps_becomes_a_model(idle_gateway) -> None:  
     assert good.status_code == 201, good.text
     async with client(gw, alice) as oa:
         assert "flat" in {m.id for m in (await oa.models.list()).data}
+
+
+async def test_refused_requests_count_against_the_rate(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway()
+    _, alice = await gw.create_user("alice", limits={"rate_per_minute": 2})
+    async with client(gw, alice) as oa:
+        for _ in range(2):
+            with pytest.raises(openai.NotFoundError):
+                await oa.images.generate(model="nope", prompt="a cat")
+        # A client cannot probe (or flood) without limit by sending bad requests.
+        with pytest.raises(openai.RateLimitError) as err:
+            await oa.images.generate(model="txt2img", prompt="a cat")
+        assert err.value.code == "rate_per_minute"
+    everyone = await gw.http.get("/v1/admin/jobs", headers=gw.admin)
+    assert everyone.status_code == 200 and everyone.json()["items"] == []
