@@ -53,6 +53,8 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": OpenAIError, "description": "The body is too large."},
     429: {"model": OpenAIError, "description": "Over a limit of the caller's (`error.code` names it: "
           "rate_per_minute, max_queued, jobs_per_day); `Retry-After` says when to retry."},
+    # Also keeps FastAPI from documenting its own 422, which these routes never answer (a bad field is 400).
+    "4XX": {"model": OpenAIError, "description": "Any other client error, in the same shape."},
 }
 
 

@@ -37,6 +37,18 @@ async def test_models_list_the_templates_that_opted_in(idle_gateway) -> None:  #
             await oa.models.retrieve("blur")  # a template that did not opt in
         assert err.value.code == "model_not_found"
 
+    # The OpenAPI spec documents the routes, their answers and their errors.
+    spec = (await gw.http.get("/openapi.json")).json()
+    for path in ("/v1/images/generations", "/v1/images/edits"):
+        op = spec["paths"][path]["post"]
+        assert op["tags"] == ["openai-compatible images"]
+        assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ImagesResponse")
+        for status in ("400", "404", "429", "504"):
+            assert op["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+        assert "422" not in op["responses"]
+    assert "multipart/form-data" in spec["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
+    assert spec["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ModelList")
+
 
 async def test_generate_with_url_and_b64_json(gateway: Gateway) -> None:
     _, alice = await gateway.create_user("alice")
