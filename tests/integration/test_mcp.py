@@ -13,6 +13,7 @@ import mcp_types as types
 import pytest
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from PIL import Image
 
 from tests.integration.conftest import Gateway
@@ -149,3 +150,15 @@ async def test_over_a_limit_a_call_is_an_error_naming_it_and_makes_no_job(idle_g
         assert second.is_error and json.loads(text_of(second))["limit"] == "max_queued"
     jobs = (await gw.http.get("/v1/jobs", headers=alice)).json()["items"]
     assert [j["id"] for j in jobs] == [first.structured_content["id"]]
+
+
+async def test_a_disabled_user_is_refused_from_its_next_request(gateway: Gateway) -> None:
+    user_id, alice = await gateway.create_user("alice")
+    async with mcp_client(gateway, alice) as mcp:
+        assert not (await mcp.call_tool("list_templates", {})).is_error
+        resp = await gateway.http.patch(f"/v1/admin/users/{user_id}", json={"disabled": True}, headers=gateway.admin)
+        assert resp.status_code == 200
+        # The session stays open, but its requests are refused (401) from now on.
+        with pytest.raises(MCPError):
+            await mcp.call_tool("blur", {})
+    assert (await gateway.http.get("/v1/admin/jobs", headers=gateway.admin)).json()["items"] == []

@@ -11,7 +11,7 @@ from openai import AsyncOpenAI
 from PIL import Image
 
 from tests.integration.conftest import Gateway
-from tests.integration.test_uploads import png, stored_files, upload_count
+from tests.integration.test_uploads import INPAINT_TEMPLATE, png, stored_files, upload_count
 
 
 def client(gw: Gateway, headers: dict[str, str], **options: object) -> AsyncOpenAI:
@@ -210,3 +210,27 @@ async def test_refused_requests_count_against_the_rate(idle_gateway) -> None:  #
         assert err.value.code == "rate_per_minute"
     everyone = await gw.http.get("/v1/admin/jobs", headers=gw.admin)
     assert everyone.status_code == 200 and everyone.json()["items"] == []
+
+
+async def test_an_edit_with_a_mask_stages_the_mask_onto_the_image(gateway: Gateway, emulator) -> None:  # noqa: ANN001
+    template = {
+        **INPAINT_TEMPLATE,
+        "params": {**INPAINT_TEMPLATE["params"], "prompt": {"type": "string", "default": "x", "bind": ["3.inputs.filename_prefix"]}},
+        "openai": {"prompt": "prompt", "image": "image", "mask": "mask"},
+    }
+    assert (await gateway.http.put("/v1/templates/inpaint", json=template, headers=gateway.admin)).status_code == 201
+    _, alice = await gateway.create_user("alice")
+    mask = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    mask.paste((0, 0, 0, 255), (0, 0, 8, 16))  # left half opaque
+    buf = io.BytesIO()
+    mask.save(buf, format="PNG")
+    async with client(gateway, alice) as oa:
+        edited = await oa.images.edit(
+            model="inpaint", image=("a.png", png(16, 16, (10, 120, 230)), "image/png"),
+            mask=("m.png", buf.getvalue(), "image/png"), prompt="masked",
+        )
+    assert len(edited.data) == 1
+    [job] = await user_jobs(gateway, alice)
+    with Image.open(emulator.input_dir / f"gw_{job['id']}_mask.png") as staged:
+        rgba = staged.convert("RGBA")
+        assert rgba.getpixel((2, 2)) == (10, 120, 230, 255) and rgba.getpixel((12, 2))[3] == 0
