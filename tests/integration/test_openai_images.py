@@ -234,3 +234,16 @@ async def test_an_edit_with_a_mask_stages_the_mask_onto_the_image(gateway: Gatew
     with Image.open(emulator.input_dir / f"gw_{job['id']}_mask.png") as staged:
         rgba = staged.convert("RGBA")
         assert rgba.getpixel((2, 2)) == (10, 120, 230, 255) and rgba.getpixel((12, 2))[3] == 0
+
+
+async def test_a_failed_job_is_an_error_naming_it_that_the_sdk_does_not_retry(gateway: Gateway, emulator) -> None:  # noqa: ANN001
+    emulator.fail_class("KSampler", "out of memory")
+    _, alice = await gateway.create_user("alice")
+    # With the SDK's default retries: the gateway says not to retry, so one request makes one job.
+    async with AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=alice["Authorization"][7:], timeout=60) as oa:
+        with pytest.raises(openai.InternalServerError) as err:
+            await oa.images.generate(model="txt2img", prompt="a cat", size="64x64")
+    assert err.value.status_code == 502 and err.value.code == "job_failed"
+    assert "out of memory" in err.value.message
+    jobs = await user_jobs(gateway, alice)
+    assert [j["id"] for j in jobs] == err.value.body["job_ids"] and jobs[0]["status"] == "failed"
