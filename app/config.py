@@ -239,6 +239,15 @@ class Settings(BaseSettings):
     # How long an Idempotency-Key is remembered.
     idempotency_ttl_seconds: int = Field(default=86400, ge=60)
 
+    # --- the OpenAI-compatible images API and the MCP server --------------------------------
+    # How long POST /v1/images/* hold the answer for their jobs; past it, an error naming the jobs.
+    openai_wait_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # How long an MCP tool call waits for its job; past it, the call returns the job id (get_job).
+    mcp_wait_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # An MCP tool call returns an image output up to this size inline (image content); a larger
+    # one, and any other output, as a resource link (a signed URL).
+    mcp_inline_image_bytes: int = Field(default=1024 * 1024, ge=0)
+
     # --- server -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000

@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import log_redaction
-from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads, ws
+from app.api import admin, backends, events, generate, health, jobs, me, openai_images, outputs, problems, templates, uploads, ws
 from app.api.limits import BodySizeLimit
 from app.api.live_slots import LiveSlots
+from app.api.mcp_server import McpEndpoint
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     resolves to at send time."""
     settings = settings or get_settings()
     log_redaction.install()
+    # Built before the app, as its lifespan runs the MCP session manager (bound to `app` below).
+    mcp: McpEndpoint | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -182,7 +185,9 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             queue_metrics.run(sessionmaker, metrics, settings.metrics_refresh_seconds), name="job gauges"
         )
         try:
-            yield
+            assert mcp is not None
+            async with mcp.manager.run():
+                yield
         finally:
             gauges_task.cancel()
             await asyncio.gather(gauges_task, return_exceptions=True)
@@ -219,14 +224,22 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
-        paths={"/v1/uploads": settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD},
+        paths={
+            "/v1/uploads": settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD,
+            # An image and its mask.
+            "/v1/images/edits": 2 * settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD,
+        },
     )
     app.add_middleware(RateLimitHeaders)
     problems.install(app)
-    for module in (generate, jobs, outputs, uploads, events, ws, templates, me, admin, backends, health):
+    for module in (generate, jobs, outputs, uploads, events, ws, templates, me, admin, backends, health, openai_images):
         app.include_router(module.router)
     if settings.console_enabled:
         app.include_router(console_router)
+    mcp = McpEndpoint(app)
+    # A plain route (not a mount, which would redirect /mcp to /mcp/); not in the OpenAPI spec, as
+    # it speaks JSON-RPC (MCP's Streamable HTTP), not REST.
+    app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     return app
 
 

@@ -56,7 +56,9 @@ PARAM_KEYWORDS: tuple[str, ...] = (
 )
 
 #: The keys a template document may have.
-DOCUMENT_KEYS: tuple[str, ...] = ("description", "workflow", "params", "outputs", "timeout_seconds", "keep_temp")
+DOCUMENT_KEYS: tuple[str, ...] = (
+    "description", "workflow", "params", "outputs", "timeout_seconds", "keep_temp", "openai",
+)
 
 #: The special default of an integer param that draws a fresh value in [0, 2^53) for each job.
 RANDOM_DEFAULT = "random"
@@ -354,6 +356,58 @@ class ParamSpec(BaseModel):
         return out
 
 
+#: What each member of an `openai` mapping names: the type of param it must be.
+OPENAI_PARAM_TYPES: dict[str, str] = {
+    "prompt": "string",
+    "n": "integer",
+    "image": "image",
+    "mask": "image",
+    "quality": "string",
+    "style": "string",
+}
+
+
+class OpenAIMapping(BaseModel):
+    """How the OpenAI images API (app/api/openai_images.py) fills a template's params: each member
+    names the param that takes that request field. A template with this mapping is listed as a model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    # [width param, height param]: `size` "WxH" is split onto them.
+    size: tuple[str, str] | None = None
+    # Takes `n` as a batch size: one job makes n images. Without it, `n` makes n jobs.
+    n: str | None = None
+    # The image to edit (POST /v1/images/edits) and its mask.
+    image: str | None = None
+    mask: str | None = None
+    quality: str | None = None
+    style: str | None = None
+
+    def problems(self, params: dict[str, "ParamSpec"]) -> list[str]:
+        out = []
+        named: list[tuple[str, str, str]] = [
+            (field, name, OPENAI_PARAM_TYPES[field])
+            for field in OPENAI_PARAM_TYPES
+            if (name := getattr(self, field)) is not None
+        ]
+        if self.size is not None:
+            named += [("size[0]", self.size[0], "integer"), ("size[1]", self.size[1], "integer")]
+        for field, name, wanted in named:
+            spec = params.get(name)
+            if spec is None:
+                out.append(f"openai.{field} names no param ({name!r})")
+            elif spec.type != wanted:
+                article = "an" if wanted in ("integer", "image") else "a"
+                out.append(f"openai.{field} must name {article} {wanted} param; {name!r} is {spec.type}")
+        if self.mask is not None and self.image is None:
+            out.append("openai.mask needs openai.image (the image the mask applies to)")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items() if v is not None}
+
+
 class TemplateDocument(BaseModel):
     """A whole template document. The template's name is not part of it."""
 
@@ -367,6 +421,8 @@ class TemplateDocument(BaseModel):
     # Keep `temp` files (previews: PreviewImage, PreviewAudio...) as outputs too; by default only
     # saved files are.
     keep_temp: bool = False
+    # Opt-in to the OpenAI-compatible images API (see OpenAIMapping).
+    openai: OpenAIMapping | None = None
 
     @field_validator("description", mode="before")
     @classmethod
@@ -441,6 +497,17 @@ class TemplateDocument(BaseModel):
             raise ValueError("; ".join(problems))
         return self
 
+    @field_validator("openai", mode="after")
+    @classmethod
+    def _openai_names_params(cls, v: OpenAIMapping | None, info: Any) -> OpenAIMapping | None:
+        # A field validator (not a model one), so that the problem is reported under `openai`;
+        # `params` is declared first, so it is there when valid.
+        params = info.data.get("params")
+        problems = v.problems(params) if v is not None and params is not None else []
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
     @model_validator(mode="after")
     def _no_input_bound_twice(self) -> "TemplateDocument":
         owner: dict[str, str] = {}
@@ -467,6 +534,8 @@ class TemplateDocument(BaseModel):
             out["timeout_seconds"] = self.timeout_seconds
         if self.keep_temp:
             out["keep_temp"] = True
+        if self.openai is not None:
+            out["openai"] = self.openai.to_dict()
         return out
 
 

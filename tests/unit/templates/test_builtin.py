@@ -180,7 +180,10 @@ def test_txt2img(builtin, object_info_full):
     assert doc.workflow["8"]["inputs"] == {"samples": ["3", 0], "vae": ["4", 2]}
     assert doc.workflow["9"]["inputs"]["images"] == ["8", 0]
     p = doc.params
-    assert list(p) == ["prompt", "negative_prompt", "width", "height", "steps", "cfg", "seed", "sampler", "scheduler", "checkpoint"]
+    assert list(p) == ["prompt", "negative_prompt", "width", "height", "batch_size", "steps", "cfg", "seed", "sampler", "scheduler", "checkpoint"]
+    assert (p["batch_size"].default, p["batch_size"].bind) == (1, ["5.inputs.batch_size"])
+    # Served as an OpenAI images model: n is the batch size.
+    assert doc.openai is not None and (doc.openai.prompt, doc.openai.size, doc.openai.n) == ("prompt", ("width", "height"), "batch_size")
     assert p["prompt"].required and p["prompt"].maxLength == 2000 and p["prompt"].bind == ["6.inputs.text"]
     assert p["negative_prompt"].default == "" and p["negative_prompt"].bind == ["7.inputs.text"]
     for dim in ("width", "height"):
@@ -210,6 +213,8 @@ def test_img2img(builtin):
     assert (den.type, den.minimum, den.maximum, den.default, den.bind) == ("number", 0, 1, 0.75, ["3.inputs.denoise"])
     assert set(doc.params) == {"image", "prompt", "negative_prompt", "denoise", "steps", "cfg", "seed", "sampler", "scheduler", "checkpoint"}
     assert doc.outputs == ["9"]
+    # Served as an OpenAI images model for edits.
+    assert doc.openai is not None and (doc.openai.prompt, doc.openai.image) == ("prompt", "image")
 
 
 def test_blur_renders_the_recorded_blur_prompt(builtin):

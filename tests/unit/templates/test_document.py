@@ -394,3 +394,18 @@ def test_invalid_names(name):
         validate_name(name)
     assert ei.value.errors[0]["field"] == "name"
     assert repr(name) in ei.value.errors[0]["message"]
+
+
+# ---- the OpenAI mapping --------------------------------------------------------------------------
+
+
+def test_openai_mapping_names_params_of_the_right_type():
+    params = {"w": param("integer"), "h": param("integer", "1.inputs.height"), "c": param("string", "1.inputs.color")}
+    good = parse_template(doc_dict(params, openai={"prompt": "c", "size": ["w", "h"]}))
+    assert good.to_dict()["openai"] == {"prompt": "c", "size": ["w", "h"]}
+    # `prompt` must name a string param, every name must be a param, and a mask needs its image.
+    errs = errors_of(doc_dict(params, openai={"prompt": "w", "size": ["w", "nope"], "mask": "w"}))
+    assert_error(errs, "openai", "openai.prompt must name a string param", "openai.size[1] names no param ('nope')",
+                 "openai.mask must name an image param", "openai.mask needs openai.image")
+    assert_error(errors_of(doc_dict(params, openai={"size": ["w", "h"]})), "openai.prompt", "required")
+    assert_error(errors_of(doc_dict(params, openai={"prompt": "c", "steps": "w"})), "openai.steps", "unknown key")
