@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # so that URLs stay valid across restarts and replicas.
     signing_secret: str | None = None
     signed_url_ttl_seconds: int = Field(default=3600, ge=10)
+    # The gateway's address as clients reach it (e.g. behind a reverse proxy), for the absolute
+    # links of /api/v2 (job urls, output and asset urls). Unset: each request's own scheme and host.
+    public_base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
 
     # --- per-user defaults ------------------------------------------------------------------
     # The same ranges as a user's own limits (app/domain/limits.py). A limit of 0 is not allowed:

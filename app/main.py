@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads, ws
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
+from app.api.v2 import routes as v2_routes
 from app.config import Settings, get_settings
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import upgrade_async
@@ -193,12 +194,16 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
-        paths={"/v1/uploads": settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD},
+        paths={
+            "/v1/uploads": settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD,
+            "/api/v2/assets": settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD,
+        },
     )
     app.add_middleware(RateLimitHeaders)
     problems.install(app)
     for module in (generate, jobs, outputs, uploads, events, ws, templates, me, admin, backends, health):
         app.include_router(module.router)
+    app.include_router(v2_routes.router)
     return app
 
 

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocketState
 
 from app.domain.errors import Unauthorized
 from app.domain.live import frame
+from app.domain.views import v2_only
 from app.domain.users import Principal, authenticate
 
 router = APIRouter(tags=["events"])
@@ -93,7 +94,7 @@ async def live_events(websocket: WebSocket, api_key: str | None = None, previews
             if sub.overflowed:
                 sub.overflowed = False
                 await websocket.send_text(json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}}))
-            if event is None:
+            if event is None or v2_only(event.event, event.data):
                 continue
             if event.id is not None:
                 # The same event can reach us twice (this replica's commit and a relay); send it once.

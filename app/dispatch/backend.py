@@ -31,6 +31,10 @@ class InFlight:
     # Set when the deadline passed and the backend was asked to interrupt: by then (wall clock)
     # the backend must have confirmed, or it is taken for broken.
     interrupt_due: float | None = None
+    # Node counts for progress (Comfy API v2): the nodes finished or served from cache, and the
+    # node executing now.
+    nodes_done: set[str] = field(default_factory=set)
+    current_node: str | None = None
 
 
 @dataclass(slots=True)
