@@ -64,15 +64,18 @@ def _missing(node_id: str, name: str, message: str) -> V2Error:
 
 
 async def _resolve(
-    session: AsyncSession, user_id: str, workflow: dict[str, Any], object_info: Mapping[str, Any] | None
+    session: AsyncSession, user_id: str, workflow: dict[str, Any], object_info: Mapping[str, Any] | None, settings: Settings
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """(the workflow to store, a copy to check without the staged inputs, the inputs to stage)."""
     stored = copy.deepcopy(workflow)
     checked = copy.deepcopy(workflow)
     inputs: list[dict[str, Any]] = []
+    denied, allowed = set(settings.raw_workflow_deny_nodes), set(settings.raw_workflow_allow_nodes)
     for node_id, node in stored.items():
         if not isinstance(node, dict) or not isinstance(node.get("inputs"), dict):
             continue  # the shape check names it
+        if node.get("class_type") in denied or (allowed and node.get("class_type") not in allowed):
+            continue  # refused as a node, whatever its inputs name
         file_inputs = upload_inputs(str(node.get("class_type")), object_info)
         for name, value in list(node["inputs"].items()):
             asset: Asset | None = None
@@ -128,7 +131,7 @@ async def build(
         )
     if not (principal.unlimited or principal.is_admin or principal.limits.get("allow_raw_workflows")):
         raise Forbidden("Your account may not send raw workflows.")
-    stored, checked, inputs = await _resolve(session, principal.user_id, workflow, object_info)
+    stored, checked, inputs = await _resolve(session, principal.user_id, workflow, object_info, settings)
     try:
         nodes = check_raw_workflow(checked, settings, object_info)
     except ValidationFailed as exc:

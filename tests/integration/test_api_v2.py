@@ -91,3 +91,138 @@ async def test_run_submit_events_outputs_and_the_same_job_on_v1(gateway: Gateway
         # Another user's job is not found, as in v1.
         with pytest.raises(NotFound):
             await other.jobs.get(job.id)
+
+
+def load_image(image: Any) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "v2in"}},
+    }
+
+
+@SQLITE_ONLY
+async def test_assets_dedup_per_user_and_workflows_use_them_by_handle_and_by_file_name(
+    gateway: Gateway, emulator, monkeypatch  # noqa: ANN001
+) -> None:
+    client, headers = await sdk_user(gateway, "alice", monkeypatch)
+    other, other_headers = await sdk_user(gateway, "bob", monkeypatch)
+    image = png()
+    async with client, other:
+        first = client.assets.from_bytes(image, filename="photo.png")
+        asset_id = await first.commit()
+        assert first.created_new is True
+        # The same bytes again: the same asset, nothing new stored.
+        again = client.assets.from_bytes(image, filename="photo.png")
+        assert await again.commit() == asset_id and again.created_new is False
+        info = await client.assets.get(asset_id)
+        assert info.hash == first.hash and info.file_path == "photo.png"
+
+        # By handle: the SDK uploads nothing more and sends a core/ASSET reference.
+        by_handle = await client.run(client.workflows.from_json(load_image(again)))
+        # By the plain file name the asset was given.
+        by_name = await client.run(client.workflows.from_json(load_image("photo.png")))
+        for job in (by_handle, by_name):
+            assert job.status == "succeeded" and len(job.outputs) == 1
+        # Each was staged onto the backend from the gateway's copy of the asset.
+        for job in (by_handle, by_name):
+            assert (emulator.input_dir / f"gw_{job.id}_1_image.png").read_bytes() == image
+
+        # Another user: the same bytes are not theirs to mint from, the asset is not theirs to read
+        # or reference, and a file name of someone else's names nothing.
+        probe = await gateway.http.head(f"/api/v2/assets/by-hash/{first.hash}", headers=other_headers)
+        assert probe.status_code == 404
+        with pytest.raises(NotFound):
+            await other.assets.get(asset_id)
+        with pytest.raises(MissingAsset):
+            await other.submit(other.workflows.from_json(load_image({"__type": "core/ASSET", "info": {"id": asset_id}})))
+        with pytest.raises(MissingAsset):
+            await other.submit(other.workflows.from_json(load_image("photo.png")))
+        # Bob's own upload of the same bytes is his own asset.
+        bobs = other.assets.from_bytes(image, filename="photo.png")
+        assert await bobs.commit() != asset_id and bobs.created_new is True
+
+        # A wrong expected_hash is refused and nothing is kept.
+        wrong = await gateway.http.post(
+            "/api/v2/assets", headers=headers, files={"file": ("x.png", png((1, 2, 3)), "image/png")},
+            data={"content_type": "image/png", "file_path": "x.png", "expected_hash": "blake3:" + "0" * 64},
+        )
+        assert wrong.status_code == 409 and wrong.json()["error"]["code"] == "hash_mismatch"
+
+        # Delete: gone for its owner, and a workflow naming it is refused.
+        await client.assets.delete(asset_id)
+        with pytest.raises(NotFound):
+            await client.assets.get(asset_id)
+        with pytest.raises(MissingAsset):
+            await client.submit(client.workflows.from_json(load_image("photo.png")))
+
+
+@SQLITE_ONLY
+async def test_cancel_queued_and_running_list_paging_and_errors(gateway: Gateway, emulator, monkeypatch) -> None:  # noqa: ANN001
+    client, headers = await sdk_user(gateway, "alice", monkeypatch)
+    async with client:
+        running = await client.submit(client.workflows.from_json(sampler(300, seed=1)))
+        queued = await client.submit(client.workflows.from_json(sampler(300, seed=2)))
+        while (await gateway.job(running.id, headers))["status"] != "running":
+            await asyncio.sleep(0.02)
+        assert (await gateway.job(queued.id, headers))["status"] == "queued"
+        for job in (queued, running):
+            await job.cancel()
+            assert job.status in ("canceling", "canceled")
+            await job.wait()
+            assert job.status == "canceled"
+            # Idempotent: a second cancel answers the job as it is.
+            assert (await job.cancel()).status == "canceled"
+            assert (await gateway.job(job.id, headers))["status"] == "canceled"
+
+        # Paging, newest first, and a metadata filter.
+        for n in range(3):
+            await client.submit(client.workflows.from_json(BLUR), metadata={"batch": "b", "n": str(n)})
+        listed = [s async for s in client.list_jobs(limit=2)]
+        assert len(listed) == 5 and listed[-1].id == running.id
+        labelled = [s async for s in client.list_jobs(metadata={"batch": "b"}, limit=1)]
+        assert [s.metadata["n"] for s in labelled] == ["2", "1", "0"]
+
+        # Errors: the v2 envelope with the SDK's codes.
+        with pytest.raises(IdempotencyKeyReuse):
+            await client.submit(client.workflows.from_json(BLUR), idempotency_key="k-1")
+            await client.submit(client.workflows.from_json(BLUR), idempotency_key="k-1")
+        with pytest.raises(WorkflowFormatUi):
+            await client.submit(client.workflows.from_json({"nodes": [], "links": [], "last_node_id": 0}))
+        ui = await gateway.http.post("/api/v2/jobs", headers=headers, json={"workflow": {"nodes": [], "links": []}})
+        assert ui.status_code == 422 and ui.json()["error"]["code"] == "workflow_format_ui"
+        missing = await gateway.http.get("/api/v2/jobs/nope", headers=headers)
+        assert missing.status_code == 404 and missing.json() == {
+            "error": {"code": "not_found", "message": "There is no job 'nope'.", "details": None}
+        }
+        unauth = await gateway.http.get("/api/v2/jobs", headers={"Authorization": "Bearer wrong"})
+        assert unauth.status_code == 401 and unauth.json()["error"]["code"] == "unauthorized"
+        bad = await gateway.http.post("/api/v2/jobs", headers=headers, json={"workflow": {"1": {"class_type": "LoadImageOutput", "inputs": {"image": "x.png [output]"}}}})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_workflow"
+        # /v1 keeps problem+json.
+        v1 = await gateway.http.get("/v1/jobs/nope", headers=headers)
+        assert v1.headers["content-type"] == "application/problem+json"
+
+    _, templated = await gateway.create_user("templated")
+    monkeypatch.setenv("COMFY_BASE_URL", gateway.base_url)
+    async with AsyncComfy(api_key=templated["Authorization"].removeprefix("Bearer ")) as no_raw:
+        with pytest.raises(Forbidden):
+            await no_raw.submit(no_raw.workflows.from_json(BLUR))
+
+
+@SQLITE_ONLY
+async def test_a_full_queue_is_429_queue_full_and_the_sdk_waits_it_out(gateway: Gateway, monkeypatch) -> None:  # noqa: ANN001
+    client, headers = await sdk_user(gateway, "alice", monkeypatch, max_queued=1)
+    hog, _ = await sdk_user(gateway, "hog", monkeypatch)
+    async with client, hog:
+        # One quick job of alice's: her jobs' run time is what Retry-After is estimated from.
+        await client.run(client.workflows.from_json(BLUR))
+        busy = await hog.submit(client.workflows.from_json(sampler(60)))  # ~0.6 s on the one backend
+        waiting = await client.submit(client.workflows.from_json(BLUR))
+        full = await gateway.http.post("/api/v2/jobs", headers=headers, json={"workflow": BLUR})
+        assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+        assert int(full.headers["Retry-After"]) >= 1
+        # The SDK waits as told and gets in once a place is free.
+        accepted = await client.submit(client.workflows.from_json(BLUR))
+        for job in (busy, waiting, accepted):
+            assert (await job.result()).status == "succeeded"
