@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from comfy_sdk import AsyncComfy
 from comfy_sdk.events import OutputReady, Progress, StatusChange
 from comfy_sdk.exceptions import ComfyError, Forbidden, IdempotencyKeyReuse, MissingAsset, NotFound, WorkflowFormatUi
 from PIL import Image
 
-from tests.integration.conftest import Gateway
+from app.db.models import Job
+from tests.integration.conftest import ADMIN_KEY, Gateway
+from tests.integration.test_crash import free_port, start
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -86,6 +92,11 @@ async def test_run_submit_events_outputs_and_the_same_job_on_v1(gateway: Gateway
         assert any(p.nodes_total == 7 and p.current_node == "3" and p.steps == 6 for p in progress)
         await job.wait()
         assert (await job.result()).status == "succeeded" and job.metadata == {"run": "events"}
+        # Another seed: ComfyUI serves the loader and the encoders from its cache (execution_cached),
+        # and they count as done before the sampler starts.
+        cached = await client.submit(client.workflows.from_json(sampler(6, seed=2)))
+        sampling = [ev for ev in [ev async for ev in cached.events()] if isinstance(ev, Progress) and ev.current_node == "3"]
+        assert sampling and min(p.nodes_done for p in sampling) == 4
         assert (await job.get_workflow()).graph["3"]["class_type"] == "KSampler"
 
         # Another user's job is not found, as in v1.
@@ -226,3 +237,75 @@ async def test_a_full_queue_is_429_queue_full_and_the_sdk_waits_it_out(gateway: 
         accepted = await client.submit(client.workflows.from_json(BLUR))
         for job in (busy, waiting, accepted):
             assert (await job.result()).status == "succeeded"
+
+
+async def running_on(gw: Gateway, backend: str) -> bool:
+    async with gw.app.state.sessionmaker() as session:
+        stmt = select(Job.id).where(Job.backend == backend, Job.status == "running")
+        return (await session.execute(stmt)).first() is not None
+
+
+async def test_a_v2_job_survives_the_death_of_its_backend(three_backends, make_settings, gateway_factory, monkeypatch) -> None:  # noqa: ANN001
+    victim = three_backends[0]
+    gw = await gateway_factory(make_settings(comfyui_urls=[e.base_url for e in three_backends], failover_grace_seconds=1.0))
+    await gw.wait_ready()
+    client, headers = await sdk_user(gw, "alice", monkeypatch)
+    async with client:
+        jobs = [await client.submit(client.workflows.from_json(sampler(20, seed=n))) for n in range(6)]
+        # Killed while it runs one of them.
+        while not await running_on(gw, victim.base_url):
+            await asyncio.sleep(0.01)
+        await victim.kill()
+        for job in jobs:
+            assert (await job.result()).status == "succeeded" and len(job.outputs) == 1
+            v1 = await gw.job(job.id, headers)
+            assert v1["status"] == "succeeded" and [o["id"] for o in v1["outputs"]] == [job.outputs[0].id]
+    async with gw.app.state.sessionmaker() as session:
+        rows = (await session.execute(select(Job).where(Job.id.in_([j.id for j in jobs])))).scalars().all()
+    assert any(r.attempts > 1 for r in rows), "the victim had v2 jobs in flight; they must have moved"
+
+
+@SQLITE_ONLY
+async def test_v2_jobs_survive_a_gateway_kill_9(emulator, db_url: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    env = {
+        **os.environ,
+        "GATEWAY_DATABASE_URL": db_url,
+        "GATEWAY_STORAGE_DIR": str(tmp_path / "outputs"),
+        "GATEWAY_COMFYUI_URLS": emulator.base_url,
+        "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
+        "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_DISPATCH_POLL_SECONDS": "0.2",
+    }
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "gateway.log"
+    first = await start(env, port, log)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        user = await http.post(
+            "/v1/admin/users", json={"name": "alice", "limits": {"allow_raw_workflows": True, "rate_per_minute": 100_000}}, headers=admin
+        )
+        key = (await http.post(f"/v1/admin/users/{user.json()['id']}/keys", json={"name": "t"}, headers=admin)).json()["key"]
+    monkeypatch.setenv("COMFY_BASE_URL", base)
+    second = None
+    try:
+        async with AsyncComfy(api_key=key) as client:
+            photo = client.assets.from_bytes(png(), filename="photo.png")
+            jobs = [await client.submit(client.workflows.from_json(sampler(15, seed=n))) for n in range(3)]
+            jobs.append(await client.submit(client.workflows.from_json(load_image(photo))))
+            while (await client.jobs.get(jobs[0].id)).status != "running":
+                await asyncio.sleep(0.05)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            second = await start(env, port, log)
+            for job in jobs:
+                assert (await job.result()).status == "succeeded" and len(job.outputs) == 1
+                assert (await job.outputs[0].to_bytes()).startswith(b"\x89PNG")
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(15)
+    # Each job's prompt ran once: none ran twice.
+    executed = Counter(emulator.executed_prompts)
+    assert sum(executed.values()) == len(jobs) and set(executed.values()) == {1}
