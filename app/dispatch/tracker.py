@@ -111,7 +111,10 @@ class Tracker:
                 if flight.current_node is not None:
                     flight.nodes_done.add(flight.current_node)
                 flight.current_node = node
-                self._progress(link, pid, {"value": 0, "max": 1, "node": node, "node_start": True})
+                self.ctx.notifier.node_started(
+                    flight.job_id, flight.user_id,
+                    {"value": 0, "max": 1, "node": node, "node_start": True, "nodes_done": len(flight.nodes_done), "current_node": node},
+                )
             case Preview(prompt_id=pid) as preview if (flight := link.job_of(pid)) is not None:
                 # Previews with metadata (event 4, which we ask for) say whose they are; others are dropped.
                 self.ctx.notifier.preview(flight.job_id, flight.user_id, preview.image_type, preview.image, preview.node_id)

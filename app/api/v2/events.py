@@ -66,6 +66,8 @@ async def job_events(
 
     async def stream() -> AsyncIterator[bytes]:
         sent: set[str] = set()
+        # Node starts are sent live, logged progress after its commit: never show a count going back.
+        nodes_done = 0
         async for ev in follower.events(sessionmaker, still_allowed=still_allowed, check_every=settings.live_auth_check_seconds):
             data = ev.data
             if ev.event == "status":
@@ -78,7 +80,8 @@ async def job_events(
                 yield _frame("status", {"status": status, "queue_position": data.get("queue_position")})
             elif ev.event == "progress":
                 progress = views.progress_view(data, workflow, "running")
-                if progress is not None:
+                if progress is not None and progress["nodes_done"] >= nodes_done:
+                    nodes_done = progress["nodes_done"]
                     yield _frame("progress", progress)
             elif ev.event == "output":
                 if (frame := output(data, sent)) is not None:

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 
 from app.config import Settings
+from app.db.job_events import output_snapshot
 from app.db.models import Asset, Job, Output
 from app.db.types import utcnow
 from app.domain.views import rfc3339
@@ -31,7 +32,7 @@ def base_url(request: Request, settings: Settings) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def status_of(status: str, outputs_expired: bool, cancel_requested: bool = False) -> str:
+def status_of(status: str, outputs_expired: bool) -> str:
     if status == "succeeded" and outputs_expired:
         return "expired"
     return status
@@ -130,8 +131,6 @@ def labels(meta: Any) -> dict[str, str]:
 def job_view(
     job: Job, outputs: list[Output], *, base: str, signer: UrlSigner, settings: Settings, queue_position: int | None
 ) -> dict[str, Any]:
-    from app.db.job_events import output_snapshot
-
     status = status_of(job.status, job.outputs_expired_at is not None)
     return {
         "id": job.id,
