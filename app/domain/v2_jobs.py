@@ -10,6 +10,7 @@ backend that runs the job, as a /v1 upload is (app/dispatch/staging.py).
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,9 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 _UI_KEYS = ("nodes", "links")
+# Label keys are looked up inside the JSON column (SQLite's and PostgreSQL's JSON paths): a plain
+# alphabet keeps a key the same thing in both.
+KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,%d}$" % MAX_METADATA_KEY)
 
 
 def check_metadata(metadata: Any) -> dict[str, str]:
@@ -42,9 +46,10 @@ def check_metadata(metadata: Any) -> dict[str, str]:
             field="metadata",
         )
     for key, value in metadata.items():
-        if not (1 <= len(key) <= MAX_METADATA_KEY) or any(ord(c) < 0x20 for c in key):
+        if not KEY_RE.match(key):
             raise V2Error(
-                422, "metadata_invalid", f"metadata key {key[:80]!r} must be 1 to {MAX_METADATA_KEY} printable characters.",
+                422, "metadata_invalid",
+                f"metadata key {key[:80]!r} must be 1 to {MAX_METADATA_KEY} letters, digits or _ . : -",
                 field=f"metadata.{key[:80]}",
             )
         if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:

@@ -193,6 +193,9 @@ async def test_cancel_queued_and_running_list_paging_and_errors(gateway: Gateway
         assert len(listed) == 5 and listed[-1].id == running.id
         labelled = [s async for s in client.list_jobs(metadata={"batch": "b"}, limit=1)]
         assert [s.metadata["n"] for s in labelled] == ["2", "1", "0"]
+        with pytest.raises(ComfyError) as bad_filter:
+            [s async for s in client.list_jobs(metadata={'a"b': "x"})]
+        assert bad_filter.value.code == "invalid_metadata_filter"
 
         # Errors: the v2 envelope with the SDK's codes.
         with pytest.raises(IdempotencyKeyReuse):

@@ -122,6 +122,9 @@ async def list_jobs(
         raise V2Error(
             422, "invalid_metadata_filter", f"At most {v2_jobs.MAX_METADATA_PAIRS} metadata filters are accepted.", field="metadata"
         )
+    for key in filters:
+        if not v2_jobs.KEY_RE.match(key):
+            raise V2Error(422, "invalid_metadata_filter", f"No label can have the key {key[:80]!r}.", field=f"metadata[{key[:80]}]")
     stmt = select(Job).where(Job.user_id == principal.user_id)
     for key, value in filters.items():
         stmt = stmt.where(Job.meta[key].as_string() == value)
