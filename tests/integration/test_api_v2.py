@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 from comfy_sdk import AsyncComfy
-from comfy_sdk.events import OutputReady, Progress, StatusChange
+from comfy_sdk.events import OutputReady, Preview, Progress, StatusChange
 from comfy_sdk.exceptions import ComfyError, Forbidden, IdempotencyKeyReuse, MissingAsset, NotFound, WorkflowFormatUi
 from PIL import Image
 
@@ -80,7 +80,7 @@ async def test_run_submit_events_outputs_and_the_same_job_on_v1(gateway: Gateway
         assert v1["status"] == "succeeded" and [o["id"] for o in v1["outputs"]] == [out.id]
 
         # submit + events to the end + wait + result
-        job = await client.submit(client.workflows.from_json(sampler(6)), metadata={"run": "events"})
+        job = await client.submit(client.workflows.from_json(sampler(30)), metadata={"run": "events"})
         events = [ev async for ev in job.events()]
         kinds = [type(ev).__name__ for ev in events]
         assert isinstance(events[0], StatusChange) and isinstance(events[-1], StatusChange)
@@ -89,7 +89,10 @@ async def test_run_submit_events_outputs_and_the_same_job_on_v1(gateway: Gateway
         assert len(outputs) == 1 and kinds.index("OutputReady") < len(kinds) - 1
         progress = [ev for ev in events if isinstance(ev, Progress)]
         assert progress and all(0 <= p.value <= 1 for p in progress)
-        assert any(p.nodes_total == 7 and p.current_node == "3" and p.steps == 6 for p in progress)
+        assert any(p.nodes_total == 7 and p.current_node == "3" and p.steps == 30 for p in progress)
+        # The emulated sampler sends a JPEG preview with each step.
+        previews = [ev for ev in events if isinstance(ev, Preview)]
+        assert previews and previews[0].node_id == "3" and previews[0].data[:3] == b"\xff\xd8\xff"
         await job.wait()
         assert (await job.result()).status == "succeeded" and job.metadata == {"run": "events"}
         # Another seed: ComfyUI serves the loader and the encoders from its cache (execution_cached),
@@ -312,3 +315,16 @@ async def test_v2_jobs_survive_a_gateway_kill_9(emulator, db_url: str, tmp_path:
     # Each job's prompt ran once: none ran twice.
     executed = Counter(emulator.executed_prompts)
     assert sum(executed.values()) == len(jobs) and set(executed.values()) == {1}
+
+
+@SQLITE_ONLY
+async def test_links_follow_the_public_base_url_behind_a_proxy(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway(public_base_url="https://gpu.example.com/comfy/")
+    _, headers = await gw.create_user("alice", limits={"allow_raw_workflows": True})
+    resp = await gw.http.post("/api/v2/jobs", headers=headers, json={"workflow": BLUR})
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    root = f"https://gpu.example.com/comfy/api/v2/jobs/{job['id']}"
+    assert job["urls"] == {"self": root, "events": f"{root}/events", "cancel": f"{root}/cancel"}
+    # The same job on /v1, queued as well.
+    assert (await gw.job(job["id"], headers))["status"] == job["status"] == "queued"
