@@ -328,3 +328,24 @@ async def test_links_follow_the_public_base_url_behind_a_proxy(idle_gateway) -> 
     assert job["urls"] == {"self": root, "events": f"{root}/events", "cancel": f"{root}/cancel"}
     # The same job on /v1, queued as well.
     assert (await gw.job(job["id"], headers))["status"] == job["status"] == "queued"
+
+
+@SQLITE_ONLY
+async def test_an_oversized_asset_is_413_in_the_v2_envelope_and_nothing_is_kept(idle_gateway, tmp_path: Path) -> None:  # noqa: ANN001
+    gw = await idle_gateway(max_upload_bytes=10_000)
+    _, headers = await gw.create_user("alice")
+    big = b"\0" * 200_000
+
+    async def unannounced():  # noqa: ANN202 - no Content-Length: counted as it arrives
+        yield big[:100_000]
+        yield big[100_000:]
+
+    for announced in (True, False):
+        content = big if announced else unannounced()
+        resp = await gw.http.post(
+            "/api/v2/assets",
+            headers={**headers, "Content-Type": "multipart/form-data; boundary=x"},
+            content=content,
+        )
+        assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large", resp.text
+    assert not list((tmp_path / "outputs").rglob("assets/*"))
