@@ -6,6 +6,7 @@ The names of the settings are part of the public contract; every one is document
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -78,6 +79,9 @@ class Settings(BaseSettings):
     # not private enough; the file's trailing newline is not part of the secret.
     signing_secret_file: Path | None = None
     signed_url_ttl_seconds: int = Field(default=3600, ge=10)
+    # The gateway's address as clients reach it (e.g. behind a reverse proxy), for the absolute
+    # links of /api/v2 (job urls, output and asset urls). Unset: each request's own scheme and host.
+    public_base_url: str | None = None
 
     # --- per-user defaults ------------------------------------------------------------------
     # The same ranges as a user's own limits (app/domain/limits.py). A limit of 0 is not allowed:
@@ -276,6 +280,15 @@ class Settings(BaseSettings):
     def _empty_is_forever(cls, value: object) -> object:
         # GATEWAY_RETENTION_DAYS= (empty) means keep forever, like 0.
         return 0 if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("public_base_url", mode="before")
+    @classmethod
+    def _public_base_url(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value.strip()):
+            raise ValueError("an http(s) URL without query or fragment, e.g. https://gpu.example.com")
+        return value.strip().rstrip("/") if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> "Settings":

@@ -17,6 +17,7 @@ from app.api.limits import BodySizeLimit
 from app.api.live_slots import LiveSlots
 from app.api.mcp_server import McpEndpoint
 from app.api.ratelimit import RateLimitHeaders
+from app.api.v2 import routes as v2_routes
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
 from app.db.engine import create_engine, create_sessionmaker
@@ -228,6 +229,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             "/v1/uploads": settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD,
             # An image and its mask.
             "/v1/images/edits": 2 * settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD,
+            "/api/v2/assets": settings.max_upload_bytes + uploads.MULTIPART_OVERHEAD,
         },
     )
     app.add_middleware(RateLimitHeaders)
@@ -240,6 +242,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     # A plain route (not a mount, which would redirect /mcp to /mcp/); not in the OpenAPI spec, as
     # it speaks JSON-RPC (MCP's Streamable HTTP), not REST.
     app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    app.include_router(v2_routes.router)
     return app
 
 

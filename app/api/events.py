@@ -20,6 +20,7 @@ from app.api.schemas import PROBLEMS
 from app.domain.errors import Unauthorized, ValidationFailed
 from app.domain.events import JobEvent
 from app.domain.live import JobFollower
+from app.domain.views import v1_progress, v2_only
 from app.domain.users import authenticate
 
 router = APIRouter(tags=["events"])
@@ -28,8 +29,9 @@ router = APIRouter(tags=["events"])
 def _sse(event: JobEvent) -> bytes:
     # One event goes to every subscriber of its job: encoded once, by the first.
     if event.encoded is None:
+        data = v1_progress(event.data) if event.event == "progress" else event.data
         event.encoded = ServerSentEvent(
-            data=json.dumps(event.data, separators=(",", ":")),
+            data=json.dumps(data, separators=(",", ":")),
             event=event.event,
             id=None if event.id is None else str(event.id),
         ).encode()
@@ -115,7 +117,8 @@ async def job_events(
         async for event in follower.events(
             sessionmaker, still_allowed=still_allowed, check_every=settings.live_auth_check_seconds
         ):
-            yield _sse(event)
+            if not v2_only(event.event, event.data):
+                yield _sse(event)
 
     return _SlotResponse(
         stream(), ping=settings.sse_ping_seconds, headers={"X-Accel-Buffering": "no"}, release=lambda: slots.give_back(slot)

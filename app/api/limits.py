@@ -29,7 +29,7 @@ class BodySizeLimit:
         max_bytes = self.paths.get(scope.get("path", ""), self.max_bytes)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            await self._reject(send, max_bytes)
+            await self._reject(send, max_bytes, scope.get("path", ""))
             return
         received = 0
         started = False
@@ -53,22 +53,29 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send, max_bytes)
+                await self._reject(send, max_bytes, scope.get("path", ""))
 
-    async def _reject(self, send: Send, max_bytes: int) -> None:
-        body = json.dumps(
-            {
-                "type": PROBLEM_BASE + "payload-too-large",
-                "title": "Payload too large",
-                "status": 413,
-                "detail": f"The request body is larger than {max_bytes} bytes.",
-            }
-        ).encode()
+    async def _reject(self, send: Send, max_bytes: int, path: str) -> None:
+        detail = f"The request body is larger than {max_bytes} bytes."
+        if path.startswith("/api/v2/"):
+            # Comfy API v2 routes answer in their own error envelope.
+            content_type = b"application/json"
+            body = json.dumps({"error": {"code": "payload_too_large", "message": detail, "details": None}}).encode()
+        else:
+            content_type = b"application/problem+json"
+            body = json.dumps(
+                {
+                    "type": PROBLEM_BASE + "payload-too-large",
+                    "title": "Payload too large",
+                    "status": 413,
+                    "detail": detail,
+                }
+            ).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())],
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})

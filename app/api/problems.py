@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.v2 import errors as v2_errors
 from app.domain.errors import PROBLEM_BASE, DomainError
 
 log = logging.getLogger("app.api")
@@ -34,12 +35,16 @@ _TITLES = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized", 403
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
+        if v2_errors.is_v2(request):
+            return v2_errors.domain_response(exc)
         return problem_response(exc.status, exc.problem(), exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _field_errors(exc)
+        if v2_errors.is_v2(request):
+            return v2_errors.validation_response(errors)
         fields = ", ".join(sorted({e["field"] for e in errors}))
         return problem_response(
             422,
@@ -53,7 +58,9 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if v2_errors.is_v2(request):
+            return v2_errors.http_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
         title = _TITLES.get(exc.status_code, "Error")
         return problem_response(
             exc.status_code,
@@ -70,6 +77,8 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The detail stays generic: internals (paths, SQL, tracebacks) never reach a client.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if v2_errors.is_v2(request):
+            return v2_errors.envelope(500, "internal", "The gateway failed to handle this request; it has been logged.")
         return problem_response(
             500,
             {

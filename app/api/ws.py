@@ -24,6 +24,7 @@ from starlette.websockets import WebSocketState
 
 from app.domain.errors import DomainError, LimitExceeded, Unauthorized
 from app.domain.live import frame
+from app.domain.views import v2_only
 from app.domain.users import Principal, authenticate
 
 router = APIRouter(tags=["events"])
@@ -122,7 +123,7 @@ async def _follow(websocket: WebSocket, principal: Principal, key: str | None, p
             if sub.overflowed:
                 sub.overflowed = False
                 await websocket.send_text(json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}}))
-            if event is None:
+            if event is None or v2_only(event.event, event.data):
                 continue
             if event.id is not None:
                 # The same event can reach us twice (this replica's commit and a relay); send it once.

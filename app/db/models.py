@@ -316,3 +316,37 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Asset(Base):
+    """A Comfy API v2 asset: an input file a user stored through /api/v2/assets, content-addressed
+    (blake3) and deduplicated per user: the same bytes sent twice are one asset."""
+
+    __tablename__ = "assets"
+    __table_args__ = (
+        UniqueConstraint("user_id", "hash"),
+        # A workflow may name an asset by the file name its owner gave it.
+        Index("ix_assets_user_file_path", "user_id", "file_path"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # `blake3:<hex>`, computed by the gateway from the bytes it received.
+    hash: Mapped[str] = mapped_column(String(80))
+    file_path: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class V2IdempotencyKey(Base):
+    """An `Idempotency-Key` of POST /api/v2/jobs. Single-use (the v2 contract): a second request
+    with the same key is refused, never replayed, so a row is only written with its job."""
+
+    __tablename__ = "v2_idempotency_keys"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -47,6 +47,10 @@ class InFlight:
     interrupt_due: float | None = None
     # None when the flight was rebuilt without it: the job row is then read before collecting.
     outputs: OutputSpec | None = None
+    # Node counts for progress (Comfy API v2): the nodes finished or served from cache, and the
+    # node executing now.
+    nodes_done: set[str] = field(default_factory=set)
+    current_node: str | None = None
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.comfy.errors import BackendUnavailable, ComfyError, NotFound
 from app.comfy.messages import (
+    ExecutionCached,
     ExecutionError,
     ExecutionInterrupted,
     ExecutionStart,
@@ -103,6 +104,17 @@ class Tracker:
                 self.ctx.spawn(self._started(link, pid), f"running {pid}")
             case Progress(prompt_id=pid, node=node, value=value, max=maximum):
                 self._progress(link, pid, {"value": value, "max": maximum, "node": node})
+            case ExecutionCached(prompt_id=pid, nodes=nodes) if (flight := link.job_of(pid)) is not None:
+                flight.nodes_done.update(nodes)
+            case Executing(prompt_id=pid, node=node) if node is not None and (flight := link.job_of(pid)) is not None:
+                # A node starts: the one before it is done.
+                if flight.current_node is not None:
+                    flight.nodes_done.add(flight.current_node)
+                flight.current_node = node
+                self.ctx.notifier.node_started(
+                    flight.job_id, flight.user_id,
+                    {"value": 0, "max": 1, "node": node, "node_start": True, "nodes_done": len(flight.nodes_done), "current_node": node},
+                )
             case Preview(prompt_id=pid) as preview if (flight := link.job_of(pid)) is not None:
                 # Previews with metadata (event 4, which we ask for) say whose they are; others are dropped.
                 self.ctx.notifier.preview(flight.job_id, flight.user_id, preview.image_type, preview.image, preview.node_id)
@@ -190,6 +202,7 @@ class Tracker:
         flight = link.job_of(pid)
         if flight is None:
             return
+        progress = {**progress, "nodes_done": len(flight.nodes_done), "current_node": flight.current_node}
         self.ctx.notifier.progress(flight.job_id, flight.user_id, progress)
         now = time.monotonic()
         # Live subscribers get every step; the row gets one write a second, enough for polling clients.

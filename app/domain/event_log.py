@@ -174,6 +174,12 @@ class EventLog:
                     self._writing = []
                     self._written.set()
 
+    def node_started(self, job_id: str, user_id: str, data: dict[str, Any]) -> None:
+        """A node started (its progress for /api/v2, whose node counts move with it): live only, like
+        a preview, so the logged events and their ids stay /v1's."""
+        if self._bus.listening(job_id, user_id):
+            self._bus.publish(JobEvent(job_id, user_id, "progress", data))
+
     # ---- previews ------------------------------------------------------------------------------
 
     def preview(self, job_id: str, user_id: str, content_type: str, image: bytes, node: str | None) -> None:

@@ -23,6 +23,7 @@ from app.domain import jobs
 from app.domain.event_log import EventLog
 from app.domain.events import EventBus, JobEvent, Subscription
 from app.domain.users import Principal
+from app.domain.views import v1_progress
 from app.storage.signing import UrlSigner
 
 
@@ -131,4 +132,5 @@ class JobFollower:
 
 def frame(event: JobEvent) -> dict[str, Any]:
     """A /v1/ws text frame."""
-    return {"event": event.event, "job_id": event.job_id, "id": event.id, "data": event.data}
+    data = v1_progress(event.data) if event.event == "progress" else event.data
+    return {"event": event.event, "job_id": event.job_id, "id": event.id, "data": data}

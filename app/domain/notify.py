@@ -32,6 +32,9 @@ class Notifier:
     def preview(self, job_id: str, user_id: str, content_type: str, image: bytes, node: str | None) -> None:
         self._events.preview(job_id, user_id, content_type, image, node)
 
+    def node_started(self, job_id: str, user_id: str, progress: dict[str, Any]) -> None:
+        self._events.node_started(job_id, user_id, progress)
+
     async def settle(self, job_id: str) -> None:
         """Before a job's final transition: its progress so far is logged first."""
         await self._events.settle(job_id)

@@ -20,6 +20,20 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
+# The tracker's progress also counts nodes (for /api/v2) and marks the start of each node with a
+# progress event of its own: /v1 shows and streams only what its contract names.
+V1_PROGRESS_KEYS = ("value", "max", "node")
+
+
+def v1_progress(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if progress is None else {k: progress[k] for k in V1_PROGRESS_KEYS if k in progress}
+
+
+def v2_only(event: str, data: dict[str, Any]) -> bool:
+    """A node-start progress event, which /v1 streams do not send."""
+    return event == "progress" and data.get("node_start") is True
+
+
 def present_output(snapshot: dict[str, Any], signer: UrlSigner) -> dict[str, Any]:
     out = {k: v for k, v in snapshot.items() if k != "job_id"}
     out["url"] = signer.url(snapshot["job_id"], snapshot["id"])
@@ -29,6 +43,7 @@ def present_output(snapshot: dict[str, Any], signer: UrlSigner) -> dict[str, Any
 def present_job(snapshot: dict[str, Any], signer: UrlSigner, *, queue_position: int | None = None) -> dict[str, Any]:
     view = {k: v for k, v in snapshot.items() if k not in ("outputs", "error", "attempts")}
     view["queue_position"] = queue_position
+    view["progress"] = v1_progress(view["progress"])
     # Keys in the order of the contract's job object.
     ordered = {k: view[k] for k in ("id", "status", "template", "params", "priority", "metadata", "created_at",
                                      "started_at", "finished_at", "queue_position", "waiting_reason", "progress")}
