@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
 
 from app.db import job_events, queue, webhooks
 from app.db.models import Job, Output
@@ -21,8 +22,13 @@ ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
-async def get_job(session: AsyncSession, job_id: str, *, user_id: str | None = None, fresh: bool = False) -> Job | None:
+async def get_job(
+    session: AsyncSession, job_id: str, *, user_id: str | None = None, fresh: bool = False, with_workflow: bool = False
+) -> Job | None:
+    """`with_workflow`: load the (deferred) graph too."""
     stmt = select(Job).where(Job.id == job_id)
+    if with_workflow:
+        stmt = stmt.options(undefer(Job.workflow))
     if fresh:
         stmt = stmt.execution_options(populate_existing=True)
     if user_id is not None:

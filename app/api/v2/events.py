@@ -38,7 +38,7 @@ async def job_events(
     job_id: str, request: Request, session: SessionDep, principal: PrincipalDep, signer: SignerDep,
     settings: SettingsDep, bus: BusDep,
 ) -> EventSourceResponse:
-    job = await repo.get_job(session, job_id, user_id=principal.user_id)
+    job = await repo.get_job(session, job_id, user_id=principal.user_id, with_workflow=True)
     if job is None:
         raise V2Error(404, "not_found", f"There is no job {job_id!r}.")
     workflow = job.workflow or {}
