@@ -191,6 +191,9 @@ class Dispatcher(BackendPool):
                     await self.tracker.reconcile(link)
                 except BackendUnavailable as exc:
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+                except Exception:  # noqa: BLE001 - one backend's trouble must not stop the others' round
+                    # It stays to be reconciled (and gets no new work) until a round gets through.
+                    log.exception("reconciling %s failed", link.url)
         await self._fail_over()
         sent = await self._dispatch()
         await self._cleanup_cancels()
@@ -238,7 +241,18 @@ class Dispatcher(BackendPool):
                 gaps[key] = link.missing(job.workflow)
             return gaps[key]
 
+        # Jobs that raised while being looked at or claimed: they fail alone (internal_error).
+        broken: list[str] = []
+
         def placeable(job: Job) -> bool:
+            try:
+                return _placeable(job)
+            except Exception:  # noqa: BLE001
+                log.exception("job %s: unexpected error while placing it", job.id)
+                broken.append(job.id)
+                return False
+
+        def _placeable(job: Job) -> bool:
             if any(missing(link, job) == [] for link in ready):
                 return True
             self._note_unrunnable(job, unrunnable, missing)
@@ -250,18 +264,26 @@ class Dispatcher(BackendPool):
         if sum(want.values()):
             async with self._sessionmaker() as session:
                 for job in await self.scheduler.pick(session, sum(want.values()), accept=placeable):
-                    url = self._route(job, ready, want, missing)
-                    prompt_id = str(uuid.uuid4())
-                    if url and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
-                        want[url] -= 1
-                        claimed[url].append(
-                            Prepared(job.id, job.user_id, prompt_id, job.workflow, self._timeout(job), list(job.inputs or ()))
+                    try:
+                        url = self._route(job, ready, want, missing)
+                        item = Prepared(
+                            job.id, job.user_id, str(uuid.uuid4()), job.workflow, self._timeout(job), list(job.inputs or ())
                         )
+                    except Exception:  # noqa: BLE001
+                        log.exception("job %s: unexpected error while preparing it", job.id)
+                        broken.append(job.id)
+                        url = None
+                    if url and await repo.claim(session, job.id, backend=url, prompt_id=item.prompt_id) is not None:
+                        want[url] -= 1
+                        claimed[url].append(item)
                     else:
                         self.scheduler.give_back(job.user_id)
                 failed = [
                     await repo.mark_failed(session, job_id, error=job_errors.unsupported(reasons), prompt_id=None)
                     for job_id, reasons in unrunnable.items()
+                ] + [
+                    await repo.mark_failed(session, job_id, error=job_errors.internal_error(), prompt_id=None)
+                    for job_id in dict.fromkeys(broken)
                 ]
                 # Written only when it changes: a job waiting for hours costs one write. (Entries of
                 # jobs canceled while waiting are not removed; the cap keeps that leak bounded.)
@@ -381,6 +403,15 @@ class Dispatcher(BackendPool):
             await self._submit(link, item)
 
     async def _submit(self, link: BackendLink, item: Prepared) -> None:
+        try:
+            await self._submit_one(link, item)
+        except Exception as exc:  # noqa: BLE001 - whatever one job does, the slot it holds comes back
+            # The POST may have reached the backend: the prompt is taken off it too.
+            await self.tracker.fail_unexpected(link, item.prompt_id, "staging or submitting it", exc, stop=True)
+            link.release(item.prompt_id)
+            link.submitting.discard(item.prompt_id)
+
+    async def _submit_one(self, link: BackendLink, item: Prepared) -> None:
         prompt_id = item.prompt_id
         flight = link.inflight.get(prompt_id)
         if flight is None:  # canceled while it waited
@@ -449,6 +480,8 @@ class Dispatcher(BackendPool):
                 except BackendUnavailable as exc:
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
                     continue
+                except Exception:  # noqa: BLE001 - not transient: trying every round would not help
+                    log.exception("job %s: taking canceled prompt %s off %s failed", job.id, job.prompt_id, link.url)
                 link.forget(job.prompt_id)
             async with self._sessionmaker() as session:
                 await repo.cleanup_done(session, job.id)

@@ -91,3 +91,13 @@ def input_missing(param: str) -> dict[str, Any]:
 
 def staging_failed(message: str) -> dict[str, Any]:
     return {"type": "staging_failed", "message": "The backend refused an input image: " + scrub(message)}
+
+
+def internal_error() -> dict[str, Any]:
+    # Deliberately generic: the exception's text may hold server paths, other users' data or
+    # internals; the operator finds it in the log under the job's id.
+    return {
+        "type": "internal_error",
+        "message": "The gateway hit an unexpected error while handling this job, so it was stopped. "
+        "The operator's log has the details under the job's id.",
+    }

@@ -32,6 +32,7 @@ from app.comfy.models import HistoryEntry
 from app.comfy.websocket import Connected, Disconnected
 from app.config import Settings
 from app.db import jobs as repo
+from app.db.models import Job
 from app.db.types import utcnow
 from app.dispatch import job_errors
 from app.dispatch.backend import BackendLink, InFlight
@@ -71,8 +72,17 @@ class Tracker:
         async for event in link.ws.events():
             try:
                 await self.handle(link, event)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the backend's tracking
-                log.exception("handling %s from %s", type(event).__name__, link.url)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the backend's tracking
+                pid = getattr(event, "prompt_id", None)
+                if link.job_of(pid) is None:
+                    log.exception("handling %s from %s", type(event).__name__, link.url)
+                    continue
+                # A message about one of our prompts that could not be handled: its job can no
+                # longer be followed, so it fails now and frees its slot instead of holding it.
+                self._ended_on_backend(link, pid)
+                self.ctx.spawn(
+                    self.fail_unexpected(link, pid, f"handling {type(event).__name__}", exc, stop=True), f"failed {pid}"
+                )
 
     async def handle(self, link: BackendLink, msg: object) -> None:
         match msg:
@@ -100,7 +110,7 @@ class Tracker:
                 flight.started_at = flight.last_progress_persist = time.monotonic()
                 if flight.timeout is not None:
                     flight.deadline = time.time() + flight.timeout
-                self.ctx.spawn(self._started(link, pid), f"running {pid}")
+                self.ctx.spawn(self._guarded(link, pid, "recording its start", self._started(link, pid)), f"running {pid}")
             case Progress(prompt_id=pid, node=node, value=value, max=maximum):
                 self._progress(link, pid, {"value": value, "max": maximum, "node": node})
             case Preview(prompt_id=pid) as preview if (flight := link.job_of(pid)) is not None:
@@ -122,10 +132,12 @@ class Tracker:
                     exception_type=err.exception_type,
                     message=err.exception_message,
                 )
-                self.ctx.spawn(self.fail(link, pid, error), f"failed {pid}")
+                self.ctx.spawn(self._guarded(link, pid, "recording its failure", self.fail(link, pid, error)), f"failed {pid}")
             case ExecutionInterrupted(prompt_id=pid) if link.job_of(pid) is not None:
                 self._ended_on_backend(link, pid)
-                self.ctx.spawn(self._interrupted(link, pid), f"interrupted {pid}")
+                self.ctx.spawn(
+                    self._guarded(link, pid, "recording its interruption", self._interrupted(link, pid)), f"interrupted {pid}"
+                )
             case _:
                 pass
 
@@ -170,6 +182,43 @@ class Tracker:
         self.ctx.wake()
 
     # ---- transitions -----------------------------------------------------------------------
+
+    async def _guarded(self, link: BackendLink, pid: str | None, stage: str, work: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await work
+        except Exception as exc:  # noqa: BLE001 - see fail_unexpected
+            await self.fail_unexpected(link, pid, stage, exc, stop=True)
+
+    async def fail_unexpected(
+        self, link: BackendLink, pid: str | None, stage: str, exc: BaseException, *, stop: bool = False
+    ) -> None:
+        """An unexpected error while handling one prompt: that job fails (`internal_error`) and its
+        slot is freed; nothing else is held up. `stop`: the prompt may still be on the backend, so
+        it is taken off (after the failure is recorded, so that its interruption is not taken for
+        someone else's)."""
+        flight = link.job_of(pid)
+        log.error(
+            "job %s (prompt %s on %s): unexpected error while %s",
+            flight.job_id if flight else "?", pid, link.url, stage, exc_info=exc,
+        )
+        if flight is None or pid is None:
+            return
+        link.submitting.discard(pid)
+        try:
+            await self.fail(link, pid, job_errors.internal_error())
+        except Exception:  # noqa: BLE001
+            # Most likely the database: reconciliation finds the row still active and decides again.
+            log.exception("job %s: its failure could not be recorded; it is reconciled later", flight.job_id)
+            link.forget(pid)
+            link.needs_reconcile = True
+            self.ctx.wake()
+            return
+        if stop:
+            try:
+                await link.client.delete_from_queue([pid])
+                await link.client.interrupt(pid)
+            except Exception as err:  # noqa: BLE001 - best effort: the job's outcome is recorded
+                log.warning("taking prompt %s off %s failed: %s", pid, link.url, err)
 
     async def _started(self, link: BackendLink, pid: str | None) -> None:
         flight = link.job_of(pid)
@@ -256,6 +305,8 @@ class Tracker:
             await self.apply_history(link, pid, entry)
         except BackendUnavailable as exc:
             link.mark_unreachable(str(exc), self.ctx.settings.backend_retry_seconds)
+        except Exception as exc:  # noqa: BLE001 - one job's collection must not hang it for good
+            await self.fail_unexpected(link, pid, "collecting its outputs", exc)
         finally:
             link.collecting.discard(pid)
 
@@ -293,6 +344,13 @@ class Tracker:
         try:
             outputs = await collect(link.client, self.ctx.storage, job, entry)
         except NotFound as exc:
+            await self.fail(link, pid, job_errors.output_missing(str(exc)))
+            return
+        except BackendUnavailable:
+            raise
+        except ComfyError as exc:
+            # A refusal that asking again does not change, e.g. /view answers 400 to a name with
+            # `..` that a SaveImage prefix produced: ComfyUI listed an output it will not serve.
             await self.fail(link, pid, job_errors.output_missing(str(exc)))
             return
         await self.ctx.notifier.settle(job.id)
@@ -335,25 +393,33 @@ class Tracker:
             pid = job.prompt_id
             if pid is None or pid in link.submitting:
                 continue
-            flight = link.inflight.get(pid)
-            if flight is None:
-                flight = InFlight(job.id, job.user_id)
-                link.track(pid, flight)
-            if pid in running:
-                if job.status == "queued":
-                    await self._started(link, pid)
-                continue
-            if pid in pending:
-                continue
-            entry = await link.client.get_history(pid)
-            if entry is not None:
-                if pid not in link.collecting:
-                    await self.apply_history(link, pid, entry)
-                continue
-            await self.requeue(link, pid, flight, count_attempt=True)
+            try:
+                await self._reconcile_one(link, job, pid, running, pending)
+            except BackendUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one job must not stop the backend's reconciliation
+                await self.fail_unexpected(link, pid, "reconciling it", exc)
         link.needs_reconcile = False
         # It answered: whatever its socket does, it is not down, and its jobs stay with it.
         link.down_since = None
+
+    async def _reconcile_one(self, link: BackendLink, job: Job, pid: str, running: set[str], pending: set[str]) -> None:
+        flight = link.inflight.get(pid)
+        if flight is None:
+            flight = InFlight(job.id, job.user_id)
+            link.track(pid, flight)
+        if pid in running:
+            if job.status == "queued":
+                await self._started(link, pid)
+            return
+        if pid in pending:
+            return
+        entry = await link.client.get_history(pid)
+        if entry is not None:
+            if pid not in link.collecting:
+                await self.apply_history(link, pid, entry)
+            return
+        await self.requeue(link, pid, flight, count_attempt=True)
 
     async def requeue(self, link: BackendLink, pid: str, flight: InFlight, *, count_attempt: bool) -> None:
         """The backend does not have the prompt: the job goes back to the queue, or fails when
