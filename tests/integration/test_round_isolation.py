@@ -157,3 +157,36 @@ async def test_an_unexpected_error_fails_only_its_own_job_and_frees_its_slot(
     monkeypatch.undo()
     again = (await gw.generate(TXT2IMG, headers=mallory)).json()["id"]
     assert (await gw.wait(again, headers=mallory, timeout=15))["status"] == "succeeded"
+
+
+async def test_an_output_comfyui_will_not_serve_fails_only_its_job_across_a_restart(
+    emulator, make_settings, gateway_factory  # noqa: ANN001
+) -> None:
+    """SaveImage with prefix `a..b` writes `a..b_00001_.png`, which ComfyUI's /view refuses (400, as
+    it refuses any name with `..`). The job fails, and after a restart, reconciliation of that job
+    no longer stops every round for every user."""
+    settings = make_settings(comfyui_urls=[emulator.base_url], max_inflight_per_backend=1)
+    first = await gateway_factory(settings)
+    await first.wait_ready()
+    _, mallory = await first.create_user("mallory", limits=PLENTY)
+    _, bob = await first.create_user("bob", limits=PLENTY)
+    workflow = (await first.http.get("/v1/templates/txt2img", headers=first.admin)).json()["workflow"]
+    workflow["9"]["inputs"]["filename_prefix"] = "a..b"
+    workflow["3"]["inputs"]["steps"] = 40
+    workflow["5"]["inputs"].update(width=64, height=64)
+    resp = await first.generate({"workflow": workflow}, headers=mallory)
+    assert resp.status_code == 202, resp.text
+    bad = resp.json()["id"]
+    await first.wait(bad, {"running", "failed", "succeeded"}, headers=mallory)
+    await first.close()  # most likely while it runs: it ends while no gateway is up
+    await emulator.wait_idle()
+
+    second = await gateway_factory(settings)
+    await second.wait_ready()
+    good = (await second.generate(TXT2IMG, headers=bob)).json()["id"]
+    done = await second.wait(good, headers=bob, timeout=15)
+    assert done["status"] == "succeeded", done
+    failed = await second.wait(bad, headers=mallory, timeout=15)
+    assert failed["status"] == "failed" and failed["error"]["type"] == "output_missing", failed
+    again = (await second.generate(TXT2IMG, headers=mallory)).json()["id"]
+    assert (await second.wait(again, headers=mallory, timeout=15))["status"] == "succeeded"
