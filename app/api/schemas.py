@@ -76,7 +76,8 @@ class JobError(BaseModel):
         "attempts exhausted), `interrupted` (interrupted on its backend by someone else), `output_missing` "
         "(ComfyUI listed an output it did not serve), `unsupported_workflow` (no registered backend has the "
         "nodes or models it needs; `missing` lists them), `input_missing` (an input image was deleted before it "
-        "ran), `staging_failed` (the backend refused an input image)."
+        "ran), `staging_failed` (the backend refused an input image), `internal_error` (the gateway hit an unexpected "
+        "error while handling this job; the message is generic, the server log has the details)."
     )
     message: str
     node_id: str | None = None
