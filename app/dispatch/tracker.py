@@ -239,6 +239,7 @@ class Tracker:
         flight = link.job_of(pid)
         if flight is None:
             return
+        flight.progress = progress
         self.ctx.notifier.progress(flight.job_id, flight.user_id, progress)
         now = time.monotonic()
         # Live subscribers get every step; the row gets one write a second, enough for polling clients.
@@ -263,7 +264,7 @@ class Tracker:
             return
         await self.ctx.notifier.settle(flight.job_id)
         async with self.ctx.sessionmaker() as session:
-            job = await repo.mark_failed(session, flight.job_id, error=error, prompt_id=pid)
+            job = await repo.mark_failed(session, flight.job_id, error=error, prompt_id=pid, progress=flight.progress)
             await session.commit()
         link.forget(pid)
         self.ctx.wake()
@@ -356,7 +357,7 @@ class Tracker:
         await self.ctx.notifier.settle(job.id)
         async with self.ctx.sessionmaker() as session:
             session.add_all(outputs)
-            done = await repo.mark_succeeded(session, job.id, prompt_id=pid, outputs=outputs)
+            done = await repo.mark_succeeded(session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress)
             if done is not None:
                 await session.commit()
             else:

@@ -190,3 +190,16 @@ async def test_an_output_comfyui_will_not_serve_fails_only_its_job_across_a_rest
     assert failed["status"] == "failed" and failed["error"]["type"] == "output_missing", failed
     again = (await second.generate(TXT2IMG, headers=mallory)).json()["id"]
     assert (await second.wait(again, headers=mallory, timeout=15))["status"] == "succeeded"
+
+
+async def test_a_finished_jobs_progress_is_its_last_progress_event(gateway: Gateway, emulator) -> None:  # noqa: ANN001
+    # Long enough for a progress write of the row mid-run (they are coalesced to one a second).
+    emulator.config.step_seconds = 0.06
+    job = (await gateway.generate({"template": "txt2img", "params": {"prompt": "steps", "steps": 20}})).json()
+    events = await gateway.sse(job["id"])
+    last = [e.data for e in events if e.event == "progress"][-1]
+    assert last == {"value": 20, "max": 20, "node": "3"}
+    final = await gateway.wait(job["id"])
+    assert final["status"] == "succeeded"
+    assert final["progress"] == last
+    assert events[-1].data["progress"] == last
