@@ -462,6 +462,14 @@ class Dispatcher(BackendPool):
             return
         link.submitting.discard(prompt_id)
         link.mark_reachable()
+        if prompt_id not in link.inflight:
+            # Given up while its POST was under way (e.g. deleted by an admin): nothing follows
+            # it, so it must not run. (A prompt that already ended is not harmed by this.)
+            try:
+                await link.client.delete_from_queue([prompt_id])
+                await link.client.interrupt(prompt_id)
+            except ComfyError as exc:
+                log.warning("taking prompt %s off %s failed: %s", prompt_id, link.url, exc)
 
     # ---- cancels ---------------------------------------------------------------------------
 
@@ -495,6 +503,21 @@ class Dispatcher(BackendPool):
                     link.drop_prepared(item.prompt_id)
         # Subscribers heard of it from the event log when the cancel committed; count it here.
         self.ctx.metrics.count_finished(job)
+        self.wake()
+
+    async def take_off(self, job: Job) -> None:
+        """An admin deletes a canceled job now: its prompt leaves its backend here, because once the
+        row is gone the cleanup of cancels has nothing to find. Best effort: a backend that does not
+        answer may still run it, unfollowed."""
+        link = self._by_url.get(job.backend or "")
+        if link is None or not job.prompt_id or link.drop_prepared(job.prompt_id):
+            return
+        try:
+            await link.client.delete_from_queue([job.prompt_id])
+            await link.client.interrupt(job.prompt_id)
+        except ComfyError as exc:
+            log.warning("job %s: taking prompt %s off %s failed: %s", job.id, job.prompt_id, link.url, exc)
+        link.forget(job.prompt_id)
         self.wake()
 
     # ---- views for the API -----------------------------------------------------------------
