@@ -79,3 +79,11 @@ async def test_an_admin_deletes_any_users_job_running_or_finished(one_slot: Gate
     after = (await gw.generate(TXT2IMG, headers=bob)).json()["id"]
     assert (await gw.wait(after, headers=bob, timeout=15))["status"] == "succeeded"
     assert [j["id"] for j in (await gw.http.get("/v1/jobs", headers=bob)).json()["items"]] == [after]
+
+
+async def test_the_stop_switch_and_the_internal_error_type_are_documented(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway()
+    schema = (await gw.http.get("/openapi.json")).json()
+    assert "any user" in schema["paths"]["/v1/admin/jobs/{job_id}/cancel"]["post"]["summary"].lower()
+    assert "any user" in schema["paths"]["/v1/admin/jobs/{job_id}"]["delete"]["summary"].lower()
+    assert "internal_error" in schema["components"]["schemas"]["JobError"]["properties"]["type"]["description"]
