@@ -383,10 +383,16 @@ class Tracker:
         if link.abandoned:
             # Prompts whose jobs moved elsewhere while this backend was away must not run here too.
             stale = list(link.abandoned & (running | pending))
-            if stale:
-                await link.client.delete_from_queue(stale)
-                for pid in stale:
-                    await link.client.interrupt(pid)
+            try:
+                if stale:
+                    await link.client.delete_from_queue(stale)
+                    for pid in stale:
+                        await link.client.interrupt(pid)
+            except BackendUnavailable:
+                raise
+            except ComfyError as exc:
+                # Refused for good: asking on every round would keep the backend from ever being used.
+                log.error("removing abandoned prompts from %s failed: %s", link.url, exc)
             link.abandoned.clear()
         async with self.ctx.sessionmaker() as session:
             jobs = await repo.in_flight(session, backend=link.url)
@@ -399,7 +405,7 @@ class Tracker:
             except BackendUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - one job must not stop the backend's reconciliation
-                await self.fail_unexpected(link, pid, "reconciling it", exc)
+                await self.fail_unexpected(link, pid, "reconciling it", exc, stop=True)
         link.needs_reconcile = False
         # It answered: whatever its socket does, it is not down, and its jobs stay with it.
         link.down_since = None
