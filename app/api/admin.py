@@ -134,7 +134,9 @@ async def delete_any_job(job_id: str, request: Request, session: SessionDep, sto
         if canceled is not None:
             job = canceled
             await request.app.state.on_job_canceled(job)
-            await request.app.state.dispatcher.take_off(job)
+    if job.cancel_requested:
+        # Once the row is gone the cleanup of cancels has nothing to find: off its backend now.
+        await request.app.state.dispatcher.take_off(job)
     prefix = await purge_job(session, job)
     await session.commit()
     await storage.delete_prefix(prefix)
