@@ -396,6 +396,9 @@ class Tracker:
             link.abandoned.clear()
         async with self.ctx.sessionmaker() as session:
             jobs = await repo.in_flight(session, backend=link.url)
+        # Reset before the jobs, not after: a job that asks for another pass (its failure could not
+        # be recorded) or a reconnect meanwhile keeps it asked for.
+        link.needs_reconcile = False
         for job in jobs:
             pid = job.prompt_id
             if pid is None or pid in link.submitting:
@@ -406,7 +409,6 @@ class Tracker:
                 raise
             except Exception as exc:  # noqa: BLE001 - one job must not stop the backend's reconciliation
                 await self.fail_unexpected(link, pid, "reconciling it", exc, stop=True)
-        link.needs_reconcile = False
         # It answered: whatever its socket does, it is not down, and its jobs stay with it.
         link.down_since = None
 
