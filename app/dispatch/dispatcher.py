@@ -361,7 +361,9 @@ class Dispatcher(BackendPool):
                 if flight.deadline is None or now < flight.deadline:
                     continue
                 async with self._sessionmaker() as session:
-                    job = await repo.mark_failed(session, flight.job_id, error=job_errors.timeout(flight.timeout or 0), prompt_id=pid)
+                    job = await repo.mark_failed(
+                        session, flight.job_id, error=job_errors.timeout(flight.timeout or 0), prompt_id=pid, progress=flight.progress
+                    )
                     await session.commit()
                 if job is not None:
                     self.ctx.notifier.publish(job)
