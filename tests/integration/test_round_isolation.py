@@ -37,7 +37,7 @@ def _flight_user(link: Any, pid: str | None) -> str | None:
     return flight.user_id if flight else None
 
 
-def poison(stage: str, monkeypatch: pytest.MonkeyPatch, victim: str, emulator: Any) -> None:  # noqa: ANN401
+def poison(stage: str, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
     """Make `stage` raise for the jobs of user `victim` only."""
     if stage == "prepare":
         route = Dispatcher._route
@@ -126,7 +126,7 @@ async def _reconcile_after_it_ran(gw: Gateway, emulator: Any, victim: str) -> No
 
 @pytest.mark.parametrize("stage", ["prepare", "staging", "submit", "tracking", "collect", "reconcile"])
 async def test_an_unexpected_error_fails_only_its_own_job_and_frees_its_slot(
-    one_slot: Gateway, emulator, monkeypatch: pytest.MonkeyPatch, stage: str  # noqa: ANN001
+    one_slot: Gateway, emulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stage: str  # noqa: ANN001
 ) -> None:
     gw = one_slot
     mallory_id, mallory = await gw.create_user("mallory", limits=PLENTY)
@@ -136,7 +136,7 @@ async def test_an_unexpected_error_fails_only_its_own_job_and_frees_its_slot(
         body = {"template": "img2img", "params": {"image": image, "prompt": "poisoned", "steps": 2}}
     else:
         body = {"template": "txt2img", "params": {"prompt": "poisoned", "steps": 3}}
-    poison(stage, monkeypatch, mallory_id, emulator)
+    poison(stage, monkeypatch, mallory_id)
 
     bad = (await gw.generate(body, headers=mallory)).json()["id"]
     await _taken(gw, bad, mallory)
@@ -152,6 +152,8 @@ async def test_an_unexpected_error_fails_only_its_own_job_and_frees_its_slot(
     assert failed["error"]["type"] == "internal_error"
     # Generic: nothing of the exception reaches the user.
     assert "boom" not in str(failed["error"]) and "secret" not in str(failed["error"])
+    # The operator's log has it, with the job's id and the traceback.
+    assert any(bad in r.getMessage() and r.exc_info for r in caplog.records if r.name == "app.dispatch")
 
     # The fault gone, the same user's next job runs on the same backend.
     monkeypatch.undo()
