@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.api.deps import AdminDep, SessionDep, SettingsDep, SignerDep
+from app.api.deps import AdminDep, SessionDep, SettingsDep, SignerDep, StorageDep
 from app.api.schemas import (
     PROBLEMS,
     AdminJobList,
+    AdminJobOut,
     KeyCreate,
     KeyCreated,
     KeyList,
@@ -20,7 +21,9 @@ from app.api.schemas import (
     WebhookDeliveryOut,
 )
 from app.api.pages import Cursor, Limit
+from app.db import jobs as repo
 from app.domain import jobs, users, webhooks
+from app.domain.retention import purge_job
 from app.domain.views import rfc3339
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -100,6 +103,44 @@ async def list_all_jobs(
     return await jobs.list_views(
         session, signer, user_id=user_id, statuses=statuses, limit=limit, cursor=cursor, with_owner=True
     )
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=AdminJobOut,
+    responses=PROBLEMS,
+    summary="Cancel any user's job",
+)
+async def cancel_any_job(job_id: str, request: Request, session: SessionDep, signer: SignerDep, admin: AdminDep) -> dict:
+    """The owner's `POST /v1/jobs/{id}/cancel`, for any user's job: a queued job leaves every queue, a
+    running one is interrupted on its backend; 200 with the job, now `canceled`; 409 (with the job
+    in `job`) if it had already ended; 404 if there is no such job."""
+    job = await jobs.cancel_job(session, await jobs.get_any(session, job_id), signer)
+    await session.commit()
+    view = {**await jobs.view(session, job, signer), "user_id": job.user_id}
+    await request.app.state.on_job_canceled(job)
+    return view
+
+
+@router.delete("/jobs/{job_id}", status_code=204, responses=PROBLEMS, summary="Delete any user's job")
+async def delete_any_job(job_id: str, request: Request, session: SessionDep, storage: StorageDep, admin: AdminDep) -> Response:
+    """Remove any user's job, finished or not, with its outputs (and their files) and its events.
+    A queued or running job is canceled first (its subscribers hear so) and taken off its backend.
+    204; 404 if there is no such job."""
+    job = await jobs.get_any(session, job_id)
+    if job.status in repo.ACTIVE:
+        canceled = await repo.mark_canceled(session, job.id)
+        await session.commit()
+        if canceled is not None:
+            job = canceled
+            await request.app.state.on_job_canceled(job)
+    if job.cancel_requested:
+        # Once the row is gone the cleanup of cancels has nothing to find: off its backend now.
+        await request.app.state.dispatcher.take_off(job)
+    prefix = await purge_job(session, job)
+    await session.commit()
+    await storage.delete_prefix(prefix)
+    return Response(status_code=204)
 
 
 @router.post("/webhook-deliveries/{delivery_id}/redeliver", status_code=202, response_model=WebhookDeliveryOut, responses=PROBLEMS)

@@ -77,7 +77,8 @@ class JobError(BaseModel):
         "(ComfyUI listed an output it did not serve), `unsupported_workflow` (no registered backend has the "
         "nodes or models it needs; `missing` lists them), `input_missing` (an input image was deleted before it "
         "ran), `staging_failed` (the backend refused an input image), `output_too_large` (its outputs came to more "
-        "than GATEWAY_MAX_JOB_OUTPUT_BYTES; none were kept)."
+        "than GATEWAY_MAX_JOB_OUTPUT_BYTES; none were kept), `internal_error` (the gateway hit an unexpected "
+        "error while handling this job; the message is generic, the server log has the details)."
     )
     message: str
     node_id: str | None = None

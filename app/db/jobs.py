@@ -156,9 +156,15 @@ async def mark_running(session: AsyncSession, job_id: str, *, prompt_id: str) ->
 
 
 async def mark_succeeded(
-    session: AsyncSession, job_id: str, *, prompt_id: str, outputs: Sequence[Output] = ()
+    session: AsyncSession,
+    job_id: str,
+    *,
+    prompt_id: str,
+    outputs: Sequence[Output] = (),
+    progress: dict[str, Any] | None = None,
 ) -> Job | None:
-    """`outputs`: the rows the caller added to this session for the job, logged before its status."""
+    """`outputs`: the rows the caller added to this session for the job, logged before its status.
+    `progress`: the last progress seen, when the row may hold an older one."""
     now = utcnow()
     return await _update(
         session,
@@ -169,16 +175,23 @@ async def mark_succeeded(
         finished_at=now,
         # A job that ran from cache never sent execution_start; it still started.
         started_at=func.coalesce(Job.started_at, now),
+        **({"progress": progress} if progress is not None else {}),
     )
 
 
 async def mark_failed(
-    session: AsyncSession, job_id: str, *, error: dict[str, Any], prompt_id: str | None
+    session: AsyncSession,
+    job_id: str,
+    *,
+    error: dict[str, Any],
+    prompt_id: str | None,
+    progress: dict[str, Any] | None = None,
 ) -> Job | None:
     where: list[Any] = [Job.status.in_(ACTIVE)]
     if prompt_id is not None:
         where.append(Job.prompt_id == prompt_id)
-    return await _update(session, job_id, where, status="failed", finished_at=utcnow(), error=error)
+    extra = {"progress": progress} if progress is not None else {}
+    return await _update(session, job_id, where, status="failed", finished_at=utcnow(), error=error, **extra)
 
 
 async def mark_canceled(session: AsyncSession, job_id: str) -> Job | None:

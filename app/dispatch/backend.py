@@ -39,6 +39,8 @@ class InFlight:
     timeout: float | None = None
     started_at: float | None = None
     last_progress_persist: float = 0.0
+    # The last progress seen: the row's writes are coalesced, so the final transition writes it.
+    progress: dict[str, Any] | None = None
     succeeded: bool = False
     # Wall-clock time by which the job must end; set when it starts running.
     deadline: float | None = None

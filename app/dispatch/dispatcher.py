@@ -196,6 +196,9 @@ class Dispatcher(BackendPool):
                     await self.tracker.reconcile(link)
                 except BackendUnavailable as exc:
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+                except Exception:  # noqa: BLE001 - one backend's trouble must not stop the others' round
+                    # It stays to be reconciled (and gets no new work) until a round gets through.
+                    log.exception("reconciling %s failed", link.url)
         await self._fail_over()
         sent = await self._dispatch()
         if self._cancel_hint or now >= self._next_cancel_scan:
@@ -246,7 +249,18 @@ class Dispatcher(BackendPool):
                 gaps[key] = link.missing(job.workflow)
             return gaps[key]
 
+        # Jobs that raised while being looked at or claimed: they fail alone (internal_error).
+        broken: list[str] = []
+
         def placeable(job: Job) -> bool:
+            try:
+                return _placeable(job)
+            except Exception:  # noqa: BLE001
+                log.exception("job %s: unexpected error while placing it", job.id)
+                broken.append(job.id)
+                return False
+
+        def _placeable(job: Job) -> bool:
             if any(missing(link, job) == [] for link in ready):
                 return True
             self._note_unrunnable(job, unrunnable, missing)
@@ -258,13 +272,18 @@ class Dispatcher(BackendPool):
         if sum(want.values()):
             async with self._sessionmaker() as session:
                 for job in await self.scheduler.pick(session, sum(want.values()), accept=placeable):
-                    url = self._route(job, ready, want, missing)
-                    prompt_id = str(uuid.uuid4())
-                    # Taken before the claim: its RETURNING row leaves the deferred columns out.
-                    item = Prepared(
-                        job.id, job.user_id, prompt_id, job.workflow, self._timeout(job), list(job.inputs or ()), OutputSpec.of(job)
-                    )
-                    if url and await repo.claim(session, job.id, backend=url, prompt_id=prompt_id) is not None:
+                    try:
+                        url = self._route(job, ready, want, missing)
+                        # Taken before the claim: its RETURNING row leaves the deferred columns out.
+                        item = Prepared(
+                            job.id, job.user_id, str(uuid.uuid4()), job.workflow, self._timeout(job), list(job.inputs or ()),
+                            OutputSpec.of(job),
+                        )
+                    except Exception:  # noqa: BLE001
+                        log.exception("job %s: unexpected error while preparing it", job.id)
+                        broken.append(job.id)
+                        url = None
+                    if url and await repo.claim(session, job.id, backend=url, prompt_id=item.prompt_id) is not None:
                         want[url] -= 1
                         claimed[url].append(item)
                     else:
@@ -272,6 +291,9 @@ class Dispatcher(BackendPool):
                 failed = [
                     await repo.mark_failed(session, job_id, error=job_errors.unsupported(reasons), prompt_id=None)
                     for job_id, reasons in unrunnable.items()
+                ] + [
+                    await repo.mark_failed(session, job_id, error=job_errors.internal_error(), prompt_id=None)
+                    for job_id in dict.fromkeys(broken)
                 ]
                 # Written only when it changes: a job waiting for hours costs one write. (Entries of
                 # jobs canceled while waiting are not removed; the cap keeps that leak bounded.)
@@ -349,7 +371,9 @@ class Dispatcher(BackendPool):
                 if flight.deadline is None or now < flight.deadline:
                     continue
                 async with self._sessionmaker() as session:
-                    job = await repo.mark_failed(session, flight.job_id, error=job_errors.timeout(flight.timeout or 0), prompt_id=pid)
+                    job = await repo.mark_failed(
+                        session, flight.job_id, error=job_errors.timeout(flight.timeout or 0), prompt_id=pid, progress=flight.progress
+                    )
                     await session.commit()
                 if job is not None:
                     self.ctx.notifier.publish(job)
@@ -391,6 +415,15 @@ class Dispatcher(BackendPool):
             await self._submit(link, item)
 
     async def _submit(self, link: BackendLink, item: Prepared) -> None:
+        try:
+            await self._submit_one(link, item)
+        except Exception as exc:  # noqa: BLE001 - whatever one job does, the slot it holds comes back
+            # The POST may have reached the backend: the prompt is taken off it too.
+            await self.tracker.fail_unexpected(link, item.prompt_id, "staging or submitting it", exc, stop=True)
+            link.release(item.prompt_id)
+            link.submitting.discard(item.prompt_id)
+
+    async def _submit_one(self, link: BackendLink, item: Prepared) -> None:
         prompt_id = item.prompt_id
         flight = link.inflight.get(prompt_id)
         if flight is None:  # canceled while it waited
@@ -441,6 +474,14 @@ class Dispatcher(BackendPool):
             return
         link.submitting.discard(prompt_id)
         link.mark_reachable()
+        if prompt_id not in link.inflight:
+            # Given up while its POST was under way (e.g. deleted by an admin): nothing follows
+            # it, so it must not run. (A prompt that already ended is not harmed by this.)
+            try:
+                await link.client.delete_from_queue([prompt_id])
+                await link.client.interrupt(prompt_id)
+            except ComfyError as exc:
+                log.warning("taking prompt %s off %s failed: %s", prompt_id, link.url, exc)
 
     # ---- cancels ---------------------------------------------------------------------------
 
@@ -459,6 +500,8 @@ class Dispatcher(BackendPool):
                 except BackendUnavailable as exc:
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
                     continue
+                except Exception:  # noqa: BLE001 - not transient: trying every round would not help
+                    log.exception("job %s: taking canceled prompt %s off %s failed", job.id, job.prompt_id, link.url)
                 link.forget(job.prompt_id)
             async with self._sessionmaker() as session:
                 await repo.cleanup_done(session, job.id)
@@ -473,6 +516,21 @@ class Dispatcher(BackendPool):
         # Subscribers heard of it from the event log when the cancel committed; count it here.
         self.ctx.metrics.count_finished(job)
         self._cancel_hint = True
+        self.wake()
+
+    async def take_off(self, job: Job) -> None:
+        """An admin deletes a canceled job now: its prompt leaves its backend here, because once the
+        row is gone the cleanup of cancels has nothing to find. Best effort: a backend that does not
+        answer may still run it, unfollowed."""
+        link = self._by_url.get(job.backend or "")
+        if link is None or not job.prompt_id or link.drop_prepared(job.prompt_id):
+            return
+        try:
+            await link.client.delete_from_queue([job.prompt_id])
+            await link.client.interrupt(job.prompt_id)
+        except ComfyError as exc:
+            log.warning("job %s: taking prompt %s off %s failed: %s", job.id, job.prompt_id, link.url, exc)
+        link.forget(job.prompt_id)
         self.wake()
 
     # ---- views for the API -----------------------------------------------------------------

@@ -99,3 +99,13 @@ def output_too_large(limit: int) -> dict[str, Any]:
         "message": f"The job's outputs came to more than {limit} bytes (GATEWAY_MAX_JOB_OUTPUT_BYTES); none were kept.",
         "limit": limit,
     }
+
+
+def internal_error() -> dict[str, Any]:
+    # Deliberately generic: the exception's text may hold server paths, other users' data or
+    # internals; the operator finds it in the log under the job's id.
+    return {
+        "type": "internal_error",
+        "message": "The gateway hit an unexpected error while handling this job, so it was stopped. "
+        "The operator's log has the details under the job's id.",
+    }

@@ -33,6 +33,7 @@ from app.comfy.models import HistoryEntry
 from app.comfy.websocket import Connected, Disconnected
 from app.config import Settings
 from app.db import jobs as repo
+from app.db.models import Job
 from app.db.types import utcnow
 from app.dispatch import job_errors
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec
@@ -72,8 +73,17 @@ class Tracker:
         async for event in link.ws.events():
             try:
                 await self.handle(link, event)
-            except Exception:  # noqa: BLE001 - one bad message must not stop the backend's tracking
-                log.exception("handling %s from %s", type(event).__name__, link.url)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the backend's tracking
+                pid = getattr(event, "prompt_id", None)
+                if link.job_of(pid) is None:
+                    log.exception("handling %s from %s", type(event).__name__, link.url)
+                    continue
+                # A message about one of our prompts that could not be handled: its job can no
+                # longer be followed, so it fails now and frees its slot instead of holding it.
+                self._ended_on_backend(link, pid)
+                self.ctx.spawn(
+                    self.fail_unexpected(link, pid, f"handling {type(event).__name__}", exc, stop=True), f"failed {pid}"
+                )
 
     async def handle(self, link: BackendLink, msg: object) -> None:
         match msg:
@@ -101,7 +111,7 @@ class Tracker:
                 flight.started_at = flight.last_progress_persist = time.monotonic()
                 if flight.timeout is not None:
                     flight.deadline = time.time() + flight.timeout
-                self.ctx.spawn(self._started(link, pid), f"running {pid}")
+                self.ctx.spawn(self._guarded(link, pid, "recording its start", self._started(link, pid)), f"running {pid}")
             case Progress(prompt_id=pid, node=node, value=value, max=maximum):
                 self._progress(link, pid, {"value": value, "max": maximum, "node": node})
             case ExecutionCached(prompt_id=pid, nodes=nodes) if (flight := link.job_of(pid)) is not None:
@@ -134,10 +144,12 @@ class Tracker:
                     exception_type=err.exception_type,
                     message=err.exception_message,
                 )
-                self.ctx.spawn(self.fail(link, pid, error), f"failed {pid}")
+                self.ctx.spawn(self._guarded(link, pid, "recording its failure", self.fail(link, pid, error)), f"failed {pid}")
             case ExecutionInterrupted(prompt_id=pid) if link.job_of(pid) is not None:
                 self._ended_on_backend(link, pid)
-                self.ctx.spawn(self._interrupted(link, pid), f"interrupted {pid}")
+                self.ctx.spawn(
+                    self._guarded(link, pid, "recording its interruption", self._interrupted(link, pid)), f"interrupted {pid}"
+                )
             case _:
                 pass
 
@@ -183,6 +195,43 @@ class Tracker:
 
     # ---- transitions -----------------------------------------------------------------------
 
+    async def _guarded(self, link: BackendLink, pid: str | None, stage: str, work: Coroutine[Any, Any, Any]) -> None:
+        try:
+            await work
+        except Exception as exc:  # noqa: BLE001 - see fail_unexpected
+            await self.fail_unexpected(link, pid, stage, exc, stop=True)
+
+    async def fail_unexpected(
+        self, link: BackendLink, pid: str | None, stage: str, exc: BaseException, *, stop: bool = False
+    ) -> None:
+        """An unexpected error while handling one prompt: that job fails (`internal_error`) and its
+        slot is freed; nothing else is held up. `stop`: the prompt may still be on the backend, so
+        it is taken off (after the failure is recorded, so that its interruption is not taken for
+        someone else's)."""
+        flight = link.job_of(pid)
+        log.error(
+            "job %s (prompt %s on %s): unexpected error while %s",
+            flight.job_id if flight else "?", pid, link.url, stage, exc_info=exc,
+        )
+        if flight is None or pid is None:
+            return
+        link.submitting.discard(pid)
+        try:
+            await self.fail(link, pid, job_errors.internal_error())
+        except Exception:  # noqa: BLE001
+            # Most likely the database: reconciliation finds the row still active and decides again.
+            log.exception("job %s: its failure could not be recorded; it is reconciled later", flight.job_id)
+            link.forget(pid)
+            link.needs_reconcile = True
+            self.ctx.wake()
+            return
+        if stop:
+            try:
+                await link.client.delete_from_queue([pid])
+                await link.client.interrupt(pid)
+            except Exception as err:  # noqa: BLE001 - best effort: the job's outcome is recorded
+                log.warning("taking prompt %s off %s failed: %s", pid, link.url, err)
+
     async def _started(self, link: BackendLink, pid: str | None) -> None:
         flight = link.job_of(pid)
         if flight is None or pid is None:
@@ -203,6 +252,7 @@ class Tracker:
         if flight is None:
             return
         progress = {**progress, "nodes_done": len(flight.nodes_done), "current_node": flight.current_node}
+        flight.progress = progress
         self.ctx.notifier.progress(flight.job_id, flight.user_id, progress)
         now = time.monotonic()
         # Live subscribers get every step; the row gets one write a second, enough for polling clients.
@@ -227,7 +277,7 @@ class Tracker:
             return
         await self.ctx.notifier.settle(flight.job_id)
         async with self.ctx.sessionmaker() as session:
-            job = await repo.mark_failed(session, flight.job_id, error=error, prompt_id=pid)
+            job = await repo.mark_failed(session, flight.job_id, error=error, prompt_id=pid, progress=flight.progress)
             await session.commit()
         link.forget(pid)
         self.ctx.wake()
@@ -269,6 +319,8 @@ class Tracker:
             await self.apply_history(link, pid, entry)
         except BackendUnavailable as exc:
             link.mark_unreachable(str(exc), self.ctx.settings.backend_retry_seconds)
+        except Exception as exc:  # noqa: BLE001 - one job's collection must not hang it for good
+            await self.fail_unexpected(link, pid, "collecting its outputs", exc)
         finally:
             link.collecting.discard(pid)
 
@@ -315,11 +367,17 @@ class Tracker:
             return
         except OutputTooLarge as exc:
             await self.fail(link, pid, job_errors.output_too_large(exc.limit))
+        except BackendUnavailable:
+            raise
+        except ComfyError as exc:
+            # A refusal that asking again does not change, e.g. /view answers 400 to a name with
+            # `..` that a SaveImage prefix produced: ComfyUI listed an output it will not serve.
+            await self.fail(link, pid, job_errors.output_missing(str(exc)))
             return
         await self.ctx.notifier.settle(job.id)
         async with self.ctx.sessionmaker() as session:
             session.add_all(outputs)
-            done = await repo.mark_succeeded(session, job.id, prompt_id=pid, outputs=outputs)
+            done = await repo.mark_succeeded(session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress)
             if done is not None:
                 await session.commit()
             else:
@@ -345,36 +403,52 @@ class Tracker:
         if link.abandoned:
             # Prompts whose jobs moved elsewhere while this backend was away must not run here too.
             stale = list(link.abandoned & (running | pending))
-            if stale:
-                await link.client.delete_from_queue(stale)
-                for pid in stale:
-                    await link.client.interrupt(pid)
+            try:
+                if stale:
+                    await link.client.delete_from_queue(stale)
+                    for pid in stale:
+                        await link.client.interrupt(pid)
+            except BackendUnavailable:
+                raise
+            except ComfyError as exc:
+                # Refused for good: asking on every round would keep the backend from ever being used.
+                log.error("removing abandoned prompts from %s failed: %s", link.url, exc)
             link.abandoned.clear()
         async with self.ctx.sessionmaker() as session:
             jobs = await repo.in_flight(session, backend=link.url)
+        # Reset before the jobs, not after: a job that asks for another pass (its failure could not
+        # be recorded) or a reconnect meanwhile keeps it asked for.
+        link.needs_reconcile = False
         for job in jobs:
             pid = job.prompt_id
             if pid is None or pid in link.submitting:
                 continue
-            flight = link.inflight.get(pid)
-            if flight is None:
-                flight = InFlight(job.id, job.user_id, outputs=OutputSpec.of(job))
-                link.track(pid, flight)
-            if pid in running:
-                if job.status == "queued":
-                    await self._started(link, pid)
-                continue
-            if pid in pending:
-                continue
-            entry = await link.client.get_history(pid)
-            if entry is not None:
-                if pid not in link.collecting:
-                    await self.apply_history(link, pid, entry)
-                continue
-            await self.requeue(link, pid, flight, count_attempt=True)
-        link.needs_reconcile = False
+            try:
+                await self._reconcile_one(link, job, pid, running, pending)
+            except BackendUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one job must not stop the backend's reconciliation
+                await self.fail_unexpected(link, pid, "reconciling it", exc, stop=True)
         # It answered: whatever its socket does, it is not down, and its jobs stay with it.
         link.down_since = None
+
+    async def _reconcile_one(self, link: BackendLink, job: Job, pid: str, running: set[str], pending: set[str]) -> None:
+        flight = link.inflight.get(pid)
+        if flight is None:
+            flight = InFlight(job.id, job.user_id, outputs=OutputSpec.of(job))
+            link.track(pid, flight)
+        if pid in running:
+            if job.status == "queued":
+                await self._started(link, pid)
+            return
+        if pid in pending:
+            return
+        entry = await link.client.get_history(pid)
+        if entry is not None:
+            if pid not in link.collecting:
+                await self.apply_history(link, pid, entry)
+            return
+        await self.requeue(link, pid, flight, count_attempt=True)
 
     async def requeue(self, link: BackendLink, pid: str, flight: InFlight, *, count_attempt: bool) -> None:
         """The backend does not have the prompt: the job goes back to the queue, or fails when

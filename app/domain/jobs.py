@@ -204,6 +204,14 @@ async def get_owned(session: AsyncSession, principal: Principal, job_id: str, *,
     return job
 
 
+async def get_any(session: AsyncSession, job_id: str) -> Job:
+    """Any user's job: for the admin routes only."""
+    job = await repo.get_job(session, job_id)
+    if job is None:
+        raise NotFound(f"There is no job {job_id!r}.")
+    return job
+
+
 async def view(session: AsyncSession, job: Job, signer: UrlSigner, *, new: bool = False) -> dict[str, Any]:
     """The job's public view; `new` skips looking for outputs a job just created cannot have."""
     outputs = [] if new else (await repo.outputs_for(session, [job.id]))[job.id]
@@ -239,7 +247,11 @@ async def list_views(
 
 
 async def cancel(session: AsyncSession, principal: Principal, job_id: str, signer: UrlSigner) -> Job:
-    job = await get_owned(session, principal, job_id)
+    return await cancel_job(session, await get_owned(session, principal, job_id), signer)
+
+
+async def cancel_job(session: AsyncSession, job: Job, signer: UrlSigner) -> Job:
+    """Cancel a job the caller may cancel (its owner's, or any for an admin); 409 if it has ended."""
     canceled = await repo.mark_canceled(session, job.id)
     if canceled is None:
         await session.refresh(job)

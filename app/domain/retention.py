@@ -46,6 +46,16 @@ async def delete_job(session: AsyncSession, principal: Principal, job_id: str) -
     return f"{job.id}/"
 
 
+async def purge_job(session: AsyncSession, job: Job) -> str:
+    """An admin's delete of any job, finished or not (an unfinished one is canceled and taken off its
+    backend first, see app/api/admin.py): the row, its outputs and its logged events (the caller
+    commits, then deletes the files under the returned prefix)."""
+    await session.execute(delete(Output).where(Output.job_id == job.id))
+    await session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+    await session.execute(delete(Job).where(Job.id == job.id))
+    return f"{job.id}/"
+
+
 class RetentionService:
     """Deletes outputs of jobs finished more than `retention_days` ago, and uploads older than that."""
 
