@@ -367,6 +367,7 @@ class Tracker:
             return
         except OutputTooLarge as exc:
             await self.fail(link, pid, job_errors.output_too_large(exc.limit))
+            return
         except BackendUnavailable:
             raise
         except ComfyError as exc:
