@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Request, Response
 
+from app.api.body_checks import JsonObject
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, TemplateList, TemplateOut
@@ -50,7 +51,7 @@ async def put_template(
     session: SessionDep,
     admin: AdminDep,
     settings: SettingsDep,
-    document: Annotated[dict[str, Any], Body(description="A template document.")],
+    document: Annotated[JsonObject, Body(description="A template document.")],
 ) -> dict:
     # With a backend's node definitions at hand, binds are checked against the real node inputs.
     object_info = request.app.state.object_info()
