@@ -9,9 +9,9 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from app.api import admin, backends, events, generate, health, jobs, me, outputs, problems, templates, uploads, ws
+from app.api import admin, backends, events, generate, health, input_checks, jobs, me, outputs, problems, templates, uploads, ws
 from app.api.limits import BodySizeLimit
 from app.api.ratelimit import RateLimitHeaders
 from app.config import Settings, get_settings
@@ -189,6 +189,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             "1008; a client too slow to keep up gets a `lagged` frame (re-read its jobs)."
         ),
         lifespan=lifespan,
+        dependencies=[Depends(input_checks.url_params)],
     )
     app.add_middleware(
         BodySizeLimit,

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.body_checks import PATH_CTX
+from app.api.input_checks import PATH_CTX
 from app.domain.errors import PROBLEM_BASE, DomainError
 from app.domain.json_values import sanitized
 

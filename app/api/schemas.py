@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from app.api.body_checks import RequestModel
+from app.api.input_checks import RequestModel
 from app.domain.limits import Limits
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Request, Response
 
-from app.api.body_checks import JsonObject
+from app.api.input_checks import JsonObject
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, TemplateList, TemplateOut

@@ -179,3 +179,25 @@ async def test_a_stored_poison_row_never_makes_a_view_fail(idle_gateway, db_url:
     canceled = await gw.http.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
     assert canceled.status_code == 200, canceled.text
     assert canceled.json()["status"] == "canceled"
+
+
+NUL_URLS = [
+    ("/v1/jobs/a%00b", "job_id"),
+    ("/v1/jobs/a%00b/events", "job_id"),
+    ("/v1/templates/a%00b", "name"),
+    ("/v1/admin/users/a%00b", "user_id"),
+    ("/v1/admin/users/a%00b/keys", "user_id"),
+    ("/v1/admin/backends/a%00b", "backend_id"),
+    ("/v1/jobs?status=queued%00", "status"),
+    ("/v1/admin/jobs?user_id=a%00b", "user_id"),
+    ("/v1/admin/jobs?status=a%00b", "status"),
+]
+
+
+async def test_nul_in_a_path_or_query_parameter_is_a_422_naming_it(idle_gateway) -> None:  # noqa: ANN001
+    # PostgreSQL cannot compare NUL with a text column: these were 500s there.
+    gw = await idle_gateway()
+    for url, field in NUL_URLS:
+        resp = await gw.http.get(url, headers=gw.admin)
+        _assert_refused(resp, field)
+        assert [e["field"] for e in resp.json()["errors"]] == [field]

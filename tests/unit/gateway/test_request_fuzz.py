@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from app.api import schemas
-from app.api.body_checks import JsonObject
+from app.api.input_checks import JsonObject
 from app.api.problems import _field_errors
 from app.domain import json_values
 from app.domain.json_values import sanitized
