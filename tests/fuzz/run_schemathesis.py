@@ -1,8 +1,9 @@
 """A bounded schemathesis run against the gateway's own OpenAPI spec: fails on any 5xx.
 
 Starts a demo-like gateway (SQLite in a temporary directory, the ComfyUI emulator, both on free
-loopback ports), makes a user and a key for it, then runs `st run` against /openapi.json once as
-the admin and once as that user, with `--checks not_a_server_error`. The exit status is
+loopback ports), makes a user and a key, and a finished job for each key, then runs `st run`
+against /openapi.json once as the admin and once as that user, with `--checks not_a_server_error`
+(path ids are pinned to those rows, so routes that take an id reach real data). The exit status is
 schemathesis' (non-zero when any request got a 5xx), so `.ci/run` fails on one.
 
     python tests/fuzz/run_schemathesis.py [--max-examples N] [extra `st run` options ...]
@@ -97,14 +98,44 @@ class Demo:
             await emulator.stop()
 
 
-def _user_key(base_url: str) -> str:
+def _seed(base_url: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """A user with a key, another user for the admin to change, and a finished job of each key's:
+    their ids are given to schemathesis, so that routes taking an id reach real rows, not only 404s."""
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    with httpx.Client(base_url=base_url, headers=admin, timeout=30) as http:
-        user = http.post("/v1/admin/users", json={"name": "fuzz user", "limits": {"allow_raw_workflows": True}})
-        user.raise_for_status()
-        key = http.post(f"/v1/admin/users/{user.json()['id']}/keys", json={"name": "fuzz"})
-        key.raise_for_status()
-        return key.json()["key"]
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+
+        def created(resp: httpx.Response) -> dict:
+            if resp.status_code >= 300:
+                raise RuntimeError(f"seeding failed: {resp.status_code} {resp.text}")
+            return resp.json()
+
+        user = created(http.post("/v1/admin/users", json={"name": "fuzz user", "limits": {"allow_raw_workflows": True}}, headers=admin))
+        user_key = created(http.post(f"/v1/admin/users/{user['id']}/keys", json={"name": "fuzz"}, headers=admin))["key"]
+        target = created(http.post("/v1/admin/users", json={"name": "fuzz target"}, headers=admin))
+        target_key = created(http.post(f"/v1/admin/users/{target['id']}/keys", json={"name": "target"}, headers=admin))
+        backend_id = created(http.get("/v1/admin/backends", headers=admin))["items"][0]["id"]
+        runs = {}
+        for who, key, user_id, key_id in (
+            ("admin", ADMIN_KEY, target["id"], target_key["id"]),
+            ("user", user_key, user["id"], ""),
+        ):
+            auth = {"Authorization": f"Bearer {key}"}
+            job = created(http.post("/v1/generate", json={"template": "txt2img", "params": {"prompt": "fuzz", "steps": 2}}, headers={**auth, "Prefer": "wait=30"}))
+            params = {
+                "path.job_id": job["id"],
+                "path.output_id": job["outputs"][0]["id"] if job["outputs"] else "",
+                "path.user_id": user_id,
+                "path.key_id": key_id,
+                "path.backend_id": backend_id,
+                "path.name": "txt2img",
+            }
+            runs[who] = (key, {k: v for k, v in params.items() if v})
+        return runs
+
+
+def _config(path: Path, parameters: dict[str, str]) -> Path:
+    path.write_text("[parameters]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in parameters.items()))
+    return path
 
 
 def main() -> int:
@@ -117,10 +148,10 @@ def main() -> int:
     status = 0
     try:
         with Demo(data) as demo:
-            keys = {"admin": ADMIN_KEY, "user": _user_key(demo.base_url)}
-            for who, key in keys.items():
+            for who, (key, parameters) in _seed(demo.base_url).items():
+                config = _config(data / f"{who}.toml", parameters)
                 command = [
-                    st, "run", f"{demo.base_url}/openapi.json",
+                    st, "--config-file", str(config), "run", f"{demo.base_url}/openapi.json",
                     "--checks", "not_a_server_error",
                     "--header", f"Authorization: Bearer {key}",
                     "--max-examples", str(args.max_examples),
