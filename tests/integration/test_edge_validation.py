@@ -201,3 +201,26 @@ async def test_nul_in_a_path_or_query_parameter_is_a_422_naming_it(idle_gateway)
         resp = await gw.http.get(url, headers=gw.admin)
         _assert_refused(resp, field)
         assert [e["field"] for e in resp.json()["errors"]] == [field]
+
+
+async def test_a_stored_template_with_a_lone_surrogate_never_makes_the_template_views_fail(idle_gateway, db_url: str) -> None:  # noqa: ANN001
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL itself refuses to store a lone surrogate in JSON")
+    from app.db.models import Template
+    from app.templates import load_builtin
+
+    gw = await idle_gateway()
+    document = load_builtin()["txt2img"].to_dict()
+    document["description"] = "stored before the edge checked \ud800"
+    document["params"]["prompt"]["description"] = "\udfff"
+    async with gw.app.state.sessionmaker() as session:
+        session.add(Template(name="poisoned", document=document, builtin=False))
+        await session.commit()
+    page = await gw.http.get("/v1/templates", params={"limit": 100}, headers=gw.admin)
+    assert page.status_code == 200, page.text
+    assert "poisoned" in {t["name"] for t in page.json()["items"]}
+    one = await gw.http.get("/v1/templates/poisoned", headers=gw.admin)
+    assert one.status_code == 200, one.text
+    assert one.json()["description"].startswith("stored before")
+    job = await gw.generate({"template": "poisoned", "params": {"prompt": "x"}})
+    assert job.status_code == 202, job.text
