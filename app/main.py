@@ -9,10 +9,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app import log_redaction
-from app.api import admin, backends, events, generate, health, jobs, me, openai_images, outputs, problems, templates, uploads, ws
+from app.api import admin, backends, events, generate, health, input_checks, jobs, me, openai_images, outputs, problems, templates, uploads, ws
 from app.api.limits import BodySizeLimit
 from app.api.live_slots import LiveSlots
 from app.api.mcp_server import McpEndpoint
@@ -221,6 +221,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             "up gets a `lagged` frame (re-read its jobs)."
         ),
         lifespan=lifespan,
+        dependencies=[Depends(input_checks.url_params)],
     )
     app.add_middleware(
         BodySizeLimit,

@@ -11,7 +11,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.v2 import errors as v2_errors
+from app.api.input_checks import PATH_CTX
 from app.domain.errors import PROBLEM_BASE, DomainError
+from app.domain.json_values import sanitized
 
 log = logging.getLogger("app.api")
 
@@ -19,13 +21,16 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    # A problem may echo what the client sent (a field name, a value): it must still encode.
+    return JSONResponse(sanitized(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     errors = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        if inner := (err.get("ctx") or {}).get(PATH_CTX):
+            loc.append(inner)
         errors.append({"field": ".".join(loc) or "(body)", "message": err.get("msg", "invalid")})
     return errors
 

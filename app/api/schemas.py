@@ -6,13 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from app.api.input_checks import RequestModel
 from app.domain.limits import Limits
 
 
 WebhookEvent = Literal["job.running", "job.succeeded", "job.failed", "job.canceled"]
 
 
-class WebhookIn(BaseModel):
+class WebhookIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=2000, description="An http(s) URL; private and loopback addresses are refused "
@@ -22,8 +23,9 @@ class WebhookIn(BaseModel):
     )
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
+    nul_allowed = frozenset({"metadata"})
 
     template: str | None = Field(default=None, max_length=64, description="A registered template's name.")
     workflow: dict[str, Any] | None = Field(
@@ -204,7 +206,7 @@ class Problem(BaseModel):
 # ---- admin ----------------------------------------------------------------------------------
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
@@ -212,7 +214,7 @@ class UserCreate(BaseModel):
     limits: Limits = Field(default_factory=Limits, description="The user's own limits; absent members: the defaults.")
 
 
-class UserPatch(BaseModel):
+class UserPatch(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -237,7 +239,7 @@ class UserList(BaseModel):
     next_cursor: str | None
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, max_length=200, description="A label, to tell keys apart.")
@@ -272,7 +274,7 @@ class AdminJobList(BaseModel):
     next_cursor: str | None
 
 
-class BackendCreate(BaseModel):
+class BackendCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Request, Response
 
+from app.api.input_checks import JsonObject
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, TemplateList, TemplateOut
 from app.domain import templates
-from app.templates import TemplateDocument
 
 router = APIRouter(tags=["templates"])
 
@@ -25,7 +25,7 @@ async def list_templates(
 ) -> dict:
     rows, next_cursor = await templates.list_page(session, limit=limit, cursor=cursor)
     cap = settings.max_param_string_length
-    items = [templates.summary(r.name, TemplateDocument.model_validate(r.document), max_string_length=cap) for r in rows]
+    items = [templates.summary(r.name, templates.stored_document(r.document), max_string_length=cap) for r in rows]
     return {"items": items, "next_cursor": next_cursor}
 
 
@@ -50,14 +50,14 @@ async def put_template(
     session: SessionDep,
     admin: AdminDep,
     settings: SettingsDep,
-    document: Annotated[dict[str, Any], Body(description="A template document.")],
+    document: Annotated[JsonObject, Body(description="A template document.")],
 ) -> dict:
     # With a backend's node definitions at hand, binds are checked against the real node inputs.
     object_info = request.app.state.object_info()
     row, created = await templates.put_template(session, name, document, object_info=object_info)
     view = templates.summary(
         row.name,
-        TemplateDocument.model_validate(row.document),
+        templates.stored_document(row.document),
         with_workflow=True,
         max_string_length=settings.max_param_string_length,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 
 
 def encode_cursor(created_at: datetime, key: str) -> str:
@@ -20,6 +20,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
         created_at = datetime.fromisoformat(created)
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return None
-    if created_at.tzinfo is None:
+    if created_at.tzinfo is None or "\x00" in key:
         return None
-    return created_at, key
+    try:
+        # Compared in UTC: an offset can push a stamp past datetime's range (0001-01-01T00:00+01:00).
+        return created_at.astimezone(UTC), key
+    except OverflowError:
+        return None

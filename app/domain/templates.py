@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db.models import GatewayState, Template
 from app.db.types import utcnow
 from app.domain.errors import NotFound, ValidationFailed
+from app.domain.json_values import sanitized
 from app.domain.pages import newest_first
 from app.templates import (
     TemplateDocument,
@@ -61,11 +62,17 @@ def _check_name(name: str) -> None:
         raise ValidationFailed(str(exc), errors=[{"field": "name", "message": str(exc)}]) from None
 
 
+def stored_document(data: dict[str, Any]) -> TemplateDocument:
+    """A stored template document. One stored before bodies were checked at the edge may hold lone
+    surrogates, which the model (and ComfyUI) refuse: they read as U+FFFD."""
+    return TemplateDocument.model_validate(sanitized(data))
+
+
 async def get_document(session: AsyncSession, name: str) -> TemplateDocument:
     row = await session.get(Template, name)
     if row is None:
         raise NotFound(f"There is no template named {name!r}.")
-    return TemplateDocument.model_validate(row.document)
+    return stored_document(row.document)
 
 
 def _capped(schema: dict[str, Any], max_string_length: int | None) -> dict[str, Any]:

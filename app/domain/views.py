@@ -11,6 +11,7 @@ from typing import Any
 
 from app.db.job_events import job_snapshot, output_snapshot
 from app.db.models import Job, Output
+from app.domain.json_values import sanitized
 from app.storage.signing import UrlSigner
 
 
@@ -52,7 +53,8 @@ def present_job(snapshot: dict[str, Any], signer: UrlSigner, *, queue_position: 
     ordered["attempts"] = snapshot["attempts"]
     # Absent from events logged before retention existed.
     ordered["outputs_expired_at"] = snapshot.get("outputs_expired_at")
-    return ordered
+    # Rows stored before requests were checked at the edge may hold what strict JSON cannot carry.
+    return sanitized(ordered)
 
 
 def present_event(event: str, data: dict[str, Any], signer: UrlSigner) -> dict[str, Any]:
