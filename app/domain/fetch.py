@@ -36,9 +36,9 @@ def make_fetcher(guard: OutboundGuard, *, max_bytes: int, timeout: float) -> Url
                         fh.write(chunk)  # a spooled file: in memory up to 1 MiB, then a temporary file
         except UnsafeRequest as exc:
             raise FetchFailed(f"is a URL the gateway may not fetch: {exc.reason}") from None
-        except TimeoutError:
-            raise FetchFailed(f"could not be fetched within {timeout:g} s") from None
-        except httpx.HTTPError as exc:
-            raise FetchFailed(f"could not be fetched ({type(exc).__name__})") from None
+        # One message for every way a connection fails (refused, reset, TLS, timed out): telling
+        # them apart would let a caller map which ports answer on the hosts it may name.
+        except (TimeoutError, httpx.HTTPError):
+            raise FetchFailed(f"could not be fetched (no complete answer within {timeout:g} s)") from None
 
     return fetch

@@ -106,3 +106,35 @@ async def test_image_urls_with_odd_unicode_hosts_are_422_naming_the_param(idle_g
     assert resp.headers["content-type"] == "application/problem+json"
     assert resp.json()["errors"][0]["param"] == "image", resp.text
     assert await upload_count(gw) == 0
+
+
+async def test_an_image_url_that_fails_says_the_same_however_its_connection_failed(idle_gateway) -> None:  # noqa: ANN001
+    """A closed port, a port that never answers and one that resets all read alike: otherwise a
+    caller could map which ports answer on the hosts the allow-list lets it name."""
+    gw = await idle_gateway(outbound_allowlist=["127.0.0.1"], url_fetch_timeout_seconds=1)
+    _, alice = await gw.create_user("alice")
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+        writer.close()
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    servers = [await asyncio.start_server(handler, "127.0.0.1", 0) for handler in (silent, reset)]
+    closed = await asyncio.start_server(silent, "127.0.0.1", 0)
+    closed_port = closed.sockets[0].getsockname()[1]
+    closed.close()
+    await closed.wait_closed()
+    try:
+        ports = [s.sockets[0].getsockname()[1] for s in servers] + [closed_port]
+        details = []
+        for port in ports:
+            resp = await gw.generate(img2img(f"http://127.0.0.1:{port}/x.png"), alice)
+            assert resp.status_code == 422, resp.text
+            details.append(resp.json()["errors"][0]["message"])
+    finally:
+        for server in servers:
+            server.close()
+    assert len(set(details)) == 1, details
+    assert await upload_count(gw) == 0
