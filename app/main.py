@@ -214,7 +214,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             "**Live events over WebSocket** (not listed below: OpenAPI has no WebSocket routes): "
             "`GET /v1/ws` streams the events of all of the caller's jobs as JSON text frames "
             '`{"event", "job_id", "id", "data"}`: `status`, `progress`, `output` (the SSE route\'s events, with '
-            "the same per-job `id`), `preview` with `?previews=true`. The key comes as `?api_key=`, "
+            "the same per-job `id`), `preview` with `?previews=true`; every user's jobs with `?all=true` (admins). "
+            "The key comes as `?api_key=`, "
             '`Authorization: Bearer`, or the first frame (`{"api_key": "..."}` or the key alone). The server '
             'first sends `{"event": "subscribed"}`; a bad key gets an `error` frame (a problem) and close code '
             "1008; a user over its cap of live connections an `error` frame and 1013; a client too slow to keep "

@@ -9,6 +9,8 @@ from then on every event of the caller's jobs is sent. A bad key gets an `error`
 problem object) and the socket is closed with 1008 (policy violation); the key is checked again
 every `GATEWAY_LIVE_AUTH_CHECK_SECONDS`, so a revoked key or a disabled user stops receiving.
 A client too slow to keep up gets a `lagged` frame (events were dropped: re-read its jobs).
+An admin may ask for every user's jobs with `?all=true` (operators' dashboards, the console's
+queue); anyone else asking so gets a 403 `error` frame and close 1008.
 A user over GATEWAY_MAX_LIVE_STREAMS_PER_USER open connections (with its SSE streams) gets an
 `error` frame (a 429 problem) and close 1013 (try again later).
 """
@@ -22,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
-from app.domain.errors import DomainError, LimitExceeded, Unauthorized
+from app.domain.errors import DomainError, Forbidden, LimitExceeded, Unauthorized
 from app.domain.live import frame
 from app.domain.views import v2_only
 from app.domain.users import Principal, authenticate
@@ -86,7 +88,9 @@ def _header_key(websocket: WebSocket) -> str | None:
 
 
 @router.websocket("/v1/ws")
-async def live_events(websocket: WebSocket, api_key: str | None = None, previews: bool = False) -> None:
+async def live_events(
+    websocket: WebSocket, api_key: str | None = None, previews: bool = False, all: bool = False  # noqa: A002 - the query name
+) -> None:
     await websocket.accept()
     key = api_key if api_key is not None else _header_key(websocket)
     if key is None:
@@ -96,6 +100,9 @@ async def live_events(websocket: WebSocket, api_key: str | None = None, previews
     except Unauthorized as exc:
         await _refuse(websocket, exc)
         return
+    if all and not principal.is_admin:
+        await _refuse(websocket, Forbidden("Only admins may follow every user's jobs (all=true)."))
+        return
     state = websocket.app.state
     try:
         slot = state.live_slots.take(principal)
@@ -103,15 +110,15 @@ async def live_events(websocket: WebSocket, api_key: str | None = None, previews
         await _refuse(websocket, exc, code=TRY_AGAIN_LATER)
         return
     try:
-        await _follow(websocket, principal, key, previews)
+        await _follow(websocket, principal, key, previews, everyone=all)
     finally:
         state.live_slots.give_back(slot)
 
 
-async def _follow(websocket: WebSocket, principal: Principal, key: str | None, previews: bool) -> None:
+async def _follow(websocket: WebSocket, principal: Principal, key: str | None, previews: bool, *, everyone: bool) -> None:
     state = websocket.app.state
     bus = state.bus
-    sub = bus.subscribe_user(principal.user_id, previews=previews)
+    sub = bus.subscribe_all(previews=previews) if everyone else bus.subscribe_user(principal.user_id, previews=previews)
     last: dict[str, int] = {}
 
     async def send_events() -> None:
@@ -141,13 +148,15 @@ async def _follow(websocket: WebSocket, principal: Principal, key: str | None, p
             if message["type"] == "websocket.disconnect":
                 return
 
-    async def keep_checking_key() -> Unauthorized:
+    async def keep_checking_key() -> DomainError:
         while True:
             await asyncio.sleep(state.settings.live_auth_check_seconds)
             try:
-                await _authenticate(websocket, key)
+                again = await _authenticate(websocket, key)
             except Unauthorized as exc:
                 return exc
+            if everyone and not again.is_admin:
+                return Forbidden("Your admin rights were taken away: all=true is for admins.")
 
     tasks = [asyncio.create_task(c) for c in (send_events(), read_until_closed(), keep_checking_key())]
     try:

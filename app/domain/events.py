@@ -35,7 +35,7 @@ QUEUE_SIZE = 256
 
 @dataclass(eq=False)
 class Subscription:
-    scope: str  # "job" or "user"
+    scope: str  # "job", "user" or "all"
     key: str
     # Looked up when the subscription is made (not bound at import), so a test can shrink it.
     queue: asyncio.Queue[JobEvent | None] = field(default_factory=lambda: asyncio.Queue(maxsize=QUEUE_SIZE))
@@ -51,6 +51,8 @@ class EventBus:
         self._on_lag = on_lag
         self._by_job: dict[str, set[Subscription]] = defaultdict(set)
         self._by_user: dict[str, set[Subscription]] = defaultdict(set)
+        # Admins following every user's jobs (`/v1/ws?all=true`).
+        self._everyone: set[Subscription] = set()
 
     def subscribe_job(self, job_id: str, *, previews: bool = False) -> Subscription:
         sub = Subscription("job", job_id, previews=previews)
@@ -62,7 +64,15 @@ class EventBus:
         self._by_user[user_id].add(sub)
         return sub
 
+    def subscribe_all(self, *, previews: bool = False) -> Subscription:
+        sub = Subscription("all", "", previews=previews)
+        self._everyone.add(sub)
+        return sub
+
     def unsubscribe(self, sub: Subscription) -> None:
+        if sub.scope == "all":
+            self._everyone.discard(sub)
+            return
         index = self._by_job if sub.scope == "job" else self._by_user
         subs = index.get(sub.key)
         if subs is not None:
@@ -72,7 +82,7 @@ class EventBus:
 
     def publish(self, event: JobEvent) -> None:
         preview = event.event == "preview"
-        for sub in (*self._by_job.get(event.job_id, ()), *self._by_user.get(event.user_id, ())):
+        for sub in (*self._by_job.get(event.job_id, ()), *self._by_user.get(event.user_id, ()), *self._everyone):
             if preview and not sub.previews:
                 continue
             try:
@@ -84,8 +94,8 @@ class EventBus:
 
     def listening(self, job_id: str, user_id: str, *, previews: bool = False) -> bool:
         """Whether anyone here would get an event of this job (a preview: anyone who asked)."""
-        subs = (*self._by_job.get(job_id, ()), *self._by_user.get(user_id, ()))
+        subs = (*self._by_job.get(job_id, ()), *self._by_user.get(user_id, ()), *self._everyone)
         return any(sub.previews for sub in subs) if previews else bool(subs)
 
     def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._by_job.values()) + sum(len(s) for s in self._by_user.values())
+        return sum(len(s) for s in self._by_job.values()) + sum(len(s) for s in self._by_user.values()) + len(self._everyone)

@@ -4,6 +4,7 @@ module's temporary directory."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -179,21 +180,36 @@ def test_job_page_lists_webhook_deliveries_and_redelivers(console: Console, stac
 
 
 def test_queue_shows_live_progress_and_cancels_a_running_job(console: Console, stack: Stack) -> None:
-    job = submit(stack, {"template": "txt2img", "params": {"prompt": "slow", "steps": 100}})
-    console.login(ADMIN_KEY)
+    # Another user's job: its progress reaches the admin's page over /v1/ws?all=true, and the
+    # admin's cancel goes through /v1/admin/jobs/{id}/cancel.
+    user = stack.admin.post("/v1/admin/users", json={"name": "queue-owner"}).json()
+    key = stack.admin.post(f"/v1/admin/users/{user['id']}/keys", json={}).json()["key"]
+    job = submit(stack, {"template": "txt2img", "params": {"prompt": "slow", "steps": 100}}, {"Authorization": f"Bearer {key}"})
     page = console.page
+    frames: list[dict] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(_frame(payload))))
+    console.login(ADMIN_KEY)
     console.go("#/queue")
     row = f'tr[data-job="{job["id"]}"]'
     page.wait_for_selector(f"{row} .live-progress", timeout=20_000)
-    # Progress moves on the page (the admin's own job: over /v1/ws).
     page.wait_for_function(
         "(sel) => { const p = document.querySelector(sel); return p && p.value > 1; }", arg=f"{row} progress"
     )
-    assert "admin" in page.inner_text("section:has(h2:text('Per user'))")
+    assert any(f.get("event") == "progress" and f.get("job_id") == job["id"] for f in frames), "no live progress frame"
+    assert "queue-owner" in page.inner_text("section:has(h2:text('Per user'))")
     console.shot("queue")
     page.locator(row).get_by_role("button", name=re.compile("Cancel")).click()
     page.wait_for_selector(row, state="detached")
-    assert stack.admin.get(f"/v1/jobs/{job['id']}").json()["status"] == "canceled"
+    owner = stack.admin.get(f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {key}"}).json()
+    assert owner["status"] == "canceled"
+
+
+def _frame(payload: str | bytes) -> dict:
+    try:
+        frame = json.loads(payload)
+    except ValueError:
+        return {}
+    return frame if isinstance(frame, dict) else {}
 
 
 def test_queue_shows_the_oldest_waiting_job(console: Console, stack: Stack) -> None:

@@ -10,8 +10,8 @@ import time
 import pytest
 import websockets
 
-from tests.integration.conftest import Gateway
-from tests.integration.test_live_events import assert_closed_for_policy, ws_url
+from tests.integration.conftest import ADMIN_KEY, Gateway
+from tests.integration.test_live_events import assert_closed_for_policy, ws_collect, ws_url
 
 
 async def test_ws_first_frame_key_with_a_lone_surrogate_is_refused_like_a_bad_key(idle_gateway) -> None:  # noqa: ANN001
@@ -72,3 +72,23 @@ async def test_live_connections_per_user_are_capped_sse_429_ws_closed_and_freed_
                     break
             assert time.monotonic() < deadline, "a closed connection's slot was never given back"
             await asyncio.sleep(0.1)
+
+
+async def test_an_admin_follows_every_users_jobs_with_all_and_no_one_else_may(gateway: Gateway) -> None:
+    _, bob = await gateway.create_user("bob")
+    _, carol = await gateway.create_user("carol", is_admin=True)
+    carol_key = carol["Authorization"].split()[1]
+    # A user who is not an admin asking for everyone's jobs is refused, not quietly narrowed.
+    async with websockets.connect(ws_url(gateway, "?all=true")) as ws:
+        await ws.send(bob["Authorization"].split()[1])
+        error = json.loads(await ws.recv())
+        assert error["event"] == "error" and error["data"]["status"] == 403
+        await assert_closed_for_policy(ws)
+    for key in (ADMIN_KEY, carol_key):
+        async with websockets.connect(ws_url(gateway, "?all=true")) as ws:
+            await ws.send(key)
+            assert json.loads(await ws.recv())["event"] == "subscribed"
+            job = (await gateway.generate({"template": "blur", "params": {"width": 32, "height": 32}}, bob)).json()
+            frames = await ws_collect(ws, {job["id"]})
+        assert {f["event"] for f in frames} >= {"status", "output"}
+        assert frames[-1]["data"]["status"] == "succeeded"

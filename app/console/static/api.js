@@ -85,15 +85,15 @@ export async function sse(path, onEvent, { lastEventId, signal } = {}) {
   }
 }
 
-// /v1/ws: every event of the caller's jobs. The key goes in the first frame, never the URL.
-// Reconnects after a drop until close() is called.
-export function liveEvents(onFrame) {
+// /v1/ws: every event of the caller's jobs (of every user's, for an admin: `all`). The key goes in
+// the first frame, never the URL. Reconnects after a drop until close() is called.
+export function liveEvents(onFrame, { all = false } = {}) {
   let socket = null;
   let closed = false;
   let timer = null;
   const open = () => {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    socket = new WebSocket(`${scheme}//${location.host}/v1/ws`);
+    socket = new WebSocket(`${scheme}//${location.host}/v1/ws${all ? "?all=true" : ""}`);
     socket.addEventListener("open", () => socket.send(JSON.stringify({ api_key: getKey() })));
     socket.addEventListener("message", (msg) => {
       try {

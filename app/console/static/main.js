@@ -87,7 +87,7 @@ async function start() {
   }
   renderNav();
   if (socket) socket.close();
-  socket = liveEvents((frame) => ctx.listeners.forEach((fn) => fn(frame)));
+  socket = liveEvents((frame) => ctx.listeners.forEach((fn) => fn(frame)), { all: Boolean(ctx.me.is_admin) });
   route();
 }
 

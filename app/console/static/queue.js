@@ -1,6 +1,6 @@
 // Queue (admins): queued and running jobs per user, the oldest waiting job and why it waits,
-// running jobs with live progress, and cancel. Progress comes from /v1/ws as it happens; the
-// list itself is re-read every few seconds (jobs of other users are not on the admin's socket).
+// running jobs with live progress, and cancel. Progress of every user's jobs comes from the admin's
+// /v1/ws?all=true as it happens; the list is re-read on each status change, and every few seconds.
 import { all } from "./api.js";
 import { cancelJob, userNames } from "./actions.js";
 import { badge, h, keepFocus, problemBox, progressBar, section, setProgress, table, when } from "./dom.js";
