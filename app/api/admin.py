@@ -18,6 +18,7 @@ from app.api.schemas import (
     UserList,
     UserOut,
     UserPatch,
+    WebhookDeliveryList,
     WebhookDeliveryOut,
 )
 from app.api.pages import Cursor, Limit
@@ -103,6 +104,27 @@ async def list_all_jobs(
     return await jobs.list_views(
         session, signer, user_id=user_id, statuses=statuses, limit=limit, cursor=cursor, with_owner=True
     )
+
+
+@router.get("/jobs/{job_id}", response_model=AdminJobOut, responses=PROBLEMS, summary="Any user's job")
+async def get_any_job(job_id: str, session: SessionDep, signer: SignerDep, admin: AdminDep) -> dict:
+    """The owner's `GET /v1/jobs/{id}`, for any user's job, with its owner's `user_id`."""
+    job = await jobs.get_any(session, job_id)
+    return {**await jobs.view(session, job, signer), "user_id": job.user_id}
+
+
+@router.get(
+    "/jobs/{job_id}/webhook-deliveries",
+    response_model=WebhookDeliveryList,
+    responses=PROBLEMS,
+    summary="Any user's job's webhook deliveries",
+)
+async def list_any_webhook_deliveries(
+    job_id: str, session: SessionDep, admin: AdminDep, limit: Limit = 20, cursor: Cursor = None
+) -> dict:
+    """The owner's `GET /v1/jobs/{id}/webhook-deliveries`, for any user's job (to redeliver one)."""
+    job = await jobs.get_any(session, job_id)
+    return await webhooks.deliveries_view(session, job.id, limit=limit, cursor=cursor)
 
 
 @router.post(

@@ -12,16 +12,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from app.api.deps import BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
+from app.api.deps import AdminDep, BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.schemas import PROBLEMS
 from app.domain.errors import Unauthorized, ValidationFailed
-from app.domain.events import JobEvent
+from app.config import Settings
+from app.domain.events import EventBus, JobEvent
 from app.domain.live import JobFollower
 from app.domain.views import v1_progress, v2_only
-from app.domain.users import authenticate
+from app.domain.users import Principal, authenticate
+from app.storage.signing import UrlSigner
 
 router = APIRouter(tags=["events"])
 
@@ -89,12 +92,53 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     previews: Annotated[bool, Query(description="also send live preview images")] = False,
 ) -> EventSourceResponse:
+    return await _stream(
+        request, session, principal, signer, settings, bus, job_id, last_event_id, previews, any_user=False
+    )
+
+
+@router.get(
+    "/v1/admin/jobs/{job_id}/events",
+    responses={**PROBLEMS, 200: {"content": {"text/event-stream": {}}}},
+    response_class=EventSourceResponse,
+    tags=["admin"],
+    summary="Any user's job events (admins)",
+    description="The owner's `GET /v1/jobs/{id}/events`, for any user's job: the same stream, ids and resume.",
+)
+async def any_job_events(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    admin: AdminDep,
+    signer: SignerDep,
+    settings: SettingsDep,
+    bus: BusDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    previews: Annotated[bool, Query(description="also send live preview images")] = False,
+) -> EventSourceResponse:
+    return await _stream(request, session, admin, signer, settings, bus, job_id, last_event_id, previews, any_user=True)
+
+
+async def _stream(
+    request: Request,
+    session: AsyncSession,
+    principal: Principal,
+    signer: UrlSigner,
+    settings: Settings,
+    bus: EventBus,
+    job_id: str,
+    last_event_id: str | None,
+    previews: bool,
+    *,
+    any_user: bool,
+) -> EventSourceResponse:
     after = parse_event_id(last_event_id)
     slots = request.app.state.live_slots
     slot = slots.take(principal)
     try:
         follower = await JobFollower.open(
-            session, bus, request.app.state.event_log, signer, principal, job_id, after=after, previews=previews
+            session, bus, request.app.state.event_log, signer, principal, job_id, after=after, previews=previews,
+            any_user=any_user,
         )
     except BaseException:
         slots.give_back(slot)
@@ -108,10 +152,11 @@ async def job_events(
     async def still_allowed() -> bool:
         async with sessionmaker() as s:
             try:
-                await authenticate(s, key, settings)
+                again = await authenticate(s, key, settings)
             except Unauthorized:
                 return False
-        return True
+        # An admin's stream of another user's job ends when the admin rights do.
+        return again.is_admin or not any_user
 
     async def stream() -> AsyncIterator[bytes]:
         async for event in follower.events(

@@ -30,6 +30,7 @@ from app.domain.users import Principal
 from app.storage.signing import UrlSigner
 from app.templates import TemplateDocument
 from app.templates.document import OpenAIMapping
+from app.api.input_checks import RequestModel
 
 router = APIRouter(tags=["openai-compatible images"], route_class=OpenAIRoute)
 
@@ -38,7 +39,7 @@ MAX_N = 10
 _SIZE_RE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 
 
-class ImageGenerationRequest(BaseModel):
+class ImageGenerationRequest(RequestModel):
     # OpenAI's clients send members this gateway has no use for (background, moderation,
     # output_format...): they are ignored, not refused.
     model_config = ConfigDict(extra="ignore")

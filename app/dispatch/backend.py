@@ -21,12 +21,13 @@ class OutputSpec:
     kept from the claim so that a finished job is not read back before its files are copied."""
 
     id: str
+    user_id: str
     output_nodes: list[Any]
     keep_temp: bool
 
     @classmethod
     def of(cls, job: Any) -> OutputSpec:
-        return cls(job.id, list(job.output_nodes or ()), bool(job.keep_temp))
+        return cls(job.id, job.user_id, list(job.output_nodes or ()), bool(job.keep_temp))
 
 
 @dataclass(slots=True)

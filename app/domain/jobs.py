@@ -204,9 +204,9 @@ async def get_owned(session: AsyncSession, principal: Principal, job_id: str, *,
     return job
 
 
-async def get_any(session: AsyncSession, job_id: str) -> Job:
+async def get_any(session: AsyncSession, job_id: str, *, fresh: bool = False) -> Job:
     """Any user's job: for the admin routes only."""
-    job = await repo.get_job(session, job_id)
+    job = await repo.get_job(session, job_id, fresh=fresh)
     if job is None:
         raise NotFound(f"There is no job {job_id!r}.")
     return job

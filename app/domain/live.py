@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.jobs import TERMINAL
+from app.db.models import Job
 from app.domain import jobs
 from app.domain.event_log import EventLog
 from app.domain.events import EventBus, JobEvent, Subscription
@@ -49,13 +50,21 @@ class JobFollower:
         *,
         after: int | None,
         previews: bool,
+        any_user: bool = False,
     ) -> JobFollower:
-        """Another user's job, or a missing one: NotFound, before anything is sent."""
-        await jobs.get_owned(session, principal, job_id)
+        """Another user's job, or a missing one: NotFound, before anything is sent (`any_user`: an
+        admin's stream of any user's job; the caller checked the rights)."""
+
+        async def read(fresh: bool) -> Job:
+            if any_user:
+                return await jobs.get_any(session, job_id, fresh=fresh)
+            return await jobs.get_owned(session, principal, job_id, fresh=fresh)
+
+        await read(False)
         sub = bus.subscribe_job(job_id, previews=previews)
         try:
             # Read again now that we are subscribed (see the module's docstring).
-            job = await jobs.get_owned(session, principal, job_id, fresh=True)
+            job = await read(True)
             view = await jobs.view(session, job, signer)
             if after is None:
                 first = [JobEvent(job.id, job.user_id, "status", view, terminal=job.status in TERMINAL, id=job.event_seq)]

@@ -267,8 +267,8 @@ def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(browser
         alice.page.context.close()
     assert [e for e in alice.errors if not RESOURCE_4XX.search(e)] == []
 
-    # The admin sees alice's job among everyone's, by her name, and opens its page (read from the
-    # admin list: /v1/jobs/{id} is the owner's).
+    # The admin sees alice's job among everyone's, by her name, and opens its page: the job, its
+    # event timeline and its deliveries through /v1/admin/jobs/{id} (/v1/jobs/{id} is the owner's).
     console.go("#/jobs")
     row = f'tr[data-job="{alices_job["id"]}"]'
     page.wait_for_selector(row)
@@ -276,7 +276,9 @@ def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(browser
     page.click(f"{row} a")
     page.wait_for_selector("#job-status .badge")
     assert '"width": 32' in page.inner_text("pre.json")
-    assert "owner's key" in page.inner_text(".timeline")
+    page.wait_for_selector('.timeline li[data-event="output"]', timeout=20_000)
+    assert "succeeded" in page.inner_text(".timeline")
+    assert "No webhook" in page.inner_text(".deliveries")
 
     # Revoking the key from the users page: it no longer opens anything.
     console.go("#/users")

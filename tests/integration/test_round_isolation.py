@@ -74,10 +74,10 @@ def poison(stage: str, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
     elif stage == "collect":
         collect = tracker_module.collect
 
-        async def broken_collect(client, storage, job, entry):  # noqa: ANN001, ANN202
+        async def broken_collect(client, storage, job, entry, *rest):  # noqa: ANN001, ANN002, ANN202
             if job.user_id == victim:
                 raise RuntimeError(SECRET)
-            return await collect(client, storage, job, entry)
+            return await collect(client, storage, job, entry, *rest)
 
         monkeypatch.setattr(tracker_module, "collect", broken_collect)
     elif stage == "reconcile":

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -22,12 +22,13 @@ from app.domain.errors import PayloadTooLarge
 from app.domain.v2_errors import V2Error
 from app.storage.local import LocalStorage
 from app.storage.s3 import S3Storage
+from app.api.input_checks import RequestModel
 
 router = APIRouter(prefix="/api/v2", tags=["v2"])
 _bearer = HTTPBearer(auto_error=False)
 
 
-class FromHashRequest(BaseModel):
+class FromHashRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     hash: str

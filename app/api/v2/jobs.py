@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,13 +23,14 @@ from app.domain.pages import newest_first
 from app.domain.users import Principal
 from app.domain.v2_errors import V2Error
 from app.storage.signing import UrlSigner
+from app.api.input_checks import RequestModel
 
 router = APIRouter(prefix="/api/v2", tags=["v2"])
 
 _FILTER = re.compile(r"^metadata\[(.+)\]$")
 
 
-class SubmitRequest(BaseModel):
+class SubmitRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     workflow: Any

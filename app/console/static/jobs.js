@@ -5,7 +5,7 @@ import { TERMINAL, cancelJob, userNames } from "./actions.js";
 import { badge, duration, h, jsonBlock, outputView, problemBox, progressBar, section, setProgress, table, when } from "./dom.js";
 
 export function render(main, ctx, args) {
-  return args[0] ? renderJob(main, ctx, args[0], args[1]) : renderList(main, ctx);
+  return args[0] ? renderJob(main, ctx, args[0]) : renderList(main, ctx);
 }
 
 const jobHref = (job) => `#/jobs/${encodeURIComponent(job.id)}${job.user_id ? `/${encodeURIComponent(job.user_id)}` : ""}`;
@@ -70,21 +70,20 @@ function renderList(main, ctx) {
   };
 }
 
-// Another user's job is not readable through /v1/jobs/{id} (404, for admins too): an admin finds
-// it in that user's list instead.
-async function findJob(ctx, id, userId) {
+// Another user's job answers 404 on /v1/jobs/{id} (for admins too): an admin reads any user's job,
+// its events and deliveries under /v1/admin/jobs/{id}. `base` is where this job's routes live.
+async function findJob(ctx, id) {
+  const path = `/v1/jobs/${encodeURIComponent(id)}`;
   try {
-    return { job: await get(`/v1/jobs/${encodeURIComponent(id)}`), own: true };
+    return { job: await get(path), base: path };
   } catch (err) {
-    if (!(err instanceof ApiError) || err.status !== 404 || !ctx.me.is_admin || !userId) throw err;
+    if (!(err instanceof ApiError) || err.status !== 404 || !ctx.me.is_admin) throw err;
   }
-  const jobs = await all(`/v1/admin/jobs?user_id=${encodeURIComponent(userId)}`, 1000);
-  const job = jobs.find((j) => j.id === id);
-  if (!job) throw new ApiError(404, { title: "Not found", detail: `There is no job '${id}'.` });
-  return { job, own: false };
+  const admin = `/v1/admin/jobs/${encodeURIComponent(id)}`;
+  return { job: await get(admin), base: admin };
 }
 
-function renderJob(main, ctx, id, userId) {
+function renderJob(main, ctx, id) {
   const head = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   const status = h("div");
   const outputs = h("div", { class: "outputs" });
@@ -94,6 +93,7 @@ function renderJob(main, ctx, id, userId) {
   const aborter = new AbortController();
   main.append(h("p", {}, h("a", { href: "#/jobs" }, "← All jobs")), status, head);
   let job = null;
+  let base = null;
 
   function drawHead() {
     const cancel = !TERMINAL.has(job.status)
@@ -175,7 +175,7 @@ function renderJob(main, ctx, id, userId) {
     // From the first logged event (Last-Event-ID: 0): the whole timeline, then live until the end.
     try {
       await sse(
-        `/v1/jobs/${encodeURIComponent(job.id)}/events`,
+        `${base}/events`,
         (ev) => {
           if (ev.event === "status") {
             job = { ...job, ...ev.data };
@@ -204,7 +204,7 @@ function renderJob(main, ctx, id, userId) {
   async function loadDeliveries() {
     clearTimeout(deliveriesTimer);
     try {
-      const items = await all(`/v1/jobs/${encodeURIComponent(job.id)}/webhook-deliveries`, 100);
+      const items = await all(`${base}/webhook-deliveries`, 100);
       // Deliveries still being attempted are re-read until they settle.
       if (items.some((d) => d.status === "pending") && !aborter.signal.aborted) deliveriesTimer = setTimeout(loadDeliveries, 2000);
       deliveries.replaceChildren(
@@ -246,17 +246,12 @@ function renderJob(main, ctx, id, userId) {
 
   (async () => {
     try {
-      const found = await findJob(ctx, id, userId);
+      const found = await findJob(ctx, id);
       job = found.job;
+      base = found.base;
       drawHead();
-      if (found.own) {
-        follow();
-        loadDeliveries();
-      } else {
-        const note = "Only the owner's key reads this job's events and webhook deliveries.";
-        timeline.replaceChildren(h("li", { class: "muted" }, note));
-        deliveries.replaceChildren(h("p", { class: "muted" }, note));
-      }
+      follow();
+      loadDeliveries();
     } catch (err) {
       head.replaceChildren(problemBox(err));
     }
