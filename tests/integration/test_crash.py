@@ -65,16 +65,21 @@ async def test_kill_9_with_jobs_queued_running_and_finished_unread(emulator, db_
     log = tmp_path / "gateway.log"
     first = await start(env, port, log)
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        body = {"template": "txt2img", "params": {"prompt": "crash", "steps": 15}}  # 150 ms each
+        # 500 ms each: long enough that a loaded machine still sees the second one running.
+        body = {"template": "txt2img", "params": {"prompt": "crash", "steps": 50}}
         ids = [(await client.post("/v1/generate", json=body, headers=headers)).json()["id"] for _ in range(6)]
+        deadline = time.monotonic() + 60
         while (await client.get(f"/v1/jobs/{ids[0]}", headers=headers)).json()["status"] != "succeeded":
+            assert time.monotonic() < deadline, "the first job never finished"
             await asyncio.sleep(0.02)
-        while (await client.get(f"/v1/jobs/{ids[1]}", headers=headers)).json()["status"] != "running":
+        while (status := (await client.get(f"/v1/jobs/{ids[1]}", headers=headers)).json()["status"]) == "queued":
+            assert time.monotonic() < deadline, "the second job never started"
             await asyncio.sleep(0.01)
+        assert status == "running", f"the second job was already {status} when the gateway was to be killed"
     first.send_signal(signal.SIGKILL)
     first.wait()
     # While the gateway is dead, ComfyUI finishes the running prompt and starts the queued one.
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.6)
 
     second = await start(env, port, log)
     try:
