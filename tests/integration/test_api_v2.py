@@ -23,6 +23,8 @@ from app.db.models import Job
 from tests.integration.conftest import ADMIN_KEY, Gateway
 from tests.integration.test_crash import free_port, start
 
+# The SDK's scenarios run on both databases; these, whose database work is the same as theirs
+# (a gateway process killed and restarted, links, a refused upload), on SQLite only.
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 BLUR = {
@@ -60,7 +62,6 @@ async def sdk_user(gw: Gateway, name: str, monkeypatch: pytest.MonkeyPatch, **li
     return AsyncComfy(api_key=headers["Authorization"].removeprefix("Bearer ")), headers
 
 
-@SQLITE_ONLY
 async def test_run_submit_events_outputs_and_the_same_job_on_v1(gateway: Gateway, monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
     client, headers = await sdk_user(gateway, "alice", monkeypatch)
     other, _ = await sdk_user(gateway, "bob", monkeypatch)
@@ -115,7 +116,6 @@ def load_image(image: Any) -> dict[str, Any]:
     }
 
 
-@SQLITE_ONLY
 async def test_assets_dedup_per_user_and_workflows_use_them_by_handle_and_by_file_name(
     gateway: Gateway, emulator, monkeypatch  # noqa: ANN001
 ) -> None:
@@ -171,7 +171,6 @@ async def test_assets_dedup_per_user_and_workflows_use_them_by_handle_and_by_fil
             await client.submit(client.workflows.from_json(load_image("photo.png")))
 
 
-@SQLITE_ONLY
 async def test_cancel_queued_and_running_list_paging_and_errors(gateway: Gateway, emulator, monkeypatch) -> None:  # noqa: ANN001
     client, headers = await sdk_user(gateway, "alice", monkeypatch)
     async with client:
@@ -227,7 +226,6 @@ async def test_cancel_queued_and_running_list_paging_and_errors(gateway: Gateway
             await no_raw.submit(no_raw.workflows.from_json(BLUR))
 
 
-@SQLITE_ONLY
 async def test_a_full_queue_is_429_queue_full_and_the_sdk_waits_it_out(gateway: Gateway, monkeypatch) -> None:  # noqa: ANN001
     client, headers = await sdk_user(gateway, "alice", monkeypatch, max_queued=1)
     hog, _ = await sdk_user(gateway, "hog", monkeypatch)
