@@ -149,6 +149,17 @@ class JobCount(Base):
     n: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
+class JobCreatedHour(Base):
+    """Jobs a user created in an hour (hours since the epoch), kept by a trigger on `jobs`
+    (migration 0009): the jobs_per_day quota sums these instead of counting the user's day."""
+
+    __tablename__ = "job_created_hours"
+
+    user_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
 class Output(Base):
     __tablename__ = "outputs"
 

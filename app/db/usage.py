@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Job, JobCount
+from app.db.models import Job, JobCount, JobCreatedHour
 
 
 async def _active(session: AsyncSession, user_id: str) -> dict[str, int]:
@@ -23,8 +23,7 @@ async def quota_counts(session: AsyncSession, user_id: str, since: datetime) -> 
     """(queued jobs, jobs created after `since`) of the user. Queued counts jobs handed to a
     backend that have not started, as the user sees them (status `queued`)."""
     counts = await _active(session, user_id)
-    created = select(func.count()).where(Job.user_id == user_id, Job.created_at > since)
-    return counts.get("queued", 0) + counts.get("dispatched", 0), int((await session.execute(created)).scalar_one())
+    return counts.get("queued", 0) + counts.get("dispatched", 0), await created_since(session, user_id, since)
 
 
 async def status_counts(session: AsyncSession, user_id: str) -> dict[str, int]:
@@ -34,8 +33,32 @@ async def status_counts(session: AsyncSession, user_id: str) -> dict[str, int]:
 
 
 async def created_since(session: AsyncSession, user_id: str, since: datetime) -> int:
-    stmt = select(func.count()).where(Job.user_id == user_id, Job.created_at > since)
-    return int((await session.execute(stmt)).scalar_one())
+    """The user's jobs created after `since`: the whole hours after it from the per-hour counters
+    (JobCreatedHour), and only the hour `since` falls in counted row by row, so the cost does not
+    grow with how many jobs the user made that day."""
+    first_full = int(since.timestamp()) // 3600 + 1
+    boundary = datetime.fromtimestamp(first_full * 3600, UTC)
+    row = (await session.execute(_CREATED, {"user_id": user_id, "since": since, "boundary": boundary, "hour": first_full})).one()
+    return int(row[0] or 0) + int(row[1] or 0)
+
+
+_CREATED = select(
+    select(func.sum(JobCreatedHour.n))
+    .where(JobCreatedHour.user_id == bindparam("user_id"), JobCreatedHour.hour >= bindparam("hour"))
+    .scalar_subquery(),
+    select(func.count())
+    .where(
+        Job.user_id == bindparam("user_id"),
+        Job.created_at > bindparam("since"),
+        Job.created_at < bindparam("boundary"),
+    )
+    .scalar_subquery(),
+)
+
+
+async def forget_hours_before(session: AsyncSession, before: datetime) -> None:
+    """Drop per-hour counters no quota window reaches any more."""
+    await session.execute(delete(JobCreatedHour).where(JobCreatedHour.hour < int(before.timestamp()) // 3600))
 
 
 async def nth_created_since(session: AsyncSession, user_id: str, since: datetime, n: int) -> datetime | None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db import usage
 from app.db.models import JobCount
+from app.db.types import utcnow
 from app.metrics import Metrics
 
 log = logging.getLogger("app.metrics")
@@ -22,6 +25,9 @@ log = logging.getLogger("app.metrics")
 async def refresh(sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics) -> None:
     async with sessionmaker() as session:
         rows = (await session.execute(select(JobCount.state, JobCount.user_id, JobCount.n).where(JobCount.n > 0))).all()
+        # Per-hour creation counters older than any quota window (24 h) are of no more use.
+        await usage.forget_hours_before(session, utcnow() - timedelta(hours=26))
+        await session.commit()
     counts: dict[tuple[str, str], int] = {}
     for state, user_id, n in rows:
         # Handed to a backend but not started is `queued` to users, and here.
