@@ -74,7 +74,10 @@ async def test_the_counters_follow_every_change_of_the_rows(gateway: Gateway) ->
     await _counters_match_rows(gateway)
     usage = (await gateway.http.get("/v1/me", headers=bob)).json()["usage"]
     assert usage["jobs_today"] == 1 and usage["queued"] == 0 and usage["running"] == 0
-    # Queued work of another moment: all counted at once, while nothing runs.
+    # A burst submitted at once, dispatched as it arrives.
     more = await asyncio.gather(*(gateway.generate(SLOW, headers=bob) for _ in range(4)))
     assert all(r.status_code == 202 for r in more)
+    await _counters_match_rows(gateway, moving=True)
+    for resp in more:
+        await gateway.wait(resp.json()["id"], headers=bob, timeout=60)
     await _counters_match_rows(gateway)
