@@ -216,6 +216,7 @@ async def main() -> None:
     parser.add_argument("--inflight", type=int, default=None, help="GATEWAY_MAX_INFLIGHT_PER_BACKEND (default: the gateway's)")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument("--comfy-url", default=None, help="a running ComfyUI to measure against instead of the emulator")
+    parser.add_argument("--comfy-pid", type=int, default=None, help="the ComfyUI process of --comfy-url, to read its CPU too")
     parser.add_argument("--profile", default=None, help="write py-spy's collapsed stacks of the gateway's burst to this file")
     args = parser.parse_args()
 
@@ -235,7 +236,7 @@ async def main() -> None:
         procs.append(start_emulator(emu_port, env))
     gateway = start_gateway(gw_port, env)
     procs.append(gateway)
-    watched = {"gateway": gateway.pid} | ({} if real else {"emulator": procs[0].pid})
+    watched = {"gateway": gateway.pid} | ({"comfyui": args.comfy_pid} if args.comfy_pid else {}) | ({} if real else {"emulator": procs[0].pid})
 
     def make(i: int) -> dict:
         return workflow(i, args.job_ms, args.steps, real)
@@ -283,8 +284,9 @@ async def main() -> None:
         parts = "  ".join(f"{name} {secs * 1e3 / n:6.2f}" for name, secs in cpu.spent.items())
         print(f"    {phase:8s} {parts}")
     print(f"  gateway CPU per job: {g_cpu.spent['gateway'] / n / h:6.1f} H")
-    if not real:
-        print(f"  emulator CPU per job (direct): {d_cpu.spent['emulator'] / n / h:6.1f} H")
+    for backend_proc in ("emulator", "comfyui"):
+        if backend_proc in d_cpu.spent:
+            print(f"  {backend_proc} CPU per job (direct): {d_cpu.spent[backend_proc] / n * 1e3:6.2f} ms, {d_cpu.spent[backend_proc] / n / h:6.1f} H")
     print(f"\n{args.sequential} jobs one at a time, submit -> output downloaded (ms)")
     for name, values in (("direct", d_seq), ("gateway", g_seq)):
         print(f"  {name:8s} p50 {pct(values, .5) * 1e3:7.1f}  p95 {pct(values, .95) * 1e3:7.1f}  mean {statistics.mean(values) * 1e3:7.1f}")
