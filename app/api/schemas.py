@@ -97,7 +97,10 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
-    queue_position: int | None
+    queue_position: int | None = Field(
+        description="Queued jobs that will start before this one (those already on a backend first, then by "
+        "priority and age), counted up to 1000: a job further back reads 1000. Null once it runs."
+    )
     waiting_reason: str | None = Field(
         default=None, description="Why a queued job is not dispatched yet, e.g. no healthy backend has a node it needs."
     )

@@ -15,8 +15,6 @@ from sqlalchemy.orm import undefer
 
 from app.db.models import Job, JobCount
 
-ACTIVE = ("queued", "running")
-
 _WAITING_USERS = select(JobCount.user_id).where(JobCount.state == "queued", JobCount.n > 0)
 _IN_FLIGHT = (
     select(JobCount.user_id, func.sum(JobCount.n))
