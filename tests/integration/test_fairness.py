@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from app.db.models import Job
+from app.db.types import utcnow
 
 PLENTY = {"max_queued": 10_000, "rate_per_minute": 100_000, "jobs_per_day": 100_000}
 
@@ -141,3 +143,23 @@ async def test_queue_position_counts_what_starts_first(idle_gateway) -> None:  #
     await gw.http.post(f"/v1/jobs/{urgent['id']}/cancel", headers=gw.admin)
     assert [(await gw.job(j["id"]))["queue_position"] for j in (first, second)] == [0, 1]
     assert (await gw.job(urgent["id"]))["queue_position"] is None
+
+
+async def test_queue_position_is_counted_up_to_1000(idle_gateway) -> None:  # noqa: ANN001
+    """Past 1000 jobs ahead a position says nothing more, and counting it would grow with the queue."""
+    gw = await idle_gateway()
+    user_id, _ = await gw.create_user("backlog", limits={"max_queued": 10_000})
+    now = utcnow()
+    rows = [
+        {"id": str(uuid.uuid4()), "user_id": user_id, "status": "queued", "params": {}, "workflow": {}, "output_nodes": [],
+         "priority": 0, "meta": {}, "created_at": now, "updated_at": now, "attempts": 0, "cancel_requested": False,
+         "event_seq": 1, "inputs": [], "keep_temp": False}
+        for _ in range(1100)
+    ]
+    async with gw.app.state.sessionmaker() as session:
+        await session.execute(insert(Job), rows)
+        await session.commit()
+    job = (await gw.generate({"template": "blur", "params": {"width": 16, "height": 16}})).json()
+    assert job["queue_position"] == 1000
+    urgent = (await gw.generate({"template": "blur", "params": {"width": 16, "height": 16}, "priority": 1})).json()
+    assert urgent["queue_position"] == 0
