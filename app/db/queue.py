@@ -15,22 +15,20 @@ from sqlalchemy.orm import undefer
 
 from app.db.models import Job, JobCount
 
-_WAITING_USERS = select(JobCount.user_id).where(JobCount.state == "queued", JobCount.n > 0)
-_IN_FLIGHT = (
-    select(JobCount.user_id, func.sum(JobCount.n))
-    .where(JobCount.state.in_(("dispatched", "running")), JobCount.n > 0)
-    .group_by(JobCount.user_id)
-)
+_ACTIVE_COUNTS = select(JobCount.user_id, JobCount.state, JobCount.n).where(JobCount.n > 0)
 
 
-async def waiting_users(session: AsyncSession) -> list[str]:
-    """Users with at least one queued job not yet handed to a backend."""
-    return [row[0] for row in (await session.execute(_WAITING_USERS)).all()]
-
-
-async def in_flight_counts(session: AsyncSession) -> dict[str, int]:
-    """Jobs handed to a backend and not ended, per user (at most the pool's slots and reserves)."""
-    return {user_id: int(count) for user_id, count in (await session.execute(_IN_FLIGHT)).all()}
+async def active_counts(session: AsyncSession) -> tuple[list[str], dict[str, int]]:
+    """In one read of the counters: the users with queued jobs not yet handed to a backend, and
+    per user the jobs handed to a backend and not ended (at most the pool's slots and reserves)."""
+    waiting: list[str] = []
+    in_flight: dict[str, int] = {}
+    for user_id, state, n in (await session.execute(_ACTIVE_COUNTS)).all():
+        if state == "queued":
+            waiting.append(user_id)
+        else:
+            in_flight[user_id] = in_flight.get(user_id, 0) + int(n)
+    return waiting, in_flight
 
 
 _NEXT = (

@@ -44,10 +44,9 @@ class FairScheduler:
         """
         if n <= 0:
             return []
-        waiting = await queue.waiting_users(session)
+        waiting, in_flight = await queue.active_counts(session)
         if not waiting:
             return []
-        in_flight = await queue.in_flight_counts(session)
         users = {u.id: u for u in (await session.execute(select(User).where(User.id.in_(waiting)))).scalars()}
 
         # How many of its jobs each user may start now. How many it has waiting is not counted
