@@ -85,6 +85,8 @@ _AHEAD_IN_QUEUE = select(func.count()).select_from(
     .subquery()
 )
 
+# Both counts in one round trip.
+_AHEAD = select(_ON_BACKENDS.scalar_subquery(), _AHEAD_IN_QUEUE.scalar_subquery())
 
 async def position(session: AsyncSession, job: Job) -> int | None:
     """How many queued jobs will start before this one, up to POSITION_CAP.
@@ -96,7 +98,6 @@ async def position(session: AsyncSession, job: Job) -> int | None:
     if job.backend is not None:
         params = {"backend": job.backend, "dispatched_at": job.dispatched_at}
         return int((await session.execute(_AHEAD_ON_BACKEND, params)).scalar_one())
-    on_backends = int((await session.execute(_ON_BACKENDS)).scalar_one())
     params = {"priority": job.priority, "created_at": job.created_at, "job_id": job.id}
-    ahead = int((await session.execute(_AHEAD_IN_QUEUE, params)).scalar_one())
-    return min(POSITION_CAP, on_backends + ahead)
+    on_backends, ahead = (await session.execute(_AHEAD, params)).one()
+    return min(POSITION_CAP, int(on_backends) + int(ahead))
