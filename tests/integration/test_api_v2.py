@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import signal
 from collections import Counter
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 
 from app.db.models import Job
 from tests.integration.conftest import ADMIN_KEY, Gateway
-from tests.integration.test_crash import free_port, start
+from tests.integration.test_crash import free_port, gateway_env, start
 
 # The SDK's scenarios run on both databases; these, whose database work is the same as theirs
 # (a gateway process killed and restarted, links, a refused upload), on SQLite only.
@@ -271,15 +270,7 @@ async def test_a_v2_job_survives_the_death_of_its_backend(three_backends, make_s
 
 @SQLITE_ONLY
 async def test_v2_jobs_survive_a_gateway_kill_9(emulator, db_url: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    env = {
-        **os.environ,
-        "GATEWAY_DATABASE_URL": db_url,
-        "GATEWAY_STORAGE_DIR": str(tmp_path / "outputs"),
-        "GATEWAY_COMFYUI_URLS": emulator.base_url,
-        "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
-        "GATEWAY_LOG_LEVEL": "warning",
-        "GATEWAY_DISPATCH_POLL_SECONDS": "0.2",
-    }
+    env = gateway_env(db_url, emulator.base_url, tmp_path)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "gateway.log"
@@ -297,7 +288,9 @@ async def test_v2_jobs_survive_a_gateway_kill_9(emulator, db_url: str, tmp_path:
             photo = client.assets.from_bytes(png(), filename="photo.png")
             jobs = [await client.submit(client.workflows.from_json(sampler(15, seed=n))) for n in range(3)]
             jobs.append(await client.submit(client.workflows.from_json(load_image(photo))))
+            deadline = asyncio.get_running_loop().time() + 60
             while (await client.jobs.get(jobs[0].id)).status != "running":
+                assert asyncio.get_running_loop().time() < deadline, "the first job never started"
                 await asyncio.sleep(0.05)
             first.send_signal(signal.SIGKILL)
             first.wait()

@@ -49,16 +49,21 @@ async def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
             await asyncio.sleep(0.1)
 
 
-async def test_kill_9_with_jobs_queued_running_and_finished_unread(emulator, db_url: str, tmp_path: Path) -> None:  # noqa: ANN001
-    env = {
+def gateway_env(db_url: str, backend: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a gateway process of these tests (one that can be killed)."""
+    return {
         **os.environ,
         "GATEWAY_DATABASE_URL": db_url,
         "GATEWAY_STORAGE_DIR": str(tmp_path / "outputs"),
-        "GATEWAY_COMFYUI_URLS": emulator.base_url,
+        "GATEWAY_COMFYUI_URLS": backend,
         "GATEWAY_ADMIN_API_KEY": ADMIN_KEY,
         "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_DISPATCH_POLL_SECONDS": "0.2",
     }
+
+
+async def test_kill_9_with_jobs_queued_running_and_finished_unread(emulator, db_url: str, tmp_path: Path) -> None:  # noqa: ANN001
+    env = gateway_env(db_url, emulator.base_url, tmp_path)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
