@@ -78,6 +78,14 @@ async def charge(request: Request, session: AsyncSession, principal: Principal) 
     set_ratelimit_headers(request, decision.headers)
 
 
+async def charge_refused(request: Request, session: AsyncSession, principal: Principal) -> None:
+    """A submit refused before its job was stored counts against the rate too (over it, this raises
+    the 429 instead): whatever the request wrote is rolled back, and its token is spent."""
+    await session.rollback()
+    await charge(request, session, principal)
+    await session.commit()
+
+
 async def authorize(request: Request, session: AsyncSession, settings: Settings, key: str | None) -> Principal:
     """Authenticate a key and spend a token of its user's rate, committed before the route runs:
     the token stays spent even if the request fails later."""

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.deps import charge
+from app.api.deps import charge, charge_refused
 from app.db import jobs as repo
 from app.db.models import Job, Output, Upload
 from app.domain import jobs
@@ -58,7 +58,7 @@ async def submit(
             for params in params_list
         ]
     except DomainError:
-        await refused(request, session, principal)
+        await charge_refused(request, session, principal)
         raise
     try:
         await charge(request, session, principal)
@@ -67,7 +67,7 @@ async def submit(
         session.add_all(new_uploads)
     except LimitExceeded:
         # All or none: a quota reached at the second of n jobs leaves no first one behind.
-        await refused(request, session, principal)
+        await charge_refused(request, session, principal)
         raise
     # Subscribed before the commit: a job that ends at once still wakes its waiter.
     subs = [state.bus.subscribe_job(job.id) for job in built]
@@ -82,14 +82,6 @@ async def submit(
     for job in built:
         state.metrics.jobs_submitted.labels(job.template or "(workflow)", principal.user_id).inc()
     return built, subs
-
-
-async def refused(request: Request, session: AsyncSession, principal: Principal) -> None:
-    """A refused request counts against the rate too (as on POST /v1/generate; over it, this
-    raises the 429 instead): whatever it wrote is rolled back, its token is spent."""
-    await session.rollback()
-    await charge(request, session, principal)
-    await session.commit()
 
 
 async def wait_all(subs: list[Subscription], seconds: float) -> bool:

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from app.api import doors
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge_refused
 from app.api.openai_errors import OPENAI_ERRORS, ImagesFailed, OpenAIRoute
 from app.config import Settings
 from app.db.models import Template, Upload
@@ -236,7 +236,7 @@ async def generations(
             )
         params = _params(mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style)
     except DomainError:
-        await doors.refused(request, session, principal)
+        await charge_refused(request, session, principal)
         raise
     return await _run(
         request, session, principal, settings, signer, model=body.model, mapping=mapping, params=params,
@@ -303,7 +303,7 @@ async def edits(
         try:
             body, mapping, params = await _edit_request(request, session, settings, principal, form, new_uploads)
         except DomainError:
-            await doors.refused(request, session, principal)
+            await charge_refused(request, session, principal)
             raise
         return await _run(
             request, session, principal, settings, signer, model=body.model, mapping=mapping, params=params,

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge, charge_refused
 from app.api.v2 import views
 from app.config import Settings
 from app.db import jobs as repo
@@ -76,10 +76,7 @@ async def submit(
         metadata = v2_jobs.check_metadata(body.metadata)
         job = await v2_jobs.build(session, principal, body.workflow, metadata, settings, request.app.state.object_info())
     except DomainError:
-        # A refused request counts against the rate too (or is answered 429 if over it).
-        await session.rollback()
-        await charge(request, session, principal)
-        await session.commit()
+        await charge_refused(request, session, principal)
         raise
     # One transaction: the token, the quotas, the row, the key (see POST /v1/generate for why).
     try:
