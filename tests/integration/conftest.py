@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.config import Settings
 from app.main import create_app
 from comfy_emulator import Emulator, EmulatorConfig
+from tests.integration.webhook_receiver import Receiver
 
 ADMIN_KEY = "cgw_test_admin_key_0123456789"
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -239,6 +240,15 @@ async def gateway(emulator: Emulator, make_settings, gateway_factory) -> Gateway
         assert time.monotonic() < deadline, "the gateway never connected to the emulator"
         await asyncio.sleep(0.02)
     return gw
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on a loopback port (tests/integration/webhook_receiver.py)."""
+    rec = Receiver()
+    await rec.start()
+    yield rec
+    await rec.stop()
 
 
 @pytest.fixture(scope="session")

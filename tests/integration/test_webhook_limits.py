@@ -76,14 +76,6 @@ async def trickling() -> AsyncIterator[TricklingReceiver]:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    await rec.start()
-    yield rec
-    await rec.stop()
-
-
-@pytest.fixture
 def hooked(emulator: Emulator, make_settings, gateway_factory) -> Callable[..., Any]:  # noqa: ANN001
     async def start(**overrides: Any) -> Gateway:
         settings = make_settings(
