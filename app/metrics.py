@@ -41,6 +41,8 @@ class Metrics:
         )
         # What jobs_active exports now, by label set (app/domain/queue_metrics.py).
         self.jobs_active_exported: dict[tuple[str, str], int] = {}
+        # The hour (since the epoch) in which the refresh last pruned old per-hour job counters.
+        self.hour_counters_pruned: int | None = None
         self.dispatch_round_seconds = Histogram(
             "gateway_dispatch_round_seconds",
             "Time of one dispatcher round (reconcile, fail over, pick and claim, send, cancels)",

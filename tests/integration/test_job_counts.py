@@ -12,9 +12,11 @@ from sqlalchemy import select, update
 
 from app.db.models import Job, JobCount, JobCreatedHour
 from app.db.types import utcnow
+from app.domain import queue_metrics
 from tests.integration.conftest import Gateway
 
 SLOW = {"template": "txt2img", "params": {"prompt": "a", "steps": 30}}
+BLUR = {"template": "blur", "params": {"width": 16, "height": 16}}
 
 
 def _state(job: Job) -> str | None:
@@ -81,3 +83,19 @@ async def test_the_counters_follow_every_change_of_the_rows(gateway: Gateway) ->
     for resp in more:
         await gateway.wait(resp.json()["id"], headers=bob, timeout=60)
     await _counters_match_rows(gateway)
+
+
+async def test_hour_counters_older_than_any_quota_window_are_pruned(idle_gateway) -> None:  # noqa: ANN001
+    gw = await idle_gateway()
+    _, alice = await gw.create_user("alice")
+    old, new = [(await gw.generate(BLUR, headers=alice)).json()["id"] for _ in range(2)]
+    async with gw.app.state.sessionmaker() as session:
+        await session.execute(update(Job).where(Job.id == old).values(created_at=utcnow() - timedelta(hours=30)))
+        await session.commit()
+    # The next hour's first refresh prunes (the refresh at start already pruned for this hour).
+    gw.app.state.metrics.hour_counters_pruned = None
+    await queue_metrics.refresh(gw.app.state.sessionmaker, gw.app.state.metrics)
+    async with gw.app.state.sessionmaker() as session:
+        hours = (await session.execute(select(JobCreatedHour.hour).where(JobCreatedHour.n > 0))).scalars().all()
+    assert hours == [int(utcnow().timestamp()) // 3600]
+    assert (await gw.http.get("/v1/me", headers=alice)).json()["usage"]["jobs_today"] == 1
