@@ -100,7 +100,9 @@ def _parse_limits(pairs: list[str]) -> dict:
         return Limits.model_validate(values).model_dump(exclude_none=True)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise typer.BadParameter(f"{problems} (limits: {', '.join(LIMIT_NAMES)})", param_hint="--limit") from None
+        raise typer.BadParameter(
+            f"{problems} (limits: {', '.join(LIMIT_NAMES)})", param_hint="--limit"
+        ) from None
 
 
 @cli.command("create-user")
@@ -110,7 +112,10 @@ def create_user(
     with_key: Annotated[bool, typer.Option("--with-key", help="Also create a key and print it.")] = False,
     limit: Annotated[
         list[str] | None,
-        typer.Option("--limit", help="A limit of the user's own, as name=value (repeatable), e.g. --limit max_queued=10."),
+        typer.Option(
+            "--limit",
+            help="A limit of the user's own, as name=value (repeatable), e.g. --limit max_queued=10.",
+        ),
     ] = None,
 ) -> None:
     """Create a user; prints its id (and a key, with --with-key)."""
@@ -145,7 +150,11 @@ def list_users(
 
     for view in asyncio.run(_with_session(get_settings(), work)):
         flags = " ".join(f for f, on in (("admin", view["is_admin"]), ("disabled", view["disabled"])) if on)
-        own = json.dumps(view["limit_overrides"], separators=(",", ":")) if view["limit_overrides"] else "defaults"
+        own = (
+            json.dumps(view["limit_overrides"], separators=(",", ":"))
+            if view["limit_overrides"]
+            else "defaults"
+        )
         typer.echo(f"{view['id']}  {view['name']}  {flags or '-'}  limits: {own}")
 
 
@@ -158,7 +167,10 @@ def list_backends() -> None:
     from app.db import backends as repo
 
     async def work(session):  # noqa: ANN001, ANN202
-        return [(row, (await repo.jobs_on(session, row.url, limit=0))[0]) for row in await repo.all_backends(session)]
+        return [
+            (row, (await repo.jobs_on(session, row.url, limit=0))[0])
+            for row in await repo.all_backends(session)
+        ]
 
     for row, jobs in asyncio.run(_with_session(get_settings(), work)):
         typer.echo(f"{row.id}  {row.url}  {row.state}  {row.source}  jobs: {jobs}")
@@ -253,9 +265,8 @@ def demo(
     step_seconds: Annotated[float, typer.Option(help="Emulated sampler time per step.")] = 0.05,
 ) -> None:
     """Run the gateway on SQLite with the bundled ComfyUI emulator, and print how to use it."""
-    from comfy_emulator import Emulator, EmulatorConfig
-
     from app.main import create_app
+    from comfy_emulator import Emulator, EmulatorConfig
 
     key = os.environ.get("GATEWAY_ADMIN_API_KEY") or "cgw_demo_" + secrets.token_urlsafe(24)
     data = os.path.abspath("./data/demo")
@@ -285,7 +296,9 @@ comfy-gateway demo: gateway {base}  ·  emulated ComfyUI {emulator.base_url}  ·
 Console (log in with the admin key): {base}/console   ·   interactive API docs: {base}/docs   ·   Ctrl-C stops.
 """
         )
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        )
         try:
             await server.serve()
         finally:

@@ -14,7 +14,6 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
 ADMIN_KEY_MIN_LENGTH = 24
 
 
@@ -26,7 +25,9 @@ def _split_csv(value: object) -> object:
 
 class Settings(BaseSettings):
     # Errors name the setting but never echo its value: several settings are secrets.
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore", hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- storage and database -------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///./data/gateway.db"
@@ -291,7 +292,7 @@ class Settings(BaseSettings):
         return value.strip().rstrip("/") if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _s3_needs_a_bucket(self) -> "Settings":
+    def _s3_needs_a_bucket(self) -> Settings:
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("GATEWAY_S3_BUCKET is required when GATEWAY_STORAGE_BACKEND=s3")
         return self
@@ -307,7 +308,9 @@ class Settings(BaseSettings):
     def _lease_outlasts_an_attempt(self) -> Settings:
         # A lease shorter than an attempt would let a second sender send the same attempt again.
         if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
-            raise ValueError("GATEWAY_WEBHOOK_LEASE_SECONDS must be longer than GATEWAY_WEBHOOK_TIMEOUT_SECONDS")
+            raise ValueError(
+                "GATEWAY_WEBHOOK_LEASE_SECONDS must be longer than GATEWAY_WEBHOOK_TIMEOUT_SECONDS"
+            )
         return self
 
     @field_validator("conversion_qualities")
@@ -333,7 +336,9 @@ class Settings(BaseSettings):
             try:
                 value = path.read_text(encoding="utf-8").rstrip("\r\n")
             except (OSError, UnicodeDecodeError) as exc:
-                raise ValueError(f"GATEWAY_{name.upper()}_FILE cannot be read: {type(exc).__name__}") from None
+                raise ValueError(
+                    f"GATEWAY_{name.upper()}_FILE cannot be read: {type(exc).__name__}"
+                ) from None
             if not value:
                 raise ValueError(f"GATEWAY_{name.upper()}_FILE is empty")
             setattr(self, name, value)

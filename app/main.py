@@ -12,7 +12,22 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from app import log_redaction
-from app.api import admin, backends, events, generate, health, input_checks, jobs, me, openai_images, outputs, problems, templates, uploads, ws
+from app.api import (
+    admin,
+    backends,
+    events,
+    generate,
+    health,
+    input_checks,
+    jobs,
+    me,
+    openai_images,
+    outputs,
+    problems,
+    templates,
+    uploads,
+    ws,
+)
 from app.api.limits import BodySizeLimit
 from app.api.live_slots import LiveSlots
 from app.api.mcp_server import McpEndpoint
@@ -20,19 +35,19 @@ from app.api.ratelimit import RateLimitHeaders
 from app.api.v2 import routes as v2_routes
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
+from app.db import job_events
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
+from app.domain import queue_metrics
 from app.domain.backends import pool_urls, register_configured_backends
-from app.db import job_events
 from app.domain.event_log import EventLog
 from app.domain.event_relay import EventRelay
 from app.domain.events import EventBus
-from app.domain import queue_metrics
-from app.domain.notify import Notifier
 from app.domain.fetch import make_fetcher
+from app.domain.notify import Notifier
 from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
@@ -236,7 +251,20 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     )
     app.add_middleware(RateLimitHeaders)
     problems.install(app)
-    for module in (generate, jobs, outputs, uploads, events, ws, templates, me, admin, backends, health, openai_images):
+    for module in (
+        generate,
+        jobs,
+        outputs,
+        uploads,
+        events,
+        ws,
+        templates,
+        me,
+        admin,
+        backends,
+        health,
+        openai_images,
+    ):
         app.include_router(module.router)
     if settings.console_enabled:
         app.include_router(console_router)

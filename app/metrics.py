@@ -49,9 +49,14 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
-        self.backend_up = Gauge("gateway_backend_up", "1 while the backend is healthy", ["backend"], registry=self.registry)
+        self.backend_up = Gauge(
+            "gateway_backend_up", "1 while the backend is healthy", ["backend"], registry=self.registry
+        )
         self.backend_inflight = Gauge(
-            "gateway_backend_inflight", "Prompts handed to the backend and not finished", ["backend"], registry=self.registry
+            "gateway_backend_inflight",
+            "Prompts handed to the backend and not finished",
+            ["backend"],
+            registry=self.registry,
         )
         self.live_lagged = Counter(
             "gateway_live_subscribers_lagged_total",

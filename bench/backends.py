@@ -27,7 +27,9 @@ from throughput import workflow  # noqa: E402
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--job-ms", type=float, default=200.0)
     parser.add_argument("--backends", type=int, default=4)
@@ -49,11 +51,16 @@ async def main() -> None:
             await wait_http(f"{url}/system_stats")
         await wait_http(f"{base}/readyz")
         await asyncio.sleep(1.0)  # every backend connected and its node list read
-        async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=50)) as client:
+        async with httpx.AsyncClient(
+            base_url=base, timeout=60, limits=httpx.Limits(max_connections=50)
+        ) as client:
             t0 = time.perf_counter()
             wall0 = time.time()
             responses = await asyncio.gather(
-                *(client.post("/v1/generate", json={"workflow": workflow(i, args.job_ms)}, headers=headers) for i in range(args.jobs))
+                *(
+                    client.post("/v1/generate", json={"workflow": workflow(i, args.job_ms)}, headers=headers)
+                    for i in range(args.jobs)
+                )
             )
             ids = {r.raise_for_status().json()["id"] for r in responses}
             submitted = time.perf_counter() - t0
@@ -64,7 +71,8 @@ async def main() -> None:
                 while True:
                     page = (
                         await client.get(
-                            "/v1/jobs?status=succeeded,failed,canceled&limit=100" + (f"&cursor={cursor}" if cursor else ""),
+                            "/v1/jobs?status=succeeded,failed,canceled&limit=100"
+                            + (f"&cursor={cursor}" if cursor else ""),
                             headers=headers,
                         )
                     ).json()
@@ -92,7 +100,9 @@ async def main() -> None:
                 for entry in history.values():
                     msgs = dict((m[0], m[1]) for m in entry["status"]["messages"])
                     if "execution_start" in msgs and "execution_success" in msgs:
-                        spans.append((msgs["execution_start"]["timestamp"], msgs["execution_success"]["timestamp"]))
+                        spans.append(
+                            (msgs["execution_start"]["timestamp"], msgs["execution_success"]["timestamp"])
+                        )
                 spans.sort()
                 if spans:
                     first_start.append(spans[0][0] / 1000 - wall0)
@@ -100,12 +110,16 @@ async def main() -> None:
                 per_backend.append(len(spans))
                 busy.append(sum(b - a for a, b in spans) / 1000)
                 gaps += [(b[0] - a[1]) for a, b in zip(spans, spans[1:])]
-                long_gaps += [(a[1] / 1000 - wall0, b[0] - a[1]) for a, b in zip(spans, spans[1:]) if b[0] - a[1] > 20]
+                long_gaps += [
+                    (a[1] / 1000 - wall0, b[0] - a[1]) for a, b in zip(spans, spans[1:]) if b[0] - a[1] > 20
+                ]
     finally:
         stop(procs)
 
     ideal = args.jobs * args.job_ms / 1000 / args.backends
-    print(f"\n{args.jobs} jobs of {args.job_ms:g} ms on {args.backends} emulated backends, {args.inflight} in flight each")
+    print(
+        f"\n{args.jobs} jobs of {args.job_ms:g} ms on {args.backends} emulated backends, {args.inflight} in flight each"
+    )
     print(f"  submitted in       : {submitted:7.2f} s")
     print(f"  makespan           : {makespan:7.2f} s   ideal {ideal:.2f} s   ratio {makespan / ideal:.3f}")
     print(f"  jobs per backend   : {per_backend}")
@@ -114,10 +128,12 @@ async def main() -> None:
         f" length includes the emulator's own work)  makespan / busiest = {makespan / max(busy):.3f}"
     )
     print(
-        f"  idle gap (ms)      : p50 {pct(gaps, .5):.1f}  p95 {pct(gaps, .95):.1f}  max {max(gaps) if gaps else float('nan'):.1f}"
+        f"  idle gap (ms)      : p50 {pct(gaps, 0.5):.1f}  p95 {pct(gaps, 0.95):.1f}  max {max(gaps) if gaps else float('nan'):.1f}"
         "   (backend clock: execution_success to next execution_start)"
     )
-    print(f"  gaps over 20 ms    : {', '.join(f'{ms:.0f} ms at {at:.2f} s' for at, ms in sorted(long_gaps)) or 'none'}")
+    print(
+        f"  gaps over 20 ms    : {', '.join(f'{ms:.0f} ms at {at:.2f} s' for at, ms in sorted(long_gaps)) or 'none'}"
+    )
     print(
         f"  first start (s)    : {', '.join(f'{v:.3f}' for v in first_start)}   after the first submit (wall clock)"
     )

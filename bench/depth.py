@@ -36,7 +36,18 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import ADMIN_KEY, cpu_seconds, free_port, gateway_env, pct, rss_kb, start_emulator, start_gateway, stop, wait_http  # noqa: E402
+from harness import (  # noqa: E402
+    ADMIN_KEY,
+    cpu_seconds,
+    free_port,
+    gateway_env,
+    pct,
+    rss_kb,
+    start_emulator,
+    start_gateway,
+    stop,
+    wait_http,
+)
 from lean import LeanClient  # noqa: E402
 
 from app.db.migrate import upgrade  # noqa: E402
@@ -54,7 +65,9 @@ TINY = {
 async def _pg(url: str, sql: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+    conn = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
     try:
         await conn.execute(sql)
     finally:
@@ -161,8 +174,23 @@ async def measure(url: str, depth: int, args: argparse.Namespace) -> dict[str, f
 
         spy = None
         if args.profile:
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-r", "200", "--gil", "-f", "raw", "-o", f"{args.profile}.{depth}"])
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(gateway.pid),
+                    "-r",
+                    "200",
+                    "--gil",
+                    "-f",
+                    "raw",
+                    "-o",
+                    f"{args.profile}.{depth}",
+                ]
+            )
             await asyncio.sleep(1.0)
+
         async def worker(w: int) -> None:
             # Closed loop: each connection sends its next submit when the last is answered, so a
             # latency is the server's, not time spent waiting for a free connection here.
@@ -196,13 +224,21 @@ async def measure(url: str, depth: int, args: argparse.Namespace) -> dict[str, f
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--depths", default="100,100000")
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--submits", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--profile", default=None, help="py-spy's collapsed stacks of the submits to PROFILE.<depth>")
-    parser.add_argument("--database-url", default=None, help="a PostgreSQL server to make databases on (default: SQLite files)")
+    parser.add_argument(
+        "--profile", default=None, help="py-spy's collapsed stacks of the submits to PROFILE.<depth>"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server to make databases on (default: SQLite files)",
+    )
     args = parser.parse_args()
     results = {}
     for depth in (int(d) for d in args.depths.split(",")):

@@ -44,7 +44,9 @@ async def wait_http(url: str, timeout: float = 30) -> None:
             await asyncio.sleep(0.1)
 
 
-def gateway_env(tmp: Path, comfyui_urls: Iterable[str], database_url: str | None = None, **settings: object) -> dict[str, str]:
+def gateway_env(
+    tmp: Path, comfyui_urls: Iterable[str], database_url: str | None = None, **settings: object
+) -> dict[str, str]:
     """The environment of a gateway process: a fresh SQLite file under `tmp` unless `database_url`,
     the bench's admin key, and `settings` as GATEWAY_<NAME> variables."""
     env = {
@@ -60,7 +62,9 @@ def gateway_env(tmp: Path, comfyui_urls: Iterable[str], database_url: str | None
 
 
 def start_emulator(port: int, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "comfy_emulator", "--host", "127.0.0.1", "--port", str(port)], env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "comfy_emulator", "--host", "127.0.0.1", "--port", str(port)], env=env
+    )
 
 
 def start_gateway(port: int, env: dict[str, str]) -> subprocess.Popen:

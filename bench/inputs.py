@@ -28,14 +28,18 @@ from harness import ADMIN_KEY, free_port, gateway_env, rss_kb, start_emulator, s
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mb", type=float, default=16)
     parser.add_argument("--jobs", type=int, default=20)
     args = parser.parse_args()
 
     side = int((args.mb * 1024 * 1024 / 3) ** 0.5)
     buf = io.BytesIO()
-    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, format="PNG", compress_level=0)
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(
+        buf, format="PNG", compress_level=0
+    )
     data = buf.getvalue()
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     source = tmp / "input.png"
@@ -67,7 +71,9 @@ async def main() -> None:
             sampler = asyncio.create_task(sample())
             t0 = time.perf_counter()
             with source.open("rb") as fh:
-                resp = await client.post("/v1/uploads", files={"file": ("input.png", fh, "image/png")}, headers=headers)
+                resp = await client.post(
+                    "/v1/uploads", files={"file": ("input.png", fh, "image/png")}, headers=headers
+                )
             upload_s = time.perf_counter() - t0
             sampling = False
             await sampler
@@ -75,7 +81,12 @@ async def main() -> None:
 
             t0 = time.perf_counter()
             body = {"template": "img2img", "params": {"image": upload["id"], "prompt": "x", "steps": 1}}
-            ids = [(await client.post("/v1/generate", json=body, headers=headers)).raise_for_status().json()["id"] for _ in range(args.jobs)]
+            ids = [
+                (await client.post("/v1/generate", json=body, headers=headers))
+                .raise_for_status()
+                .json()["id"]
+                for _ in range(args.jobs)
+            ]
             pending = set(ids)
             while pending:
                 await asyncio.sleep(0.05)
@@ -91,10 +102,16 @@ async def main() -> None:
 
     mb = len(data) / 1024 / 1024
     print(f"\nupload of a {mb:.1f} MB PNG ({side}x{side})")
-    print(f"  upload time        : {upload_s:7.2f} s   ({mb / upload_s:.1f} MB/s, sniffed, hashed and stored)")
-    print(f"  gateway RSS        : {before / 1024:.1f} MB before, peak {peak / 1024:.1f} MB during (+{(peak - before) / 1024:.1f} MB)")
+    print(
+        f"  upload time        : {upload_s:7.2f} s   ({mb / upload_s:.1f} MB/s, sniffed, hashed and stored)"
+    )
+    print(
+        f"  gateway RSS        : {before / 1024:.1f} MB before, peak {peak / 1024:.1f} MB during (+{(peak - before) / 1024:.1f} MB)"
+    )
     print(f"{args.jobs} img2img jobs staging it onto one emulated backend (2 in flight)")
-    print(f"  makespan           : {makespan:7.2f} s   ({args.jobs * mb / makespan:.1f} MB/s staged; includes decoding and sampling in the emulator)")
+    print(
+        f"  makespan           : {makespan:7.2f} s   ({args.jobs * mb / makespan:.1f} MB/s staged; includes decoding and sampling in the emulator)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-
 #: Idle connections older than this are not reused.
 IDLE_SECONDS = 3.0
 
@@ -115,7 +114,9 @@ class LeanClient:
                 self._idle.append(conn)
             self._free.notify()
 
-    async def request(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> Response:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None
+    ) -> Response:
         head = f"{method} {path} HTTP/1.1\r\n".encode() + self._common
         if body or method in ("POST", "PUT", "PATCH"):
             head += f"Content-Length: {len(body)}\r\n".encode()

@@ -37,7 +37,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ADMIN_KEY, cpu_seconds, free_port, gateway_env, pct, rss_kb, start_gateway, wait_http  # noqa: E402
+from bench.harness import (  # noqa: E402
+    ADMIN_KEY,
+    cpu_seconds,
+    free_port,
+    gateway_env,
+    pct,
+    rss_kb,
+    start_gateway,
+    wait_http,
+)
 
 
 def rss_mb(pid: int) -> float:
@@ -72,7 +81,15 @@ async def serve_emulators(count: int, log_path: str) -> None:
 # ---- subscribers ------------------------------------------------------------------------------
 
 
-async def subscribe(host: str, port: int, job_id: str, arrivals: list[tuple[str, int, float]], ready: asyncio.Event, counter: list[int], total: int) -> None:
+async def subscribe(
+    host: str,
+    port: int,
+    job_id: str,
+    arrivals: list[tuple[str, int, float]],
+    ready: asyncio.Event,
+    counter: list[int],
+    total: int,
+) -> None:
     """One SSE stream, read until the server ends it; records (job, progress value, arrival)."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(
@@ -119,7 +136,10 @@ async def subscribe(host: str, port: int, job_id: str, arrivals: list[tuple[str,
 def workflow(i: int, steps: int, step_seconds: float) -> dict:
     return {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": i}},
-        "2": {"class_type": "HarnessSlowSampler", "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": step_seconds}},
+        "2": {
+            "class_type": "HarnessSlowSampler",
+            "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": step_seconds},
+        },
         "9": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bench"}},
     }
 
@@ -132,7 +152,8 @@ async def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=0.5)
     parser.add_argument("--database-url", default=None)
     parser.add_argument(
-        "--lockstep", action="store_true",
+        "--lockstep",
+        action="store_true",
         help="start all jobs at once, so that every job's steps come in the same instant (the worst case); "
         "by default their starts are spread over one step, as independent GPUs' steps are",
     )
@@ -141,7 +162,9 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     log_path = tmp / "progress.log"
     emu_proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-emulators", str(args.jobs), str(log_path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve-emulators", str(args.jobs), str(log_path)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert emu_proc.stdout is not None
     urls = json.loads(emu_proc.stdout.readline())
@@ -151,12 +174,18 @@ async def main() -> None:
     base = f"http://127.0.0.1:{gw_port}"
     try:
         await wait_http(f"{base}/readyz")
-        async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60) as http:
+        async with httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60
+        ) as http:
             # Every backend connected and known before the jobs go in, so each gets its own.
             deadline = time.monotonic() + 120
             while True:
                 metrics = (await http.get("/metrics")).text
-                up = [l for l in metrics.splitlines() if l.startswith("gateway_backend_up{") and l.endswith(" 1.0")]
+                up = [
+                    l
+                    for l in metrics.splitlines()
+                    if l.startswith("gateway_backend_up{") and l.endswith(" 1.0")
+                ]
                 if len(up) == len(urls) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
@@ -164,7 +193,9 @@ async def main() -> None:
             rss_before = rss_mb(gw_proc.pid)
             jobs = []
             for i in range(args.jobs):
-                resp = await http.post("/v1/generate", json={"workflow": workflow(i, args.steps, args.step_seconds)})
+                resp = await http.post(
+                    "/v1/generate", json={"workflow": workflow(i, args.steps, args.step_seconds)}
+                )
                 assert resp.status_code == 202, resp.text
                 jobs.append(resp.json()["id"])
                 if not args.lockstep:
@@ -221,29 +252,54 @@ async def main() -> None:
     latencies = [
         (now - sent[(prompt_of[job_id], value)]) * 1000
         for job_id, value, now in arrivals
-        if job_id in prompt_of and (prompt_of[job_id], value) in sent and sent[(prompt_of[job_id], value)] >= connected_at
+        if job_id in prompt_of
+        and (prompt_of[job_id], value) in sent
+        and sent[(prompt_of[job_id], value)] >= connected_at
     ]
-    print(f"jobs {args.jobs} x subscribers {args.subscribers} = {args.jobs * args.subscribers} SSE streams; "
-          f"{args.steps} steps of {args.step_seconds} s per job, {'in lockstep' if args.lockstep else 'starts spread over a step'}")
+    print(
+        f"jobs {args.jobs} x subscribers {args.subscribers} = {args.jobs * args.subscribers} SSE streams; "
+        f"{args.steps} steps of {args.step_seconds} s per job, {'in lockstep' if args.lockstep else 'starts spread over a step'}"
+    )
     print(f"progress events received (after all streams were open): {len(latencies)}")
-    print(f"latency backend message -> subscriber: p50 {pct(latencies, 0.5):.1f} ms, p90 {pct(latencies, 0.9):.1f} ms, "
-          f"p99 {pct(latencies, 0.99):.1f} ms, max {max(latencies, default=float('nan')):.1f} ms")
+    print(
+        f"latency backend message -> subscriber: p50 {pct(latencies, 0.5):.1f} ms, p90 {pct(latencies, 0.9):.1f} ms, "
+        f"p99 {pct(latencies, 0.99):.1f} ms, max {max(latencies, default=float('nan')):.1f} ms"
+    )
     # Where the slow ones are, by second of the run.
     by_second: dict[int, list[float]] = {}
-    for (job_id, value, now), lat in zip([a for a in arrivals if a[0] in prompt_of and (prompt_of[a[0]], a[1]) in sent and sent[(prompt_of[a[0]], a[1])] >= connected_at], latencies):
+    for (job_id, value, now), lat in zip(
+        [
+            a
+            for a in arrivals
+            if a[0] in prompt_of
+            and (prompt_of[a[0]], a[1]) in sent
+            and sent[(prompt_of[a[0]], a[1])] >= connected_at
+        ],
+        latencies,
+    ):
         by_second.setdefault(int(now - connected_at), []).append(lat)
     # The run has a start (1,000 streams' objects new) and an end (every job collecting its output):
     # between them, the steady state of streaming.
     last = max(by_second, default=0)
     steady = [lat for sec, lats in by_second.items() if 5 <= sec <= last - 2 for lat in lats]
-    print(f"  steady state (from 5 s after all streams opened to 2 s before the jobs end): "
-          f"p50 {pct(steady, 0.5):.1f} ms, p99 {pct(steady, 0.99):.1f} ms, max {max(steady, default=float('nan')):.1f} ms")
+    print(
+        f"  steady state (from 5 s after all streams opened to 2 s before the jobs end): "
+        f"p50 {pct(steady, 0.5):.1f} ms, p99 {pct(steady, 0.99):.1f} ms, max {max(steady, default=float('nan')):.1f} ms"
+    )
     if os.environ.get("BENCH_DETAIL"):
         for sec in sorted(by_second):
-            print(f"  s{sec:3d}: n {len(by_second[sec]):5d} p50 {pct(by_second[sec], 0.5):6.1f} p99 {pct(by_second[sec], 0.99):6.1f}")
-    print(f"gateway CPU while streaming: {gw_cpu * 100:.0f}% of a core; load average {os.getloadavg()[0]:.1f}")
-    print(f"subscriber process loop lag: p99 {pct([l for _, l in lags], 0.99):.1f} ms, max {max((l for _, l in lags), default=0):.1f} ms")
-    print(f"gateway RSS: before {rss_before:.1f} MB, during (peak) {peak:.1f} MB, growth {peak - rss_before:.1f} MB")
+            print(
+                f"  s{sec:3d}: n {len(by_second[sec]):5d} p50 {pct(by_second[sec], 0.5):6.1f} p99 {pct(by_second[sec], 0.99):6.1f}"
+            )
+    print(
+        f"gateway CPU while streaming: {gw_cpu * 100:.0f}% of a core; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"subscriber process loop lag: p99 {pct([l for _, l in lags], 0.99):.1f} ms, max {max((l for _, l in lags), default=0):.1f} ms"
+    )
+    print(
+        f"gateway RSS: before {rss_before:.1f} MB, during (peak) {peak:.1f} MB, growth {peak - rss_before:.1f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,12 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 def workflow(i: int, job_ms: float, steps: int, real: bool) -> dict:
     """A distinct prompt per job (the color), so that ComfyUI's cache never answers for it."""
-    nodes: dict = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": i % 16_777_216}}}
+    nodes: dict = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": i % 16_777_216},
+        }
+    }
     image = ["1", 0]
     if real:
         nodes["2"] = {"class_type": "ImageInvert", "inputs": {"image": image}}
@@ -97,7 +102,11 @@ class Direct:
         self.ended: dict[str, asyncio.Future[None]] = {}
 
     async def open(self) -> None:
-        self.ws = await websockets.connect(self.base.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}", max_size=None, compression=None)
+        self.ws = await websockets.connect(
+            self.base.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}",
+            max_size=None,
+            compression=None,
+        )
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -115,7 +124,11 @@ class Direct:
         t0 = time.perf_counter()
         prompt_id = str(uuid.uuid4())
         ended = self.ended[prompt_id] = asyncio.get_running_loop().create_future()
-        (await self.http.post_json("/prompt", {"prompt": wf, "client_id": self.client_id, "prompt_id": prompt_id})).ok()
+        (
+            await self.http.post_json(
+                "/prompt", {"prompt": wf, "client_id": self.client_id, "prompt_id": prompt_id}
+            )
+        ).ok()
         await ended
         del self.ended[prompt_id]
         entry = (await self.http.get(f"/history/{prompt_id}")).ok().json()[prompt_id]
@@ -140,7 +153,9 @@ class Through:
         self.early: dict[str, dict] = {}
 
     async def open(self) -> None:
-        self.ws = await websockets.connect(self.base.replace("http", "ws", 1) + "/v1/ws", max_size=None, compression=None)
+        self.ws = await websockets.connect(
+            self.base.replace("http", "ws", 1) + "/v1/ws", max_size=None, compression=None
+        )
         await self.ws.send(ADMIN_KEY)
         hello = json.loads(await self.ws.recv())
         assert hello["event"] == "subscribed", hello
@@ -207,17 +222,27 @@ async def healthz_cost(gw_base: str, gw_pid: int, n: int) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8, help="jobs in the client's hands at once")
     parser.add_argument("--job-ms", type=float, default=0.0, help="length of each job on the emulated GPU")
     parser.add_argument("--steps", type=int, default=1, help="sampler steps per job (progress messages)")
     parser.add_argument("--sequential", type=int, default=30, help="jobs run one at a time for latency")
-    parser.add_argument("--inflight", type=int, default=None, help="GATEWAY_MAX_INFLIGHT_PER_BACKEND (default: the gateway's)")
+    parser.add_argument(
+        "--inflight", type=int, default=None, help="GATEWAY_MAX_INFLIGHT_PER_BACKEND (default: the gateway's)"
+    )
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
-    parser.add_argument("--comfy-url", default=None, help="a running ComfyUI to measure against instead of the emulator")
-    parser.add_argument("--comfy-pid", type=int, default=None, help="the ComfyUI process of --comfy-url, to read its CPU too")
-    parser.add_argument("--profile", default=None, help="write py-spy's collapsed stacks of the gateway's burst to this file")
+    parser.add_argument(
+        "--comfy-url", default=None, help="a running ComfyUI to measure against instead of the emulator"
+    )
+    parser.add_argument(
+        "--comfy-pid", type=int, default=None, help="the ComfyUI process of --comfy-url, to read its CPU too"
+    )
+    parser.add_argument(
+        "--profile", default=None, help="write py-spy's collapsed stacks of the gateway's burst to this file"
+    )
     args = parser.parse_args()
 
     real = args.comfy_url is not None
@@ -236,7 +261,11 @@ async def main() -> None:
         procs.append(start_emulator(emu_port, env))
     gateway = start_gateway(gw_port, env)
     procs.append(gateway)
-    watched = {"gateway": gateway.pid} | ({"comfyui": args.comfy_pid} if args.comfy_pid else {}) | ({} if real else {"emulator": procs[0].pid})
+    watched = (
+        {"gateway": gateway.pid}
+        | ({"comfyui": args.comfy_pid} if args.comfy_pid else {})
+        | ({} if real else {"emulator": procs[0].pid})
+    )
 
     def make(i: int) -> dict:
         return workflow(i, args.job_ms, args.steps, real)
@@ -257,7 +286,21 @@ async def main() -> None:
             await burst(direct, args.jobs, args.concurrency, make, 0)
         spy = None
         if args.profile:
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(gateway.pid), "-r", "200", "--gil", "-f", "raw", "-o", args.profile])
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(gateway.pid),
+                    "-r",
+                    "200",
+                    "--gil",
+                    "-f",
+                    "raw",
+                    "-o",
+                    args.profile,
+                ]
+            )
             await asyncio.sleep(1.0)
         with Cpu(watched) as g_cpu:
             await burst(through, args.jobs, args.concurrency, make, 1_000_000)
@@ -286,11 +329,17 @@ async def main() -> None:
     print(f"  gateway CPU per job: {g_cpu.spent['gateway'] / n / h:6.1f} H")
     for backend_proc in ("emulator", "comfyui"):
         if backend_proc in d_cpu.spent:
-            print(f"  {backend_proc} CPU per job (direct): {d_cpu.spent[backend_proc] / n * 1e3:6.2f} ms, {d_cpu.spent[backend_proc] / n / h:6.1f} H")
+            print(
+                f"  {backend_proc} CPU per job (direct): {d_cpu.spent[backend_proc] / n * 1e3:6.2f} ms, {d_cpu.spent[backend_proc] / n / h:6.1f} H"
+            )
     print(f"\n{args.sequential} jobs one at a time, submit -> output downloaded (ms)")
     for name, values in (("direct", d_seq), ("gateway", g_seq)):
-        print(f"  {name:8s} p50 {pct(values, .5) * 1e3:7.1f}  p95 {pct(values, .95) * 1e3:7.1f}  mean {statistics.mean(values) * 1e3:7.1f}")
-    print(f"  added    p50 {(pct(g_seq, .5) - pct(d_seq, .5)) * 1e3:7.1f}  p95 {(pct(g_seq, .95) - pct(d_seq, .95)) * 1e3:7.1f}")
+        print(
+            f"  {name:8s} p50 {pct(values, 0.5) * 1e3:7.1f}  p95 {pct(values, 0.95) * 1e3:7.1f}  mean {statistics.mean(values) * 1e3:7.1f}"
+        )
+    print(
+        f"  added    p50 {(pct(g_seq, 0.5) - pct(d_seq, 0.5)) * 1e3:7.1f}  p95 {(pct(g_seq, 0.95) - pct(d_seq, 0.95)) * 1e3:7.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ this one, on loopback, allow-listed. Figures:
 from __future__ import annotations
 
 import argparse
-import collections
 import asyncio
+import collections
 import json
 import tempfile
 import time
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import httpx
 from aiohttp import web
-
 from harness import ADMIN_KEY, free_port, gateway_env, pct, start_emulator, start_gateway, stop, wait_http
 from throughput import workflow
 
@@ -71,7 +70,9 @@ async def wait_jobs(client: httpx.AsyncClient, ids: list[str]) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--sequential", type=int, default=50)
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
@@ -131,7 +132,9 @@ async def main() -> None:
             await receiver.wait_count(before + 2 * args.jobs)
             burst_arrivals = receiver.arrivals[before:]
             last_delivery = max(t for t, _ in burst_arrivals) - start
-            burst_lat = [t - ts(p["data"]["finished_at"]) for t, p in burst_arrivals if p["type"] == "job.succeeded"]
+            burst_lat = [
+                t - ts(p["data"]["finished_at"]) for t, p in burst_arrivals if p["type"] == "job.succeeded"
+            ]
             ids_seen = [p["data"]["id"] + p["type"] for _, p in burst_arrivals]
     finally:
         stop(procs)
@@ -140,10 +143,18 @@ async def main() -> None:
     db = "sqlite" if args.database_url is None else args.database_url.split(":", 1)[0]
     print(f"\nwebhooks, 1 emulated backend, instant jobs, {db}")
     print(f"{args.sequential} jobs one at a time: job finished_at -> delivery received (ms)")
-    print(f"  p50 {pct(latencies, .5) * 1000:7.1f}  p95 {pct(latencies, .95) * 1000:7.1f}  p99 {pct(latencies, .99) * 1000:7.1f}  max {max(latencies) * 1000:7.1f}")
-    print(f"burst of {args.jobs} jobs: without webhooks {plain_rate:6.1f} jobs/s, with 2 webhooks a job {hooked_rate:6.1f} jobs/s")
-    print(f"  all {len(burst_arrivals)} deliveries received {last_delivery:5.2f} s after the first submit; duplicates: {len(ids_seen) - len(set(ids_seen))}")
-    print(f"  job.succeeded finished_at -> received (ms): p50 {pct(burst_lat, .5) * 1000:7.1f}  p99 {pct(burst_lat, .99) * 1000:7.1f}")
+    print(
+        f"  p50 {pct(latencies, 0.5) * 1000:7.1f}  p95 {pct(latencies, 0.95) * 1000:7.1f}  p99 {pct(latencies, 0.99) * 1000:7.1f}  max {max(latencies) * 1000:7.1f}"
+    )
+    print(
+        f"burst of {args.jobs} jobs: without webhooks {plain_rate:6.1f} jobs/s, with 2 webhooks a job {hooked_rate:6.1f} jobs/s"
+    )
+    print(
+        f"  all {len(burst_arrivals)} deliveries received {last_delivery:5.2f} s after the first submit; duplicates: {len(ids_seen) - len(set(ids_seen))}"
+    )
+    print(
+        f"  job.succeeded finished_at -> received (ms): p50 {pct(burst_lat, 0.5) * 1000:7.1f}  p99 {pct(burst_lat, 0.99) * 1000:7.1f}"
+    )
 
 
 if __name__ == "__main__":

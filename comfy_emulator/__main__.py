@@ -27,8 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None)
     p.add_argument("--input-dir", default=None)
     p.add_argument("--temp-dir", default=None)
-    p.add_argument("--object-info", default=None, help="an /object_info JSON to serve instead of the recorded one")
-    p.add_argument("--models", default=None, help='JSON {"checkpoints": [...], "loras": [...]} of model files to claim')
+    p.add_argument(
+        "--object-info", default=None, help="an /object_info JSON to serve instead of the recorded one"
+    )
+    p.add_argument(
+        "--models", default=None, help='JSON {"checkpoints": [...], "loras": [...]} of model files to claim'
+    )
     p.add_argument("--nodes", default=None, help="comma-separated allowlist of node classes")
     p.add_argument("--history-max", type=int, default=10000)
     p.add_argument("--no-previews", action="store_true", help="samplers send no preview images")

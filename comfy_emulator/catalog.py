@@ -151,7 +151,9 @@ class NodeCatalog:
         defs = dict(self._unfilled)
         for (cls, input_name), folder in MODEL_INPUTS.items():
             if cls in defs:
-                defs[cls] = self._with_options(defs[cls], input_name, self.model_options(folder, defs[cls], input_name))
+                defs[cls] = self._with_options(
+                    defs[cls], input_name, self.model_options(folder, defs[cls], input_name)
+                )
         self._static = defs
         self._specs: dict[str, NodeSpec] = {name: _node_spec(name, info) for name, info in defs.items()}
         self._cache_key: tuple[str, ...] | None = None
@@ -166,7 +168,9 @@ class NodeCatalog:
 
     # -- model lists --------------------------------------------------------------------------
 
-    def model_options(self, folder: str, info: Mapping[str, Any] | None = None, input_name: str = "") -> list[str]:
+    def model_options(
+        self, folder: str, info: Mapping[str, Any] | None = None, input_name: str = ""
+    ) -> list[str]:
         files = list(self.models.get(folder, []))
         if folder == "vae" and info is not None:
             # VAELoader also offers built-in entries such as "pixel_space".

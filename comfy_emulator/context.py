@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from .faults import JobFault
-from .previews import MAX_PREVIEW_RESOLUTION, encode_image, preview_frame, preview_with_metadata_frame, text_frame
+from .previews import (
+    MAX_PREVIEW_RESOLUTION,
+    encode_image,
+    preview_frame,
+    preview_with_metadata_frame,
+    text_frame,
+)
 from .progress import ProgressRegistry
 
 if TYPE_CHECKING:
@@ -100,7 +106,11 @@ class NodeContext:
         self.run.emu.hub.send_bytes(text_frame(self.node_id, text), None)
 
     async def progress(
-        self, value: Any, total: Any, preview: tuple[str, Image.Image] | None = None, max_size: int = MAX_PREVIEW_RESOLUTION
+        self,
+        value: Any,
+        total: Any,
+        preview: tuple[str, Image.Image] | None = None,
+        max_size: int = MAX_PREVIEW_RESOLUTION,
     ) -> None:
         """ComfyUI's progress hook: interrupt check, progress_state, [event 4], progress, [event 1]."""
         run = self.run
@@ -121,7 +131,11 @@ class NodeContext:
                     "real_node_id": self.node_id,
                 }
                 hub.send_bytes(preview_with_metadata_frame(data, meta, fmt), client_id)
-        hub.send_json("progress", {"value": value, "max": total, "prompt_id": run.prompt_id, "node": self.node_id}, client_id)
+        hub.send_json(
+            "progress",
+            {"value": value, "max": total, "prompt_id": run.prompt_id, "node": self.node_id},
+            client_id,
+        )
         if run.emu.config.progress_hook is not None:
             run.emu.config.progress_hook(run.prompt_id, self.node_id, value, total, time.time())
         if data is not None and not with_metadata:
@@ -131,7 +145,14 @@ class NodeContext:
 class PromptRun:
     """The state of one prompt's execution."""
 
-    def __init__(self, executor: Executor, prompt: dict[str, Any], prompt_id: str, extra_data: dict[str, Any], fault: JobFault | None) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        prompt: dict[str, Any],
+        prompt_id: str,
+        extra_data: dict[str, Any],
+        fault: JobFault | None,
+    ) -> None:
         self.executor = executor
         self.emu = executor.emu
         self.prompt = prompt

@@ -90,7 +90,9 @@ def control_routes(emu: Emulator) -> web.RouteTableDef:
     async def error_responses(request: web.Request) -> web.Response:
         b = await body(request)
         count = b.get("count")
-        emu.error_responses(str(b.get("path_prefix", "/")), int(b.get("status", 500)), None if count is None else int(count))
+        emu.error_responses(
+            str(b.get("path_prefix", "/")), int(b.get("status", 500)), None if count is None else int(count)
+        )
         return ok()
 
     @routes.post("/emulator/clear_faults")
@@ -102,7 +104,11 @@ def control_routes(emu: Emulator) -> web.RouteTableDef:
     async def set_models(request: web.Request) -> web.Response:
         b = await body(request)
         files = b.get("files")
-        if not isinstance(b.get("folder"), str) or not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        if (
+            not isinstance(b.get("folder"), str)
+            or not isinstance(files, list)
+            or not all(isinstance(f, str) for f in files)
+        ):
             raise web.HTTPBadRequest(text="folder (a string) and files (a list of strings) are required")
         emu.set_models(b["folder"], files)
         return ok()

@@ -107,7 +107,9 @@ class Emulator:
             folder.mkdir(parents=True, exist_ok=True)
         if self.config.example_input_image and not (self.folders.input / "example.png").exists():
             Image.new("RGB", (64, 64), (90, 120, 200)).save(self.folders.input / "example.png")
-        self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(
+            build_app(self), handle_signals=False, access_log=None, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         await self._listen(port)
         self._start_worker()

@@ -45,13 +45,15 @@ logger = logging.getLogger(__name__)
 
 #: The ComfyUI frames above a node's own code in an execution_error traceback (as recorded).
 _TB_COMFY = [
-    "  File \"<COMFYUI_ROOT>/execution.py\", line 496, in execute\n    output_data, output_ui, has_subgraph, has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n                                                              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
-    "  File \"<COMFYUI_ROOT>/execution.py\", line 315, in get_output_data\n    return_values = await _async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n                    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
-    "  File \"<COMFYUI_ROOT>/execution.py\", line 289, in _async_map_node_over_list\n    await process_inputs(input_dict, i)\n",
-    "  File \"<COMFYUI_ROOT>/execution.py\", line 277, in process_inputs\n    result = f(**inputs)\n             ^^^^^^^^^^^\n",
+    '  File "<COMFYUI_ROOT>/execution.py", line 496, in execute\n    output_data, output_ui, has_subgraph, has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n                                                              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n',
+    '  File "<COMFYUI_ROOT>/execution.py", line 315, in get_output_data\n    return_values = await _async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n                    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n',
+    '  File "<COMFYUI_ROOT>/execution.py", line 289, in _async_map_node_over_list\n    await process_inputs(input_dict, i)\n',
+    '  File "<COMFYUI_ROOT>/execution.py", line 277, in process_inputs\n    result = f(**inputs)\n             ^^^^^^^^^^^\n',
 ]
 _TB_HARNESS_FAIL = '  File "<COMFYUI_ROOT>/custom_nodes/harness_nodes/__init__.py", line 82, in run\n    raise RuntimeError("harness failure")\n'
-_TB_INJECTED = '  File "<COMFYUI_ROOT>/comfy_emulator/faults.py", line 1, in inject\n    raise RuntimeError(message)\n'
+_TB_INJECTED = (
+    '  File "<COMFYUI_ROOT>/comfy_emulator/faults.py", line 1, in inject\n    raise RuntimeError(message)\n'
+)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 #: Classes with an IS_CHANGED: their value is part of the cache key and of the PNG prompt.
@@ -94,7 +96,12 @@ class Executor:
         return value
 
     async def execute(
-        self, prompt: dict[str, Any], prompt_id: str, extra_data: dict[str, Any], execute_outputs: list[str], fault: JobFault | None
+        self,
+        prompt: dict[str, Any],
+        prompt_id: str,
+        extra_data: dict[str, Any],
+        execute_outputs: list[str],
+        fault: JobFault | None,
     ) -> tuple[bool, dict[str, Any]]:
         """Runs one prompt; returns `(success, history_result)`. Messages are in self.status_messages."""
         self.interrupt.reset()
@@ -151,7 +158,9 @@ class Executor:
         self.last_node_id = None
         return success, history_result
 
-    async def _execute_node(self, run: PromptRun, node_id: str, cached: CacheEntry | None) -> tuple[bool, Any, Any]:
+    async def _execute_node(
+        self, run: PromptRun, node_id: str, cached: CacheEntry | None
+    ) -> tuple[bool, Any, Any]:
         emu, hub = self.emu, self.emu.hub
         node = run.prompt[node_id]
         class_type = node["class_type"]
@@ -161,7 +170,12 @@ class Executor:
                 cached_ui = cached.ui or {}
                 hub.send_json(
                     "executed",
-                    {"node": node_id, "display_node": node_id, "output": cached_ui.get("output"), "prompt_id": run.prompt_id},
+                    {
+                        "node": node_id,
+                        "display_node": node_id,
+                        "output": cached_ui.get("output"),
+                        "prompt_id": run.prompt_id,
+                    },
                     run.client_id,
                 )
                 if cached.ui is not None:
@@ -176,7 +190,11 @@ class Executor:
             kwargs = self._inputs(run, node, spec)
             if run.client_id is not None:
                 self.last_node_id = node_id
-                hub.send_json("executing", {"node": node_id, "display_node": node_id, "prompt_id": run.prompt_id}, run.client_id)
+                hub.send_json(
+                    "executing",
+                    {"node": node_id, "display_node": node_id, "prompt_id": run.prompt_id},
+                    run.client_id,
+                )
             self.interrupt.check()
             await self._apply_faults(run, node_id, class_type, spec)
             impl = node_impls.IMPLS.get(class_type)
@@ -190,18 +208,31 @@ class Executor:
             entry_ui = None
             if ui:
                 entry_ui = {
-                    "meta": {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id},
+                    "meta": {
+                        "node_id": node_id,
+                        "display_node": node_id,
+                        "parent_node": None,
+                        "real_node_id": node_id,
+                    },
                     "output": ui,
                 }
                 run.ui_outputs[node_id] = entry_ui
                 if run.client_id is not None:
-                    hub.send_json("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": run.prompt_id}, run.client_id)
+                    hub.send_json(
+                        "executed",
+                        {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": run.prompt_id},
+                        run.client_id,
+                    )
             self.cache.set(node_id, CacheEntry(outputs, entry_ui))
             run.outputs[node_id] = outputs
         except Interrupted as ex:
             return False, {"node_id": node_id}, ex
-        except Exception as ex:
-            return False, self._error_details(run, node_id, ex, traceback.extract_tb(ex.__traceback__), kwargs), ex
+        except Exception as ex:  # noqa: BLE001  a node's failure becomes an execution_error, as in ComfyUI
+            return (
+                False,
+                self._error_details(run, node_id, ex, traceback.extract_tb(ex.__traceback__), kwargs),
+                ex,
+            )
         run.progress.finish(node_id)
         run.executed[node_id] = None
         return True, None, None
@@ -212,7 +243,9 @@ class Executor:
             if fault.kind == "fail":
                 run.fault_fired = True
                 raise _InjectedFailure(fault.message)
-            if fault.kind == "hang" and (class_type in SAMPLER_CLASSES if run.hang_on_sampler else spec.output_node):
+            if fault.kind == "hang" and (
+                class_type in SAMPLER_CLASSES if run.hang_on_sampler else spec.output_node
+            ):
                 run.fault_fired = True
                 await self.interrupt.wait()
                 self.interrupt.check()
@@ -246,7 +279,9 @@ class Executor:
         names = self._signatures[impl]
         return kwargs if names is None else {k: v for k, v in kwargs.items() if k in names}
 
-    def _error_details(self, run: PromptRun, node_id: str, ex: BaseException, tb: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _error_details(
+        self, run: PromptRun, node_id: str, ex: BaseException, tb: Any, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
         spec = self.emu.catalog.spec(run.prompt[node_id]["class_type"])
         current_inputs = {name: [format_value(v)] for name, v in kwargs.items()}
         for name, kind in spec.hidden.items():
@@ -269,12 +304,19 @@ class Executor:
             return [*_TB_COMFY, _TB_INJECTED]
         if class_type == "HarnessFail":
             return [*_TB_COMFY, _TB_HARNESS_FAIL]
-        own = [f for f in tb if os.path.abspath(f.filename).startswith(_PACKAGE_DIR) and not f.filename.endswith("execution.py")]
+        own = [
+            f
+            for f in tb
+            if os.path.abspath(f.filename).startswith(_PACKAGE_DIR)
+            and not f.filename.endswith("execution.py")
+        ]
         lines = traceback.format_list(own)
         lines = [line.replace(_PACKAGE_DIR, "<COMFYUI_ROOT>/comfy_emulator") for line in lines]
         return [*_TB_COMFY, *lines]
 
-    def _handle_error(self, run: PromptRun, current_outputs: list[str], error: dict[str, Any], ex: BaseException) -> None:
+    def _handle_error(
+        self, run: PromptRun, current_outputs: list[str], error: dict[str, Any], ex: BaseException
+    ) -> None:
         node_id = error["node_id"]
         mes: dict[str, Any] = {
             "prompt_id": run.prompt_id,
@@ -316,7 +358,9 @@ class ServerState:
             extra_data = dict(item[3])
             extra_data.update(item[5])
             try:
-                success, history_result = await executor.execute(item[2], prompt_id, extra_data, item[4], emu.faults.take_job_fault())
+                success, history_result = await executor.execute(
+                    item[2], prompt_id, extra_data, item[4], emu.faults.take_job_fault()
+                )
             except Exception:  # an emulator bug: record it as a failed prompt and carry on
                 logger.exception("emulator failed to execute prompt %s", prompt_id)
                 success, history_result = False, {"outputs": {}, "meta": {}}

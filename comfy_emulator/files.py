@@ -18,7 +18,9 @@ _ANNOTATION = re.compile(r"^(.*) \[(input|output|temp)\]$")
 class Folders:
     """The three folders. Default ones are fresh temp dirs, removed by `cleanup()`."""
 
-    def __init__(self, input_dir: str | Path | None, output_dir: str | Path | None, temp_dir: str | Path | None) -> None:
+    def __init__(
+        self, input_dir: str | Path | None, output_dir: str | Path | None, temp_dir: str | Path | None
+    ) -> None:
         self._owned: list[Path] = []
         self.input = self._dir(input_dir, "input")
         self.output = self._dir(output_dir, "output")
@@ -80,12 +82,18 @@ class Folders:
         except FileNotFoundError:
             return []
         return sorted(
-            n for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(self.input / n)
+            n
+            for n in names
+            if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(self.input / n)
         )
 
     def list_files_by_mtime(self, folder: Path) -> list[str]:
         """`/internal/files/{type}`: image files, newest first."""
-        entries = [e for e in os.scandir(folder) if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+        entries = [
+            e
+            for e in os.scandir(folder)
+            if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+        ]
         entries.sort(key=lambda e: -e.stat().st_mtime)
         return [e.name for e in entries]
 
@@ -138,7 +146,9 @@ class Folders:
 
     # -- uploads ------------------------------------------------------------------------------
 
-    def upload_target(self, base: Path, subfolder: str, filename: str, overwrite: bool, content: bytes) -> tuple[Path, str, bool] | None:
+    def upload_target(
+        self, base: Path, subfolder: str, filename: str, overwrite: bool, content: bytes
+    ) -> tuple[Path, str, bool] | None:
         """Where an upload goes, as ComfyUI decides: `(path, name, is_duplicate)`.
 
         Without overwrite, an existing name becomes `name (1).ext`, `name (2).ext`, ...; unless

@@ -29,7 +29,9 @@ class DependencyCycleError(Exception):
 
 
 class ExecutionList:
-    def __init__(self, prompt: dict[str, Any], catalog: NodeCatalog, is_cached: Callable[[str], bool]) -> None:
+    def __init__(
+        self, prompt: dict[str, Any], catalog: NodeCatalog, is_cached: Callable[[str], bool]
+    ) -> None:
         self.prompt = prompt
         self.catalog = catalog
         self.is_cached = is_cached
@@ -132,7 +134,9 @@ class OutputCache:
         self._entries: dict[str, CacheEntry] = {}
         self._keys: dict[str, str] = {}
 
-    def set_prompt(self, prompt: dict[str, Any], catalog: NodeCatalog, is_changed: Callable[[str], Any]) -> None:
+    def set_prompt(
+        self, prompt: dict[str, Any], catalog: NodeCatalog, is_changed: Callable[[str], Any]
+    ) -> None:
         keys: dict[str, str] = {}
 
         def key_of(node_id: str, depth: int = 0) -> str:

@@ -54,20 +54,33 @@ def _save_target(ctx: NodeContext, prefix: str, width: int = 0, height: int = 0)
 async def image_batch(ctx: NodeContext, image1: Any, image2: Any) -> NodeResult:
     first, second = as_images(image1), as_images(image2)
     size = first[0].size
-    return (ImageBatch(list(first) + [img if img.size == size else img.resize(size) for img in second]),), None
+    return (
+        ImageBatch(list(first) + [img if img.size == size else img.resize(size) for img in second]),
+    ), None
 
 
 @node("SaveAnimatedWEBP")
 async def save_animated_webp(
-    ctx: NodeContext, images: Any, filename_prefix: str = "ComfyUI", fps: float = 6.0, lossless: bool = True,
-    quality: int = 80, method: str = "default",
+    ctx: NodeContext,
+    images: Any,
+    filename_prefix: str = "ComfyUI",
+    fps: float = 6.0,
+    lossless: bool = True,
+    quality: int = 80,
+    method: str = "default",
 ) -> NodeResult:
     frames = as_images(images)
     full, filename, counter, subfolder = _save_target(ctx, filename_prefix, frames[0].width, frames[0].height)
     file = f"{filename}_{counter:05}_.webp"
     frames[0].save(
-        full / file, format="WEBP", save_all=True, append_images=frames[1:], duration=round(1000 / fps),
-        lossless=lossless, quality=quality, method={"default": 4, "fastest": 0, "slowest": 6}.get(method, 4),
+        full / file,
+        format="WEBP",
+        save_all=True,
+        append_images=frames[1:],
+        duration=round(1000 / fps),
+        lossless=lossless,
+        quality=quality,
+        method={"default": 4, "fastest": 0, "slowest": 6}.get(method, 4),
     )
     ctx.folders.advance(full, filename, counter + 1)
     return (), {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": [True]}
@@ -75,8 +88,14 @@ async def save_animated_webp(
 
 @node("VHS_VideoCombine")
 async def video_combine(
-    ctx: NodeContext, images: Any, frame_rate: float = 8.0, loop_count: int = 0, filename_prefix: str = "AnimateDiff",
-    format: str = "image/gif", pingpong: bool = False, save_output: bool = True,
+    ctx: NodeContext,
+    images: Any,
+    frame_rate: float = 8.0,
+    loop_count: int = 0,
+    filename_prefix: str = "AnimateDiff",
+    format: str = "image/gif",
+    pingpong: bool = False,
+    save_output: bool = True,
 ) -> NodeResult:
     if format != "image/gif":
         raise ValueError(f"the emulator writes only image/gif, not {format}")
@@ -86,10 +105,21 @@ async def video_combine(
     full, filename, counter, subfolder = _save_target(ctx, filename_prefix, frames[0].width, frames[0].height)
     file = f"{filename}_{counter:05}.gif"
     frames[0].save(
-        full / file, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / frame_rate), loop=loop_count
+        full / file,
+        format="GIF",
+        save_all=True,
+        append_images=frames[1:],
+        duration=round(1000 / frame_rate),
+        loop=loop_count,
     )
     ctx.folders.advance(full, filename, counter + 1)
-    entry = {"filename": file, "subfolder": subfolder, "type": "output", "format": format, "frame_rate": frame_rate}
+    entry = {
+        "filename": file,
+        "subfolder": subfolder,
+        "type": "output",
+        "format": format,
+        "frame_rate": frame_rate,
+    }
     return (), {"gifs": [entry]}
 
 
@@ -121,7 +151,12 @@ def wav_bytes(seconds: float, frequency: float = 440.0) -> bytes:
         out.setsampwidth(2)
         out.setframerate(SAMPLE_RATE)
         n = int(seconds * SAMPLE_RATE)
-        out.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * frequency * i / SAMPLE_RATE))) for i in range(n)))
+        out.writeframes(
+            b"".join(
+                struct.pack("<h", int(8000 * math.sin(2 * math.pi * frequency * i / SAMPLE_RATE)))
+                for i in range(n)
+            )
+        )
     return buf.getvalue()
 
 
@@ -137,18 +172,34 @@ async def save_audio(ctx: NodeContext, audio: Any, filename_prefix: str = "audio
 # From ComfyUI's comfy_extras/nodes_audio.py (not in the recording: see the module docstring).
 AUDIO_NODE_DEFINITIONS: dict[str, dict[str, Any]] = {
     "EmptyLatentAudio": {
-        "input": {"required": {"seconds": ["FLOAT", {"default": 47.6, "min": 1.0, "max": 1000.0, "step": 0.1}],
-                               "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}]}},
-        "output": ["LATENT"], "output_is_list": [False], "output_name": ["LATENT"], "category": "latent/audio",
+        "input": {
+            "required": {
+                "seconds": ["FLOAT", {"default": 47.6, "min": 1.0, "max": 1000.0, "step": 0.1}],
+                "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
+            }
+        },
+        "output": ["LATENT"],
+        "output_is_list": [False],
+        "output_name": ["LATENT"],
+        "category": "latent/audio",
     },
     "VAEDecodeAudio": {
         "input": {"required": {"samples": ["LATENT"], "vae": ["VAE"]}},
-        "output": ["AUDIO"], "output_is_list": [False], "output_name": ["AUDIO"], "category": "latent/audio",
+        "output": ["AUDIO"],
+        "output_is_list": [False],
+        "output_name": ["AUDIO"],
+        "category": "latent/audio",
     },
     "SaveAudio": {
-        "input": {"required": {"audio": ["AUDIO"], "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}]},
-                  "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}},
-        "output": [], "output_is_list": [], "output_name": [], "output_node": True, "category": "audio",
+        "input": {
+            "required": {"audio": ["AUDIO"], "filename_prefix": ["STRING", {"default": "audio/ComfyUI"}]},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        },
+        "output": [],
+        "output_is_list": [],
+        "output_name": [],
+        "output_node": True,
+        "category": "audio",
     },
 }
 
@@ -156,15 +207,22 @@ AUDIO_NODE_DEFINITIONS: dict[str, dict[str, Any]] = {
 # From ComfyUI-VideoHelperSuite's videohelpersuite/nodes.py (a custom node: not in stock /object_info).
 VIDEO_NODE_DEFINITIONS: dict[str, dict[str, Any]] = {
     "VHS_VideoCombine": {
-        "input": {"required": {"images": ["IMAGE"],
-                               "frame_rate": ["FLOAT", {"default": 8, "min": 1, "step": 1}],
-                               "loop_count": ["INT", {"default": 0, "min": 0, "max": 100, "step": 1}],
-                               "filename_prefix": ["STRING", {"default": "AnimateDiff"}],
-                               "format": [["image/gif", "image/webp", "video/h264-mp4", "video/webm"]],
-                               "pingpong": ["BOOLEAN", {"default": False}],
-                               "save_output": ["BOOLEAN", {"default": True}]},
-                  "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}},
-        "output": ["VHS_FILENAMES"], "output_is_list": [False], "output_name": ["Filenames"], "output_node": True,
+        "input": {
+            "required": {
+                "images": ["IMAGE"],
+                "frame_rate": ["FLOAT", {"default": 8, "min": 1, "step": 1}],
+                "loop_count": ["INT", {"default": 0, "min": 0, "max": 100, "step": 1}],
+                "filename_prefix": ["STRING", {"default": "AnimateDiff"}],
+                "format": [["image/gif", "image/webp", "video/h264-mp4", "video/webm"]],
+                "pingpong": ["BOOLEAN", {"default": False}],
+                "save_output": ["BOOLEAN", {"default": True}],
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
+        },
+        "output": ["VHS_FILENAMES"],
+        "output_is_list": [False],
+        "output_name": ["Filenames"],
+        "output_node": True,
         "category": "Video Helper Suite 🎥🅥🅗🅢",
     },
 }

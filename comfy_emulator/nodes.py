@@ -75,7 +75,9 @@ _RESAMPLE = {
 
 
 @node("EmptyImage")
-async def empty_image(ctx: NodeContext, width: int, height: int, batch_size: int = 1, color: int = 0) -> NodeResult:
+async def empty_image(
+    ctx: NodeContext, width: int, height: int, batch_size: int = 1, color: int = 0
+) -> NodeResult:
     rgb = ((color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF)
     img = Image.new("RGB", (width, height), rgb)
     return (ImageBatch([img] * batch_size),), None
@@ -109,7 +111,9 @@ def _scale(img: Image.Image, method: str, width: int, height: int, crop: str) ->
 
 
 @node("ImageScale")
-async def image_scale(ctx: NodeContext, image: Any, upscale_method: str, width: int, height: int, crop: str = "disabled") -> NodeResult:
+async def image_scale(
+    ctx: NodeContext, image: Any, upscale_method: str, width: int, height: int, crop: str = "disabled"
+) -> NodeResult:
     return (ImageBatch(_scale(i, upscale_method, width, height, crop) for i in as_images(image)),), None
 
 
@@ -117,7 +121,15 @@ async def image_scale(ctx: NodeContext, image: Any, upscale_method: str, width: 
 async def image_scale_by(ctx: NodeContext, image: Any, upscale_method: str, scale_by: float) -> NodeResult:
     out = []
     for i in as_images(image):
-        out.append(_scale(i, upscale_method, max(1, round(i.width * scale_by)), max(1, round(i.height * scale_by)), "disabled"))
+        out.append(
+            _scale(
+                i,
+                upscale_method,
+                max(1, round(i.width * scale_by)),
+                max(1, round(i.height * scale_by)),
+                "disabled",
+            )
+        )
     return (ImageBatch(out),), None
 
 
@@ -245,7 +257,12 @@ async def save_image_websocket(ctx: NodeContext, images: Any) -> NodeResult:
 
 @node("HarnessSlowSampler")
 async def harness_slow_sampler(
-    ctx: NodeContext, image: Any, steps: int, seconds_per_step: float, send_preview: bool = False, progress_text: str = ""
+    ctx: NodeContext,
+    image: Any,
+    steps: int,
+    seconds_per_step: float,
+    send_preview: bool = False,
+    progress_text: str = "",
 ) -> NodeResult:
     preview_src = as_images(image)[0] if send_preview else None
     for i in range(steps):
@@ -271,7 +288,9 @@ async def checkpoint_loader(ctx: NodeContext, ckpt_name: str) -> NodeResult:
 
 
 @node("LoraLoader")
-async def lora_loader(ctx: NodeContext, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float) -> NodeResult:
+async def lora_loader(
+    ctx: NodeContext, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float
+) -> NodeResult:
     if isinstance(model, Model) and strength_model != 0:
         model = Model(model.name, model.loras + ((lora_name, strength_model),))
     if isinstance(clip, Clip) and strength_clip != 0:
@@ -312,7 +331,9 @@ def _pattern(material: str, size: tuple[int, int]) -> Image.Image:
     return grid.resize(size, Image.Resampling.BICUBIC)
 
 
-async def _sample(ctx: NodeContext, latent: Any, seed: int, steps: int, denoise: float, material: str) -> dict[str, Any]:
+async def _sample(
+    ctx: NodeContext, latent: Any, seed: int, steps: int, denoise: float, material: str
+) -> dict[str, Any]:
     samples = as_latent(latent)
     targets = [_pattern(f"{material}|{seed + i}", s.size) for i, s in enumerate(samples)]
     start = _pattern(f"noise|{seed}", samples[0].size) if ctx.config.sampler_previews and steps > 0 else None
@@ -371,12 +392,16 @@ async def sampler_custom(
 ) -> NodeResult:  # fmt: skip
     steps = int(_widget(sigmas, "steps", 20))
     denoise = float(_widget(sigmas, "denoise", 1.0))
-    out = await _sample(ctx, latent_image, noise_seed, steps, denoise, _material(model, positive, negative, cfg, sampler))
+    out = await _sample(
+        ctx, latent_image, noise_seed, steps, denoise, _material(model, positive, negative, cfg, sampler)
+    )
     return (out, out), None
 
 
 @node("SamplerCustomAdvanced")
-async def sampler_custom_advanced(ctx: NodeContext, noise: Any, guider: Any, sampler: Any, sigmas: Any, latent_image: Any) -> NodeResult:
+async def sampler_custom_advanced(
+    ctx: NodeContext, noise: Any, guider: Any, sampler: Any, sigmas: Any, latent_image: Any
+) -> NodeResult:
     steps = int(_widget(sigmas, "steps", 20))
     denoise = float(_widget(sigmas, "denoise", 1.0))
     seed = int(_widget(noise, "noise_seed", 0))

@@ -78,13 +78,18 @@ def build_app(emu: Emulator) -> web.Application:
         except (TypeError, ValueError):
             return _internal_error()
         if not isinstance(json_data, dict) or "prompt" not in json_data:
-            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
+            error = {
+                "type": "no_prompt",
+                "message": "No prompt provided",
+                "details": "No prompt provided",
+                "extra_info": {},
+            }
             return web.json_response({"error": error, "node_errors": {}}, status=400)
         prompt = json_data["prompt"]
         prompt_id = str(json_data.get("prompt_id", uuid.uuid4()))
         try:
             valid = emu.validator.validate_prompt(prompt, json_data.get("partial_execution_targets"))
-        except Exception:
+        except Exception:  # noqa: BLE001  as ComfyUI: any failure is answered, never crashes the server
             return _internal_error()
         extra_data = json_data.get("extra_data", {})
         if not isinstance(extra_data, dict):
@@ -329,7 +334,15 @@ def build_app(emu: Emulator) -> web.Application:
                     "python_version": sys.version,
                     "pytorch_version": "2.13.0+cpu",
                     "embedded_python": False,
-                    "argv": ["main.py", "--cpu", "--listen", emu.host, "--port", str(emu.port), "--disable-auto-launch"],
+                    "argv": [
+                        "main.py",
+                        "--cpu",
+                        "--listen",
+                        emu.host,
+                        "--port",
+                        str(emu.port),
+                        "--disable-auto-launch",
+                    ],
                 },
                 "devices": [
                     {
@@ -388,7 +401,9 @@ def build_app(emu: Emulator) -> web.Application:
     @routes.get("/experiment/models")
     async def get_experiment_models(request: web.Request) -> web.Response:
         skip = {"configs", "custom_nodes"}
-        return web.json_response([{"name": f, "folders": [f"<COMFYUI_ROOT>/models/{f}"]} for f in MODEL_FOLDERS if f not in skip])
+        return web.json_response(
+            [{"name": f, "folders": [f"<COMFYUI_ROOT>/models/{f}"]} for f in MODEL_FOLDERS if f not in skip]
+        )
 
     @routes.get("/experiment/models/{folder}")
     async def get_experiment_models_folder(request: web.Request) -> web.Response:
@@ -405,7 +420,9 @@ def build_app(emu: Emulator) -> web.Application:
             return web.Response(status=400, text="Invalid directory type")
         return web.json_response(folders.list_files_by_mtime(folder))
 
-    app = web.Application(client_max_size=SERVER_FEATURES["max_upload_size"], middlewares=[emu.faults.middleware()])
+    app = web.Application(
+        client_max_size=SERVER_FEATURES["max_upload_size"], middlewares=[emu.faults.middleware()]
+    )
     api_routes = web.RouteTableDef()
     for route in routes:
         if isinstance(route, web.RouteDef):

@@ -39,7 +39,7 @@ _TB_RETURN_TYPE = (
     "    received_type = r[val[1]]\n"
     "                    ~^^^^^^^^\n"
 )
-_TB_GENERIC = '  File "<COMFYUI_ROOT>/execution.py", line 760, in validate_inputs\n    inputs = prompt[unique_id][\'inputs\']\n'
+_TB_GENERIC = "  File \"<COMFYUI_ROOT>/execution.py\", line 760, in validate_inputs\n    inputs = prompt[unique_id]['inputs']\n"
 
 
 class _Crash(Exception):
@@ -58,7 +58,12 @@ def full_type_name(exc: BaseException) -> str:
 
 
 def is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
 
 
 def validate_node_input(received_type: Any, input_type: Any) -> bool:
@@ -105,10 +110,28 @@ class Validator:
         outputs: list[str] = []
         for x, node in prompt.items():
             if not isinstance(node, dict) or "class_type" not in node:
-                return False, _error("invalid_prompt", "Cannot execute because a node is missing the class_type property.", f"Node ID '#{x}'"), [], {}
+                return (
+                    False,
+                    _error(
+                        "invalid_prompt",
+                        "Cannot execute because a node is missing the class_type property.",
+                        f"Node ID '#{x}'",
+                    ),
+                    [],
+                    {},
+                )
             class_type = node["class_type"]
             if class_type not in self.catalog:
-                return False, _error("invalid_prompt", f"Cannot execute because node {class_type} does not exist.", f"Node ID '#{x}'"), [], {}
+                return (
+                    False,
+                    _error(
+                        "invalid_prompt",
+                        f"Cannot execute because node {class_type} does not exist.",
+                        f"Node ID '#{x}'",
+                    ),
+                    [],
+                    {},
+                )
             if self.catalog.spec(class_type).output_node and (partial is None or x in partial):
                 outputs.append(x)
         if not outputs:
@@ -151,7 +174,12 @@ class Validator:
 
         if not good_outputs:
             details = "\n".join(f"{e['message']}: {e['details']}" for _, reasons in errors for e in reasons)
-            return False, _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details), [], node_errors
+            return (
+                False,
+                _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details),
+                [],
+                node_errors,
+            )
         return True, None, good_outputs, node_errors
 
     def _validate_inputs(
@@ -160,7 +188,9 @@ class Validator:
         if unique_id in validated:
             return validated[unique_id]
         if unique_id in visiting:
-            raise _Crash(RecursionError("maximum recursion depth exceeded (dependency cycle)"), [_TB_INNER_VALIDATE])
+            raise _Crash(
+                RecursionError("maximum recursion depth exceeded (dependency cycle)"), [_TB_INNER_VALIDATE]
+            )
         visiting.add(unique_id)
         try:
             inputs = prompt[unique_id]["inputs"]
@@ -176,7 +206,14 @@ class Validator:
         for x, ispec in spec.inputs.items():
             if x not in inputs:
                 if ispec.category == "required":
-                    errors.append({"type": "required_input_missing", "message": "Required input is missing", "details": f"{x}", "extra_info": {"input_name": x}})
+                    errors.append(
+                        {
+                            "type": "required_input_missing",
+                            "message": "Required input is missing",
+                            "details": f"{x}",
+                            "extra_info": {"input_name": x},
+                        }
+                    )
                 continue
             val = inputs[x]
             if isinstance(val, list):
@@ -197,7 +234,14 @@ class Validator:
                 if r is not True:
                     for x in values:
                         details = x if r is False else f"{x} - {r}"
-                        errors.append({"type": "custom_validation_failed", "message": "Custom validation failed for node", "details": details, "extra_info": {"input_name": x}})
+                        errors.append(
+                            {
+                                "type": "custom_validation_failed",
+                                "message": "Custom validation failed for node",
+                                "details": details,
+                                "extra_info": {"input_name": x},
+                            }
+                        )
 
         ret = (False, errors, unique_id) if errors or valid is not True else (True, [], unique_id)
         validated[unique_id] = ret
@@ -205,7 +249,13 @@ class Validator:
         return ret
 
     def _check_link(
-        self, prompt: dict[str, Any], x: str, ispec: InputSpec, val: list[Any], validated: dict[str, Any], visiting: set[str]
+        self,
+        prompt: dict[str, Any],
+        x: str,
+        ispec: InputSpec,
+        val: list[Any],
+        validated: dict[str, Any],
+        visiting: set[str],
     ) -> dict[str, Any] | bool | None:
         """An error for a bad link; False when the linked node failed; None when fine."""
         if len(val) != 2:
@@ -229,7 +279,12 @@ class Validator:
                 "type": "return_type_mismatch",
                 "message": "Return type mismatch between linked nodes",
                 "details": f"{x}, received_type({received_type}) mismatch input_type({ispec.type})",
-                "extra_info": {"input_name": x, "input_config": ispec.config, "received_type": received_type, "linked_node": val},
+                "extra_info": {
+                    "input_name": x,
+                    "input_config": ispec.config,
+                    "received_type": received_type,
+                    "linked_node": val,
+                },
             }
         try:
             r = self._validate_inputs(prompt, o_id, validated, visiting)
@@ -254,7 +309,9 @@ class Validator:
         return False if r[0] is False else None
 
     @staticmethod
-    def _check_value(inputs: dict[str, Any], x: str, ispec: InputSpec, val: Any, custom: bool) -> dict[str, Any] | None:
+    def _check_value(
+        inputs: dict[str, Any], x: str, ispec: InputSpec, val: Any, custom: bool
+    ) -> dict[str, Any] | None:
         input_type, extra = ispec.type, ispec.extra
         try:
             if isinstance(val, dict) and "__value__" in val:
@@ -272,12 +329,17 @@ class Validator:
             elif input_type == "BOOLEAN":
                 val = bool(val)
                 inputs[x] = val
-        except Exception as ex:
+        except Exception as ex:  # noqa: BLE001  a bad input value is a validation error, as in ComfyUI
             return {
                 "type": "invalid_input_type",
                 "message": f"Failed to convert an input value to a {input_type} value",
                 "details": f"{x}, {val}, {ex}",
-                "extra_info": {"input_name": x, "input_config": ispec.config, "received_value": val, "exception_message": str(ex)},
+                "extra_info": {
+                    "input_name": x,
+                    "input_config": ispec.config,
+                    "received_value": val,
+                    "exception_message": str(ex),
+                },
             }
         if custom:
             return None

@@ -201,6 +201,6 @@ class SocketHub:
                     await ws.send_bytes(item)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the peer went away: the reader loop cleans up
+        except Exception:  # noqa: BLE001 — the peer went away: the reader loop cleans up
             conn.closed = True
             conn.pending.clear()

@@ -51,8 +51,10 @@ def _pg_exec(sql: str) -> None:
 def _pg_url(database: str) -> str:
     from sqlalchemy.engine import make_url
 
-    return make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=database).render_as_string(
-        hide_password=False
+    return (
+        make_url(PG_ADMIN_URL)
+        .set(drivername="postgresql+asyncpg", database=database)
+        .render_as_string(hide_password=False)
     )
 
 

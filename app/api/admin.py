@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AdminDep, SessionDep, SettingsDep, SignerDep, StorageDep
+from app.api.pages import Cursor, Limit
 from app.api.schemas import (
     PROBLEMS,
     AdminJobList,
@@ -21,14 +22,12 @@ from app.api.schemas import (
     WebhookDeliveryList,
     WebhookDeliveryOut,
 )
-from app.api.pages import Cursor, Limit
 from app.db import jobs as repo
 from app.domain import jobs, users, webhooks
 from app.domain.retention import purge_job
 from app.domain.views import rfc3339
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-
 
 
 @router.post("/users", status_code=201, response_model=UserOut, responses=PROBLEMS)
@@ -70,7 +69,9 @@ async def update_user(
 
 
 @router.post("/users/{user_id}/keys", status_code=201, response_model=KeyCreated, responses=PROBLEMS)
-async def create_key(user_id: str, session: SessionDep, admin: AdminDep, body: KeyCreate | None = None) -> dict:
+async def create_key(
+    user_id: str, session: SessionDep, admin: AdminDep, body: KeyCreate | None = None
+) -> dict:
     user = await users.get_user(session, user_id)
     row, secret = await users.create_key(session, user, name=body.name if body else None)
     await session.commit()
@@ -78,7 +79,9 @@ async def create_key(user_id: str, session: SessionDep, admin: AdminDep, body: K
 
 
 @router.get("/users/{user_id}/keys", response_model=KeyList, responses=PROBLEMS)
-async def list_keys(user_id: str, session: SessionDep, admin: AdminDep, limit: Limit = 20, cursor: Cursor = None) -> dict:
+async def list_keys(
+    user_id: str, session: SessionDep, admin: AdminDep, limit: Limit = 20, cursor: Cursor = None
+) -> dict:
     rows, next_cursor = await users.list_keys(session, user_id, limit=limit, cursor=cursor)
     return {"items": [users.key_view(k) for k in rows], "next_cursor": next_cursor}
 
@@ -95,7 +98,9 @@ async def list_all_jobs(
     session: SessionDep,
     signer: SignerDep,
     admin: AdminDep,
-    status: Annotated[list[str] | None, Query(description="Filter by status; repeat or comma-separate.")] = None,
+    status: Annotated[
+        list[str] | None, Query(description="Filter by status; repeat or comma-separate.")
+    ] = None,
     user_id: Annotated[str | None, Query(max_length=36, description="Only this user's jobs.")] = None,
     limit: Limit = 20,
     cursor: Cursor = None,
@@ -133,7 +138,9 @@ async def list_any_webhook_deliveries(
     responses=PROBLEMS,
     summary="Cancel any user's job",
 )
-async def cancel_any_job(job_id: str, request: Request, session: SessionDep, signer: SignerDep, admin: AdminDep) -> dict:
+async def cancel_any_job(
+    job_id: str, request: Request, session: SessionDep, signer: SignerDep, admin: AdminDep
+) -> dict:
     """The owner's `POST /v1/jobs/{id}/cancel`, for any user's job: a queued job leaves every queue, a
     running one is interrupted on its backend; 200 with the job, now `canceled`; 409 (with the job
     in `job`) if it had already ended; 404 if there is no such job."""
@@ -145,7 +152,9 @@ async def cancel_any_job(job_id: str, request: Request, session: SessionDep, sig
 
 
 @router.delete("/jobs/{job_id}", status_code=204, responses=PROBLEMS, summary="Delete any user's job")
-async def delete_any_job(job_id: str, request: Request, session: SessionDep, storage: StorageDep, admin: AdminDep) -> Response:
+async def delete_any_job(
+    job_id: str, request: Request, session: SessionDep, storage: StorageDep, admin: AdminDep
+) -> Response:
     """Remove any user's job, finished or not, with its outputs (and their files) and its events.
     A queued or running job is canceled first (its subscribers hear so) and taken off its backend.
     204; 404 if there is no such job."""
@@ -165,7 +174,12 @@ async def delete_any_job(job_id: str, request: Request, session: SessionDep, sto
     return Response(status_code=204)
 
 
-@router.post("/webhook-deliveries/{delivery_id}/redeliver", status_code=202, response_model=WebhookDeliveryOut, responses=PROBLEMS)
+@router.post(
+    "/webhook-deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=WebhookDeliveryOut,
+    responses=PROBLEMS,
+)
 async def redeliver_webhook(delivery_id: str, request: Request, session: SessionDep, admin: AdminDep) -> dict:
     """Send a delivery again now, with a fresh round of attempts (past attempts stay listed)."""
     view = await webhooks.redeliver(session, delivery_id)

@@ -63,13 +63,17 @@ async def get_backend(request: Request, backend_id: BackendId, session: SessionD
 
 
 @router.post("/{backend_id}/drain", response_model=BackendOut, responses=PROBLEMS)
-async def drain_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> dict:
+async def drain_backend(
+    request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep
+) -> dict:
     """No new jobs go to it; the jobs it holds finish there."""
     return await _set_draining(request, session, backend_id, True)
 
 
 @router.post("/{backend_id}/resume", response_model=BackendOut, responses=PROBLEMS)
-async def resume_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> dict:
+async def resume_backend(
+    request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep
+) -> dict:
     """Undo a drain: it gets new jobs again."""
     return await _set_draining(request, session, backend_id, False)
 
@@ -82,7 +86,9 @@ async def _set_draining(request: Request, session: AsyncSession, backend_id: str
 
 
 @router.delete("/{backend_id}", status_code=204, responses=PROBLEMS)
-async def remove_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> Response:
+async def remove_backend(
+    request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep
+) -> Response:
     """Forget a drained backend that holds no job (409 otherwise). Every replica stops following it."""
     row = await backends.remove_backend(session, backend_id)
     await session.commit()

@@ -15,9 +15,9 @@ from app.domain import ratelimit
 from app.domain.errors import Forbidden
 from app.domain.events import EventBus
 from app.domain.users import Principal, authenticate
-from app.storage.base import Storage
 from app.domain.webhook_secrets import SecretBox
 from app.net.ssrf import OutboundGuard
+from app.storage.base import Storage
 from app.storage.signing import UrlSigner
 
 
@@ -86,7 +86,9 @@ async def charge_refused(request: Request, session: AsyncSession, principal: Pri
     await session.commit()
 
 
-async def authorize(request: Request, session: AsyncSession, settings: Settings, key: str | None) -> Principal:
+async def authorize(
+    request: Request, session: AsyncSession, settings: Settings, key: str | None
+) -> Principal:
     """Authenticate a key and spend a token of its user's rate, committed before the route runs:
     the token stays spent even if the request fails later."""
     principal = await authenticate(session, key, settings)

@@ -48,7 +48,9 @@ async def submit(
             await jobs.build(
                 session,
                 principal,
-                jobs.GenerateInput(template=template, workflow=None, params=dict(params), priority=0, metadata=metadata),
+                jobs.GenerateInput(
+                    template=template, workflow=None, params=dict(params), priority=0, metadata=metadata
+                ),
                 state.settings,
                 object_info=state.object_info(),
                 storage=state.storage,
@@ -113,7 +115,9 @@ async def follow(sub: Subscription, seconds: float) -> AsyncIterator[JobEvent]:
             return
 
 
-async def ended_jobs(session: AsyncSession, principal: Principal, job_ids: list[str]) -> tuple[list[Job], dict[str, list[Output]]]:
+async def ended_jobs(
+    session: AsyncSession, principal: Principal, job_ids: list[str]
+) -> tuple[list[Job], dict[str, list[Output]]]:
     """The jobs as they are now (read again), and their outputs."""
     found = [await jobs.get_owned(session, principal, job_id, fresh=True) for job_id in job_ids]
     return found, await repo.outputs_for(session, job_ids)

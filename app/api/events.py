@@ -18,12 +18,12 @@ from starlette.types import Receive, Scope, Send
 
 from app.api.deps import AdminDep, BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.schemas import PROBLEMS
-from app.domain.errors import Unauthorized, ValidationFailed
 from app.config import Settings
+from app.domain.errors import Unauthorized, ValidationFailed
 from app.domain.events import EventBus, JobEvent
 from app.domain.live import JobFollower
-from app.domain.views import v1_progress, v2_only
 from app.domain.users import Principal, authenticate
+from app.domain.views import v1_progress, v2_only
 from app.storage.signing import UrlSigner
 
 router = APIRouter(tags=["events"])
@@ -116,7 +116,9 @@ async def any_job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     previews: Annotated[bool, Query(description="also send live preview images")] = False,
 ) -> EventSourceResponse:
-    return await _stream(request, session, admin, signer, settings, bus, job_id, last_event_id, previews, any_user=True)
+    return await _stream(
+        request, session, admin, signer, settings, bus, job_id, last_event_id, previews, any_user=True
+    )
 
 
 async def _stream(
@@ -137,7 +139,14 @@ async def _stream(
     slot = slots.take(principal)
     try:
         follower = await JobFollower.open(
-            session, bus, request.app.state.event_log, signer, principal, job_id, after=after, previews=previews,
+            session,
+            bus,
+            request.app.state.event_log,
+            signer,
+            principal,
+            job_id,
+            after=after,
+            previews=previews,
             any_user=any_user,
         )
     except BaseException:
@@ -166,5 +175,8 @@ async def _stream(
                 yield _sse(event)
 
     return _SlotResponse(
-        stream(), ping=settings.sse_ping_seconds, headers={"X-Accel-Buffering": "no"}, release=lambda: slots.give_back(slot)
+        stream(),
+        ping=settings.sse_ping_seconds,
+        headers={"X-Accel-Buffering": "no"},
+        release=lambda: slots.give_back(slot),
     )

@@ -45,7 +45,12 @@ router = APIRouter(tags=["jobs"])
         202: {
             "model": JobOut,
             "description": "The job, queued.",
-            "headers": {"Location": {"description": "`/v1/jobs/{id}`: where the job is.", "schema": {"type": "string"}}},
+            "headers": {
+                "Location": {
+                    "description": "`/v1/jobs/{id}`: where the job is.",
+                    "schema": {"type": "string"},
+                }
+            },
         },
         200: {
             "model": JobOut,
@@ -67,17 +72,32 @@ async def generate(
     guard: GuardDep,
     idempotency_key: Annotated[
         str | None,
-        Header(description="Retry-safe submits: the same key and body within 24 h answer the same job (200)."),
+        Header(
+            description="Retry-safe submits: the same key and body within 24 h answer the same job (200)."
+        ),
     ] = None,
-    prefer: Annotated[str | None, Header(description="`wait=N` (N <= 60): answer when the job ends, or after N s.")] = None,
+    prefer: Annotated[
+        str | None, Header(description="`wait=N` (N <= 60): answer when the job ends, or after N s.")
+    ] = None,
 ) -> dict:
     # Uploads made from image params given as data: URIs or URLs: stored with the job, or their
     # files deleted if no job comes of the request.
     new_uploads: list[Upload] = []
     try:
         return await _generate(
-            body, request, response, session, principal, settings, signer, bus, storage, guard, new_uploads,
-            idempotency_key, prefer,
+            body,
+            request,
+            response,
+            session,
+            principal,
+            settings,
+            signer,
+            bus,
+            storage,
+            guard,
+            new_uploads,
+            idempotency_key,
+            prefer,
         )
     except BaseException:
         # Emptied once the job and its uploads are committed.
@@ -117,7 +137,9 @@ async def _generate(
             await charge(request, session, principal)
             await session.commit()
             response.headers["Idempotent-Replayed"] = "true"
-            return await _answer(request, response, session, signer, principal, claim.replay_job_id, wait, replay=True)
+            return await _answer(
+                request, response, session, signer, principal, claim.replay_job_id, wait, replay=True
+            )
         webhook = None
         if body.webhook is not None:
             webhook = await webhooks.accept(guard, body.webhook.url, body.webhook.events)

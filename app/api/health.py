@@ -38,7 +38,9 @@ async def readyz(request: Request) -> Response:
     detail = await is_operator(request)
     if not any(backends.values()):
         down = ", ".join(backends) or "none configured"
-        problems.append(f"no ComfyUI backend is healthy ({down})" if detail else "no ComfyUI backend is healthy")
+        problems.append(
+            f"no ComfyUI backend is healthy ({down})" if detail else "no ComfyUI backend is healthy"
+        )
     elif not any(healthy for url, healthy in backends.items() if url not in draining):
         problems.append(
             f"every healthy ComfyUI backend is draining ({', '.join(draining)})"

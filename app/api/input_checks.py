@@ -30,7 +30,9 @@ def check(value: Any, *, allow_nul: bool = False) -> Any:
     if found is None:
         return value
     path, reason = found
-    raise PydanticCustomError("json_value", "{reason}", {PATH_CTX: ".".join(str(p) for p in path), "reason": reason})
+    raise PydanticCustomError(
+        "json_value", "{reason}", {PATH_CTX: ".".join(str(p) for p in path), "reason": reason}
+    )
 
 
 class RequestModel(BaseModel):
@@ -53,9 +55,15 @@ async def url_params(connection: HTTPConnection) -> None:
     if scope["type"] != "http":
         return  # WebSocket handshakes answer with frames of their own (app/api/ws.py)
     # Nearly every request has no NUL at all: settled from the raw bytes, nothing parsed.
-    if b"%00" not in scope.get("query_string", b"") and b"\x00" not in scope.get("query_string", b"") and "\x00" not in scope["path"]:
+    if (
+        b"%00" not in scope.get("query_string", b"")
+        and b"\x00" not in scope.get("query_string", b"")
+        and "\x00" not in scope["path"]
+    ):
         return
-    bad = [name for name, value in connection.path_params.items() if isinstance(value, str) and "\x00" in value]
+    bad = [
+        name for name, value in connection.path_params.items() if isinstance(value, str) and "\x00" in value
+    ]
     bad += [name for name, value in connection.query_params.multi_items() if "\x00" in name + value]
     if bad:
         names = sorted(set(bad))

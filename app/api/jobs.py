@@ -20,7 +20,9 @@ async def list_jobs(
     session: SessionDep,
     principal: PrincipalDep,
     signer: SignerDep,
-    status: Annotated[list[str] | None, Query(description="Filter by status; repeat or comma-separate.")] = None,
+    status: Annotated[
+        list[str] | None, Query(description="Filter by status; repeat or comma-separate.")
+    ] = None,
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> dict:
@@ -50,7 +52,9 @@ async def cancel_job(
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=204, responses=PROBLEMS)
-async def delete_finished_job(job_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep) -> Response:
+async def delete_finished_job(
+    job_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep
+) -> Response:
     """A finished job, its outputs and their files, now (owner, or an admin for any job); 409 for a
     job that is not finished."""
     prefix = await delete_job(session, principal, job_id)

@@ -60,7 +60,9 @@ class BodySizeLimit:
         if path.startswith("/api/v2/"):
             # Comfy API v2 routes answer in their own error envelope.
             content_type = b"application/json"
-            body = json.dumps({"error": {"code": "payload_too_large", "message": detail, "details": None}}).encode()
+            body = json.dumps(
+                {"error": {"code": "payload_too_large", "message": detail, "details": None}}
+            ).encode()
         else:
             content_type = b"application/problem+json"
             body = json.dumps(

@@ -43,7 +43,9 @@ _PRINCIPAL = "gateway.principal"
 
 _JOB_ID_SCHEMA = {
     "type": "object",
-    "properties": {"job_id": {"type": "string", "description": "A job's id (a tool call's result names it)."}},
+    "properties": {
+        "job_id": {"type": "string", "description": "A job's id (a tool call's result names it)."}
+    },
     "required": ["job_id"],
     "additionalProperties": False,
 }
@@ -90,20 +92,28 @@ class McpEndpoint:
         state = self.app.state
         try:
             async with state.sessionmaker() as session:
-                principal = await authenticate(session, key.strip() if scheme.lower() == "bearer" else None, state.settings)
+                principal = await authenticate(
+                    session, key.strip() if scheme.lower() == "bearer" else None, state.settings
+                )
         except DomainError as exc:
-            response = problem_response(exc.status, exc.problem(), {**exc.headers, "WWW-Authenticate": "Bearer"})
+            response = problem_response(
+                exc.status, exc.problem(), {**exc.headers, "WWW-Authenticate": "Bearer"}
+            )
             await response(scope, receive, send)
             return
         scope[_PRINCIPAL] = principal
         # The SDK binds a session to the credential that opened it: here the user, so that another
         # user holding the session id gets a 404 (the key is never put there).
-        scope["user"] = AuthenticatedUser(AccessToken(token=principal.key_id or principal.user_id, client_id=principal.user_id, scopes=[]))
+        scope["user"] = AuthenticatedUser(
+            AccessToken(token=principal.key_id or principal.user_id, client_id=principal.user_id, scopes=[])
+        )
         await self.manager.handle_request(scope, receive, send)
 
     # ---- handlers ----------------------------------------------------------------------------
 
-    async def _list_tools(self, ctx: ServerRequestContext, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    async def _list_tools(
+        self, ctx: ServerRequestContext, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         settings = self.app.state.settings
         tools = list(FIXED_TOOLS.values())
         async with self.app.state.sessionmaker() as session:
@@ -122,7 +132,9 @@ class McpEndpoint:
                 )
         return types.ListToolsResult(tools=tools)
 
-    async def _call_tool(self, ctx: ServerRequestContext, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(
+        self, ctx: ServerRequestContext, params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         request: Request = ctx.request
         principal: Principal = request.scope[_PRINCIPAL]
         args = dict(params.arguments or {})
@@ -131,12 +143,19 @@ class McpEndpoint:
                 return await self._fixed(request, principal, params.name, args)
             return await self._run_template(ctx, request, principal, params.name, args)
         except DomainError as exc:
-            body = {"error": exc.detail, **({"errors": exc.extensions["errors"]} if exc.extensions.get("errors") else {})}
+            body = {
+                "error": exc.detail,
+                **({"errors": exc.extensions["errors"]} if exc.extensions.get("errors") else {}),
+            }
             if exc.extensions.get("limit"):
                 body["limit"] = exc.extensions["limit"]
-            return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(body))], is_error=True)
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=json.dumps(body))], is_error=True
+            )
 
-    async def _fixed(self, request: Request, principal: Principal, name: str, args: dict[str, Any]) -> types.CallToolResult:
+    async def _fixed(
+        self, request: Request, principal: Principal, name: str, args: dict[str, Any]
+    ) -> types.CallToolResult:
         state = self.app.state
         async with state.sessionmaker() as session:
             await charge(request, session, principal)
@@ -144,15 +163,20 @@ class McpEndpoint:
             if name == "list_templates":
                 cap = state.settings.max_param_string_length
                 items = [
-                    templates.summary(row.name, TemplateDocument.model_validate(row.document), max_string_length=cap)
+                    templates.summary(
+                        row.name, TemplateDocument.model_validate(row.document), max_string_length=cap
+                    )
                     for row in await _templates(session)
                 ]
                 return types.CallToolResult(
-                    content=[types.TextContent(type="text", text=json.dumps(items))], structured_content={"templates": items}
+                    content=[types.TextContent(type="text", text=json.dumps(items))],
+                    structured_content={"templates": items},
                 )
             job_id = args.get("job_id")
             if not isinstance(job_id, str) or not job_id:
-                raise ValidationFailed("job_id (a string) is required.", errors=[{"field": "job_id", "message": "required"}])
+                raise ValidationFailed(
+                    "job_id (a string) is required.", errors=[{"field": "job_id", "message": "required"}]
+                )
             if name == "cancel_job":
                 canceled = await jobs.cancel(session, principal, job_id, state.signer)
                 await session.commit()
@@ -162,7 +186,12 @@ class McpEndpoint:
             return await self._job_result(request, session, job)
 
     async def _run_template(
-        self, ctx: ServerRequestContext, request: Request, principal: Principal, name: str, args: dict[str, Any]
+        self,
+        ctx: ServerRequestContext,
+        request: Request,
+        principal: Principal,
+        name: str,
+        args: dict[str, Any],
     ) -> types.CallToolResult:
         state = self.app.state
         new_uploads: list[Upload] = []
@@ -171,7 +200,13 @@ class McpEndpoint:
                 raise NotFound(f"There is no tool {name!r}; list_templates shows the templates.")
             try:
                 made, subs = await doors.submit(
-                    request, session, principal, name, [args], metadata={"via": "mcp"}, new_uploads=new_uploads
+                    request,
+                    session,
+                    principal,
+                    name,
+                    [args],
+                    metadata={"via": "mcp"},
+                    new_uploads=new_uploads,
                 )
             finally:
                 for upload in new_uploads:  # emptied once committed with the job
@@ -203,7 +238,11 @@ class McpEndpoint:
             out["url"] = doors.absolute_url(request, out["url"])
         content: list[Any] = []
         if job.status == "succeeded":
-            content.append(types.TextContent(type="text", text=f"Job {job.id} succeeded with {len(view['outputs'])} output(s)."))
+            content.append(
+                types.TextContent(
+                    type="text", text=f"Job {job.id} succeeded with {len(view['outputs'])} output(s)."
+                )
+            )
             for output in (await repo.outputs_for(session, [job.id]))[job.id]:
                 content.append(await self._output_content(request, output))
         elif job.status in jobs.TERMINAL:
@@ -223,7 +262,9 @@ class McpEndpoint:
     async def _output_content(self, request: Request, output: Output) -> Any:
         state = self.app.state
         if output.content_type.startswith("image/") and output.size <= state.settings.mcp_inline_image_bytes:
-            return types.ImageContent(type="image", data=await doors.output_b64(request, output), mime_type=output.content_type)
+            return types.ImageContent(
+                type="image", data=await doors.output_b64(request, output), mime_type=output.content_type
+            )
         view = output_view(output, state.signer)
         return types.ResourceLink(
             type="resource_link",
@@ -236,4 +277,3 @@ class McpEndpoint:
 
 async def _templates(session: AsyncSession) -> list[Template]:
     return list((await session.execute(select(Template).order_by(Template.name))).scalars().all())
-

@@ -54,5 +54,7 @@ async def rotate_webhook_secret(
 ) -> dict:
     """A new secret signs from now on; the previous one keeps signing too (a second signature in
     `webhook-signature`) until `previous_expires_at` (GATEWAY_WEBHOOK_SECRET_GRACE_SECONDS)."""
-    info = await webhook_secrets.rotate(session, box, principal.user_id, settings.webhook_secret_grace_seconds)
+    info = await webhook_secrets.rotate(
+        session, box, principal.user_id, settings.webhook_secret_grace_seconds
+    )
     return _secret_view(info)

@@ -51,8 +51,11 @@ OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": OpenAIError, "description": "Missing or invalid API key."},
     404: {"model": OpenAIError, "description": "No such model (`error.code` `model_not_found`)."},
     413: {"model": OpenAIError, "description": "The body is too large."},
-    429: {"model": OpenAIError, "description": "Over a limit of the caller's (`error.code` names it: "
-          "rate_per_minute, max_queued, jobs_per_day); `Retry-After` says when to retry."},
+    429: {
+        "model": OpenAIError,
+        "description": "Over a limit of the caller's (`error.code` names it: "
+        "rate_per_minute, max_queued, jobs_per_day); `Retry-After` says when to retry.",
+    },
     # Also keeps FastAPI from documenting its own 422, which these routes never answer (a bad field is 400).
     "4XX": {"model": OpenAIError, "description": "Any other client error, in the same shape."},
 }
@@ -93,7 +96,12 @@ def _validation_param(exc: RequestValidationError) -> tuple[str | None, str]:
     first = errors[0] if errors else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     param = ".".join(loc) or None
-    return param, f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else "The request body is not valid JSON."
+    return (
+        param,
+        f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
+        if param
+        else "The request body is not valid JSON.",
+    )
 
 
 class OpenAIRoute(APIRoute):
@@ -112,7 +120,11 @@ class OpenAIRoute(APIRoute):
             except ImagesFailed as exc:
                 # Never retried by the SDKs (they retry 5xx by default): a retry would make new jobs.
                 return openai_error(
-                    exc.status, exc.message, code=exc.code, type_="server_error", job_ids=exc.job_ids,
+                    exc.status,
+                    exc.message,
+                    code=exc.code,
+                    type_="server_error",
+                    job_ids=exc.job_ids,
                     headers={"x-should-retry": "false"},
                 )
             except DomainError as exc:

@@ -20,7 +20,15 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from app.api import doors
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge_refused
+from app.api.deps import (
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    SignerDep,
+    UncountedPrincipalDep,
+    charge_refused,
+)
+from app.api.input_checks import RequestModel
 from app.api.openai_errors import OPENAI_ERRORS, ImagesFailed, OpenAIRoute
 from app.config import Settings
 from app.db.models import Template, Upload
@@ -30,7 +38,6 @@ from app.domain.users import Principal
 from app.storage.signing import UrlSigner
 from app.templates import TemplateDocument
 from app.templates.document import OpenAIMapping
-from app.api.input_checks import RequestModel
 
 router = APIRouter(tags=["openai-compatible images"], route_class=OpenAIRoute)
 
@@ -47,11 +54,19 @@ class ImageGenerationRequest(RequestModel):
     model: str = Field(max_length=64, description="A template that opted in (GET /v1/models).")
     prompt: str = Field(min_length=1, max_length=32000)
     n: int = Field(default=1, ge=1, le=MAX_N, description="Images to make: one batch, or n jobs.")
-    size: str | None = Field(default=None, max_length=16, description="`WxH` in pixels, or `auto` (the template's).")
+    size: str | None = Field(
+        default=None, max_length=16, description="`WxH` in pixels, or `auto` (the template's)."
+    )
     response_format: Literal["url", "b64_json"] = "url"
-    user: str | None = Field(default=None, max_length=256, description="Kept in the jobs' metadata as `openai_user`.")
-    quality: str | None = Field(default=None, max_length=64, description="Passed on where the template maps it.")
-    style: str | None = Field(default=None, max_length=64, description="Passed on where the template maps it.")
+    user: str | None = Field(
+        default=None, max_length=256, description="Kept in the jobs' metadata as `openai_user`."
+    )
+    quality: str | None = Field(
+        default=None, max_length=64, description="Passed on where the template maps it."
+    )
+    style: str | None = Field(
+        default=None, max_length=64, description="Passed on where the template maps it."
+    )
 
 
 class ImageData(BaseModel):
@@ -78,7 +93,10 @@ class ModelList(BaseModel):
 
 _IMAGES_RESPONSES: dict[int | str, dict[str, Any]] = {
     **OPENAI_ERRORS,
-    502: {"model": OPENAI_ERRORS[400]["model"], "description": "A job failed or was canceled (`error.job_ids`)."},
+    502: {
+        "model": OPENAI_ERRORS[400]["model"],
+        "description": "A job failed or was canceled (`error.job_ids`).",
+    },
     504: {
         "model": OPENAI_ERRORS[400]["model"],
         "description": "The jobs did not end within GATEWAY_OPENAI_WAIT_SECONDS; they go on: `error.job_ids` "
@@ -97,7 +115,12 @@ async def _models(session: AsyncSession) -> list[tuple[Template, TemplateDocumen
 
 
 def _model_view(row: Template) -> dict[str, Any]:
-    return {"id": row.name, "object": "model", "created": int(row.created_at.timestamp()), "owned_by": "comfy-gateway"}
+    return {
+        "id": row.name,
+        "object": "model",
+        "created": int(row.created_at.timestamp()),
+        "owned_by": "comfy-gateway",
+    }
 
 
 async def _model(session: AsyncSession, name: str) -> tuple[TemplateDocument, OpenAIMapping]:
@@ -112,7 +135,12 @@ async def _model(session: AsyncSession, name: str) -> tuple[TemplateDocument, Op
     return doc, doc.openai
 
 
-@router.get("/v1/models", response_model=ModelList, responses=OPENAI_ERRORS, summary="List the templates usable as models")
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    responses=OPENAI_ERRORS,
+    summary="List the templates usable as models",
+)
 async def list_models(session: SessionDep, principal: PrincipalDep) -> dict:
     return {"object": "list", "data": [_model_view(row) for row, _ in await _models(session)]}
 
@@ -129,7 +157,13 @@ async def get_model(model: str, session: SessionDep, principal: PrincipalDep) ->
 
 
 def _params(
-    mapping: OpenAIMapping, request: Request, *, prompt: str, size: str | None, quality: str | None, style: str | None
+    mapping: OpenAIMapping,
+    request: Request,
+    *,
+    prompt: str,
+    size: str | None,
+    quality: str | None,
+    style: str | None,
 ) -> dict[str, Any]:
     # Errors on a template param name the request field that set it.
     names = {mapping.prompt: "prompt"}
@@ -137,9 +171,15 @@ def _params(
     if size is not None and size != "auto":
         match = _SIZE_RE.fullmatch(size)
         if match is None:
-            raise ValidationFailed("size must be 'WxH' in pixels (e.g. '512x512') or 'auto'.", errors=[{"field": "size", "message": "not WxH"}])
+            raise ValidationFailed(
+                "size must be 'WxH' in pixels (e.g. '512x512') or 'auto'.",
+                errors=[{"field": "size", "message": "not WxH"}],
+            )
         if mapping.size is None:
-            raise ValidationFailed("This model has a fixed size: leave 'size' out or send 'auto'.", errors=[{"field": "size", "message": "not mapped"}])
+            raise ValidationFailed(
+                "This model has a fixed size: leave 'size' out or send 'auto'.",
+                errors=[{"field": "size", "message": "not mapped"}],
+            )
         params[mapping.size[0]], params[mapping.size[1]] = int(match[1]), int(match[2])
         names.update({mapping.size[0]: "size", mapping.size[1]: "size"})
     for field, value in (("quality", quality), ("style", style)):
@@ -178,7 +218,9 @@ async def _run(
     metadata: dict[str, Any] = {"via": "openai"}
     if user:
         metadata["openai_user"] = user
-    made, subs = await doors.submit(request, session, principal, model, params_list, metadata=metadata, new_uploads=new_uploads)
+    made, subs = await doors.submit(
+        request, session, principal, model, params_list, metadata=metadata, new_uploads=new_uploads
+    )
     job_ids = [job.id for job in made]
     try:
         await session.close()  # no connection is held while waiting
@@ -189,14 +231,18 @@ async def _run(
     found, outputs = await doors.ended_jobs(session, principal, job_ids)
     if not ended and any(job.status not in ("succeeded", "failed", "canceled") for job in found):
         raise ImagesFailed(
-            504, "timeout",
+            504,
+            "timeout",
             f"The images are not ready after {settings.openai_wait_seconds:g} s; the jobs go on: "
-            + ", ".join(job_ids) + " (GET /v1/jobs/{id}).",
+            + ", ".join(job_ids)
+            + " (GET /v1/jobs/{id}).",
             job_ids,
         )
     bad = [job for job in found if job.status != "succeeded"]
     if bad:
-        reasons = "; ".join(f"{job.id} {job.status}" + (f": {job.error.get('message')}" if job.error else "") for job in bad)
+        reasons = "; ".join(
+            f"{job.id} {job.status}" + (f": {job.error.get('message')}" if job.error else "") for job in bad
+        )
         raise ImagesFailed(502, f"job_{bad[0].status}", f"The image job did not succeed: {reasons}.", job_ids)
     data = []
     for job in found:
@@ -234,13 +280,25 @@ async def generations(
                 f"The model {body.model!r} edits images: use POST /v1/images/edits.",
                 errors=[{"field": "model", "message": "an edit model"}],
             )
-        params = _params(mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style)
+        params = _params(
+            mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style
+        )
     except DomainError:
         await charge_refused(request, session, principal)
         raise
     return await _run(
-        request, session, principal, settings, signer, model=body.model, mapping=mapping, params=params,
-        n=body.n, response_format=body.response_format, user=body.user, new_uploads=[],
+        request,
+        session,
+        principal,
+        settings,
+        signer,
+        model=body.model,
+        mapping=mapping,
+        params=params,
+        n=body.n,
+        response_format=body.response_format,
+        user=body.user,
+        new_uploads=[],
     )
 
 
@@ -253,8 +311,16 @@ _EDIT_BODY = {
                     "type": "object",
                     "required": ["image", "prompt", "model"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "The image to edit (also `image[]`)."},
-                        "mask": {"type": "string", "format": "binary", "description": "Where to edit, where the template maps a mask."},
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The image to edit (also `image[]`).",
+                        },
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Where to edit, where the template maps a mask.",
+                        },
                         "prompt": {"type": "string"},
                         "model": {"type": "string"},
                         "n": {"type": "integer", "minimum": 1, "maximum": MAX_N, "default": 1},
@@ -297,17 +363,32 @@ async def edits(
     try:
         form = await request.form(max_files=4, max_fields=32)
     except MultiPartException as exc:
-        raise ValidationFailed(f"The body is not a valid multipart form: {exc.message}", errors=[{"field": "image", "message": "bad multipart body"}]) from None
+        raise ValidationFailed(
+            f"The body is not a valid multipart form: {exc.message}",
+            errors=[{"field": "image", "message": "bad multipart body"}],
+        ) from None
     new_uploads: list[Upload] = []
     try:
         try:
-            body, mapping, params = await _edit_request(request, session, settings, principal, form, new_uploads)
+            body, mapping, params = await _edit_request(
+                request, session, settings, principal, form, new_uploads
+            )
         except DomainError:
             await charge_refused(request, session, principal)
             raise
         return await _run(
-            request, session, principal, settings, signer, model=body.model, mapping=mapping, params=params,
-            n=body.n, response_format=body.response_format, user=body.user, new_uploads=new_uploads,
+            request,
+            session,
+            principal,
+            settings,
+            signer,
+            model=body.model,
+            mapping=mapping,
+            params=params,
+            n=body.n,
+            response_format=body.response_format,
+            user=body.user,
+            new_uploads=new_uploads,
         )
     finally:
         # Emptied once the jobs and their uploads are committed.
@@ -317,17 +398,26 @@ async def edits(
 
 
 async def _edit_request(
-    request: Request, session: AsyncSession, settings: Settings, principal: Principal, form: Any, new_uploads: list[Upload]
+    request: Request,
+    session: AsyncSession,
+    settings: Settings,
+    principal: Principal,
+    form: Any,
+    new_uploads: list[Upload],
 ) -> tuple[ImageGenerationRequest, OpenAIMapping, dict[str, Any]]:
     """The form's fields checked as a generation request's, and its files stored as the caller's uploads."""
-    fields = {name: _form_text(form, name) for name in ("model", "prompt", "n", "size", "response_format", "user", "quality", "style")}
+    fields = {
+        name: _form_text(form, name)
+        for name in ("model", "prompt", "n", "size", "response_format", "user", "quality", "style")
+    }
     try:
         body = ImageGenerationRequest.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:  # the first field named, as for JSON bodies
         first = exc.errors(include_url=False, include_input=False)[0]
         field = str(first["loc"][0]) if first.get("loc") else "prompt"
         raise ValidationFailed(
-            f"Invalid value for '{field}': {first['msg']}.", errors=[{"field": field, "message": first["msg"]}]
+            f"Invalid value for '{field}': {first['msg']}.",
+            errors=[{"field": field, "message": first["msg"]}],
         ) from None
     _, mapping = await _model(session, body.model)
     if mapping.image is None:
@@ -335,13 +425,20 @@ async def _edit_request(
             f"The model {body.model!r} does not edit images: use POST /v1/images/generations.",
             errors=[{"field": "model", "message": "not an edit model"}],
         )
-    params = _params(mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style)
+    params = _params(
+        mapping, request, prompt=body.prompt, size=body.size, quality=body.quality, style=body.style
+    )
     image = form.get("image") or form.get("image[]")
     if not isinstance(image, UploadFile):
-        raise ValidationFailed("Send the image to edit as the multipart file 'image'.", errors=[{"field": "image", "message": "missing"}])
+        raise ValidationFailed(
+            "Send the image to edit as the multipart file 'image'.",
+            errors=[{"field": "image", "message": "missing"}],
+        )
     mask = form.get("mask")
     if isinstance(mask, UploadFile) and mapping.mask is None:
-        raise ValidationFailed(f"The model {body.model!r} takes no mask.", errors=[{"field": "mask", "message": "not mapped"}])
+        raise ValidationFailed(
+            f"The model {body.model!r} takes no mask.", errors=[{"field": "mask", "message": "not mapped"}]
+        )
     params[mapping.image] = await _store(session, settings, request, principal, image, "image", new_uploads)
     if isinstance(mask, UploadFile):
         assert mapping.mask is not None
@@ -350,16 +447,28 @@ async def _edit_request(
 
 
 async def _store(
-    session: AsyncSession, settings: Settings, request: Request, principal: Principal, file: UploadFile, field: str,
+    session: AsyncSession,
+    settings: Settings,
+    request: Request,
+    principal: Principal,
+    file: UploadFile,
+    field: str,
     new_uploads: list[Upload],
 ) -> str:
     """The file as an upload of the caller's (flushed, so each of n jobs finds it), for the jobs' image param."""
     if file.size is not None and file.size > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"The {field} is larger than {settings.max_upload_bytes} bytes.", errors=[{"field": field, "message": "too large"}])
+        raise PayloadTooLarge(
+            f"The {field} is larger than {settings.max_upload_bytes} bytes.",
+            errors=[{"field": field, "message": "too large"}],
+        )
     try:
-        upload = await uploads.store(session, request.app.state.storage, settings, principal.user_id, file.filename, file.file)
+        upload = await uploads.store(
+            session, request.app.state.storage, settings, principal.user_id, file.filename, file.file
+        )
     except ValidationFailed as exc:
-        raise ValidationFailed(f"The {field}: {exc.detail}", errors=[{"field": field, "message": exc.detail}]) from None
+        raise ValidationFailed(
+            f"The {field}: {exc.detail}", errors=[{"field": field, "message": exc.detail}]
+        ) from None
     new_uploads.append(upload)
     session.add(upload)
     await session.flush()

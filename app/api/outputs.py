@@ -31,10 +31,23 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 # Types a browser would run as a document (script included) if shown inline: downloaded instead.
-_ACTIVE_TYPES = frozenset({"image/svg+xml", "text/html", "application/xhtml+xml", "text/xml", "application/xml", "text/javascript", "application/javascript"})
+_ACTIVE_TYPES = frozenset(
+    {
+        "image/svg+xml",
+        "text/html",
+        "application/xhtml+xml",
+        "text/xml",
+        "application/xml",
+        "text/javascript",
+        "application/javascript",
+    }
+)
 # Whatever a file holds, it cannot run script, load anything or be re-typed by the browser in the
 # gateway's origin, where the users' keys and pages live.
-SAFETY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+SAFETY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 
 def content_disposition(filename: str, content_type: str = "") -> str:
@@ -54,7 +67,14 @@ def _signed_cache(expires: str | None) -> str:
 
 @router.get(
     "/v1/jobs/{job_id}/outputs/{output_id}",
-    responses={**PROBLEMS, 200: {"content": {"image/png": {}, "application/octet-stream": {}}}, 206: {}, 304: {}, 307: {}, 416: {}},
+    responses={
+        **PROBLEMS,
+        200: {"content": {"image/png": {}, "application/octet-stream": {}}},
+        206: {},
+        304: {},
+        307: {},
+        416: {},
+    },
     response_class=FileResponse,
 )
 async def get_output(
@@ -69,12 +89,25 @@ async def get_output(
     expires: Annotated[str | None, Query(max_length=20)] = None,
     signature: Annotated[str | None, Query(max_length=100)] = None,
     format: Annotated[Literal["webp", "jpeg"] | None, Query(description="Convert an image output.")] = None,
-    quality: Annotated[int, Query(ge=1, le=100, description="Quality of a converted image; snaps to the nearest of GATEWAY_CONVERSION_QUALITIES.")] = 85,
+    quality: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=100,
+            description="Quality of a converted image; snaps to the nearest of GATEWAY_CONVERSION_QUALITIES.",
+        ),
+    ] = 85,
 ) -> Response:
     signed = signer.verify(job_id, output_id, expires, signature)
-    stmt = select(Output).join(Job, Job.id == Output.job_id).where(Output.id == output_id, Output.job_id == job_id)
+    stmt = (
+        select(Output)
+        .join(Job, Job.id == Output.job_id)
+        .where(Output.id == output_id, Output.job_id == job_id)
+    )
     if not signed:
-        principal = await authorize(request, session, settings, credentials.credentials if credentials else None)
+        principal = await authorize(
+            request, session, settings, credentials.credentials if credentials else None
+        )
         stmt = stmt.where(Job.user_id == principal.user_id)
     output = (await session.execute(stmt)).scalar_one_or_none()
     if output is None:
@@ -82,17 +115,30 @@ async def get_output(
     # The request is answered from storage alone: no database connection is held while it streams.
     await session.close()
 
-    key, content_type, filename, etag = output.storage_key, output.content_type, output.filename, f'"{output.sha256}"'
+    key, content_type, filename, etag = (
+        output.storage_key,
+        output.content_type,
+        output.filename,
+        f'"{output.sha256}"',
+    )
     if format is not None:
         key, content_type, filename, quality = await converted(storage, output, format, quality, settings)
         etag = f'"{output.sha256}-{format}-{quality}"'
     # Outputs never change, so a signed URL may be cached until it expires; a keyed request stays private.
     cache = _signed_cache(expires) if signed else "private, no-cache"
     headers = {
-        "ETag": etag, "Cache-Control": cache, "Content-Disposition": content_disposition(filename, content_type), **SAFETY_HEADERS,
+        "ETag": etag,
+        "Cache-Control": cache,
+        "Content-Disposition": content_disposition(filename, content_type),
+        **SAFETY_HEADERS,
     }
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")] or request.headers.get("if-none-match") == "*":
-        return Response(status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Disposition"})
+    if (
+        etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]
+        or request.headers.get("if-none-match") == "*"
+    ):
+        return Response(
+            status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Disposition"}
+        )
     if isinstance(storage, S3Storage):
         return await _from_s3(storage, settings, request, key, content_type, headers)
     assert isinstance(storage, LocalStorage)
@@ -103,19 +149,31 @@ async def get_output(
 
 
 async def _from_s3(
-    storage: S3Storage, settings: Settings, request: Request, key: str, content_type: str, headers: dict[str, str]
+    storage: S3Storage,
+    settings: Settings,
+    request: Request,
+    key: str,
+    content_type: str,
+    headers: dict[str, str],
 ) -> Response:
     if settings.s3_serve == "redirect":
         url = await storage.presigned_url(
-            key, content_type=content_type, disposition=headers["Content-Disposition"], expires=settings.s3_presign_seconds
+            key,
+            content_type=content_type,
+            disposition=headers["Content-Disposition"],
+            expires=settings.s3_presign_seconds,
         )
         # The presigned URL expires soon, so the redirect itself must not be cached; the client
         # sends its Range header on to the bucket, which answers it.
-        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "private, no-store", "ETag": headers["ETag"]})
+        return RedirectResponse(
+            url, status_code=307, headers={"Cache-Control": "private, no-store", "ETag": headers["ETag"]}
+        )
     try:
         obj = await storage.get_range(key, request.headers.get("range"))
     except FileNotFoundError:
         raise NotFound("The output's file is no longer stored.") from None
     except RangeNotSatisfiable as exc:
         return Response(status_code=416, headers={"Content-Range": f"bytes */{exc.size}"})
-    return StreamingResponse(obj.body, status_code=obj.status, media_type=content_type, headers={**headers, **obj.headers})
+    return StreamingResponse(
+        obj.body, status_code=obj.status, media_type=content_type, headers={**headers, **obj.headers}
+    )

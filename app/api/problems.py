@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.v2 import errors as v2_errors
 from app.api.input_checks import PATH_CTX
+from app.api.v2 import errors as v2_errors
 from app.domain.errors import PROBLEM_BASE, DomainError
 from app.domain.json_values import sanitized
 
@@ -20,7 +20,9 @@ log = logging.getLogger("app.api")
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> JSONResponse:
     # A problem may echo what the client sent (a field name, a value): it must still encode.
     return JSONResponse(sanitized(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
@@ -35,7 +37,13 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return errors
 
 
-_TITLES = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized", 403: "Forbidden", 413: "Payload too large"}
+_TITLES = {
+    404: "Not found",
+    405: "Method not allowed",
+    401: "Unauthorized",
+    403: "Forbidden",
+    413: "Payload too large",
+}
 
 
 def install(app: FastAPI) -> None:
@@ -83,7 +91,9 @@ def install(app: FastAPI) -> None:
         # The detail stays generic: internals (paths, SQL, tracebacks) never reach a client.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         if v2_errors.is_v2(request):
-            return v2_errors.envelope(500, "internal", "The gateway failed to handle this request; it has been logged.")
+            return v2_errors.envelope(
+                500, "internal", "The gateway failed to handle this request; it has been logged."
+            )
         return problem_response(
             500,
             {

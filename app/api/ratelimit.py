@@ -33,7 +33,11 @@ class RateLimitHeaders:
                 fields = state.get(_STATE_KEY)
                 if fields:
                     present = {name.lower() for name, _ in message.get("headers", [])}
-                    extra = [(k.lower().encode(), v.encode()) for k, v in fields.items() if k.lower().encode() not in present]
+                    extra = [
+                        (k.lower().encode(), v.encode())
+                        for k, v in fields.items()
+                        if k.lower().encode() not in present
+                    ]
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 

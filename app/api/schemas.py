@@ -9,15 +9,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from app.api.input_checks import RequestModel
 from app.domain.limits import Limits
 
-
 WebhookEvent = Literal["job.running", "job.succeeded", "job.failed", "job.canceled"]
 
 
 class WebhookIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(max_length=2000, description="An http(s) URL; private and loopback addresses are refused "
-                     "unless GATEWAY_OUTBOUND_ALLOWLIST names them.")
+    url: str = Field(
+        max_length=2000,
+        description="An http(s) URL; private and loopback addresses are refused "
+        "unless GATEWAY_OUTBOUND_ALLOWLIST names them.",
+    )
     events: list[WebhookEvent] | None = Field(
         default=None, min_length=1, description="Default: job.succeeded, job.failed, job.canceled."
     )
@@ -41,7 +43,8 @@ class GenerateRequest(RequestModel):
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back untouched.")
     webhook: WebhookIn | None = Field(
-        default=None, description="Where to POST the job's changes (signed per Standard Webhooks; see /v1/me/webhook-secret)."
+        default=None,
+        description="Where to POST the job's changes (signed per Standard Webhooks; see /v1/me/webhook-secret).",
     )
     timeout_seconds: float | None = Field(
         default=None,
@@ -102,7 +105,8 @@ class JobOut(BaseModel):
         "priority and age), counted up to 1000: a job further back reads 1000. Null once it runs."
     )
     waiting_reason: str | None = Field(
-        default=None, description="Why a queued job is not dispatched yet, e.g. no healthy backend has a node it needs."
+        default=None,
+        description="Why a queued job is not dispatched yet, e.g. no healthy backend has a node it needs.",
     )
     progress: Progress | None
     outputs: list[OutputOut]
@@ -165,7 +169,9 @@ class MeOut(BaseModel):
 class WebhookAttemptOut(BaseModel):
     attempted_at: str
     status_code: int | None = Field(description="The receiver's HTTP status; null when none came.")
-    error: str | None = Field(description="Why the attempt failed (HTTP status, timeout, refused address ...).")
+    error: str | None = Field(
+        description="Why the attempt failed (HTTP status, timeout, refused address ...)."
+    )
     duration_ms: float
     succeeded: bool
 
@@ -214,16 +220,21 @@ class UserCreate(RequestModel):
 
     name: str = Field(min_length=1, max_length=200)
     is_admin: StrictBool = False
-    limits: Limits = Field(default_factory=Limits, description="The user's own limits; absent members: the defaults.")
+    limits: Limits = Field(
+        default_factory=Limits, description="The user's own limits; absent members: the defaults."
+    )
 
 
 class UserPatch(RequestModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    disabled: StrictBool | None = Field(default=None, description="A disabled user's keys get 401 from their next request.")
+    disabled: StrictBool | None = Field(
+        default=None, description="A disabled user's keys get 401 from their next request."
+    )
     limits: Limits | None = Field(
-        default=None, description="Merged into the user's own limits; a member set to null goes back to the default."
+        default=None,
+        description="Merged into the user's own limits; a member set to null goes back to the default.",
     )
 
 
@@ -232,7 +243,9 @@ class UserOut(BaseModel):
     name: str
     is_admin: bool
     disabled: bool
-    limits: dict[str, Any] = Field(description="Every limit that applies: the user's own values, else the defaults.")
+    limits: dict[str, Any] = Field(
+        description="Every limit that applies: the user's own values, else the defaults."
+    )
     limit_overrides: dict[str, Any] = Field(description="Only the limits set for this user.")
     created_at: str
 
@@ -298,8 +311,12 @@ class BackendHealth(BaseModel):
 
 
 class BackendLoad(BaseModel):
-    in_flight: int = Field(description="Unfinished jobs handed to it (queued or running there), across all replicas.")
-    backend_queue: int | None = Field(description="ComfyUI's own queue length (`queue_remaining`) as it last reported it.")
+    in_flight: int = Field(
+        description="Unfinished jobs handed to it (queued or running there), across all replicas."
+    )
+    backend_queue: int | None = Field(
+        description="ComfyUI's own queue length (`queue_remaining`) as it last reported it."
+    )
 
 
 class BackendJobs(BaseModel):
@@ -321,7 +338,9 @@ class BackendOut(BaseModel):
     state: Literal["active", "draining"] = Field(
         description="`draining`: no new jobs go to it; the jobs it holds finish there."
     )
-    source: Literal["env", "admin"] = Field(description="From GATEWAY_COMFYUI_URLS, or added through this API.")
+    source: Literal["env", "admin"] = Field(
+        description="From GATEWAY_COMFYUI_URLS, or added through this API."
+    )
     added_at: str
     health: BackendHealth
     load: BackendLoad
@@ -335,14 +354,21 @@ class BackendList(BaseModel):
 
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 403, 404, 409, 413, 422, 429)
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (401, 403, 404, 409, 413, 422, 429)
 }
-PROBLEMS[413] = {**PROBLEMS[413], "description": "The request body is larger than GATEWAY_MAX_BODY_BYTES (uploads: GATEWAY_MAX_UPLOAD_BYTES)."}
+PROBLEMS[413] = {
+    **PROBLEMS[413],
+    "description": "The request body is larger than GATEWAY_MAX_BODY_BYTES (uploads: GATEWAY_MAX_UPLOAD_BYTES).",
+}
 PROBLEMS[429] = {
     **PROBLEMS[429],
     "description": "Over a limit; the problem's `limit` member names it (rate_per_minute, max_queued, jobs_per_day).",
     "headers": {
-        "Retry-After": {"description": "Seconds until the request can succeed.", "schema": {"type": "integer"}},
+        "Retry-After": {
+            "description": "Seconds until the request can succeed.",
+            "schema": {"type": "integer"},
+        },
         "RateLimit-Policy": {
             "description": 'The limit\'s policy (draft-ietf-httpapi-ratelimit-headers), e.g. `"per-minute";q=120;w=60`.',
             "schema": {"type": "string"},

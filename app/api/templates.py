@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Request, Response
 
-from app.api.input_checks import JsonObject
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
+from app.api.input_checks import JsonObject
 from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, TemplateList, TemplateOut
 from app.domain import templates
@@ -25,12 +25,18 @@ async def list_templates(
 ) -> dict:
     rows, next_cursor = await templates.list_page(session, limit=limit, cursor=cursor)
     cap = settings.max_param_string_length
-    items = [templates.summary(r.name, templates.stored_document(r.document), max_string_length=cap) for r in rows]
+    items = [
+        templates.summary(r.name, templates.stored_document(r.document), max_string_length=cap) for r in rows
+    ]
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/v1/templates/{name}", response_model=TemplateOut, response_model_exclude_none=True, responses=PROBLEMS)
-async def get_template(name: str, session: SessionDep, principal: PrincipalDep, settings: SettingsDep) -> dict:
+@router.get(
+    "/v1/templates/{name}", response_model=TemplateOut, response_model_exclude_none=True, responses=PROBLEMS
+)
+async def get_template(
+    name: str, session: SessionDep, principal: PrincipalDep, settings: SettingsDep
+) -> dict:
     doc = await templates.get_document(session, name)
     return templates.summary(
         name, doc, with_workflow=principal.is_admin, max_string_length=settings.max_param_string_length
@@ -41,7 +47,10 @@ async def get_template(name: str, session: SessionDep, principal: PrincipalDep, 
     "/v1/templates/{name}",
     response_model=TemplateOut,
     response_model_exclude_none=True,
-    responses={**PROBLEMS, 201: {"model": TemplateOut, "description": "Registered (a new name); 200 when it replaced one."}},
+    responses={
+        **PROBLEMS,
+        201: {"model": TemplateOut, "description": "Registered (a new name); 200 when it replaced one."},
+    },
 )
 async def put_template(
     name: str,

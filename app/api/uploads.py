@@ -32,7 +32,9 @@ _BODY = {
 }
 
 
-@router.post("/v1/uploads", status_code=201, response_model=UploadOut, responses=PROBLEMS, openapi_extra=_BODY)
+@router.post(
+    "/v1/uploads", status_code=201, response_model=UploadOut, responses=PROBLEMS, openapi_extra=_BODY
+)
 async def create_upload(
     request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, storage: StorageDep
 ) -> dict:
@@ -43,11 +45,17 @@ async def create_upload(
     try:
         form = await request.form(max_files=1, max_fields=10)
     except MultiPartException as exc:
-        raise ValidationFailed(f"The body is not a valid multipart form: {exc.message}", errors=[{"field": "file", "message": "bad multipart body"}]) from None
+        raise ValidationFailed(
+            f"The body is not a valid multipart form: {exc.message}",
+            errors=[{"field": "file", "message": "bad multipart body"}],
+        ) from None
     try:
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            raise ValidationFailed("Send the image as the multipart field 'file'.", errors=[{"field": "file", "message": "missing"}])
+            raise ValidationFailed(
+                "Send the image as the multipart field 'file'.",
+                errors=[{"field": "file", "message": "missing"}],
+            )
         if file.size is not None and file.size > settings.max_upload_bytes:
             raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.")
         upload = await uploads.store(session, storage, settings, principal.user_id, file.filename, file.file)
@@ -68,7 +76,9 @@ async def get_upload(upload_id: str, session: SessionDep, principal: PrincipalDe
 
 
 @router.delete("/v1/uploads/{upload_id}", status_code=204, responses=PROBLEMS)
-async def delete_upload(upload_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep) -> None:
+async def delete_upload(
+    upload_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep
+) -> None:
     key = await uploads.delete(session, principal.user_id, upload_id)
     await session.commit()
     await storage.delete(key)

@@ -26,8 +26,8 @@ from starlette.websockets import WebSocketState
 
 from app.domain.errors import DomainError, Forbidden, LimitExceeded, Unauthorized
 from app.domain.live import frame
-from app.domain.views import v2_only
 from app.domain.users import Principal, authenticate
+from app.domain.views import v2_only
 
 router = APIRouter(tags=["events"])
 
@@ -59,7 +59,9 @@ def _encodable(text: str) -> bool:
 async def _refuse(websocket: WebSocket, error: DomainError, *, code: int = POLICY_VIOLATION) -> None:
     if websocket.application_state == WebSocketState.CONNECTED:
         try:
-            await websocket.send_text(json.dumps({"event": "error", "job_id": None, "id": None, "data": error.problem()}))
+            await websocket.send_text(
+                json.dumps({"event": "error", "job_id": None, "id": None, "data": error.problem()})
+            )
             await websocket.close(code=code, reason=error.title)
         except (WebSocketDisconnect, RuntimeError):
             pass
@@ -89,7 +91,10 @@ def _header_key(websocket: WebSocket) -> str | None:
 
 @router.websocket("/v1/ws")
 async def live_events(
-    websocket: WebSocket, api_key: str | None = None, previews: bool = False, all: bool = False  # noqa: A002 - the query name
+    websocket: WebSocket,
+    api_key: str | None = None,
+    previews: bool = False,
+    all: bool = False,  # noqa: A002 - the query name
 ) -> None:
     await websocket.accept()
     key = api_key if api_key is not None else _header_key(websocket)
@@ -115,21 +120,31 @@ async def live_events(
         state.live_slots.give_back(slot)
 
 
-async def _follow(websocket: WebSocket, principal: Principal, key: str | None, previews: bool, *, everyone: bool) -> None:
+async def _follow(
+    websocket: WebSocket, principal: Principal, key: str | None, previews: bool, *, everyone: bool
+) -> None:
     state = websocket.app.state
     bus = state.bus
-    sub = bus.subscribe_all(previews=previews) if everyone else bus.subscribe_user(principal.user_id, previews=previews)
+    sub = (
+        bus.subscribe_all(previews=previews)
+        if everyone
+        else bus.subscribe_user(principal.user_id, previews=previews)
+    )
     last: dict[str, int] = {}
 
     async def send_events() -> None:
         await websocket.send_text(
-            json.dumps({"event": "subscribed", "job_id": None, "id": None, "data": {"user_id": principal.user_id}})
+            json.dumps(
+                {"event": "subscribed", "job_id": None, "id": None, "data": {"user_id": principal.user_id}}
+            )
         )
         while True:
             event = await sub.queue.get()
             if sub.overflowed:
                 sub.overflowed = False
-                await websocket.send_text(json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}}))
+                await websocket.send_text(
+                    json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}})
+                )
             if event is None or v2_only(event.event, event.data):
                 continue
             if event.id is not None:

@@ -58,18 +58,29 @@ async def iter_source(data: Any, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[
         for chunk in data:
             yield bytes(chunk)
     else:
-        raise TypeError(f"cannot upload a {type(data).__name__}: pass bytes, a file-like object or an (async) iterable of bytes")
+        raise TypeError(
+            f"cannot upload a {type(data).__name__}: pass bytes, a file-like object or an (async) iterable of bytes"
+        )
 
 
 class MultipartForm:
     """Text fields plus one file field, encoded as multipart/form-data."""
 
-    def __init__(self, fields: dict[str, str], file_field: str, filename: str, data: Any, content_type: str | None = None):
+    def __init__(
+        self,
+        fields: dict[str, str],
+        file_field: str,
+        filename: str,
+        data: Any,
+        content_type: str | None = None,
+    ):
         self.boundary = os.urandom(16).hex()
         self.content_type = f"multipart/form-data; boundary={self.boundary}"
         head = bytearray()
         for name, value in fields.items():
-            head += f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'.encode()
+            head += (
+                f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'.encode()
+            )
             head += value.encode() + b"\r\n"
         head += (
             f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(file_field)}"; '

@@ -101,7 +101,9 @@ class ComfyClient:
             raise ComfyError(f"{method} {path}: {exc}") from exc  # misconfigured base_url
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # The connection was never made, so the request cannot have had an effect.
-            raise BackendUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}", request_sent=False) from exc
+            raise BackendUnavailable(
+                f"{method} {path}: {type(exc).__name__}: {exc}", request_sent=False
+            ) from exc
         except httpx.TimeoutException as exc:
             raise BackendUnavailable(f"{method} {path}: timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
@@ -128,7 +130,9 @@ class ComfyClient:
             return resp.json()
         except ValueError as exc:
             raise BackendUnavailable(
-                f"{what}: malformed JSON answer: {_snippet(resp.text)}", status_code=resp.status_code, body=resp.text
+                f"{what}: malformed JSON answer: {_snippet(resp.text)}",
+                status_code=resp.status_code,
+                body=resp.text,
             ) from exc
 
     async def _get_json(self, path: str, **kwargs: Any) -> Any:
@@ -244,7 +248,9 @@ class ComfyClient:
     # Files
 
     @contextlib.asynccontextmanager
-    async def view(self, filename: str, subfolder: str = "", type: str = "output") -> AsyncIterator[ViewResponse]:
+    async def view(
+        self, filename: str, subfolder: str = "", type: str = "output"
+    ) -> AsyncIterator[ViewResponse]:
         """`GET /view`, streamed:
 
             async with client.view(f.filename, f.subfolder, f.type) as resp:
@@ -272,7 +278,9 @@ class ComfyClient:
                     async for chunk in resp.aiter_bytes(chunk_size):
                         yield chunk
                 except httpx.TimeoutException as exc:
-                    raise BackendUnavailable(f"GET /view: timed out while streaming ({_type_name(exc)})") from exc
+                    raise BackendUnavailable(
+                        f"GET /view: timed out while streaming ({_type_name(exc)})"
+                    ) from exc
                 except httpx.TransportError as exc:
                     raise BackendUnavailable(f"GET /view: {_type_name(exc)} while streaming: {exc}") from exc
 
@@ -311,7 +319,9 @@ class ComfyClient:
             fields["original_ref"] = json.dumps(original_ref)
         form = MultipartForm(fields, "image", filename, data, content_type)
         path = "/upload/mask" if mask else "/upload/image"
-        resp = await self._request("POST", path, content=form.body(), headers={"Content-Type": form.content_type})
+        resp = await self._request(
+            "POST", path, content=form.body(), headers={"Content-Type": form.content_type}
+        )
         self._raise_for_status(resp, f"POST {path}")
         payload = self._json(resp, f"POST {path}")
         try:

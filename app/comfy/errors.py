@@ -37,7 +37,14 @@ class BackendUnavailable(ComfyError):
     connection could not be made): only then is it safe to assume a POST had no effect.
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None, body: str | None = None, request_sent: bool = True):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str | None = None,
+        request_sent: bool = True,
+    ):
         super().__init__(message, status_code=status_code, body=body)
         self.request_sent = request_sent
 

@@ -340,9 +340,7 @@ _TEXT_PARSERS: dict[str, Any] = {
         int(_req_number(d, "max")),
     ),
     "progress_state": _progress_state,
-    "execution_success": lambda d: ExecutionSuccess(
-        _opt_str(d, "prompt_id"), _opt_int(d, "timestamp")
-    ),
+    "execution_success": lambda d: ExecutionSuccess(_opt_str(d, "prompt_id"), _opt_int(d, "timestamp")),
     "execution_error": lambda d: ExecutionError(
         prompt_id=_opt_str(d, "prompt_id"),
         node_id=_opt_str(d, "node_id"),

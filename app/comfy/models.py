@@ -7,8 +7,9 @@ is treated like one that does not answer).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from .messages import ExecutionError, parse_event
 
@@ -46,7 +47,9 @@ class QueuedPrompt:
             raise TypeError("/prompt: number is not a number")
         prompt_id = body.get("prompt_id") or fallback_prompt_id
         node_errors = body.get("node_errors") or {}
-        return cls(prompt_id=str(prompt_id), number=int(number), node_errors=_expect_dict(node_errors, "node_errors"))
+        return cls(
+            prompt_id=str(prompt_id), number=int(number), node_errors=_expect_dict(node_errors, "node_errors")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +205,11 @@ class HistoryEntry:
         outputs = {str(k): v for k, v in _expect_dict(outputs, "outputs").items() if isinstance(v, dict)}
         prompt = entry.get("prompt")
         prompt = prompt if isinstance(prompt, list) else []
-        number = prompt[0] if prompt and isinstance(prompt[0], (int, float)) and not isinstance(prompt[0], bool) else None
+        number = (
+            prompt[0]
+            if prompt and isinstance(prompt[0], (int, float)) and not isinstance(prompt[0], bool)
+            else None
+        )
 
         def at(i: int, kind: type, default: Callable[[], Any]) -> Any:
             return prompt[i] if len(prompt) > i and isinstance(prompt[i], kind) else default()
@@ -238,7 +245,9 @@ class UploadedFile:
         name = body["name"]
         if not isinstance(name, str):
             raise TypeError("/upload: name is not a string")
-        return cls(name=name, subfolder=str(body.get("subfolder") or ""), type=str(body.get("type") or "input"))
+        return cls(
+            name=name, subfolder=str(body.get("subfolder") or ""), type=str(body.get("type") or "input")
+        )
 
     @property
     def as_input_value(self) -> str:

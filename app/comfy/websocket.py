@@ -166,7 +166,9 @@ class ComfyWebSocket:
         delay = min(self.backoff_max, self.backoff_initial * (2 ** max(0, failures - 1)))
         return delay * random.uniform(0.5, 1.0)
 
-    async def _until_closed(self, aw: Awaitable[T], closer: asyncio.Future[Any], timeout: float | None = None) -> T:
+    async def _until_closed(
+        self, aw: Awaitable[T], closer: asyncio.Future[Any], timeout: float | None = None
+    ) -> T:
         """Await `aw`, but give up when close() is called (raises `_Closed`) or after `timeout`
         (raises `TimeoutError`)."""
         task = asyncio.ensure_future(aw)
@@ -245,8 +247,13 @@ class ComfyWebSocket:
                 except Exception as exc:  # noqa: BLE001 - refused, DNS, handshake, timeout, ...
                     failures += 1
                     delay = self._backoff(failures)
-                    logger.debug("ComfyUI ws %s: connect failed (%s: %s), retry in %.2fs",
-                                 self.url, type(exc).__name__, exc, delay)
+                    logger.debug(
+                        "ComfyUI ws %s: connect failed (%s: %s), retry in %.2fs",
+                        self.url,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
                     await self._sleep(delay, closer)
                     continue
                 if self._closed:

@@ -13,7 +13,11 @@ from app.domain.errors import NotFound
 router = APIRouter(include_in_schema=False)
 
 STATIC = Path(__file__).parent / "static"
-_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 _FILES = {p.name: p for p in STATIC.iterdir() if p.suffix in _TYPES}
 
 # The page runs only its own module: no inline script or style, no third-party origin, and

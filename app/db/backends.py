@@ -46,7 +46,9 @@ async def ensure_backends(session: AsyncSession, urls: list[str], *, source: str
 
 
 async def set_state(session: AsyncSession, backend_id: str, state: str) -> Backend | None:
-    await session.execute(update(Backend).where(Backend.id == backend_id).values(state=state, updated_at=utcnow()))
+    await session.execute(
+        update(Backend).where(Backend.id == backend_id).values(state=state, updated_at=utcnow())
+    )
     return await session.get(Backend, backend_id, populate_existing=True)
 
 
@@ -58,7 +60,9 @@ async def jobs_on(session: AsyncSession, url: str, *, limit: int = 100) -> tuple
     """How many unfinished jobs are handed to the backend, and the ids of the oldest of them."""
     where = (Job.backend == url, Job.status.in_(ACTIVE_JOB))
     count = (await session.execute(select(func.count()).select_from(Job).where(*where))).scalar_one()
-    ids = (await session.execute(select(Job.id).where(*where).order_by(Job.dispatched_at, Job.id).limit(limit))).scalars()
+    ids = (
+        await session.execute(select(Job.id).where(*where).order_by(Job.dispatched_at, Job.id).limit(limit))
+    ).scalars()
     return count, list(ids)
 
 

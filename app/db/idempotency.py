@@ -21,7 +21,9 @@ async def prune(session: AsyncSession, before: datetime) -> None:
 async def take(session: AsyncSession, user_id: str, key: str, request_hash: str) -> IdempotencyKey | None:
     """Insert and commit the key's row; None if the user already has a row with that key.
     Its own transaction: the unique (user_id, key) decides between concurrent requests."""
-    row = IdempotencyKey(id=str(uuid.uuid4()), user_id=user_id, key=key, request_hash=request_hash, created_at=utcnow())
+    row = IdempotencyKey(
+        id=str(uuid.uuid4()), user_id=user_id, key=key, request_hash=request_hash, created_at=utcnow()
+    )
     session.add(row)
     try:
         await session.commit()
@@ -40,7 +42,11 @@ async def take_over(session: AsyncSession, row_id: str, request_hash: str, *, st
     """Take a key whose request never finished (its process died): only one request can."""
     result = await session.execute(
         update(IdempotencyKey)
-        .where(IdempotencyKey.id == row_id, IdempotencyKey.job_id.is_(None), IdempotencyKey.created_at < stale_before)
+        .where(
+            IdempotencyKey.id == row_id,
+            IdempotencyKey.job_id.is_(None),
+            IdempotencyKey.created_at < stale_before,
+        )
         .values(request_hash=request_hash, created_at=utcnow())
         .execution_options(synchronize_session=False)
     )
@@ -49,10 +55,15 @@ async def take_over(session: AsyncSession, row_id: str, request_hash: str, *, st
 
 async def attach(session: AsyncSession, row_id: str, job_id: str) -> None:
     await session.execute(
-        update(IdempotencyKey).where(IdempotencyKey.id == row_id).values(job_id=job_id).execution_options(synchronize_session=False)
+        update(IdempotencyKey)
+        .where(IdempotencyKey.id == row_id)
+        .values(job_id=job_id)
+        .execution_options(synchronize_session=False)
     )
 
 
 async def release(session: AsyncSession, row_id: str) -> None:
     """The request failed without making a job: the key may be used again."""
-    await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == row_id, IdempotencyKey.job_id.is_(None)))
+    await session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.id == row_id, IdempotencyKey.job_id.is_(None))
+    )

@@ -91,7 +91,10 @@ async def _write(session: AsyncSession, events: list[LoggedEvent]) -> None:
     now = utcnow()
     await session.execute(
         insert(JobEvent),
-        [{"job_id": e.job_id, "seq": e.seq, "event": e.event, "data": e.data, "created_at": now} for e in events],
+        [
+            {"job_id": e.job_id, "seq": e.seq, "event": e.event, "data": e.data, "created_at": now}
+            for e in events
+        ],
     )
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         origin = session.info.get(_ORIGIN, "")
@@ -117,7 +120,8 @@ async def record_transition(session: AsyncSession, job: Job, outputs: Sequence[O
     last = job.event_seq
     first = last - len(outputs)
     events = [
-        LoggedEvent(job.id, job.user_id, first + i, "output", output_snapshot(out)) for i, out in enumerate(outputs)
+        LoggedEvent(job.id, job.user_id, first + i, "output", output_snapshot(out))
+        for i, out in enumerate(outputs)
     ]
     events.append(LoggedEvent(job.id, job.user_id, last, "status", job_snapshot(job, outputs)))
     await _write(session, events)
@@ -154,11 +158,14 @@ async def record_progress(
         await _write(session, events)
         # The bound: of a job's progress, only events among its last `keep` ids stay.
         await session.execute(
-            delete(JobEvent).where(
+            delete(JobEvent)
+            .where(
                 JobEvent.event == "progress",
                 JobEvent.job_id.in_(list(next_seq)),
-                JobEvent.seq <= select(Job.event_seq).where(Job.id == JobEvent.job_id).scalar_subquery() - keep,
-            ).execution_options(synchronize_session=False)
+                JobEvent.seq
+                <= select(Job.event_seq).where(Job.id == JobEvent.job_id).scalar_subquery() - keep,
+            )
+            .execution_options(synchronize_session=False)
         )
 
 
@@ -168,7 +175,10 @@ async def since(session: AsyncSession, job_id: str, after: int, limit: int = 10_
     if user_id is None:
         return []
     rows = await session.execute(
-        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after).order_by(JobEvent.seq).limit(limit)
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.seq > after)
+        .order_by(JobEvent.seq)
+        .limit(limit)
     )
     return [LoggedEvent(r.job_id, user_id, r.seq, r.event, r.data) for r in rows.scalars()]
 
@@ -193,7 +203,12 @@ async def by_ids(session: AsyncSession, keys: Sequence[tuple[str, int]]) -> list
 
 
 async def max_seq(session: AsyncSession, job_id: str) -> int:
-    return int((await session.execute(select(func.coalesce(Job.event_seq, 0)).where(Job.id == job_id))).scalar_one_or_none() or 0)
+    return int(
+        (
+            await session.execute(select(func.coalesce(Job.event_seq, 0)).where(Job.id == job_id))
+        ).scalar_one_or_none()
+        or 0
+    )
 
 
 def deliver_after_commit(
@@ -227,4 +242,3 @@ def payload_of(raw: str) -> tuple[str, str, str, int] | None:
     if len(parts) != 4 or not parts[3].isdigit():
         return None
     return parts[0], parts[1], parts[2], int(parts[3])
-

@@ -23,7 +23,12 @@ TERMINAL = ("succeeded", "failed", "canceled")
 
 
 async def get_job(
-    session: AsyncSession, job_id: str, *, user_id: str | None = None, fresh: bool = False, with_workflow: bool = False
+    session: AsyncSession,
+    job_id: str,
+    *,
+    user_id: str | None = None,
+    fresh: bool = False,
+    with_workflow: bool = False,
 ) -> Job | None:
     """`with_workflow`: load the (deferred) graph too."""
     stmt = select(Job).where(Job.id == job_id)
@@ -137,7 +142,10 @@ async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: 
 
 async def set_waiting_reason(session: AsyncSession, job_id: str, reason: str | None) -> Job | None:
     return await _update(
-        session, job_id, [Job.status == "queued", Job.backend.is_(None)], waiting_reason=reason[:500] if reason else None
+        session,
+        job_id,
+        [Job.status == "queued", Job.backend.is_(None)],
+        waiting_reason=reason[:500] if reason else None,
     )
 
 
@@ -146,12 +154,18 @@ async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_a
     values: dict[str, Any] = {"backend": None, "prompt_id": None, "dispatched_at": None, "progress": None}
     if not count_attempt:
         values["attempts"] = Job.attempts - 1
-    return await _update(session, job_id, [Job.prompt_id == prompt_id, Job.status.in_(ACTIVE)], status="queued", **values)
+    return await _update(
+        session, job_id, [Job.prompt_id == prompt_id, Job.status.in_(ACTIVE)], status="queued", **values
+    )
 
 
 async def mark_running(session: AsyncSession, job_id: str, *, prompt_id: str) -> Job | None:
     return await _update(
-        session, job_id, [Job.prompt_id == prompt_id, Job.status == "queued"], status="running", started_at=utcnow()
+        session,
+        job_id,
+        [Job.prompt_id == prompt_id, Job.status == "queued"],
+        status="running",
+        started_at=utcnow(),
     )
 
 

@@ -17,8 +17,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -274,7 +274,9 @@ class WebhookAttempt(Base):
     __tablename__ = "webhook_attempts"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
     attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
     duration_ms: Mapped[float] = mapped_column(Double)
     # The receiver's HTTP status; null when none came (refused address, timeout, connection error).
@@ -299,6 +301,8 @@ class Backend(Base):
     source: Mapped[str] = mapped_column(String(16), default="admin")
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class JobEvent(Base):
     """A job's live events (status, progress, output), kept so that a client that reconnects with
     `Last-Event-ID` gets what it missed. `seq` is the job's own counter (`jobs.event_seq`), so ids

@@ -57,7 +57,11 @@ POSITION_CAP = 1000
 _cap = literal_column(str(POSITION_CAP))
 _AHEAD_ON_BACKEND = select(func.count()).select_from(
     select(Job.id)
-    .where(Job.status == "queued", Job.backend == bindparam("backend"), Job.dispatched_at < bindparam("dispatched_at"))
+    .where(
+        Job.status == "queued",
+        Job.backend == bindparam("backend"),
+        Job.dispatched_at < bindparam("dispatched_at"),
+    )
     .limit(_cap)
     .subquery()
 )
@@ -71,7 +75,10 @@ _AHEAD_IN_QUEUE = select(func.count()).select_from(
     .where(Job.status == "queued", Job.backend.is_(None), Job.priority > _priority)
     .union_all(
         select(Job.id).where(
-            Job.status == "queued", Job.backend.is_(None), Job.priority == _priority, Job.created_at < _created
+            Job.status == "queued",
+            Job.backend.is_(None),
+            Job.priority == _priority,
+            Job.created_at < _created,
         ),
         select(Job.id).where(
             Job.status == "queued",
@@ -87,6 +94,7 @@ _AHEAD_IN_QUEUE = select(func.count()).select_from(
 
 # Both counts in one round trip.
 _AHEAD = select(_ON_BACKENDS.scalar_subquery(), _AHEAD_IN_QUEUE.scalar_subquery())
+
 
 async def position(session: AsyncSession, job: Job) -> int | None:
     """How many queued jobs will start before this one, up to POSITION_CAP.

@@ -96,7 +96,9 @@ async def take(session: AsyncSession, user_id: str, *, rate_per_minute: int, now
 async def state(session: AsyncSession, user_id: str) -> tuple[float, float] | None:
     """(tokens, refilled_at) as stored, or None when the user has no bucket yet (it is full)."""
     row = (
-        await session.execute(select(RateBucket.tokens, RateBucket.refilled_at).where(RateBucket.user_id == user_id))
+        await session.execute(
+            select(RateBucket.tokens, RateBucket.refilled_at).where(RateBucket.user_id == user_id)
+        )
     ).first()
     return None if row is None else (float(row[0]), float(row[1]))
 

@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db.models import GatewayState
 
 
-async def get_or_create(sessionmaker: async_sessionmaker[AsyncSession], key: str, make: Callable[[], str]) -> str:
+async def get_or_create(
+    sessionmaker: async_sessionmaker[AsyncSession], key: str, make: Callable[[], str]
+) -> str:
     async with sessionmaker() as session:
         row = await session.get(GatewayState, key)
         if row is not None:

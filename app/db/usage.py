@@ -29,7 +29,10 @@ async def quota_counts(session: AsyncSession, user_id: str, since: datetime) -> 
 async def status_counts(session: AsyncSession, user_id: str) -> dict[str, int]:
     """The user's queued and running jobs."""
     counts = await _active(session, user_id)
-    return {"queued": counts.get("queued", 0) + counts.get("dispatched", 0), "running": counts.get("running", 0)}
+    return {
+        "queued": counts.get("queued", 0) + counts.get("dispatched", 0),
+        "running": counts.get("running", 0),
+    }
 
 
 async def created_since(session: AsyncSession, user_id: str, since: datetime) -> int:
@@ -38,7 +41,11 @@ async def created_since(session: AsyncSession, user_id: str, since: datetime) ->
     grow with how many jobs the user made that day."""
     first_full = int(since.timestamp()) // 3600 + 1
     boundary = datetime.fromtimestamp(first_full * 3600, UTC)
-    row = (await session.execute(_CREATED, {"user_id": user_id, "since": since, "boundary": boundary, "hour": first_full})).one()
+    row = (
+        await session.execute(
+            _CREATED, {"user_id": user_id, "since": since, "boundary": boundary, "hour": first_full}
+        )
+    ).one()
     return int(row[0] or 0) + int(row[1] or 0)
 
 
@@ -75,7 +82,9 @@ async def nth_created_since(session: AsyncSession, user_id: str, since: datetime
 
 async def starts_since(session: AsyncSession, user_id: str, since: datetime) -> tuple[int, datetime | None]:
     """How many of the user's jobs started after `since`, and the earliest of those starts."""
-    stmt = select(func.count(), func.min(Job.started_at)).where(Job.user_id == user_id, Job.started_at > since)
+    stmt = select(func.count(), func.min(Job.started_at)).where(
+        Job.user_id == user_id, Job.started_at > since
+    )
     count, first = (await session.execute(stmt)).one()
     return int(count), first
 

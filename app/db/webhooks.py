@@ -20,7 +20,12 @@ from app.db.models import Job, WebhookAttempt, WebhookDelivery, WebhookSecret
 from app.db.types import utcnow
 
 # The event a transition into each status announces.
-EVENT_OF_STATUS = {"running": "job.running", "succeeded": "job.succeeded", "failed": "job.failed", "canceled": "job.canceled"}
+EVENT_OF_STATUS = {
+    "running": "job.running",
+    "succeeded": "job.succeeded",
+    "failed": "job.failed",
+    "canceled": "job.canceled",
+}
 EVENTS = tuple(EVENT_OF_STATUS.values())
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")
 # The key in a session's `info` of a callable that wakes the local sender (set by the app).
@@ -103,7 +108,9 @@ async def claim_due(
                 await session.execute(
                     update(WebhookDelivery)
                     .where(WebhookDelivery.id.in_(ids), _due(now))
-                    .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
+                    .values(
+                        lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now
+                    )
                     .returning(WebhookDelivery)
                     .execution_options(synchronize_session=False, populate_existing=True)
                 )
@@ -129,22 +136,26 @@ async def record_attempt(
     None), or due again. Only while `owner` holds the lease; None if it lost it."""
     final = "succeeded" if succeeded else ("failed" if next_attempt_at is None else "pending")
     row = (
-        await session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_owner == owner)
-            .values(
-                status=final,
-                attempts=WebhookDelivery.attempts + 1,
-                next_attempt_at=next_attempt_at,
-                lease_owner=None,
-                lease_until=None,
-                last_error=None if succeeded else (error or f"HTTP {status_code}")[:500],
-                updated_at=utcnow(),
+        (
+            await session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_owner == owner)
+                .values(
+                    status=final,
+                    attempts=WebhookDelivery.attempts + 1,
+                    next_attempt_at=next_attempt_at,
+                    lease_owner=None,
+                    lease_until=None,
+                    last_error=None if succeeded else (error or f"HTTP {status_code}")[:500],
+                    updated_at=utcnow(),
+                )
+                .returning(WebhookDelivery)
+                .execution_options(synchronize_session=False, populate_existing=True)
             )
-            .returning(WebhookDelivery)
-            .execution_options(synchronize_session=False, populate_existing=True)
         )
-    ).scalars().first()
+        .scalars()
+        .first()
+    )
     if row is None:
         return None
     session.add(
@@ -162,17 +173,23 @@ async def record_attempt(
 
 async def release(session: AsyncSession, owner: str, ids: Sequence[str] | None = None) -> None:
     """Give back the leases `owner` holds (all, or those of `ids`): those deliveries are due again at once."""
-    stmt = update(WebhookDelivery).where(WebhookDelivery.lease_owner == owner, WebhookDelivery.status == "pending")
+    stmt = update(WebhookDelivery).where(
+        WebhookDelivery.lease_owner == owner, WebhookDelivery.status == "pending"
+    )
     if ids is not None:
         stmt = stmt.where(WebhookDelivery.id.in_(ids))
-    await session.execute(stmt.values(lease_owner=None, lease_until=None).execution_options(synchronize_session=False))
+    await session.execute(
+        stmt.values(lease_owner=None, lease_until=None).execution_options(synchronize_session=False)
+    )
 
 
 async def attempts_of(session: AsyncSession, delivery_ids: Sequence[str]) -> dict[str, list[WebhookAttempt]]:
     result: dict[str, list[WebhookAttempt]] = {i: [] for i in delivery_ids}
     if delivery_ids:
         rows = await session.execute(
-            select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(delivery_ids)).order_by(WebhookAttempt.id)
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_(delivery_ids))
+            .order_by(WebhookAttempt.id)
         )
         for attempt in rows.scalars():
             result[attempt.delivery_id].append(attempt)
@@ -187,14 +204,25 @@ async def redeliver(session: AsyncSession, delivery_id: str) -> WebhookDelivery 
     """Due now again, with a fresh round of attempts (what was attempted stays recorded)."""
     now = utcnow()
     return (
-        await session.execute(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id)
-            .values(status="pending", attempts=0, next_attempt_at=now, lease_owner=None, lease_until=None, updated_at=now)
-            .returning(WebhookDelivery)
-            .execution_options(synchronize_session=False, populate_existing=True)
+        (
+            await session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
+                .values(
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=now,
+                )
+                .returning(WebhookDelivery)
+                .execution_options(synchronize_session=False, populate_existing=True)
+            )
         )
-    ).scalars().first()
+        .scalars()
+        .first()
+    )
 
 
 # ---- secrets ---------------------------------------------------------------------------------

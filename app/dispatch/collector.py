@@ -13,7 +13,6 @@ from app.db.models import Output
 from app.dispatch.backend import OutputSpec
 from app.storage.base import Storage
 
-
 # The types of the files ComfyUI's output nodes write, by extension: SaveImage (png),
 # SaveAnimatedWEBP/PNG (webp, png), SaveWEBM and SaveVideo (webm, mp4), SaveAudio/MP3/Opus (flac,
 # mp3, opus), SaveGLB (glb), VHS_VideoCombine's `gifs` (gif, mp4, webm). Python's own table lacks

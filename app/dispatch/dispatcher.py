@@ -20,19 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.comfy.errors import BackendUnavailable, ComfyError, PromptRejected
 from app.config import Settings
 from app.db import jobs as repo
-from app.dispatch import job_errors, staging
 from app.db.models import Job
+from app.dispatch import job_errors, staging
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec, Prepared
-from app.dispatch.pool import BackendPool
 from app.dispatch.capabilities import checkpoint_of
-
-# Jobs claimed in reserve per backend beyond its in-flight slots.
-PREPARE_AHEAD = 1
+from app.dispatch.pool import BackendPool
 from app.dispatch.scheduler import FairScheduler
 from app.dispatch.tracker import DispatchContext, Tracker
 from app.domain.notify import Notifier
 from app.metrics import Metrics
 from app.storage.base import Storage
+
+# Jobs claimed in reserve per backend beyond its in-flight slots.
+PREPARE_AHEAD = 1
 
 log = logging.getLogger("app.dispatch")
 
@@ -189,7 +189,11 @@ class Dispatcher(BackendPool):
         for link in self.links:
             # While a socket is down, its prompts are followed over HTTP instead, so that a job
             # never hangs on a socket that dropped or stalled without a word.
-            blind = not link.connected and link.inflight and now - link.last_reconcile >= self.settings.backend_retry_seconds
+            blind = (
+                not link.connected
+                and link.inflight
+                and now - link.last_reconcile >= self.settings.backend_retry_seconds
+            )
             if (link.needs_reconcile and link.healthy) or blind:
                 link.last_reconcile = now
                 try:
@@ -225,7 +229,10 @@ class Dispatcher(BackendPool):
         ready = [
             link
             for link in self.links
-            if link.healthy and not link.needs_reconcile and link.capabilities is not None and not link.draining
+            if link.healthy
+            and not link.needs_reconcile
+            and link.capabilities is not None
+            and not link.draining
         ]
         sends: dict[str, list[Prepared]] = defaultdict(list)
         for link in ready:
@@ -266,7 +273,9 @@ class Dispatcher(BackendPool):
             self._note_unrunnable(job, unrunnable, missing)
             if job.id not in unrunnable:
                 lacking = min((missing(link, job) or [] for link in ready), key=len, default=[])
-                waiting[job.id] = "No healthy backend can run it now; waiting for one with " + "; ".join(lacking[:5]) + "."
+                waiting[job.id] = (
+                    "No healthy backend can run it now; waiting for one with " + "; ".join(lacking[:5]) + "."
+                )
             return False
 
         if sum(want.values()):
@@ -276,20 +285,31 @@ class Dispatcher(BackendPool):
                         url = self._route(job, ready, want, missing)
                         # Taken before the claim: its RETURNING row leaves the deferred columns out.
                         item = Prepared(
-                            job.id, job.user_id, str(uuid.uuid4()), job.workflow, self._timeout(job), list(job.inputs or ()),
+                            job.id,
+                            job.user_id,
+                            str(uuid.uuid4()),
+                            job.workflow,
+                            self._timeout(job),
+                            list(job.inputs or ()),
                             OutputSpec.of(job),
                         )
                     except Exception:  # noqa: BLE001
                         log.exception("job %s: unexpected error while preparing it", job.id)
                         broken.append(job.id)
                         url = None
-                    if url and await repo.claim(session, job.id, backend=url, prompt_id=item.prompt_id) is not None:
+                    if (
+                        url
+                        and await repo.claim(session, job.id, backend=url, prompt_id=item.prompt_id)
+                        is not None
+                    ):
                         want[url] -= 1
                         claimed[url].append(item)
                     else:
                         self.scheduler.give_back(job.user_id)
                 failed = [
-                    await repo.mark_failed(session, job_id, error=job_errors.unsupported(reasons), prompt_id=None)
+                    await repo.mark_failed(
+                        session, job_id, error=job_errors.unsupported(reasons), prompt_id=None
+                    )
                     for job_id, reasons in unrunnable.items()
                 ] + [
                     await repo.mark_failed(session, job_id, error=job_errors.internal_error(), prompt_id=None)
@@ -347,7 +367,12 @@ class Dispatcher(BackendPool):
             for pid, flight in list(link.inflight.items()):
                 if pid in link.collecting:
                     continue
-                log.warning("backend %s down for %.0f s: job %s moves on", link.url, now - link.down_since, flight.job_id)
+                log.warning(
+                    "backend %s down for %.0f s: job %s moves on",
+                    link.url,
+                    now - link.down_since,
+                    flight.job_id,
+                )
                 link.abandoned.add(pid)
                 link.submitting.discard(pid)
                 await self.tracker.requeue(link, pid, flight, count_attempt=True)
@@ -366,13 +391,19 @@ class Dispatcher(BackendPool):
                         # It was told to stop and did not: no more work until it proves healthy.
                         log.error("backend %s ignored the interrupt of prompt %s", link.url, pid)
                         flight.interrupt_due = None
-                        link.mark_unreachable("ignored an interrupt", self.settings.backend_retry_seconds * 10)
+                        link.mark_unreachable(
+                            "ignored an interrupt", self.settings.backend_retry_seconds * 10
+                        )
                     continue
                 if flight.deadline is None or now < flight.deadline:
                     continue
                 async with self._sessionmaker() as session:
                     job = await repo.mark_failed(
-                        session, flight.job_id, error=job_errors.timeout(flight.timeout or 0), prompt_id=pid, progress=flight.progress
+                        session,
+                        flight.job_id,
+                        error=job_errors.timeout(flight.timeout or 0),
+                        prompt_id=pid,
+                        progress=flight.progress,
                     )
                     await session.commit()
                 if job is not None:
@@ -382,11 +413,15 @@ class Dispatcher(BackendPool):
                     await link.client.interrupt(pid)
                 except ComfyError as exc:
                     log.error("interrupting prompt %s on %s failed: %s", pid, link.url, exc)
-                    link.mark_unreachable(f"interrupt failed: {exc}", self.settings.backend_retry_seconds * 10)
+                    link.mark_unreachable(
+                        f"interrupt failed: {exc}", self.settings.backend_retry_seconds * 10
+                    )
                     link.forget(pid)
 
     @staticmethod
-    def _route(job: Job, ready: list[BackendLink], want: dict[str, int], missing: Callable[..., list[str] | None]) -> str | None:
+    def _route(
+        job: Job, ready: list[BackendLink], want: dict[str, int], missing: Callable[..., list[str] | None]
+    ) -> str | None:
         """Among capable backends with room: the least loaded, then one with the checkpoint warm."""
         checkpoint = checkpoint_of(job.workflow)
         capable = [link for link in ready if want[link.url] > 0 and missing(link, job) == []]
@@ -394,7 +429,11 @@ class Dispatcher(BackendPool):
             return None
         best = max(
             capable,
-            key=lambda link: (want[link.url], -(link.queue_remaining or 0), checkpoint is not None and link.last_checkpoint == checkpoint),
+            key=lambda link: (
+                want[link.url],
+                -(link.queue_remaining or 0),
+                checkpoint is not None and link.last_checkpoint == checkpoint,
+            ),
         )
         return best.url
 
@@ -419,7 +458,9 @@ class Dispatcher(BackendPool):
             await self._submit_one(link, item)
         except Exception as exc:  # noqa: BLE001 - whatever one job does, the slot it holds comes back
             # The POST may have reached the backend: the prompt is taken off it too.
-            await self.tracker.fail_unexpected(link, item.prompt_id, "staging or submitting it", exc, stop=True)
+            await self.tracker.fail_unexpected(
+                link, item.prompt_id, "staging or submitting it", exc, stop=True
+            )
             link.release(item.prompt_id)
             link.submitting.discard(item.prompt_id)
 
@@ -434,7 +475,9 @@ class Dispatcher(BackendPool):
         workflow = item.workflow
         try:
             if item.inputs:
-                workflow = await staging.stage(link.client, self.ctx.storage, item.job_id, item.workflow, item.inputs)
+                workflow = await staging.stage(
+                    link.client, self.ctx.storage, item.job_id, item.workflow, item.inputs
+                )
                 if prompt_id not in link.inflight:  # canceled while its inputs were uploaded
                     link.release(prompt_id)
                     link.submitting.discard(prompt_id)
@@ -501,7 +544,9 @@ class Dispatcher(BackendPool):
                     link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
                     continue
                 except Exception:  # noqa: BLE001 - not transient: trying every round would not help
-                    log.exception("job %s: taking canceled prompt %s off %s failed", job.id, job.prompt_id, link.url)
+                    log.exception(
+                        "job %s: taking canceled prompt %s off %s failed", job.id, job.prompt_id, link.url
+                    )
                 link.forget(job.prompt_id)
             async with self._sessionmaker() as session:
                 await repo.cleanup_done(session, job.id)

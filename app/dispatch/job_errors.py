@@ -16,7 +16,9 @@ def scrub(text: str | None) -> str:
     return _PATH.sub(r"\1", str(text)).strip()[:_MAX_MESSAGE]
 
 
-def execution_error(*, node_id: str | None, node_type: str | None, exception_type: str | None, message: str | None) -> dict[str, Any]:
+def execution_error(
+    *, node_id: str | None, node_type: str | None, exception_type: str | None, message: str | None
+) -> dict[str, Any]:
     text = scrub(message) or "The node failed."
     if exception_type:
         text = f"{exception_type.rsplit('.', 1)[-1]}: {text}"
@@ -33,7 +35,11 @@ def invalid_workflow(error: dict[str, Any] | None, node_errors: dict[str, Any] |
         cleaned[str(node_id)] = {
             "class_type": entry.get("class_type"),
             "errors": [
-                {"type": e.get("type"), "message": scrub(e.get("message")), "details": scrub(e.get("details"))}
+                {
+                    "type": e.get("type"),
+                    "message": scrub(e.get("message")),
+                    "details": scrub(e.get("details")),
+                }
                 for e in entry.get("errors", [])
                 if isinstance(e, dict)
             ],
@@ -52,7 +58,10 @@ def invalid_workflow(error: dict[str, Any] | None, node_errors: dict[str, Any] |
 
 
 def interrupted() -> dict[str, Any]:
-    return {"type": "interrupted", "message": "The job was interrupted on its backend by someone other than its owner."}
+    return {
+        "type": "interrupted",
+        "message": "The job was interrupted on its backend by someone other than its owner.",
+    }
 
 
 def backend_lost(attempts: int) -> dict[str, Any]:
@@ -64,13 +73,18 @@ def backend_lost(attempts: int) -> dict[str, Any]:
 
 
 def output_missing(filename: str) -> dict[str, Any]:
-    return {"type": "output_missing", "message": f"ComfyUI reported output {scrub(filename)!r} but did not serve it."}
+    return {
+        "type": "output_missing",
+        "message": f"ComfyUI reported output {scrub(filename)!r} but did not serve it.",
+    }
 
 
 def unsupported(missing: list[str]) -> dict[str, Any]:
     return {
         "type": "unsupported_workflow",
-        "message": "No registered backend can run this workflow; every one lacks: " + "; ".join(missing[:10]) + ".",
+        "message": "No registered backend can run this workflow; every one lacks: "
+        + "; ".join(missing[:10])
+        + ".",
         "missing": missing[:50],
     }
 

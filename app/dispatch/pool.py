@@ -72,7 +72,9 @@ class BackendPool:
     async def _add_link(self, url: str, backend_id: str, *, draining: bool) -> BackendLink:
         # A stable client id per backend: ComfyUI sends a prompt's messages only to the socket of
         # the client id it was queued with, so after a restart we must reconnect with the same one.
-        client_id = await get_or_create(self._sessionmaker, f"client_id:{url}", lambda: f"comfy-gateway-{uuid.uuid4()}")
+        client_id = await get_or_create(
+            self._sessionmaker, f"client_id:{url}", lambda: f"comfy-gateway-{uuid.uuid4()}"
+        )
         settings = self.settings
         link = BackendLink(
             url=url,
@@ -178,8 +180,12 @@ class BackendPool:
             changed = []
             for job in candidates:
                 if job.backend not in registered and job.prompt_id:
-                    log.warning("job %s was on %s, which is not registered: back to the queue", job.id, job.backend)
-                    changed.append(await repo.unclaim(session, job.id, prompt_id=job.prompt_id, count_attempt=False))
+                    log.warning(
+                        "job %s was on %s, which is not registered: back to the queue", job.id, job.backend
+                    )
+                    changed.append(
+                        await repo.unclaim(session, job.id, prompt_id=job.prompt_id, count_attempt=False)
+                    )
             await session.commit()
         # Subscribers hear of it from the event log (the unclaim logged a `status` event).
         for job in changed:

@@ -36,7 +36,9 @@ class FairScheduler:
         self._vtime: dict[str, float] = {}
         self._weights: dict[str, float] = {}
 
-    async def pick(self, session: AsyncSession, n: int, accept: Callable[[Job], bool] | None = None) -> list[Job]:
+    async def pick(
+        self, session: AsyncSession, n: int, accept: Callable[[Job], bool] | None = None
+    ) -> list[Job]:
         """Up to n undispatched jobs in the order they should go, and their turns recorded.
 
         `accept` filters jobs that can be placed now (a capable backend is up); a job it refuses
@@ -59,7 +61,9 @@ class FairScheduler:
             if user_id == BOOTSTRAP_ADMIN_ID:
                 cap = n
             else:
-                cap = min(n, int(effective_limits(user, self.settings)["max_running"]) - in_flight.get(user_id, 0))
+                cap = min(
+                    n, int(effective_limits(user, self.settings)["max_running"]) - in_flight.get(user_id, 0)
+                )
             if cap > 0:
                 capacity[user_id] = cap
                 self._weights[user_id] = _weight(user, self.settings)

@@ -15,8 +15,8 @@ import re
 from typing import Any
 
 from app.comfy.client import ComfyClient
-from app.storage.images import EXTENSIONS
 from app.storage.base import Storage
+from app.storage.images import EXTENSIONS
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -55,7 +55,9 @@ async def stage(
             content_type=item.get("content_type"),
             # /upload/mask writes the original image with this mask's alpha under the mask's name.
             mask=mask_of in names,
-            original_ref={"filename": names[mask_of], "subfolder": "", "type": "input"} if mask_of in names else None,
+            original_ref={"filename": names[mask_of], "subfolder": "", "type": "input"}
+            if mask_of in names
+            else None,
         )
         names[param] = uploaded.name if not uploaded.subfolder else f"{uploaded.subfolder}/{uploaded.name}"
         for node_id, input_name in item["binds"]:

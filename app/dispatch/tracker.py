@@ -19,12 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.comfy.errors import BackendUnavailable, ComfyError, NotFound
 from app.comfy.messages import (
+    Executing,
     ExecutionCached,
     ExecutionError,
     ExecutionInterrupted,
     ExecutionStart,
     ExecutionSuccess,
-    Executing,
     Preview,
     Progress,
     Status,
@@ -82,7 +82,8 @@ class Tracker:
                 # longer be followed, so it fails now and frees its slot instead of holding it.
                 self._ended_on_backend(link, pid)
                 self.ctx.spawn(
-                    self.fail_unexpected(link, pid, f"handling {type(event).__name__}", exc, stop=True), f"failed {pid}"
+                    self.fail_unexpected(link, pid, f"handling {type(event).__name__}", exc, stop=True),
+                    f"failed {pid}",
                 )
 
     async def handle(self, link: BackendLink, msg: object) -> None:
@@ -111,23 +112,38 @@ class Tracker:
                 flight.started_at = flight.last_progress_persist = time.monotonic()
                 if flight.timeout is not None:
                     flight.deadline = time.time() + flight.timeout
-                self.ctx.spawn(self._guarded(link, pid, "recording its start", self._started(link, pid)), f"running {pid}")
+                self.ctx.spawn(
+                    self._guarded(link, pid, "recording its start", self._started(link, pid)),
+                    f"running {pid}",
+                )
             case Progress(prompt_id=pid, node=node, value=value, max=maximum):
                 self._progress(link, pid, {"value": value, "max": maximum, "node": node})
             case ExecutionCached(prompt_id=pid, nodes=nodes) if (flight := link.job_of(pid)) is not None:
                 flight.nodes_done.update(nodes)
-            case Executing(prompt_id=pid, node=node) if node is not None and (flight := link.job_of(pid)) is not None:
+            case Executing(prompt_id=pid, node=node) if (
+                node is not None and (flight := link.job_of(pid)) is not None
+            ):
                 # A node starts: the one before it is done.
                 if flight.current_node is not None:
                     flight.nodes_done.add(flight.current_node)
                 flight.current_node = node
                 self.ctx.notifier.node_started(
-                    flight.job_id, flight.user_id,
-                    {"value": 0, "max": 1, "node": node, "node_start": True, "nodes_done": len(flight.nodes_done), "current_node": node},
+                    flight.job_id,
+                    flight.user_id,
+                    {
+                        "value": 0,
+                        "max": 1,
+                        "node": node,
+                        "node_start": True,
+                        "nodes_done": len(flight.nodes_done),
+                        "current_node": node,
+                    },
                 )
             case Preview(prompt_id=pid) as preview if (flight := link.job_of(pid)) is not None:
                 # Previews with metadata (event 4, which we ask for) say whose they are; others are dropped.
-                self.ctx.notifier.preview(flight.job_id, flight.user_id, preview.image_type, preview.image, preview.node_id)
+                self.ctx.notifier.preview(
+                    flight.job_id, flight.user_id, preview.image_type, preview.image, preview.node_id
+                )
             case ExecutionSuccess(prompt_id=pid):
                 if (flight := link.job_of(pid)) is not None:
                     flight.succeeded = True
@@ -144,11 +160,15 @@ class Tracker:
                     exception_type=err.exception_type,
                     message=err.exception_message,
                 )
-                self.ctx.spawn(self._guarded(link, pid, "recording its failure", self.fail(link, pid, error)), f"failed {pid}")
+                self.ctx.spawn(
+                    self._guarded(link, pid, "recording its failure", self.fail(link, pid, error)),
+                    f"failed {pid}",
+                )
             case ExecutionInterrupted(prompt_id=pid) if link.job_of(pid) is not None:
                 self._ended_on_backend(link, pid)
                 self.ctx.spawn(
-                    self._guarded(link, pid, "recording its interruption", self._interrupted(link, pid)), f"interrupted {pid}"
+                    self._guarded(link, pid, "recording its interruption", self._interrupted(link, pid)),
+                    f"interrupted {pid}",
                 )
             case _:
                 pass
@@ -195,7 +215,9 @@ class Tracker:
 
     # ---- transitions -----------------------------------------------------------------------
 
-    async def _guarded(self, link: BackendLink, pid: str | None, stage: str, work: Coroutine[Any, Any, Any]) -> None:
+    async def _guarded(
+        self, link: BackendLink, pid: str | None, stage: str, work: Coroutine[Any, Any, Any]
+    ) -> None:
         try:
             await work
         except Exception as exc:  # noqa: BLE001 - see fail_unexpected
@@ -211,7 +233,11 @@ class Tracker:
         flight = link.job_of(pid)
         log.error(
             "job %s (prompt %s on %s): unexpected error while %s",
-            flight.job_id if flight else "?", pid, link.url, stage, exc_info=exc,
+            flight.job_id if flight else "?",
+            pid,
+            link.url,
+            stage,
+            exc_info=exc,
         )
         if flight is None or pid is None:
             return
@@ -277,7 +303,9 @@ class Tracker:
             return
         await self.ctx.notifier.settle(flight.job_id)
         async with self.ctx.sessionmaker() as session:
-            job = await repo.mark_failed(session, flight.job_id, error=error, prompt_id=pid, progress=flight.progress)
+            job = await repo.mark_failed(
+                session, flight.job_id, error=error, prompt_id=pid, progress=flight.progress
+            )
             await session.commit()
         link.forget(pid)
         self.ctx.wake()
@@ -342,7 +370,10 @@ class Tracker:
                     message=err.exception_message,
                 )
                 if err
-                else {"type": "execution_error", "message": f"ComfyUI ended the prompt with status {entry.status_str!r}."}
+                else {
+                    "type": "execution_error",
+                    "message": f"ComfyUI ended the prompt with status {entry.status_str!r}.",
+                }
             )
             await self.fail(link, pid, error)
             return
@@ -361,7 +392,9 @@ class Tracker:
         # that was canceled (or moved on) meanwhile, and the copies are then deleted.
         # No database connection is held while files are copied.
         try:
-            outputs = await collect(link.client, self.ctx.storage, job, entry, self.ctx.settings.max_job_output_bytes)
+            outputs = await collect(
+                link.client, self.ctx.storage, job, entry, self.ctx.settings.max_job_output_bytes
+            )
         except NotFound as exc:
             await self.fail(link, pid, job_errors.output_missing(str(exc)))
             return
@@ -378,7 +411,9 @@ class Tracker:
         await self.ctx.notifier.settle(job.id)
         async with self.ctx.sessionmaker() as session:
             session.add_all(outputs)
-            done = await repo.mark_succeeded(session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress)
+            done = await repo.mark_succeeded(
+                session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress
+            )
             if done is not None:
                 await session.commit()
             else:
@@ -433,7 +468,9 @@ class Tracker:
         # It answered: whatever its socket does, it is not down, and its jobs stay with it.
         link.down_since = None
 
-    async def _reconcile_one(self, link: BackendLink, job: Job, pid: str, running: set[str], pending: set[str]) -> None:
+    async def _reconcile_one(
+        self, link: BackendLink, job: Job, pid: str, running: set[str], pending: set[str]
+    ) -> None:
         flight = link.inflight.get(pid)
         if flight is None:
             flight = InFlight(job.id, job.user_id, outputs=OutputSpec.of(job))
@@ -460,11 +497,15 @@ class Tracker:
                 link.forget(pid)
                 return
             if count_attempt and job.attempts >= self.ctx.settings.max_attempts:
-                changed = await repo.mark_failed(session, job.id, error=job_errors.backend_lost(job.attempts), prompt_id=pid)
+                changed = await repo.mark_failed(
+                    session, job.id, error=job_errors.backend_lost(job.attempts), prompt_id=pid
+                )
             else:
                 changed = await repo.unclaim(session, job.id, prompt_id=pid, count_attempt=count_attempt)
             await session.commit()
         link.forget(pid)
         self.ctx.wake()
         if changed is not None:
-            log.info("job %s: backend %s does not have prompt %s; %s", flight.job_id, link.url, pid, changed.status)
+            log.info(
+                "job %s: backend %s does not have prompt %s; %s", flight.job_id, link.url, pid, changed.status
+            )

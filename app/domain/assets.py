@@ -34,7 +34,9 @@ _CHUNK = 1024 * 1024
 
 def check_hash(value: str, field: str = "hash") -> str:
     if not isinstance(value, str) or not HASH_RE.match(value):
-        raise V2Error(422, "invalid_request", f"{field} must be 'blake3:' and 64 lowercase hex digits.", field=field)
+        raise V2Error(
+            422, "invalid_request", f"{field} must be 'blake3:' and 64 lowercase hex digits.", field=field
+        )
     return value
 
 
@@ -97,15 +99,24 @@ async def store(
     if expected_hash is not None and expected_hash != digest:
         await storage.delete(key)
         raise V2Error(
-            409, "hash_mismatch", "The bytes received do not have the expected_hash.", expected=expected_hash, actual=digest
+            409,
+            "hash_mismatch",
+            "The bytes received do not have the expected_hash.",
+            expected=expected_hash,
+            actual=digest,
         )
     existing = await by_hash(session, user_id, digest)
     if existing is not None:
         await storage.delete(key)
         return existing, False
     asset = Asset(
-        id=asset_id, user_id=user_id, hash=digest, file_path=safe_file_path(file_path), content_type=ctype,
-        size=obj.size, storage_key=key,
+        id=asset_id,
+        user_id=user_id,
+        hash=digest,
+        file_path=safe_file_path(file_path),
+        content_type=ctype,
+        size=obj.size,
+        storage_key=key,
     )
     session.add(asset)
     try:
@@ -134,7 +145,9 @@ async def get_owned(session: AsyncSession, user_id: str, asset_id: str) -> Asset
             return asset
         output = (
             await session.execute(
-                select(Output).join(Job, Job.id == Output.job_id).where(Output.id == asset_id, Job.user_id == user_id)
+                select(Output)
+                .join(Job, Job.id == Output.job_id)
+                .where(Output.id == asset_id, Job.user_id == user_id)
             )
         ).scalar_one_or_none()
         if output is not None:

@@ -69,7 +69,9 @@ async def register_configured_backends(session: AsyncSession, urls: list[str], *
             continue
         count, _ = await repo.jobs_on(session, row.url, limit=0)
         if count:
-            log.warning("%s is no longer configured but holds %d job(s): drained until they finish", row.url, count)
+            log.warning(
+                "%s is no longer configured but holds %d job(s): drained until they finish", row.url, count
+            )
             await repo.set_state(session, row.id, "draining")
         else:
             log.info("%s is no longer configured: removed from the pool", row.url)
@@ -83,9 +85,13 @@ async def pool_urls(sessionmaker: async_sessionmaker[AsyncSession], configured: 
     return list(dict.fromkeys([*configured, *(row.url for row in rows)]))
 
 
-async def list_backends(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[Backend], str | None]:
+async def list_backends(
+    session: AsyncSession, *, limit: int, cursor: str | None
+) -> tuple[list[Backend], str | None]:
     """A page of the pool, newest first."""
-    return await newest_first(session, select(Backend), at=Backend.added_at, key=Backend.id, limit=limit, cursor=cursor)
+    return await newest_first(
+        session, select(Backend), at=Backend.added_at, key=Backend.id, limit=limit, cursor=cursor
+    )
 
 
 async def get_backend(session: AsyncSession, backend_id: str) -> Backend:
@@ -115,10 +121,15 @@ async def remove_backend(session: AsyncSession, backend_id: str) -> Backend:
     """Only a drained backend that holds no job is removed, so no job is ever left behind."""
     row = await get_backend(session, backend_id)
     if row.state != "draining":
-        raise Conflict(f"Drain {row.url} first (POST /v1/admin/backends/{row.id}/drain), then remove it once its jobs finished.")
+        raise Conflict(
+            f"Drain {row.url} first (POST /v1/admin/backends/{row.id}/drain), then remove it once its jobs finished."
+        )
     count, _ = await repo.jobs_on(session, row.url, limit=0)
     if count:
-        raise Conflict(f"{row.url} still holds {count} unfinished job(s); remove it once they finished.", jobs_in_flight=count)
+        raise Conflict(
+            f"{row.url} still holds {count} unfinished job(s); remove it once they finished.",
+            jobs_in_flight=count,
+        )
     await repo.delete_backend(session, backend_id)
     return row
 
@@ -129,7 +140,12 @@ async def backend_view(session: AsyncSession, row: Backend, live: Mapping[str, A
     before the first poll or probe)."""
     count, ids = await repo.jobs_on(session, row.url, limit=MAX_LISTED_JOBS)
     live = live or {}
-    health = live.get("health") or {"status": "unknown", "since": None, "last_error": None, "connected": False}
+    health = live.get("health") or {
+        "status": "unknown",
+        "since": None,
+        "last_error": None,
+        "connected": False,
+    }
     return {
         "id": row.id,
         "url": row.url,

@@ -19,9 +19,9 @@ from pathlib import PurePosixPath
 import anyio
 from PIL import Image
 
+from app.config import Settings
 from app.db.models import Output
 from app.domain.errors import NotFound, ValidationFailed
-from app.config import Settings
 from app.storage.base import Storage
 
 FORMATS = {"webp": ("WEBP", "image/webp", ".webp"), "jpeg": ("JPEG", "image/jpeg", ".jpg")}
@@ -42,7 +42,9 @@ def _convert(source: bytes, pil_format: str, quality: int, max_pixels: int) -> b
                 # gigabytes of pixels (a raw workflow's custom node may write anything).
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise NotConvertible(f"The image has {width}x{height} pixels; at most {max_pixels} are converted.")
+                    raise NotConvertible(
+                        f"The image has {width}x{height} pixels; at most {max_pixels} are converted."
+                    )
                 return _encode(img, pil_format, quality)
     except NotConvertible:
         raise
@@ -70,7 +72,9 @@ def snap_quality(quality: int, levels: list[int]) -> int:
     return min(levels, key=lambda level: (abs(level - quality), -level))
 
 
-async def converted(storage: Storage, output: Output, fmt: str, quality: int, settings: Settings) -> tuple[str, str, str, int]:
+async def converted(
+    storage: Storage, output: Output, fmt: str, quality: int, settings: Settings
+) -> tuple[str, str, str, int]:
     """The storage key, content type, file name and quality level of the output in `fmt`, made if needed."""
     if output.content_type.split(";")[0] not in CONVERTIBLE:
         raise ValidationFailed(
@@ -87,7 +91,9 @@ async def converted(storage: Storage, output: Output, fmt: str, quality: int, se
         except FileNotFoundError:
             raise NotFound("The output's file is no longer stored.") from None
         try:
-            data = await anyio.to_thread.run_sync(_convert, source, pil_format, quality, settings.max_image_pixels)
+            data = await anyio.to_thread.run_sync(
+                _convert, source, pil_format, quality, settings.max_image_pixels
+            )
         except NotConvertible as exc:
             raise ValidationFailed(str(exc), errors=[{"field": "format", "message": str(exc)}]) from None
         await storage.write_stream(key, _one(data))

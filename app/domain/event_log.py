@@ -127,7 +127,9 @@ class EventLog:
             data, state.pending = state.pending, None
             self._send_progress(job_id, self._user_of[job_id], data, state, time.monotonic())
 
-    def _send_progress(self, job_id: str, user_id: str, data: dict[str, Any], state: _Coalesce, now: float) -> None:
+    def _send_progress(
+        self, job_id: str, user_id: str, data: dict[str, Any], state: _Coalesce, now: float
+    ) -> None:
         state.last_sent = now
         self._queue.append((job_id, user_id, data))
         self._wake.set()

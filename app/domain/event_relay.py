@@ -58,7 +58,11 @@ class EventRelay:
                 await asyncio.gather(task, return_exceptions=True)
 
     def _dsn(self) -> str:
-        return make_url(normalize_url(self._url)).set(drivername="postgresql").render_as_string(hide_password=False)
+        return (
+            make_url(normalize_url(self._url))
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
 
     async def _run(self) -> None:
         import asyncpg

@@ -82,7 +82,11 @@ class EventBus:
 
     def publish(self, event: JobEvent) -> None:
         preview = event.event == "preview"
-        for sub in (*self._by_job.get(event.job_id, ()), *self._by_user.get(event.user_id, ()), *self._everyone):
+        for sub in (
+            *self._by_job.get(event.job_id, ()),
+            *self._by_user.get(event.user_id, ()),
+            *self._everyone,
+        ):
             if preview and not sub.previews:
                 continue
             try:
@@ -98,4 +102,8 @@ class EventBus:
         return any(sub.previews for sub in subs) if previews else bool(subs)
 
     def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._by_job.values()) + sum(len(s) for s in self._by_user.values()) + len(self._everyone)
+        return (
+            sum(len(s) for s in self._by_job.values())
+            + sum(len(s) for s in self._by_user.values())
+            + len(self._everyone)
+        )

@@ -23,7 +23,11 @@ def make_fetcher(guard: OutboundGuard, *, max_bytes: int, timeout: float) -> Url
             async with asyncio.timeout(timeout), guard.client(timeout=timeout) as client:
                 async with client.stream("GET", url, headers={"Accept": "image/*"}) as resp:
                     if resp.status_code != 200:
-                        what = "redirects, which are not followed" if resp.is_redirect else f"answered HTTP {resp.status_code}"
+                        what = (
+                            "redirects, which are not followed"
+                            if resp.is_redirect
+                            else f"answered HTTP {resp.status_code}"
+                        )
                         raise FetchFailed(f"is a URL whose server {what}")
                     length = resp.headers.get("content-length", "")
                     if length.isdigit() and int(length) > max_bytes:

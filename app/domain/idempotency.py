@@ -73,7 +73,9 @@ async def claim(session: AsyncSession, user_id: str, key: str, body_hash: str, s
         )
     if existing.job_id is not None:
         return Claim(replay_job_id=existing.job_id)
-    if await repo.take_over(session, existing.id, body_hash, stale_before=now - timedelta(seconds=STALE_SECONDS)):
+    if await repo.take_over(
+        session, existing.id, body_hash, stale_before=now - timedelta(seconds=STALE_SECONDS)
+    ):
         await session.commit()
         return Claim(row_id=existing.id)
     await session.rollback()

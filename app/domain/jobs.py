@@ -18,14 +18,14 @@ from app.db import job_events
 from app.db import jobs as repo
 from app.db.cursor import encode_cursor
 from app.db.models import Job
+from app.domain import uploads
 from app.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.domain.pages import after_cursor
 from app.domain.quotas import check_job_quotas
 from app.domain.templates import get_document
+from app.domain.uploads import UrlFetcher, resolve_images
 from app.domain.users import Principal
 from app.domain.views import job_view
-from app.domain import uploads
-from app.domain.uploads import UrlFetcher, resolve_images
 from app.domain.workflows import check_raw_workflow, upload_refs
 from app.storage.base import Storage
 from app.storage.signing import UrlSigner
@@ -53,9 +53,15 @@ def _check_string_lengths(doc: Any, params: dict[str, Any], cap: int) -> None:
     template allows (image references have their own bound); a template's maxLength is checked with
     the other params."""
     errors = [
-        {"param": name, "message": f"must be at most {cap} characters long (this gateway's limit), got {len(value)}"}
+        {
+            "param": name,
+            "message": f"must be at most {cap} characters long (this gateway's limit), got {len(value)}",
+        }
         for name, value in params.items()
-        if isinstance(value, str) and name in doc.params and doc.params[name].type == "string" and len(value) > cap
+        if isinstance(value, str)
+        and name in doc.params
+        and doc.params[name].type == "string"
+        and len(value) > cap
     ]
     if errors:
         raise ValidationFailed(
@@ -63,7 +69,9 @@ def _check_string_lengths(doc: Any, params: dict[str, Any], cap: int) -> None:
         )
 
 
-async def _raw_inputs(session: AsyncSession, principal: Principal, refs: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+async def _raw_inputs(
+    session: AsyncSession, principal: Principal, refs: list[tuple[str, str, str]]
+) -> list[dict[str, Any]]:
     """The inputs to stage for a raw workflow's `upload:<id>` references (each the caller's own)."""
     inputs = []
     for node_id, input_name, upload_id in refs:
@@ -72,7 +80,8 @@ async def _raw_inputs(session: AsyncSession, principal: Principal, refs: list[tu
         except NotFound:
             field = f"workflow.{node_id}.inputs.{input_name}"
             raise ValidationFailed(
-                f"{field} names no upload of yours.", errors=[{"field": field, "node_id": node_id, "message": "unknown upload"}]
+                f"{field} names no upload of yours.",
+                errors=[{"field": field, "node_id": node_id, "message": "unknown upload"}],
             ) from None
         inputs.append(
             {
@@ -110,7 +119,11 @@ async def build(
             errors=[{"field": "template", "message": "exactly one of template or workflow is required"}],
         )
     # The contract caps a priority at the user's own maximum (the job shows what it got).
-    priority = req.priority if principal.unlimited else min(req.priority, int(principal.limits.get("max_priority", 0)))
+    priority = (
+        req.priority
+        if principal.unlimited
+        else min(req.priority, int(principal.limits.get("max_priority", 0)))
+    )
     if len(json.dumps(req.metadata, separators=(",", ":"))) > settings.max_metadata_bytes:
         raise ValidationFailed(
             f"metadata is larger than {settings.max_metadata_bytes} bytes.",
@@ -128,14 +141,19 @@ async def build(
         try:
             doc = await get_document(session, req.template)
         except NotFound as exc:
-            raise ValidationFailed(exc.detail, errors=[{"field": "template", "message": "no such template"}]) from None
+            raise ValidationFailed(
+                exc.detail, errors=[{"field": "template", "message": "no such template"}]
+            ) from None
         _check_string_lengths(doc, req.params, settings.max_param_string_length)
         try:
             resolved = resolve_params(doc, req.params)
         except ParamsInvalid as exc:
             raise ValidationFailed(
-                "Some params are not valid for template " + repr(req.template) + ": "
-                + ", ".join(sorted({str(e["param"]) for e in exc.errors if e.get("param")})) + ".",
+                "Some params are not valid for template "
+                + repr(req.template)
+                + ": "
+                + ", ".join(sorted({str(e["param"]) for e in exc.errors if e.get("param")}))
+                + ".",
                 errors=exc.errors,
             ) from None
         image_params = {
@@ -143,10 +161,19 @@ async def build(
         }
         if image_params and any(name in resolved for name in image_params):
             if storage is None:
-                raise ValidationFailed("Image params are not accepted here.", errors=[{"field": "params", "message": "no storage"}])
+                raise ValidationFailed(
+                    "Image params are not accepted here.",
+                    errors=[{"field": "params", "message": "no storage"}],
+                )
             inputs = await resolve_images(
-                session, storage, settings, principal.user_id, image_params, resolved,
-                new_uploads if new_uploads is not None else [], fetch_url,
+                session,
+                storage,
+                settings,
+                principal.user_id,
+                image_params,
+                resolved,
+                new_uploads if new_uploads is not None else [],
+                fetch_url,
             )
         workflow = render(doc, resolved)
         # A backend's node definitions say which custom nodes are output nodes too (e.g. a video
@@ -159,7 +186,10 @@ async def build(
         if not (principal.unlimited or principal.is_admin or principal.limits.get("allow_raw_workflows")):
             raise Forbidden("Your account may not send raw workflows; use a template.")
         if req.params:
-            raise ValidationFailed("'params' go with a template, not a raw workflow.", errors=[{"field": "params", "message": "not allowed with workflow"}])
+            raise ValidationFailed(
+                "'params' go with a template, not a raw workflow.",
+                errors=[{"field": "params", "message": "not allowed with workflow"}],
+            )
         nodes = check_raw_workflow(req.workflow, settings, object_info)
         workflow, resolved = req.workflow, {}
         inputs = await _raw_inputs(session, principal, upload_refs(req.workflow, object_info))
@@ -178,7 +208,9 @@ async def build(
         meta=req.metadata,
         attempts=0,
         cancel_requested=False,
-        timeout_seconds=min(limits) if (limits := [t for t in (timeout_seconds, req.timeout_seconds) if t]) else None,
+        timeout_seconds=min(limits)
+        if (limits := [t for t in (timeout_seconds, req.timeout_seconds) if t])
+        else None,
         webhook_url=req.webhook[0] if req.webhook else None,
         webhook_events=req.webhook[1] if req.webhook else None,
     )
@@ -239,7 +271,9 @@ async def list_views(
     after = after_cursor(cursor)
     jobs, more = await repo.list_jobs(session, user_id=user_id, statuses=statuses, limit=limit, after=after)
     outputs = await repo.outputs_for(session, [j.id for j in jobs])
-    items = [job_view(j, outputs[j.id], signer, queue_position=await repo.queue_position(session, j)) for j in jobs]
+    items = [
+        job_view(j, outputs[j.id], signer, queue_position=await repo.queue_position(session, j)) for j in jobs
+    ]
     if with_owner:
         items = [{**item, "user_id": job.user_id} for item, job in zip(items, jobs, strict=True)]
     next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None

@@ -33,27 +33,42 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_queued: Annotated[
-        StrictInt | None, Field(ge=1, le=1_000_000, description="Most jobs waiting to run at once (429 `max_queued`).")
+        StrictInt | None,
+        Field(ge=1, le=1_000_000, description="Most jobs waiting to run at once (429 `max_queued`)."),
     ] = None
     max_running: Annotated[
         StrictInt | None, Field(ge=1, le=10_000, description="Most jobs running at once, over all backends.")
     ] = None
     rate_per_minute: Annotated[
         StrictInt | None,
-        Field(ge=1, le=1_000_000, description="Requests a minute on any route, and the burst (429 `rate_per_minute`)."),
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Requests a minute on any route, and the burst (429 `rate_per_minute`).",
+        ),
     ] = None
     jobs_per_day: Annotated[
-        StrictInt | None, Field(ge=1, le=100_000_000, description="Jobs created in any 24 hours (429 `jobs_per_day`).")
+        StrictInt | None,
+        Field(ge=1, le=100_000_000, description="Jobs created in any 24 hours (429 `jobs_per_day`)."),
     ] = None
     max_priority: Annotated[
-        StrictInt | None, Field(ge=0, le=1_000_000, description="Highest `priority` the user's jobs get; a higher one asked for is capped at it.")
+        StrictInt | None,
+        Field(
+            ge=0,
+            le=1_000_000,
+            description="Highest `priority` the user's jobs get; a higher one asked for is capped at it.",
+        ),
     ] = None
     allow_raw_workflows: Annotated[
         StrictBool | None, Field(description="May send `workflow` (a ComfyUI graph) instead of a template.")
     ] = None
     weight: Annotated[
         StrictInt | None,
-        Field(ge=1, le=100, description="The user's share in fair scheduling, relative to other users with work."),
+        Field(
+            ge=1,
+            le=100,
+            description="The user's share in fair scheduling, relative to other users with work.",
+        ),
     ] = None
 
 
@@ -63,7 +78,10 @@ def defaults(settings: Settings) -> dict[str, Any]:
 
 def effective(own: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
     """Every limit: the user's own value where it has one, else the default."""
-    return {**defaults(settings), **{k: v for k, v in (own or {}).items() if k in LIMIT_NAMES and v is not None}}
+    return {
+        **defaults(settings),
+        **{k: v for k, v in (own or {}).items() if k in LIMIT_NAMES and v is not None},
+    }
 
 
 def merged(own: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,16 @@ from app.storage.signing import UrlSigner
 
 
 class JobFollower:
-    def __init__(self, bus: EventBus, event_log: EventLog, sub: Subscription, job_id: str, first: list[JobEvent], last: int, done: bool) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        event_log: EventLog,
+        sub: Subscription,
+        job_id: str,
+        first: list[JobEvent],
+        last: int,
+        done: bool,
+    ) -> None:
         self._bus = bus
         self._event_log = event_log
         self._sub = sub
@@ -67,7 +76,11 @@ class JobFollower:
             job = await read(True)
             view = await jobs.view(session, job, signer)
             if after is None:
-                first = [JobEvent(job.id, job.user_id, "status", view, terminal=job.status in TERMINAL, id=job.event_seq)]
+                first = [
+                    JobEvent(
+                        job.id, job.user_id, "status", view, terminal=job.status in TERMINAL, id=job.event_seq
+                    )
+                ]
                 last = job.event_seq
             else:
                 # Every stream starts with the job as it is now (the contract); a resumed one sends
@@ -78,7 +91,10 @@ class JobFollower:
                 if job.status in TERMINAL and last < job.event_seq:
                     # The log no longer holds the job's end (retention pruned it): what the client
                     # missed is summed up by the job as it is now, under its last id, and the stream ends.
-                    first = [*missed, JobEvent(job.id, job.user_id, "status", view, terminal=True, id=job.event_seq)]
+                    first = [
+                        *missed,
+                        JobEvent(job.id, job.user_id, "status", view, terminal=True, id=job.event_seq),
+                    ]
                     last = job.event_seq
                 else:
                     first = [JobEvent(job.id, job.user_id, "status", view), *missed]

@@ -21,7 +21,9 @@ class Notifier:
         self._events = events
         self._metrics = metrics
 
-    def publish(self, job: Job, outputs: Sequence[Output] = (), *, new_outputs: Sequence[Output] = ()) -> None:
+    def publish(
+        self, job: Job, outputs: Sequence[Output] = (), *, new_outputs: Sequence[Output] = ()
+    ) -> None:
         """A transition committed (its events are already on their way): count it."""
         if job.status in TERMINAL:
             self._metrics.count_finished(job)

@@ -20,7 +20,9 @@ def after_cursor(cursor: str | None) -> tuple[Any, str] | None:
         return None
     after = decode_cursor(cursor)
     if after is None:
-        raise ValidationFailed("The cursor is not valid.", errors=[{"field": "cursor", "message": "not a cursor from this API"}])
+        raise ValidationFailed(
+            "The cursor is not valid.", errors=[{"field": "cursor", "message": "not a cursor from this API"}]
+        )
     return after
 
 

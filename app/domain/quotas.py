@@ -55,7 +55,9 @@ def _error(limit: str, policy: str, quota: int, window: int | None, retry: int, 
     )
 
 
-async def check_job_quotas(session: AsyncSession, principal: Principal, *, now: datetime | None = None) -> None:
+async def check_job_quotas(
+    session: AsyncSession, principal: Principal, *, now: datetime | None = None
+) -> None:
     """Raise LimitExceeded when one more job would exceed a quota.
 
     Call in the transaction that inserts the job, after that transaction spent the request's token:
@@ -77,7 +79,11 @@ async def check_job_quotas(session: AsyncSession, principal: Principal, *, now: 
         retry = await _queued_slot_eta(session, principal.user_id, now)
         over.append(
             _error(
-                "max_queued", "queued", max_queued, None, retry,
+                "max_queued",
+                "queued",
+                max_queued,
+                None,
+                retry,
                 f"You have {queued} jobs queued, the most you may have (max_queued={max_queued}).",
             )
         )
@@ -90,7 +96,11 @@ async def check_job_quotas(session: AsyncSession, principal: Principal, *, now: 
         retry = _ceil_seconds(((oldest or now) + DAY - now).total_seconds())
         over.append(
             _error(
-                "jobs_per_day", "per-day", per_day, int(DAY.total_seconds()), retry,
+                "jobs_per_day",
+                "per-day",
+                per_day,
+                int(DAY.total_seconds()),
+                retry,
                 f"You created {today} jobs in the last 24 hours, the most you may (jobs_per_day={per_day}).",
             )
         )

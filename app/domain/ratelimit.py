@@ -38,7 +38,9 @@ def available(tokens: float, refilled_at: float, now: float, rate_per_minute: in
 
     The same formula as the SQL in app/db/ratelimit.py; time never runs backwards for a bucket.
     """
-    return min(float(rate_per_minute), tokens + max(0.0, now - refilled_at) * rate_per_minute / WINDOW_SECONDS)
+    return min(
+        float(rate_per_minute), tokens + max(0.0, now - refilled_at) * rate_per_minute / WINDOW_SECONDS
+    )
 
 
 def seconds_until(tokens: float, wanted: float, rate_per_minute: int) -> int:
@@ -89,11 +91,18 @@ def decide(tokens_left: float | None, level_now: float, rate_per_minute: int) ->
     """The outcome of one take: `tokens_left` from the bucket (None if refused), `level_now` the
     bucket's level when refused."""
     if tokens_left is not None:
-        return RateDecision(True, rate_per_minute, whole(tokens_left), seconds_until(tokens_left, whole(tokens_left) + 1, rate_per_minute))
+        return RateDecision(
+            True,
+            rate_per_minute,
+            whole(tokens_left),
+            seconds_until(tokens_left, whole(tokens_left) + 1, rate_per_minute),
+        )
     return RateDecision(False, rate_per_minute, 0, seconds_until(level_now, 1.0, rate_per_minute))
 
 
-async def spend(session: AsyncSession, user_id: str, rate_per_minute: int, *, now: float | None = None) -> RateDecision:
+async def spend(
+    session: AsyncSession, user_id: str, rate_per_minute: int, *, now: float | None = None
+) -> RateDecision:
     """Take a token for one request. The caller commits (at once: the bucket row stays locked until then)."""
     now = time.time() if now is None else now
     left = await buckets.take(session, user_id, rate_per_minute=rate_per_minute, now=now)
@@ -104,7 +113,9 @@ async def spend(session: AsyncSession, user_id: str, rate_per_minute: int, *, no
     return decide(None, level, rate_per_minute)
 
 
-async def level(session: AsyncSession, user_id: str, rate_per_minute: int, *, now: float | None = None) -> int:
+async def level(
+    session: AsyncSession, user_id: str, rate_per_minute: int, *, now: float | None = None
+) -> int:
     """Whole tokens in the user's bucket now, without taking one."""
     now = time.time() if now is None else now
     stored = await buckets.state(session, user_id)

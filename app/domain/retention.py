@@ -59,7 +59,9 @@ async def purge_job(session: AsyncSession, job: Job) -> str:
 class RetentionService:
     """Deletes outputs of jobs finished more than `retention_days` ago, and uploads older than that."""
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, settings: Settings) -> None:
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, settings: Settings
+    ) -> None:
         self._sessionmaker = sessionmaker
         self._storage = storage
         self._settings = settings
@@ -85,7 +87,11 @@ class RetentionService:
                 (
                     await session.execute(
                         select(Job.id)
-                        .where(Job.status.in_(repo.TERMINAL), Job.finished_at < cutoff, Job.outputs_expired_at.is_(None))
+                        .where(
+                            Job.status.in_(repo.TERMINAL),
+                            Job.finished_at < cutoff,
+                            Job.outputs_expired_at.is_(None),
+                        )
                         .limit(BATCH)
                     )
                 ).scalars()
@@ -97,7 +103,9 @@ class RetentionService:
             # its current status (the tombstone) instead, see app/domain/live.py.
             await session.execute(delete(JobEvent).where(JobEvent.job_id.in_(ids)))
             await session.execute(
-                update(Job).where(Job.id.in_(ids), Job.outputs_expired_at.is_(None)).values(outputs_expired_at=utcnow())
+                update(Job)
+                .where(Job.id.in_(ids), Job.outputs_expired_at.is_(None))
+                .values(outputs_expired_at=utcnow())
             )
             await session.commit()
         for job_id in ids:
@@ -107,7 +115,9 @@ class RetentionService:
     async def _expire_uploads(self, cutoff: datetime) -> list[str]:
         async with self._sessionmaker() as session:
             rows = (
-                await session.execute(select(Upload.id, Upload.storage_key).where(Upload.created_at < cutoff).limit(BATCH))
+                await session.execute(
+                    select(Upload.id, Upload.storage_key).where(Upload.created_at < cutoff).limit(BATCH)
+                )
             ).all()
             if not rows:
                 return []

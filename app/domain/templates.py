@@ -24,7 +24,6 @@ from app.templates import (
     validate_name,
 )
 
-
 #: A built-in an operator deleted is marked in gateway_state, so the next start does not bring it back.
 _DELETED = "deleted_builtin_template:"
 
@@ -34,7 +33,9 @@ async def sync_builtins(session: AsyncSession) -> None:
     alone, and one an operator deleted stays deleted."""
     deleted = {
         key[len(_DELETED) :]
-        for key in (await session.execute(select(GatewayState.key).where(GatewayState.key.startswith(_DELETED)))).scalars()
+        for key in (
+            await session.execute(select(GatewayState.key).where(GatewayState.key.startswith(_DELETED)))
+        ).scalars()
     }
     for name, doc in load_builtin().items():
         if name in deleted:
@@ -99,9 +100,13 @@ def summary(
     return view
 
 
-async def list_page(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[Template], str | None]:
+async def list_page(
+    session: AsyncSession, *, limit: int, cursor: str | None
+) -> tuple[list[Template], str | None]:
     """Newest first, like every list of the API."""
-    return await newest_first(session, select(Template), at=Template.created_at, key=Template.name, limit=limit, cursor=cursor)
+    return await newest_first(
+        session, select(Template), at=Template.created_at, key=Template.name, limit=limit, cursor=cursor
+    )
 
 
 async def put_template(

@@ -25,11 +25,13 @@ from app.config import Settings
 from app.db.models import Upload
 from app.domain.errors import NotFound, PayloadTooLarge, QuotaExceeded, ValidationFailed
 from app.domain.views import rfc3339
-from app.storage.images import NotAnImage, inspect_image
 from app.storage.base import Storage
+from app.storage.images import NotAnImage, inspect_image
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_DATA_URI_RE = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,(?P<data>.*)$", re.S)
+_DATA_URI_RE = re.compile(
+    r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,(?P<data>.*)$", re.S
+)
 _CHUNK = 1024 * 1024
 
 # Fetches an image URL into a file object (bounded in size and time; app/domain/fetch.py);
@@ -71,7 +73,9 @@ async def _file_chunks(fh: BinaryIO) -> AsyncIterator[bytes]:
 async def _usage(session: AsyncSession, user_id: str, pending: Sequence[Upload]) -> tuple[int, int]:
     """The user's stored uploads (count, bytes), with `pending` ones of this request not yet committed."""
     count, size = (
-        await session.execute(select(func.count(), func.coalesce(func.sum(Upload.size), 0)).where(Upload.user_id == user_id))
+        await session.execute(
+            select(func.count(), func.coalesce(func.sum(Upload.size), 0)).where(Upload.user_id == user_id)
+        )
     ).one()
     return int(count) + len(pending), int(size) + sum(u.size for u in pending)
 
@@ -79,7 +83,9 @@ async def _usage(session: AsyncSession, user_id: str, pending: Sequence[Upload])
 def _over_quota(limit: str, quota: int, used: int, what: str) -> QuotaExceeded:
     return QuotaExceeded(
         f"Your uploads would exceed your storage quota: {what} ({limit}={quota}); delete some uploads first.",
-        limit=limit, quota=quota, used=used,
+        limit=limit,
+        quota=quota,
+        used=used,
     )
 
 
@@ -99,9 +105,13 @@ async def store(
     the overshoot is bounded by one file each."""
     count, used = await _usage(session, user_id, pending)
     if count >= settings.max_uploads_per_user:
-        raise _over_quota("max_uploads_per_user", settings.max_uploads_per_user, count, f"you have {count} uploads")
+        raise _over_quota(
+            "max_uploads_per_user", settings.max_uploads_per_user, count, f"you have {count} uploads"
+        )
     try:
-        info = await anyio.to_thread.run_sync(inspect_image, fh, settings.max_image_pixels, settings.max_image_frames)
+        info = await anyio.to_thread.run_sync(
+            inspect_image, fh, settings.max_image_pixels, settings.max_image_frames
+        )
     except NotAnImage as exc:
         raise ValidationFailed(str(exc), errors=[{"field": "file", "message": str(exc)}]) from None
     upload_id = str(uuid.uuid4())
@@ -113,7 +123,9 @@ async def store(
     if used + obj.size > settings.max_upload_bytes_per_user:
         await storage.delete(key)
         raise _over_quota(
-            "max_upload_bytes_per_user", settings.max_upload_bytes_per_user, used,
+            "max_upload_bytes_per_user",
+            settings.max_upload_bytes_per_user,
+            used,
             f"you store {used} bytes and this file has {obj.size}",
         )
     upload = Upload(
@@ -198,13 +210,19 @@ async def resolve_images(
             upload = await _store_input(session, storage, settings, user_id, f"{name}", fh, new_uploads, name)
         elif value.lower().startswith(("https://", "http://")):
             if fetch_url is None:
-                raise _bad(name, "is a URL, and this gateway does not fetch URL inputs; upload the image instead")
-            upload = await _fetch_input(session, storage, settings, user_id, value, fetch_url, new_uploads, name)
+                raise _bad(
+                    name, "is a URL, and this gateway does not fetch URL inputs; upload the image instead"
+                )
+            upload = await _fetch_input(
+                session, storage, settings, user_id, value, fetch_url, new_uploads, name
+            )
         else:
             try:
                 upload = await get_owned(session, user_id, value)
             except NotFound:
-                raise _bad(name, "names no upload of yours (give an upload id, an https:// URL or a data: URI)") from None
+                raise _bad(
+                    name, "names no upload of yours (give an upload id, an https:// URL or a data: URI)"
+                ) from None
         params[name] = upload.id
         inputs.append(
             {

@@ -65,7 +65,9 @@ async def create_user(
 async def create_key(session: AsyncSession, user: User, *, name: str | None = None) -> tuple[ApiKey, str]:
     """Returns the row and the secret; the secret is never stored and cannot be shown again."""
     secret = generate_key()
-    row = ApiKey(id=str(uuid.uuid4()), user_id=user.id, name=name, key_hash=hash_key(secret), hint=key_hint(secret))
+    row = ApiKey(
+        id=str(uuid.uuid4()), user_id=user.id, name=name, key_hash=hash_key(secret), hint=key_hint(secret)
+    )
     session.add(row)
     await session.flush()
     return row, secret
@@ -103,7 +105,9 @@ def user_view(user: User, settings: Settings) -> dict[str, Any]:
         "is_admin": user.is_admin,
         "disabled": user.disabled,
         "limits": effective_limits(user, settings),
-        "limit_overrides": {k: v for k, v in (user.limits or {}).items() if k in LIMIT_NAMES and v is not None},
+        "limit_overrides": {
+            k: v for k, v in (user.limits or {}).items() if k in LIMIT_NAMES and v is not None
+        },
         "created_at": rfc3339(user.created_at),
     }
 
@@ -126,8 +130,12 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
     return user
 
 
-async def list_users(session: AsyncSession, *, limit: int, cursor: str | None) -> tuple[list[User], str | None]:
-    return await newest_first(session, select(User), at=User.created_at, key=User.id, limit=limit, cursor=cursor)
+async def list_users(
+    session: AsyncSession, *, limit: int, cursor: str | None
+) -> tuple[list[User], str | None]:
+    return await newest_first(
+        session, select(User), at=User.created_at, key=User.id, limit=limit, cursor=cursor
+    )
 
 
 async def update_user(
@@ -159,7 +167,9 @@ async def update_user(
     return user
 
 
-async def list_keys(session: AsyncSession, user_id: str, *, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
+async def list_keys(
+    session: AsyncSession, user_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[ApiKey], str | None]:
     await get_user(session, user_id)
     stmt = select(ApiKey).where(ApiKey.user_id == user_id)
     return await newest_first(session, stmt, at=ApiKey.created_at, key=ApiKey.id, limit=limit, cursor=cursor)

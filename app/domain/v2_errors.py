@@ -9,7 +9,9 @@ from app.domain.errors import DomainError
 
 
 class V2Error(DomainError):
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **details: Any) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **details: Any
+    ) -> None:
         super().__init__(message, headers=headers, **details)
         self.status = status
         self.code = code

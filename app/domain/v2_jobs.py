@@ -39,22 +39,29 @@ def check_metadata(metadata: Any) -> dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
-        raise V2Error(422, "metadata_invalid", "metadata must be an object of string labels.", field="metadata")
+        raise V2Error(
+            422, "metadata_invalid", "metadata must be an object of string labels.", field="metadata"
+        )
     if len(metadata) > MAX_METADATA_PAIRS:
         raise V2Error(
-            422, "metadata_invalid", f"metadata has {len(metadata)} pairs; at most {MAX_METADATA_PAIRS} are accepted.",
+            422,
+            "metadata_invalid",
+            f"metadata has {len(metadata)} pairs; at most {MAX_METADATA_PAIRS} are accepted.",
             field="metadata",
         )
     for key, value in metadata.items():
         if not KEY_RE.match(key):
             raise V2Error(
-                422, "metadata_invalid",
+                422,
+                "metadata_invalid",
                 f"metadata key {key[:80]!r} must be 1 to {MAX_METADATA_KEY} letters, digits or _ . : -",
                 field=f"metadata.{key[:80]}",
             )
         if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
             raise V2Error(
-                422, "metadata_invalid", f"metadata[{key!r}] must be a string of at most {MAX_METADATA_VALUE} characters.",
+                422,
+                "metadata_invalid",
+                f"metadata[{key!r}] must be a string of at most {MAX_METADATA_VALUE} characters.",
                 field=f"metadata.{key}",
             )
     return dict(metadata)
@@ -69,7 +76,11 @@ def _missing(node_id: str, name: str, message: str) -> V2Error:
 
 
 async def _resolve(
-    session: AsyncSession, user_id: str, workflow: dict[str, Any], object_info: Mapping[str, Any] | None, settings: Settings
+    session: AsyncSession,
+    user_id: str,
+    workflow: dict[str, Any],
+    object_info: Mapping[str, Any] | None,
+    settings: Settings,
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """(the workflow to store, a copy to check without the staged inputs, the inputs to stage)."""
     stored = copy.deepcopy(workflow)
@@ -88,18 +99,24 @@ async def _resolve(
                 info = value.get("info")
                 asset_id = info.get("id") if isinstance(info, dict) else None
                 if not isinstance(asset_id, str):
-                    raise _missing(node_id, name, f"Node {node_id} input {name!r}: a core/ASSET reference needs info.id.")
+                    raise _missing(
+                        node_id, name, f"Node {node_id} input {name!r}: a core/ASSET reference needs info.id."
+                    )
                 try:
                     found = await assets.get_owned(session, user_id, asset_id)
                 except V2Error:
                     found = None
                 if not isinstance(found, Asset):
-                    raise _missing(node_id, name, f"Node {node_id} input {name!r}: there is no asset {asset_id!r}.")
+                    raise _missing(
+                        node_id, name, f"Node {node_id} input {name!r}: there is no asset {asset_id!r}."
+                    )
                 asset = found
             elif name in file_inputs and isinstance(value, str):
                 asset = await assets.by_file_path(session, user_id, value)
                 if asset is None:
-                    raise _missing(node_id, name, f"Node {node_id} input {name!r}: you have no asset named {value!r}.")
+                    raise _missing(
+                        node_id, name, f"Node {node_id} input {name!r}: you have no asset named {value!r}."
+                    )
             if asset is None:
                 continue
             # Replaced by the staged file's name at each dispatch; until then, the name its owner knows.
@@ -128,11 +145,18 @@ async def build(
 ) -> Job:
     """Check a v2 submit and make its job (not yet added: app/domain/jobs.py `enqueue`)."""
     if not isinstance(workflow, dict):
-        raise V2Error(422, "invalid_workflow", "workflow must be an API-format graph (an object of nodes).", field="workflow")
+        raise V2Error(
+            422,
+            "invalid_workflow",
+            "workflow must be an API-format graph (an object of nodes).",
+            field="workflow",
+        )
     if all(k in workflow for k in _UI_KEYS) and isinstance(workflow.get("nodes"), list):
         raise V2Error(
-            422, "workflow_format_ui",
-            "The workflow is in ComfyUI's UI (save) format; export it in API format instead.", field="workflow",
+            422,
+            "workflow_format_ui",
+            "The workflow is in ComfyUI's UI (save) format; export it in API format instead.",
+            field="workflow",
         )
     if not (principal.unlimited or principal.is_admin or principal.limits.get("allow_raw_workflows")):
         raise Forbidden("Your account may not send raw workflows.")

@@ -41,13 +41,30 @@ def present_output(snapshot: dict[str, Any], signer: UrlSigner) -> dict[str, Any
     return out
 
 
-def present_job(snapshot: dict[str, Any], signer: UrlSigner, *, queue_position: int | None = None) -> dict[str, Any]:
+def present_job(
+    snapshot: dict[str, Any], signer: UrlSigner, *, queue_position: int | None = None
+) -> dict[str, Any]:
     view = {k: v for k, v in snapshot.items() if k not in ("outputs", "error", "attempts")}
     view["queue_position"] = queue_position
     view["progress"] = v1_progress(view["progress"])
     # Keys in the order of the contract's job object.
-    ordered = {k: view[k] for k in ("id", "status", "template", "params", "priority", "metadata", "created_at",
-                                     "started_at", "finished_at", "queue_position", "waiting_reason", "progress")}
+    ordered = {
+        k: view[k]
+        for k in (
+            "id",
+            "status",
+            "template",
+            "params",
+            "priority",
+            "metadata",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "queue_position",
+            "waiting_reason",
+            "progress",
+        )
+    }
     ordered["outputs"] = [present_output(o, signer) for o in snapshot["outputs"]]
     ordered["error"] = snapshot["error"]
     ordered["attempts"] = snapshot["attempts"]

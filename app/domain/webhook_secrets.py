@@ -32,9 +32,9 @@ class SecretBox:
     """Encrypts and decrypts webhook secrets at rest."""
 
     def __init__(self, server_secret: str) -> None:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"comfy-gateway webhook secrets").derive(
-            server_secret.encode()
-        )
+        key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"comfy-gateway webhook secrets"
+        ).derive(server_secret.encode())
         self._fernet = Fernet(base64.urlsafe_b64encode(key))
 
     def seal(self, secret: str) -> str:
@@ -61,10 +61,14 @@ class SecretInfo:
     previous_expires_at: datetime | None
 
 
-async def _add(session: AsyncSession, box: SecretBox, user_id: str, generation: int, retire_before: datetime | None) -> bool:
+async def _add(
+    session: AsyncSession, box: SecretBox, user_id: str, generation: int, retire_before: datetime | None
+) -> bool:
     """Commit a new generation; False when another request (or replica) added it first."""
     try:
-        await repo.add_secret(session, user_id, generation, box.seal(new_secret()), retire_before=retire_before)
+        await repo.add_secret(
+            session, user_id, generation, box.seal(new_secret()), retire_before=retire_before
+        )
         await session.commit()
         return True
     except IntegrityError:
@@ -83,7 +87,10 @@ async def _readable(session: AsyncSession, box: SecretBox, user_id: str) -> list
         rows = [(row, box.open(row.ciphertext)) for row in await repo.secrets_of(session, user_id)]
         readable = [(row, value) for row, value in rows if value is not None]
         if len(readable) < len(rows):
-            log.error("webhook secrets of user %s were sealed under another key (GATEWAY_WEBHOOK_SECRET_KEY changed?)", user_id)
+            log.error(
+                "webhook secrets of user %s were sealed under another key (GATEWAY_WEBHOOK_SECRET_KEY changed?)",
+                user_id,
+            )
         if readable:
             return readable
         latest = await repo.latest_generation(session, user_id)

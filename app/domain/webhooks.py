@@ -33,14 +33,17 @@ async def accept(guard: OutboundGuard, url: str, events: Sequence[str] | None) -
             raise UnsafeUrl(f"the URL is malformed ({exc})") from None
     except UnsafeUrl as exc:
         raise ValidationFailed(
-            f"The webhook URL may not be used: {exc.reason}.", errors=[{"field": "webhook.url", "message": exc.reason}]
+            f"The webhook URL may not be used: {exc.reason}.",
+            errors=[{"field": "webhook.url", "message": exc.reason}],
         ) from None
     chosen = list(dict.fromkeys(events)) if events is not None else list(DEFAULT_EVENTS)
     unknown = [e for e in chosen if e not in EVENTS]
     if unknown or not chosen:
         raise ValidationFailed(
             "webhook.events must list at least one of " + ", ".join(EVENTS) + ".",
-            errors=[{"field": "webhook.events", "message": f"unknown events {unknown}" if unknown else "empty"}],
+            errors=[
+                {"field": "webhook.events", "message": f"unknown events {unknown}" if unknown else "empty"}
+            ],
         )
     return checked, chosen
 
@@ -69,7 +72,9 @@ def delivery_view(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> 
     }
 
 
-async def deliveries_view(session: AsyncSession, job_id: str, *, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+async def deliveries_view(
+    session: AsyncSession, job_id: str, *, limit: int = 20, cursor: str | None = None
+) -> dict[str, Any]:
     """A page of a job's deliveries, newest first, each with its attempts. The caller checked ownership."""
     stmt = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
     deliveries, next_cursor = await newest_first(

@@ -30,7 +30,10 @@ UPLOAD_INPUTS: dict[str, frozenset[str]] = {
 
 
 def _flagged_inputs(
-    class_type: str, object_info: Mapping[str, Any] | None, known: frozenset[str], flagged: Callable[[str], bool]
+    class_type: str,
+    object_info: Mapping[str, Any] | None,
+    known: frozenset[str],
+    flagged: Callable[[str], bool],
 ) -> frozenset[str]:
     """`known`, plus the inputs whose options in /object_info carry a true flag `flagged` accepts."""
     found = set(known)
@@ -46,22 +49,34 @@ def _flagged_inputs(
 
 def upload_inputs(class_type: str, object_info: Mapping[str, Any] | None) -> frozenset[str]:
     """The inputs of a node class that name an uploaded file."""
-    return _flagged_inputs(class_type, object_info, UPLOAD_INPUTS.get(class_type, frozenset()), lambda k: k.endswith("_upload"))
+    return _flagged_inputs(
+        class_type, object_info, UPLOAD_INPUTS.get(class_type, frozenset()), lambda k: k.endswith("_upload")
+    )
 
 
 # The prefix of a raw workflow's reference to one of the caller's uploads, e.g.
 # `"image": "upload:2f1c8a52-..."` in a LoadImage: staged like a template's image param.
 UPLOAD_REF = "upload:"
 # Inputs that may take such a reference: those that load an image (uploads are images).
-IMAGE_UPLOAD_INPUTS: dict[str, frozenset[str]] = {"LoadImage": frozenset({"image"}), "LoadImageMask": frozenset({"image"})}
+IMAGE_UPLOAD_INPUTS: dict[str, frozenset[str]] = {
+    "LoadImage": frozenset({"image"}),
+    "LoadImageMask": frozenset({"image"}),
+}
 
 
 def image_inputs(class_type: str, object_info: Mapping[str, Any] | None) -> frozenset[str]:
     """The inputs of a node class that load an uploaded image (`image_upload` in /object_info)."""
-    return _flagged_inputs(class_type, object_info, IMAGE_UPLOAD_INPUTS.get(class_type, frozenset()), lambda k: k == "image_upload")
+    return _flagged_inputs(
+        class_type,
+        object_info,
+        IMAGE_UPLOAD_INPUTS.get(class_type, frozenset()),
+        lambda k: k == "image_upload",
+    )
 
 
-def upload_refs(workflow: dict[str, Any], object_info: Mapping[str, Any] | None = None) -> list[tuple[str, str, str]]:
+def upload_refs(
+    workflow: dict[str, Any], object_info: Mapping[str, Any] | None = None
+) -> list[tuple[str, str, str]]:
     """`(node_id, input_name, upload_id)` of every `upload:<id>` reference of a checked raw workflow."""
     refs = []
     for node_id, node in workflow.items():
@@ -105,7 +120,12 @@ def _combo_options(class_type: str, name: str, object_info: Mapping[str, Any] | 
 
 
 def _node_error(node_id: str, class_type: str, field: str, message: str) -> dict[str, str]:
-    return {"field": f"workflow.{node_id}.{field}", "node_id": node_id, "class_type": class_type, "message": message}
+    return {
+        "field": f"workflow.{node_id}.{field}",
+        "node_id": node_id,
+        "class_type": class_type,
+        "message": message,
+    }
 
 
 def check_raw_workflow(
@@ -124,7 +144,9 @@ def check_raw_workflow(
     shape = [
         {"field": f"workflow.{node_id}", "message": "a node needs a string class_type and an inputs object"}
         for node_id, node in workflow.items()
-        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or not isinstance(node.get("inputs"), dict)
+        if not isinstance(node, dict)
+        or not isinstance(node.get("class_type"), str)
+        or not isinstance(node.get("inputs"), dict)
     ]
     if shape:
         raise ValidationFailed("The workflow is not in ComfyUI's API format.", errors=shape)
@@ -134,7 +156,14 @@ def check_raw_workflow(
     for node_id, node in workflow.items():
         class_type = node["class_type"]
         if class_type in denied or (allowed and class_type not in allowed):
-            errors.append(_node_error(node_id, class_type, "class_type", f"node class {class_type!r} is not allowed in raw workflows here"))
+            errors.append(
+                _node_error(
+                    node_id,
+                    class_type,
+                    "class_type",
+                    f"node class {class_type!r} is not allowed in raw workflows here",
+                )
+            )
             continue
         # A file input may only name a file the gateway stages for this job: `upload:<id>` of one
         # of the caller's uploads, in an input that loads an image. A plain file name (which could
@@ -153,7 +182,9 @@ def check_raw_workflow(
             ):
                 errors.append(
                     _node_error(
-                        node_id, class_type, f"inputs.{name}",
+                        node_id,
+                        class_type,
+                        f"inputs.{name}",
                         f"input {name!r} of {class_type!r} looks like a path on the server (absolute, "
                         "drive, home, file: or '..'); raw workflows cannot name server paths",
                     )
@@ -169,11 +200,15 @@ def check_raw_workflow(
             )
             errors.append(
                 _node_error(
-                    node_id, class_type, f"inputs.{name}",
+                    node_id,
+                    class_type,
+                    f"inputs.{name}",
                     f"input {name!r} of {class_type!r} names a file on the ComfyUI server; {hint}",
                 )
             )
     if errors:
         named = ", ".join(f"{e['node_id']} ({e['class_type']})" for e in errors)
-        raise ValidationFailed(f"The workflow uses nodes or inputs this gateway refuses: {named}.", errors=errors)
+        raise ValidationFailed(
+            f"The workflow uses nodes or inputs this gateway refuses: {named}.", errors=errors
+        )
     return []

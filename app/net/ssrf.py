@@ -135,7 +135,11 @@ def _this_host(addr: IPAddress) -> bool:
 
 class OutboundGuard:
     def __init__(
-        self, allowlist: Iterable[str] = (), *, resolver: Resolver | None = None, forbidden: Forbidden | None = None
+        self,
+        allowlist: Iterable[str] = (),
+        *,
+        resolver: Resolver | None = None,
+        forbidden: Forbidden | None = None,
     ) -> None:
         self._hosts: set[str] = set()
         self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
@@ -225,7 +229,9 @@ class OutboundGuard:
         except ValueError:
             pass
         if _non_canonical_number(host):
-            raise UnsafeUrl(f"the host {host!r} is a number in a non-standard form; write addresses in dotted decimal")
+            raise UnsafeUrl(
+                f"the host {host!r} is a number in a non-standard form; write addresses in dotted decimal"
+            )
         return None
 
     def _allowed(self, host: str, addr: IPAddress) -> bool:

@@ -16,7 +16,9 @@ def build_storage(settings: Settings) -> LocalStorage | S3Storage:
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None,
+            secret_access_key=settings.s3_secret_access_key.get_secret_value()
+            if settings.s3_secret_access_key
+            else None,
             part_bytes=settings.s3_part_bytes,
         )
     return LocalStorage(settings.storage_dir)

@@ -9,8 +9,22 @@ from typing import BinaryIO
 from PIL import Image
 
 # The formats ComfyUI's LoadImage reads and browsers show; anything else is refused as an input.
-ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
-EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif", "image/bmp": ".bmp", "image/tiff": ".tiff"}
+ALLOWED_FORMATS = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tiff",
+}
 
 
 class NotAnImage(ValueError):
@@ -44,14 +58,20 @@ def inspect_image(fh: BinaryIO, max_pixels: int, max_frames: int | None = None) 
                 fmt = img.format or ""
                 width, height = img.size
                 if fmt not in ALLOWED_FORMATS:
-                    raise NotAnImage(f"{fmt or 'this'} images are not accepted; send PNG, JPEG, WEBP, GIF, BMP or TIFF.")
+                    raise NotAnImage(
+                        f"{fmt or 'this'} images are not accepted; send PNG, JPEG, WEBP, GIF, BMP or TIFF."
+                    )
                 if width * height > max_pixels:
-                    raise NotAnImage(f"The image has {width}x{height} pixels; at most {max_pixels} pixels are accepted.")
+                    raise NotAnImage(
+                        f"The image has {width}x{height} pixels; at most {max_pixels} pixels are accepted."
+                    )
                 # Counting walks the frame headers (GIF, TIFF) or reads the count from the header
                 # (APNG, WEBP); no frame is decoded.
                 frames = getattr(img, "n_frames", 1)
                 if max_frames is not None and frames > max_frames:
-                    raise NotAnImage(f"The image has {frames} frames; at most {max_frames} frames are accepted.")
+                    raise NotAnImage(
+                        f"The image has {frames} frames; at most {max_frames} frames are accepted."
+                    )
                 if frames * width * height > max_pixels:
                     raise NotAnImage(
                         f"The image has {frames} frames of {width}x{height} pixels; at most {max_pixels} pixels "

@@ -61,7 +61,9 @@ class S3Storage:
         self._client: Any = None
 
     async def start(self) -> None:
-        self._client = await self._stack.enter_async_context(get_session().create_client("s3", **self._client_kwargs))
+        self._client = await self._stack.enter_async_context(
+            get_session().create_client("s3", **self._client_kwargs)
+        )
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -100,7 +102,11 @@ class S3Storage:
             else:
                 if buffer:
                     part = await self._client.upload_part(
-                        Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=len(parts) + 1, Body=bytes(buffer)
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=len(parts) + 1,
+                        Body=bytes(buffer),
                     )
                     parts.append({"PartNumber": len(parts) + 1, "ETag": part["ETag"]})
                 await self._client.complete_multipart_upload(
@@ -109,7 +115,9 @@ class S3Storage:
         except BaseException:
             if upload_id is not None:
                 with contextlib.suppress(Exception):
-                    await self._client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+                    await self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id
+                    )
             raise
         return StoredObject(key=key, size=size, sha256=digest.hexdigest())
 

@@ -39,4 +39,6 @@ class UrlSigner:
         if exp < time.time():
             return False
         # Compared as bytes: compare_digest refuses a str with non-ASCII characters (a TypeError).
-        return hmac.compare_digest(self._mac(job_id, output_id, exp).encode("ascii"), signature.encode("utf-8", "replace"))
+        return hmac.compare_digest(
+            self._mac(job_id, output_id, exp).encode("ascii"), signature.encode("utf-8", "replace")
+        )

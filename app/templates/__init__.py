@@ -3,6 +3,7 @@
 A pure library (pydantic and the standard library only); it imports nothing else from ``app``.
 """
 
+from ._values import MAX_IMAGE_REF_LENGTH, PARAM_TYPES, RANDOM_SEED_LIMIT
 from .checks import check_template, declared_inputs, is_link
 from .document import (
     BIND_PATTERN,
@@ -17,7 +18,6 @@ from .document import (
 )
 from .errors import ParamsInvalid, TemplateInvalid
 from .loader import load_builtin, load_directory, parse_template_json
-from ._values import MAX_IMAGE_REF_LENGTH, PARAM_TYPES, RANDOM_SEED_LIMIT
 from .params import (
     IMAGE_FORMAT,
     KNOWN_OUTPUT_CLASSES,

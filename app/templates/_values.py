@@ -62,10 +62,7 @@ def type_problem(ptype: str, value: Any) -> str | None:
         ok = isinstance(value, str)
     elif ptype == "integer":
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return (
-                f"must be an integer, got the number {value!r} "
-                "(write integers without a fractional part)"
-            )
+            return f"must be an integer, got the number {value!r} (write integers without a fractional part)"
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif ptype == "number":
         if isinstance(value, float) and not math.isfinite(value):
@@ -146,7 +143,5 @@ def constraint_problems(
             problems.append(f"must be at most {max_length} characters long, got {len(value)}")
     if enum is not None and not any(value == e for e in enum):
         shown = value if not isinstance(value, str) or len(value) <= 80 else value[:77] + "..."
-        problems.append(
-            f"must be one of {', '.join(repr(e) for e in enum)}; got {shown!r}"
-        )
+        problems.append(f"must be one of {', '.join(repr(e) for e in enum)}; got {shown!r}")
     return problems

@@ -7,7 +7,8 @@ inputs they declare, and which nodes are output nodes.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._values import json_type_name
 from .document import TemplateDocument, parse_bind, parse_template
@@ -141,13 +142,14 @@ def check_template(
                 )
             elif cinfo is not None:
                 src = workflow[value[0]]
-                src_info = _class_info(object_info, src.get("class_type")) if isinstance(src, Mapping) else None
+                src_info = (
+                    _class_info(object_info, src.get("class_type")) if isinstance(src, Mapping) else None
+                )
                 outs = src_info.get("output") if src_info is not None else None
                 if isinstance(outs, list) and value[1] >= len(outs):
                     err(
                         f"{where}.inputs.{input_name}",
-                        f"links to output {value[1]} of node {value[0]!r}, which has "
-                        f"{len(outs)} output(s)",
+                        f"links to output {value[1]} of node {value[0]!r}, which has {len(outs)} output(s)",
                     )
 
     # --- binds ----------------------------------------------------------------------------------
@@ -217,8 +219,7 @@ def check_template(
         if not has_output:
             err(
                 "workflow",
-                "the workflow has no output node (such as SaveImage); ComfyUI refuses a prompt "
-                "without one",
+                "the workflow has no output node (such as SaveImage); ComfyUI refuses a prompt without one",
             )
 
     if errors:

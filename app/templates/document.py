@@ -25,9 +25,16 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .errors import TemplateInvalid
 from ._values import (
     PARAM_TYPES,
     RANDOM_SEED_LIMIT,
@@ -36,6 +43,7 @@ from ._values import (
     json_type_name,
     type_problem,
 )
+from .errors import TemplateInvalid
 
 ParamType = Literal["string", "integer", "number", "boolean", "image"]
 
@@ -57,7 +65,13 @@ PARAM_KEYWORDS: tuple[str, ...] = (
 
 #: The keys a template document may have.
 DOCUMENT_KEYS: tuple[str, ...] = (
-    "description", "workflow", "params", "outputs", "timeout_seconds", "keep_temp", "openai",
+    "description",
+    "workflow",
+    "params",
+    "outputs",
+    "timeout_seconds",
+    "keep_temp",
+    "openai",
 )
 
 #: The special default of an integer param that draws a fresh value in [0, 2^53) for each job.
@@ -218,7 +232,7 @@ class ParamSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ParamSpec":
+    def _consistent(self) -> ParamSpec:
         t = self.type
         problems: list[str] = []
         for kw in _NUMERIC_KEYWORDS:
@@ -234,17 +248,9 @@ class ParamSpec(BaseModel):
         if self.multipleOf is not None and self.multipleOf <= 0:
             problems.append(f"'multipleOf' must be greater than 0, got {self.multipleOf!r}")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
-            problems.append(
-                f"'minimum' ({self.minimum!r}) is greater than 'maximum' ({self.maximum!r})"
-            )
-        if (
-            self.minLength is not None
-            and self.maxLength is not None
-            and self.minLength > self.maxLength
-        ):
-            problems.append(
-                f"'minLength' ({self.minLength}) is greater than 'maxLength' ({self.maxLength})"
-            )
+            problems.append(f"'minimum' ({self.minimum!r}) is greater than 'maximum' ({self.maximum!r})")
+        if self.minLength is not None and self.maxLength is not None and self.minLength > self.maxLength:
+            problems.append(f"'minLength' ({self.minLength}) is greater than 'maxLength' ({self.maxLength})")
         if self.enum is not None and t != "image":
             enum_types_ok = True
             for i, e in enumerate(self.enum):
@@ -262,8 +268,7 @@ class ParamSpec(BaseModel):
         if self.has_default:
             if self.required:
                 problems.append(
-                    "a param cannot be both required and have a default; "
-                    "drop 'required' or drop 'default'"
+                    "a param cannot be both required and have a default; drop 'required' or drop 'default'"
                 )
             problems.extend(self._default_problems())
         if problems:
@@ -384,7 +389,7 @@ class OpenAIMapping(BaseModel):
     quality: str | None = None
     style: str | None = None
 
-    def problems(self, params: dict[str, "ParamSpec"]) -> list[str]:
+    def problems(self, params: dict[str, ParamSpec]) -> list[str]:
         out = []
         named: list[tuple[str, str, str]] = [
             (field, name, OPENAI_PARAM_TYPES[field])
@@ -405,7 +410,9 @@ class OpenAIMapping(BaseModel):
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items() if v is not None}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items() if v is not None
+        }
 
 
 class TemplateDocument(BaseModel):
@@ -486,12 +493,16 @@ class TemplateDocument(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _masks_name_images(self) -> "TemplateDocument":
+    def _masks_name_images(self) -> TemplateDocument:
         problems = [
             f"param {name!r}: 'mask_of' must name another image param, not {spec.mask_of!r}"
             for name, spec in self.params.items()
             if spec.mask_of is not None
-            and (spec.mask_of == name or spec.mask_of not in self.params or self.params[spec.mask_of].type != "image")
+            and (
+                spec.mask_of == name
+                or spec.mask_of not in self.params
+                or self.params[spec.mask_of].type != "image"
+            )
         ]
         if problems:
             raise ValueError("; ".join(problems))
@@ -509,7 +520,7 @@ class TemplateDocument(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _no_input_bound_twice(self) -> "TemplateDocument":
+    def _no_input_bound_twice(self) -> TemplateDocument:
         owner: dict[str, str] = {}
         problems = []
         for name, spec in self.params.items():

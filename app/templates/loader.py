@@ -48,7 +48,9 @@ def load_directory(directory: Traversable | Path | str) -> dict[str, TemplateDoc
     """
     root: Traversable = Path(directory) if isinstance(directory, str) else directory
     templates: dict[str, TemplateDocument] = {}
-    entries = sorted((e for e in root.iterdir() if e.is_file() and e.name.endswith(".json")), key=lambda e: e.name)
+    entries = sorted(
+        (e for e in root.iterdir() if e.is_file() and e.name.endswith(".json")), key=lambda e: e.name
+    )
     for entry in entries:
         name = entry.name[: -len(".json")]
         try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._values import MAX_IMAGE_REF_LENGTH, RANDOM_SEED_LIMIT, constraint_problems, type_problem
 from .checks import is_output_class
@@ -228,7 +229,10 @@ def render(doc: TemplateDocument, resolved: Mapping[str, Any]) -> dict[str, Any]
             node = workflow.get(node_id)
             if not isinstance(node, dict) or not isinstance(node.get("inputs"), dict):
                 errors.append(
-                    {"field": f"params.{name}.bind[{i}]", "message": f"node {node_id!r} is not in the workflow"}
+                    {
+                        "field": f"params.{name}.bind[{i}]",
+                        "message": f"node {node_id!r} is not in the workflow",
+                    }
                 )
                 continue
             node["inputs"][input_name] = copy.deepcopy(value)
@@ -240,9 +244,7 @@ def render(doc: TemplateDocument, resolved: Mapping[str, Any]) -> dict[str, Any]
 # ---- outputs -----------------------------------------------------------------------------------
 
 
-def output_nodes(
-    doc: TemplateDocument, object_info: Mapping[str, Any] | None = None
-) -> list[str]:
+def output_nodes(doc: TemplateDocument, object_info: Mapping[str, Any] | None = None) -> list[str]:
     """The ids of the nodes whose files a job of this template returns.
 
     ``doc.outputs`` when given. Otherwise every output node of the workflow, in workflow order: a

@@ -38,7 +38,11 @@ class RetrySchedule:
         return self.delays[min(attempts_made - 1, len(self.delays) - 1)]
 
     def next_delay(
-        self, attempts_made: int, *, retry_after: float | None = None, retry_after_cap: float = 3600.0,
+        self,
+        attempts_made: int,
+        *,
+        retry_after: float | None = None,
+        retry_after_cap: float = 3600.0,
         rng: random.Random | None = None,
     ) -> float | None:
         """Seconds to wait after `attempts_made` attempts failed; None: give up.

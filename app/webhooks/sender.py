@@ -143,7 +143,10 @@ class WebhookSender:
         try:
             await asyncio.wait_for(self._release(), RELEASE_TIMEOUT)
         except TimeoutError:
-            log.warning("stopping: could not give back the webhook leases in %g s; they expire instead", RELEASE_TIMEOUT)
+            log.warning(
+                "stopping: could not give back the webhook leases in %g s; they expire instead",
+                RELEASE_TIMEOUT,
+            )
         await self._client.aclose()
 
     def wake(self) -> None:
@@ -237,7 +240,9 @@ class WebhookSender:
 
     def _sent(self, task: asyncio.Task[None], delivery: WebhookDelivery) -> None:
         full = len(self._holding) >= self.settings.webhook_max_inflight
-        user_full = Counter(self._holding.values())[delivery.user_id] >= self.settings.webhook_max_inflight_per_user
+        user_full = (
+            Counter(self._holding.values())[delivery.user_id] >= self.settings.webhook_max_inflight_per_user
+        )
         self._inflight.discard(task)
         self._holding.pop(delivery.id, None)
         if not task.cancelled() and task.exception() is not None:
@@ -253,7 +258,9 @@ class WebhookSender:
 
     async def _send(self, delivery: WebhookDelivery, body: str, secrets: list[str], lease_end: float) -> None:
         # The attempt must end before the lease does, and early enough to be recorded under it.
-        margin = min(LEASE_MARGIN, (self.settings.webhook_lease_seconds - self.settings.webhook_timeout_seconds) / 2)
+        margin = min(
+            LEASE_MARGIN, (self.settings.webhook_lease_seconds - self.settings.webhook_timeout_seconds) / 2
+        )
         budget = min(self.settings.webhook_timeout_seconds, lease_end - time.monotonic() - margin)
         if budget <= 0:
             # The round took most of the lease (a slow database): sent later instead, under a new one.
@@ -288,8 +295,17 @@ class WebhookSender:
             job = jobs.get(delivery.job_id)
             if job is None:
                 continue
-            view = job_view(job, outputs[job.id], self._signer, queue_position=await jobs_repo.queue_position(session, job))
-            payload: dict[str, Any] = {"type": delivery.event, "timestamp": rfc3339(delivery.created_at), "data": view}
+            view = job_view(
+                job,
+                outputs[job.id],
+                self._signer,
+                queue_position=await jobs_repo.queue_position(session, job),
+            )
+            payload: dict[str, Any] = {
+                "type": delivery.event,
+                "timestamp": rfc3339(delivery.created_at),
+                "data": view,
+            }
             bodies[delivery.id] = json.dumps(payload, separators=(",", ":"))
         return bodies
 
@@ -317,12 +333,22 @@ class WebhookSender:
         if not outcome.succeeded:
             log.info(
                 "webhook %s (%s, job %s) attempt %d failed: %s (%s)",
-                delivery.id, delivery.event, delivery.job_id, delivery.attempts + 1, outcome.error, outcome.detail,
+                delivery.id,
+                delivery.event,
+                delivery.job_id,
+                delivery.attempts + 1,
+                outcome.error,
+                outcome.detail,
             )
         return attempted_at, outcome, duration_ms
 
     async def _record(
-        self, session: AsyncSession, delivery: WebhookDelivery, attempted_at: datetime, outcome: Outcome, duration_ms: float
+        self,
+        session: AsyncSession,
+        delivery: WebhookDelivery,
+        attempted_at: datetime,
+        outcome: Outcome,
+        duration_ms: float,
     ) -> WebhookDelivery | None:
         next_at: datetime | None = None
         if not outcome.succeeded and not outcome.stop:
@@ -354,7 +380,9 @@ class WebhookSender:
         }
         try:
             # Streamed and not read: a receiver's answer is its status; its body could be anything.
-            async with self._client.stream("POST", delivery.url, content=body.encode(), headers=headers) as resp:
+            async with self._client.stream(
+                "POST", delivery.url, content=body.encode(), headers=headers
+            ) as resp:
                 code = resp.status_code
                 if 200 <= code < 300:
                     return Outcome(code, succeeded=True)
@@ -363,7 +391,11 @@ class WebhookSender:
                     return Outcome(code, GONE, stop=True)
                 if 300 <= code < 400:
                     return Outcome(code, REDIRECT)
-                return Outcome(code, HTTP_STATUS, retry_after=parse_retry_after(resp.headers.get("retry-after"), time.time()))
+                return Outcome(
+                    code,
+                    HTTP_STATUS,
+                    retry_after=parse_retry_after(resp.headers.get("retry-after"), time.time()),
+                )
         except UnsafeRequest as exc:
             return Outcome(error=REFUSED, detail=exc.reason, refused=True)
         except httpx.TimeoutException as exc:

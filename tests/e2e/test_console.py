@@ -91,12 +91,19 @@ def test_pool_shows_both_backends_and_drain_marks_one(console: Console, stack: S
         card.get_by_role("button", name="Drain").click()
         page.wait_for_selector(f'.backend[data-backend="{first}"][data-state="draining"]')
         assert card.locator(".badge-draining").inner_text() == "draining"
-        assert next(b for b in stack.admin.get("/v1/admin/backends").json()["items"] if b["url"] == first)["state"] == "draining"
+        assert (
+            next(b for b in stack.admin.get("/v1/admin/backends").json()["items"] if b["url"] == first)[
+                "state"
+            ]
+            == "draining"
+        )
         console.shot("pool")
         card.get_by_role("button", name="Resume").click()
         page.wait_for_selector(f'.backend[data-backend="{first}"][data-state="active"]')
         # Drained elsewhere (through the API): the page sees it by itself.
-        second = next(b for b in stack.admin.get("/v1/admin/backends").json()["items"] if b["url"] == stack.backends[1])
+        second = next(
+            b for b in stack.admin.get("/v1/admin/backends").json()["items"] if b["url"] == stack.backends[1]
+        )
         stack.admin.post(f"/v1/admin/backends/{second['id']}/drain")
         page.wait_for_selector(f'.backend[data-backend="{second["url"]}"][data-state="draining"]')
     finally:
@@ -166,7 +173,9 @@ def test_an_image_param_is_a_file_picker_that_uploads(console: Console, stack: S
 
 
 def test_job_page_lists_webhook_deliveries_and_redelivers(console: Console, stack: Stack) -> None:
-    job = submit(stack, {"template": "blur", "params": {"width": 16}, "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    job = submit(
+        stack, {"template": "blur", "params": {"width": 16}, "webhook": {"url": "http://127.0.0.1:9/hook"}}
+    )
     wait_terminal(stack, job["id"])
     console.login(ADMIN_KEY)
     page = console.page
@@ -184,7 +193,11 @@ def test_queue_shows_live_progress_and_cancels_a_running_job(console: Console, s
     # admin's cancel goes through /v1/admin/jobs/{id}/cancel.
     user = stack.admin.post("/v1/admin/users", json={"name": "queue-owner"}).json()
     key = stack.admin.post(f"/v1/admin/users/{user['id']}/keys", json={}).json()["key"]
-    job = submit(stack, {"template": "txt2img", "params": {"prompt": "slow", "steps": 100}}, {"Authorization": f"Bearer {key}"})
+    job = submit(
+        stack,
+        {"template": "txt2img", "params": {"prompt": "slow", "steps": 100}},
+        {"Authorization": f"Bearer {key}"},
+    )
     page = console.page
     frames: list[dict] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(_frame(payload))))
@@ -195,7 +208,9 @@ def test_queue_shows_live_progress_and_cancels_a_running_job(console: Console, s
     page.wait_for_function(
         "(sel) => { const p = document.querySelector(sel); return p && p.value > 1; }", arg=f"{row} progress"
     )
-    assert any(f.get("event") == "progress" and f.get("job_id") == job["id"] for f in frames), "no live progress frame"
+    assert any(f.get("event") == "progress" and f.get("job_id") == job["id"] for f in frames), (
+        "no live progress frame"
+    )
     assert "queue-owner" in page.inner_text("section:has(h2:text('Per user'))")
     console.shot("queue")
     page.locator(row).get_by_role("button", name=re.compile("Cancel")).click()
@@ -234,7 +249,9 @@ def test_queue_shows_the_oldest_waiting_job(console: Console, stack: Stack) -> N
         assert wait_terminal(stack, job["id"])["status"] == "succeeded"
 
 
-def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(browser: Any, console: Console, stack: Stack) -> None:
+def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(
+    browser: Any, console: Console, stack: Stack
+) -> None:
     admins_job = submit(stack, {"template": "blur", "params": {"width": 64, "height": 64}})
     console.login(ADMIN_KEY)
     page = console.page
@@ -249,7 +266,9 @@ def test_admin_creates_a_user_and_a_key_and_that_user_sees_only_its_jobs(browser
     page.wait_for_selector('tr[data-user="alice"] .keys li')
     console.shot("users")
 
-    alices_job = submit(stack, {"template": "blur", "params": {"width": 32, "height": 32}}, {"Authorization": f"Bearer {key}"})
+    alices_job = submit(
+        stack, {"template": "blur", "params": {"width": 32, "height": 32}}, {"Authorization": f"Bearer {key}"}
+    )
     alice = Console(browser.new_context(viewport=DESKTOP).new_page(), stack)
     try:
         alice.login(key)
@@ -329,7 +348,12 @@ def test_console_fits_a_phone(browser: Any, stack: Stack) -> None:
     c = Console(page, stack)
     try:
         c.login(ADMIN_KEY)
-        for name, ready in (("pool", ".backend"), ("playground", "#param-prompt"), ("jobs", "table, .card p"), ("users", "tr[data-user]")):
+        for name, ready in (
+            ("pool", ".backend"),
+            ("playground", "#param-prompt"),
+            ("jobs", "table, .card p"),
+            ("users", "tr[data-user]"),
+        ):
             c.go(f"#/{name}")
             page.wait_for_selector(ready)
             # Wide tables scroll inside their box; the page itself never scrolls sideways.

@@ -59,7 +59,13 @@ class WsClient:
 
     @classmethod
     async def connect(
-        cls, session: aiohttp.ClientSession, base_url: str, client_id: str | None = None, *, flags: bool = False, **kw: Any
+        cls,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        client_id: str | None = None,
+        *,
+        flags: bool = False,
+        **kw: Any,
     ) -> WsClient:
         url = base_url.replace("http://", "ws://") + "/ws" + (f"?clientId={client_id}" if client_id else "")
         ws = await session.ws_connect(url, **kw)
@@ -73,13 +79,22 @@ class WsClient:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     self.frames.append({"frame": "text", "json": json.loads(msg.data)})
                 elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self.frames.append({"frame": "binary", "length": len(msg.data), "first8_hex": msg.data[:8].hex(), "decoded": decode_frame(msg.data)})
+                    self.frames.append(
+                        {
+                            "frame": "binary",
+                            "length": len(msg.data),
+                            "first8_hex": msg.data[:8].hex(),
+                            "decoded": decode_frame(msg.data),
+                        }
+                    )
                 self._changed.set()
         finally:
             self.closed = True
             self._changed.set()
 
-    async def wait_for(self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0) -> list[dict[str, Any]]:
+    async def wait_for(
+        self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
         async def loop() -> None:
             while not pred(self.frames):
                 if self.closed:
@@ -90,12 +105,18 @@ class WsClient:
         await asyncio.wait_for(loop(), timeout)
         return self.frames
 
-    async def wait_message(self, type_: str, timeout: float = 10.0, start: int = 0, **data: Any) -> dict[str, Any]:
+    async def wait_message(
+        self, type_: str, timeout: float = 10.0, start: int = 0, **data: Any
+    ) -> dict[str, Any]:
         """The first text message of `type_` (from index `start`) whose data has these values."""
 
         def find(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
             for f in frames[start:]:
-                if f["frame"] == "text" and f["json"]["type"] == type_ and all(f["json"]["data"].get(k) == v for k, v in data.items()):
+                if (
+                    f["frame"] == "text"
+                    and f["json"]["type"] == type_
+                    and all(f["json"]["data"].get(k) == v for k, v in data.items())
+                ):
                     return f
             return None
 
@@ -172,7 +193,9 @@ class Normalizer:
         if key == "filename" and isinstance(v, str):
             return self.filename(v)
         if key == "traceback":
-            assert isinstance(v, list) and v and all(isinstance(s, str) and s.startswith('  File "') for s in v), v
+            assert (
+                isinstance(v, list) and v and all(isinstance(s, str) and s.startswith('  File "') for s in v)
+            ), v
             return "<traceback>"
         if key == "current_inputs":
             assert isinstance(v, dict)
@@ -239,7 +262,9 @@ def assert_strictly_equal(got: Any, recorded: Any, what: str = "") -> None:
 def assert_same_frames(recorded: list[dict[str, Any]], got: list[dict[str, Any]], what: str = "") -> None:
     """Same types in the same order, then the same normalized content (types and key order
     included), message by message."""
-    assert types(got) == types(recorded), f"{what}: message types differ\nrecorded: {types(recorded)}\nemulator: {types(got)}"
+    assert types(got) == types(recorded), (
+        f"{what}: message types differ\nrecorded: {types(recorded)}\nemulator: {types(got)}"
+    )
     nr, ng = Normalizer(), Normalizer()
     for i, (r, g) in enumerate(zip(nr.frames(recorded), ng.frames(got), strict=True)):
         assert_strictly_equal(g, r, f"{what}: message {i} ({types(recorded)[i]})")

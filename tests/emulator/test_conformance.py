@@ -155,7 +155,10 @@ async def test_invalid_prompts(emu: Emulator, http: aiohttp.ClientSession) -> No
     await ws.wait_for(lambda f: len(f) >= 1)
     for entry in rec["http"]:
         if "request_raw" in entry:
-            kw: dict[str, Any] = {"data": entry["request_raw"], "headers": {"Content-Type": "application/json"}}
+            kw: dict[str, Any] = {
+                "data": entry["request_raw"],
+                "headers": {"Content-Type": "application/json"},
+            }
         else:
             kw = {"json": entry["request_json"]}
         async with http.post(emu.base_url + "/prompt", **kw) as r:
@@ -247,7 +250,9 @@ def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> by
 # -- slow jobs, previews, errors, interrupts ---------------------------------------------------
 
 
-async def run_recorded_job(emu: Emulator, http: aiohttp.ClientSession, name: str, flags: bool = False) -> tuple[dict[str, Any], WsClient, dict[str, Any], int]:
+async def run_recorded_job(
+    emu: Emulator, http: aiohttp.ClientSession, name: str, flags: bool = False
+) -> tuple[dict[str, Any], WsClient, dict[str, Any], int]:
     rec = recording(f"scenario_{name}.json")
     ws = await WsClient.connect(http, emu.base_url, rec["client_id"], flags=flags)
     await ws.wait_for(lambda f: len(f) >= (2 if flags else 1))
@@ -291,8 +296,14 @@ async def test_failing_job(emu: Emulator, http: aiohttp.ClientSession) -> None:
     await ws.wait_done(resp["prompt_id"])
     await ws.settle()
     assert_same_frames(rec["ws_messages"], ws.since(start), "failing_job")
-    error = next(f["json"]["data"] for f in ws.frames if f["frame"] == "text" and f["json"]["type"] == "execution_error")
-    recorded_error = next(m["json"]["data"] for m in rec["ws_messages"] if m["json"]["type"] == "execution_error")
+    error = next(
+        f["json"]["data"]
+        for f in ws.frames
+        if f["frame"] == "text" and f["json"]["type"] == "execution_error"
+    )
+    recorded_error = next(
+        m["json"]["data"] for m in rec["ws_messages"] if m["json"]["type"] == "execution_error"
+    )
     assert error["traceback"] == recorded_error["traceback"]
     assert list(error["current_inputs"]) == list(recorded_error["current_inputs"]) == ["image"]
     _, hist = await get_json(http, f"{emu.base_url}/history/{resp['prompt_id']}")
@@ -357,7 +368,10 @@ async def test_queue_delete_pending(emu: Emulator, http: aiohttp.ClientSession) 
 
 async def test_queue_while_running_with_pending_shape(emu: Emulator, http: aiohttp.ClientSession) -> None:
     rec = recording("queue_while_running_with_pending.json")
-    bodies = [{"prompt": item[2], "client_id": item[3]["client_id"]} for item in rec["queue_running"] + rec["queue_pending"]]
+    bodies = [
+        {"prompt": item[2], "client_id": item[3]["client_id"]}
+        for item in rec["queue_running"] + rec["queue_pending"]
+    ]
     ws = await WsClient.connect(http, emu.base_url, CLIENT_A)
     ids = [(await post_prompt(http, emu, b))["prompt_id"] for b in bodies]
     await ws.wait_message("executing", node="2")
@@ -392,7 +406,10 @@ async def test_cached_second_prompt(emu: Emulator, http: aiohttp.ClientSession) 
     _, hist = await get_json(http, f"{emu.base_url}/history/{ids[1]}")
     assert_history(recording("history_cached.json"), hist)
     # No new file for the cached run; one new file for the third run.
-    assert sorted(p.name for p in emu.output_dir.iterdir()) == ["harness_slow_00001_.png", "harness_slow_other_00001_.png"]
+    assert sorted(p.name for p in emu.output_dir.iterdir()) == [
+        "harness_slow_00001_.png",
+        "harness_slow_other_00001_.png",
+    ]
 
 
 # -- who receives what ------------------------------------------------------------------------
@@ -523,18 +540,25 @@ async def test_object_info_matches_recording(http: aiohttp.ClientSession) -> Non
             _, one = await get_json(http, f"{emu.base_url}/api/object_info/{name}")
             assert one == recording(f"object_info_{name}.json")
         _, harness = await get_json(http, emu.base_url + "/object_info/HarnessSlowSampler")
-        assert harness == {"HarnessSlowSampler": recording("object_info_harness_nodes.json")["HarnessSlowSampler"]}
+        assert harness == {
+            "HarnessSlowSampler": recording("object_info_harness_nodes.json")["HarnessSlowSampler"]
+        }
         selected = recording("object_info_selected.json")
         for name, info in selected.items():
             assert body[name] == info, name
         keys = recording("object_info_keys.json")
-        assert len(keys["node_names"]) == 478 and set(body) == set(keys["node_names"]) | {"HarnessSlowSampler", "HarnessFail"}
+        assert len(keys["node_names"]) == 478 and set(body) == set(keys["node_names"]) | {
+            "HarnessSlowSampler",
+            "HarnessFail",
+        }
     finally:
         await emu.stop()
 
 
 async def test_history_max_items(emu: Emulator, http: aiohttp.ClientSession) -> None:
-    rec = next(e for e in recording("scenario_endpoints.json")["http"] if e["path"] == "/history" and e.get("params"))
+    rec = next(
+        e for e in recording("scenario_endpoints.json")["http"] if e["path"] == "/history" and e.get("params")
+    )
     ws = await WsClient.connect(http, emu.base_url, CLIENT_A)
     ids = []
     for color in (1, 2, 3):
@@ -556,7 +580,9 @@ async def test_history_max_items(emu: Emulator, http: aiohttp.ClientSession) -> 
     assert (await get_json(http, emu.base_url + "/history"))[1] == {}
 
 
-@pytest.mark.parametrize("path", ["/prompt", "/queue", "/history", "/object_info/EmptyImage", "/features", "/system_stats"])
+@pytest.mark.parametrize(
+    "path", ["/prompt", "/queue", "/history", "/object_info/EmptyImage", "/features", "/system_stats"]
+)
 async def test_api_aliases(emu: Emulator, http: aiohttp.ClientSession, path: str) -> None:
     a = await get_json(http, emu.base_url + path)
     b = await get_json(http, emu.base_url + "/api" + path)

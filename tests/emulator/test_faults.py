@@ -20,7 +20,10 @@ from .helpers import CLIENT_A, WsClient, types
 def blur(color: int, client_id: str | None = CLIENT_A) -> dict[str, Any]:
     body: dict[str, Any] = {
         "prompt": {
-            "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": color}},
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": color},
+            },
             "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "fault"}},
         }
@@ -30,9 +33,14 @@ def blur(color: int, client_id: str | None = CLIENT_A) -> dict[str, Any]:
     return body
 
 
-def slow(color: int, steps: int = 3, seconds: float = 0.05, client_id: str | None = CLIENT_A) -> dict[str, Any]:
+def slow(
+    color: int, steps: int = 3, seconds: float = 0.05, client_id: str | None = CLIENT_A
+) -> dict[str, Any]:
     body = blur(color, client_id)
-    body["prompt"]["2"] = {"class_type": "HarnessSlowSampler", "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds}}
+    body["prompt"]["2"] = {
+        "class_type": "HarnessSlowSampler",
+        "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": seconds},
+    }
     return body
 
 
@@ -63,7 +71,11 @@ async def test_fail_next(emu: Emulator, http: aiohttp.ClientSession) -> None:
     assert error["exception_message"] == "boom\n" and error["exception_type"] == "RuntimeError"
     assert error["executed"] == [] and error["current_outputs"] == ["1", "2", "3"]
     entry = await history(http, emu, failed)
-    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False and entry["outputs"] == {}
+    assert (
+        entry["status"]["status_str"] == "error"
+        and entry["status"]["completed"] is False
+        and entry["outputs"] == {}
+    )
     again = await post(http, emu, blur(2))
     await ws.wait_done(again)
     assert (await history(http, emu, again))["status"]["status_str"] == "success"
@@ -75,7 +87,11 @@ async def test_fail_next_n(emu: Emulator, http: aiohttp.ClientSession) -> None:
     emu.fail_next(2)
     ids = [await post(http, emu, blur(i)) for i in range(3)]
     await ws.wait_done(ids[-1])
-    assert [(await history(http, emu, i))["status"]["status_str"] for i in ids] == ["error", "error", "success"]
+    assert [(await history(http, emu, i))["status"]["status_str"] for i in ids] == [
+        "error",
+        "error",
+        "success",
+    ]
 
 
 async def test_fail_class(emu: Emulator, http: aiohttp.ClientSession) -> None:
@@ -84,7 +100,12 @@ async def test_fail_class(emu: Emulator, http: aiohttp.ClientSession) -> None:
     first = await post(http, emu, blur(3))
     await ws.wait_done(first)
     error = messages(ws, "execution_error")[-1]
-    assert (error["node_id"], error["node_type"], error["exception_message"], error["executed"]) == ("2", "ImageBlur", "blur broke\n", ["1"])
+    assert (error["node_id"], error["node_type"], error["exception_message"], error["executed"]) == (
+        "2",
+        "ImageBlur",
+        "blur broke\n",
+        ["1"],
+    )
     second = await post(http, emu, blur(4))
     await ws.wait_done(second)
     assert (await history(http, emu, second))["status"]["status_str"] == "success"
@@ -267,7 +288,10 @@ async def test_error_responses(emu: Emulator, http: aiohttp.ClientSession) -> No
     emu.error_responses("/history", status=500)
     for _ in range(3):
         async with http.get(emu.base_url + "/history") as r:
-            assert r.status == 500 and await r.text() == "500 Internal Server Error\n\nServer got itself in trouble"
+            assert (
+                r.status == 500
+                and await r.text() == "500 Internal Server Error\n\nServer got itself in trouble"
+            )
     emu.clear_faults()
     async with http.get(emu.base_url + "/history") as r:
         assert r.status == 200
@@ -282,7 +306,9 @@ async def test_control_endpoints(emu: Emulator, http: aiohttp.ClientSession) -> 
     pid = await post(http, emu, blur(1))
     await ws.wait_done(pid)
     assert messages(ws, "execution_error")[0]["exception_message"] == "via http\n"
-    async with http.post(emu.base_url + "/emulator/error_responses", json={"path_prefix": "/queue", "status": 502, "count": 1}) as r:
+    async with http.post(
+        emu.base_url + "/emulator/error_responses", json={"path_prefix": "/queue", "status": 502, "count": 1}
+    ) as r:
         assert r.status == 200
     async with http.get(emu.base_url + "/queue") as r:
         assert r.status == 502
@@ -339,7 +365,9 @@ async def test_instances_share_nothing(http: aiohttp.ClientSession) -> None:
         await two.stop()
 
 
-async def test_drop_websockets_also_drops_replaced_sockets(emu: Emulator, http: aiohttp.ClientSession) -> None:
+async def test_drop_websockets_also_drops_replaced_sockets(
+    emu: Emulator, http: aiohttp.ClientSession
+) -> None:
     old = await WsClient.connect(http, emu.base_url, CLIENT_A)
     new = await WsClient.connect(http, emu.base_url, CLIENT_A)
     await new.wait_message("status")
@@ -360,7 +388,9 @@ async def test_stop_closes_sockets_with_1001() -> None:
         assert info.value.rcvd is not None and info.value.rcvd.code == 1001
 
 
-async def test_set_models_changes_object_info_and_validation(emu: Emulator, http: aiohttp.ClientSession) -> None:
+async def test_set_models_changes_object_info_and_validation(
+    emu: Emulator, http: aiohttp.ClientSession
+) -> None:
     """A checkpoint copied into a running server: listed by /object_info and accepted by /prompt."""
 
     def load(name: str) -> dict[str, Any]:
@@ -392,7 +422,9 @@ async def test_set_models_changes_object_info_and_validation(emu: Emulator, http
         assert r.status == 400
         assert "value_not_in_list" in json.dumps(await r.json())
 
-    async with http.post(emu.base_url + "/emulator/set_models", json={"folder": "checkpoints", "files": ["late.safetensors"]}) as r:
+    async with http.post(
+        emu.base_url + "/emulator/set_models", json={"folder": "checkpoints", "files": ["late.safetensors"]}
+    ) as r:
         assert r.status == 200
     assert await options() == ["late.safetensors"]
     ws = await WsClient.connect(http, emu.base_url, CLIENT_A)

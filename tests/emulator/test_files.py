@@ -20,7 +20,14 @@ def png(color: tuple[int, ...], size: tuple[int, int] = (8, 8), mode: str = "RGB
     return buf.getvalue()
 
 
-async def upload(http: aiohttp.ClientSession, emu: Emulator, name: str, content: bytes, route: str = "/upload/image", **fields: str) -> tuple[int, Any]:
+async def upload(
+    http: aiohttp.ClientSession,
+    emu: Emulator,
+    name: str,
+    content: bytes,
+    route: str = "/upload/image",
+    **fields: str,
+) -> tuple[int, Any]:
     form = aiohttp.FormData()
     for k, v in fields.items():
         form.add_field(k, v)
@@ -31,20 +38,49 @@ async def upload(http: aiohttp.ClientSession, emu: Emulator, name: str, content:
 
 async def test_upload_renames_on_conflict(emu: Emulator, http: aiohttp.ClientSession) -> None:
     a, b, c = png((1, 1, 1)), png((2, 2, 2)), png((3, 3, 3))
-    assert await upload(http, emu, "cat.png", a) == (200, {"name": "cat.png", "subfolder": "", "type": "input"})
-    assert await upload(http, emu, "cat.png", b) == (200, {"name": "cat (1).png", "subfolder": "", "type": "input"})
-    assert await upload(http, emu, "cat.png", c) == (200, {"name": "cat (2).png", "subfolder": "", "type": "input"})
+    assert await upload(http, emu, "cat.png", a) == (
+        200,
+        {"name": "cat.png", "subfolder": "", "type": "input"},
+    )
+    assert await upload(http, emu, "cat.png", b) == (
+        200,
+        {"name": "cat (1).png", "subfolder": "", "type": "input"},
+    )
+    assert await upload(http, emu, "cat.png", c) == (
+        200,
+        {"name": "cat (2).png", "subfolder": "", "type": "input"},
+    )
     # The same content as an existing file is not stored twice: its name comes back.
-    assert await upload(http, emu, "cat.png", a) == (200, {"name": "cat.png", "subfolder": "", "type": "input"})
-    assert await upload(http, emu, "cat.png", b) == (200, {"name": "cat (1).png", "subfolder": "", "type": "input"})
-    assert sorted(p.name for p in emu.input_dir.iterdir()) == ["cat (1).png", "cat (2).png", "cat.png", "example.png"]
+    assert await upload(http, emu, "cat.png", a) == (
+        200,
+        {"name": "cat.png", "subfolder": "", "type": "input"},
+    )
+    assert await upload(http, emu, "cat.png", b) == (
+        200,
+        {"name": "cat (1).png", "subfolder": "", "type": "input"},
+    )
+    assert sorted(p.name for p in emu.input_dir.iterdir()) == [
+        "cat (1).png",
+        "cat (2).png",
+        "cat.png",
+        "example.png",
+    ]
     # overwrite=true (or 1) replaces in place.
-    assert await upload(http, emu, "cat.png", c, overwrite="1") == (200, {"name": "cat.png", "subfolder": "", "type": "input"})
+    assert await upload(http, emu, "cat.png", c, overwrite="1") == (
+        200,
+        {"name": "cat.png", "subfolder": "", "type": "input"},
+    )
     assert (emu.input_dir / "cat.png").read_bytes() == c
     # Into a subfolder and into other folders.
-    assert await upload(http, emu, "dog.png", a, subfolder="pets/dogs") == (200, {"name": "dog.png", "subfolder": "pets/dogs", "type": "input"})
+    assert await upload(http, emu, "dog.png", a, subfolder="pets/dogs") == (
+        200,
+        {"name": "dog.png", "subfolder": "pets/dogs", "type": "input"},
+    )
     assert (emu.input_dir / "pets" / "dogs" / "dog.png").read_bytes() == a
-    assert await upload(http, emu, "t.png", a, type="temp") == (200, {"name": "t.png", "subfolder": "", "type": "temp"})
+    assert await upload(http, emu, "t.png", a, type="temp") == (
+        200,
+        {"name": "t.png", "subfolder": "", "type": "temp"},
+    )
     assert (emu.temp_dir / "t.png").exists()
     assert (await upload(http, emu, "o.png", a, type="output"))[1]["type"] == "output"
     # Escaping the folder is refused.
@@ -62,7 +98,11 @@ async def test_object_info_lists_uploaded_images(emu: Emulator, http: aiohttp.Cl
     await upload(http, emu, "deep.png", png((8, 8, 8)), subfolder="sub")
     assert await options() == ["a.png", "b.png", "example.png"]
     async with http.get(emu.base_url + "/object_info") as r:
-        assert (await r.json())["LoadImageMask"]["input"]["required"]["image"][0] == ["a.png", "b.png", "example.png"]
+        assert (await r.json())["LoadImageMask"]["input"]["required"]["image"][0] == [
+            "a.png",
+            "b.png",
+            "example.png",
+        ]
     async with http.get(emu.base_url + "/internal/files/input") as r:
         assert sorted(await r.json()) == ["a.png", "b.png", "example.png"]
 
@@ -71,7 +111,16 @@ async def test_upload_mask(emu: Emulator, http: aiohttp.ClientSession) -> None:
     await upload(http, emu, "photo.png", png((10, 20, 30), (4, 4)))
     mask = png((0, 0, 0, 77), (4, 4), "RGBA")
     ref = json.dumps({"filename": "photo.png", "subfolder": "", "type": "input"})
-    status, body = await upload(http, emu, "clipspace-mask.png", mask, route="/upload/mask", original_ref=ref, type="input", subfolder="clipspace")
+    status, body = await upload(
+        http,
+        emu,
+        "clipspace-mask.png",
+        mask,
+        route="/upload/mask",
+        original_ref=ref,
+        type="input",
+        subfolder="clipspace",
+    )
     assert status == 200 and body == {"name": "clipspace-mask.png", "subfolder": "clipspace", "type": "input"}
     out = Image.open(emu.input_dir / "clipspace" / "clipspace-mask.png")
     assert out.mode == "RGBA" and out.getpixel((0, 0)) == (10, 20, 30, 77)
@@ -115,7 +164,10 @@ async def test_load_image_from_subfolder_and_annotated(emu: Emulator, http: aioh
         body = {
             "prompt": {
                 "1": {"class_type": "LoadImage", "inputs": {"image": name}},
-                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "sub/loaded"}},
+                "2": {
+                    "class_type": "SaveImage",
+                    "inputs": {"images": ["1", 0], "filename_prefix": "sub/loaded"},
+                },
             },
             "client_id": CLIENT_A,
         }
@@ -123,7 +175,11 @@ async def test_load_image_from_subfolder_and_annotated(emu: Emulator, http: aioh
             assert r.status == 200, await r.text()
             pid = (await r.json())["prompt_id"]
         await ws.wait_done(pid)
-    executed = [f["json"]["data"]["output"]["images"][0] for f in ws.frames if f["frame"] == "text" and f["json"]["type"] == "executed"]
+    executed = [
+        f["json"]["data"]["output"]["images"][0]
+        for f in ws.frames
+        if f["frame"] == "text" and f["json"]["type"] == "executed"
+    ]
     assert executed == [
         {"filename": "loaded_00001_.png", "subfolder": "sub", "type": "output"},
         {"filename": "loaded_00002_.png", "subfolder": "sub", "type": "output"},

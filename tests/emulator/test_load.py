@@ -22,15 +22,23 @@ from .helpers import recording
 def job(i: int) -> dict[str, Any]:
     return {
         "prompt": {
-            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": i}},
-            "2": {"class_type": "HarnessSlowSampler", "inputs": {"image": ["1", 0], "steps": 1, "seconds_per_step": 0}},
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": i},
+            },
+            "2": {
+                "class_type": "HarnessSlowSampler",
+                "inputs": {"image": ["1", 0], "steps": 1, "seconds_per_step": 0},
+            },
             "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
         },
         "client_id": "bench",
     }
 
 
-async def test_a_burst_of_200_instant_jobs_each_gets_every_message_and_file(emu: Emulator, http: aiohttp.ClientSession) -> None:
+async def test_a_burst_of_200_instant_jobs_each_gets_every_message_and_file(
+    emu: Emulator, http: aiohttp.ClientSession
+) -> None:
     n = 200
     ws = await http.ws_connect(emu.ws_url + "?clientId=bench")
     await ws.receive()
@@ -70,7 +78,12 @@ async def test_lookups_in_a_long_history(emu: Emulator, http: aiohttp.ClientSess
 
     state: ServerState = emu.state
     for i in range(10000):
-        state.queue.history[f"id-{i}"] = {"prompt": [i, f"id-{i}", {}, {}, []], "outputs": {}, "status": None, "meta": {}}
+        state.queue.history[f"id-{i}"] = {
+            "prompt": [i, f"id-{i}", {}, {}, []],
+            "outputs": {},
+            "status": None,
+            "meta": {},
+        }
     async with http.get(emu.base_url + "/history/id-5000") as r:
         assert r.status == 200
         assert list(await r.json()) == ["id-5000"]

@@ -36,9 +36,18 @@ def txt2img(**ksampler: Any) -> dict[str, Any]:
     return p
 
 
-async def run(http: aiohttp.ClientSession, emu: Emulator, ws: WsClient, prompt: dict[str, Any], client_id: str = CLIENT_A, **extra: Any) -> tuple[str, list[dict[str, Any]]]:
+async def run(
+    http: aiohttp.ClientSession,
+    emu: Emulator,
+    ws: WsClient,
+    prompt: dict[str, Any],
+    client_id: str = CLIENT_A,
+    **extra: Any,
+) -> tuple[str, list[dict[str, Any]]]:
     start = len(ws.frames)
-    async with http.post(emu.base_url + "/prompt", json={"prompt": prompt, "client_id": client_id, **extra}) as r:
+    async with http.post(
+        emu.base_url + "/prompt", json={"prompt": prompt, "client_id": client_id, **extra}
+    ) as r:
         assert r.status == 200, await r.text()
         pid = (await r.json())["prompt_id"]
     await ws.wait_done(pid)
@@ -62,13 +71,22 @@ async def test_txt2img(emu: Emulator, http: aiohttp.ClientSession) -> None:
     # nodes in staging order.
     assert [d["node"] for d in data(frames, "executing")] == ["4", "5", "7", "6", "3", "8", "9", None]
     progress = data(frames, "progress")
-    assert [(p["value"], p["max"], p["node"]) for p in progress] == [(1, 4, "3"), (2, 4, "3"), (3, 4, "3"), (4, 4, "3")]
+    assert [(p["value"], p["max"], p["node"]) for p in progress] == [
+        (1, 4, "3"),
+        (2, 4, "3"),
+        (3, 4, "3"),
+        (4, 4, "3"),
+    ]
     sampler_part = types(frames)[types(frames).index("progress") - 1 :]
     assert sampler_part[:3] == ["progress_state", "progress", "binary:PREVIEW_IMAGE"]
     previews = [f["decoded"] for f in frames if f["frame"] == "binary"]
-    assert len(previews) == 4 and all(p["image_type"] == "JPEG" and p["image_magic_hex"] == "ffd8ffe0" for p in previews)
+    assert len(previews) == 4 and all(
+        p["image_type"] == "JPEG" and p["image_magic_hex"] == "ffd8ffe0" for p in previews
+    )
     img = saved(emu, frames)
-    assert img.size == (128, 96) and len(set(zip(*[iter(img.tobytes())] * 3))) > 50  # a picture, not a flat color
+    assert (
+        img.size == (128, 96) and len(set(zip(*[iter(img.tobytes())] * 3))) > 50
+    )  # a picture, not a flat color
     async with http.get(f"{emu.base_url}/history/{pid}") as r:
         entry = (await r.json())[pid]
     assert entry["outputs"] == {"9": data(frames, "executed")[0]["output"]}
@@ -93,7 +111,16 @@ async def test_lora_and_prompt_change_the_picture(emu: Emulator, http: aiohttp.C
     ws = await WsClient.connect(http, emu.base_url, CLIENT_A)
     _, base = await run(http, emu, ws, txt2img())
     with_lora = txt2img()
-    with_lora["10"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "example_lora.safetensors", "strength_model": 1.0, "strength_clip": 1.0}}
+    with_lora["10"] = {
+        "class_type": "LoraLoader",
+        "inputs": {
+            "model": ["4", 0],
+            "clip": ["4", 1],
+            "lora_name": "example_lora.safetensors",
+            "strength_model": 1.0,
+            "strength_clip": 1.0,
+        },
+    }
     with_lora["3"]["inputs"]["model"] = ["10", 0]
     with_lora["6"]["inputs"]["clip"] = ["10", 1]
     _, lora = await run(http, emu, ws, with_lora)
@@ -127,7 +154,10 @@ async def test_ksampler_advanced_and_custom_samplers(emu: Emulator, http: aiohtt
     custom["3"] = {"class_type": "SamplerCustom", "inputs": {"model": ["4", 0], "add_noise": True, "noise_seed": 5, "cfg": 7.0, "positive": ["6", 0],
                    "negative": ["7", 0], "sampler": ["12", 0], "sigmas": ["13", 0], "latent_image": ["5", 0]}}  # fmt: skip
     custom["12"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
-    custom["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "simple", "steps": 2, "denoise": 1.0}}
+    custom["13"] = {
+        "class_type": "BasicScheduler",
+        "inputs": {"model": ["4", 0], "scheduler": "simple", "steps": 2, "denoise": 1.0},
+    }
     _, frames = await run(http, emu, ws, custom)
     assert [(p["value"], p["max"]) for p in data(frames, "progress")] == [(1, 2), (2, 2)]
     assert saved(emu, frames).size == (128, 96)
@@ -138,13 +168,22 @@ async def test_previews_with_metadata_for_ksampler(emu: Emulator, http: aiohttp.
     pid, frames = await run(http, emu, ws, txt2img(steps=2), client_id=CLIENT_FLAGS)
     previews = [f["decoded"] for f in frames if f["frame"] == "binary"]
     assert [p["event_type"] for p in previews] == [4, 4]
-    assert previews[0]["metadata"] == {"node_id": "3", "prompt_id": pid, "display_node_id": "3", "parent_node_id": None, "real_node_id": "3", "image_type": "image/jpeg"}
+    assert previews[0]["metadata"] == {
+        "node_id": "3",
+        "prompt_id": pid,
+        "display_node_id": "3",
+        "parent_node_id": None,
+        "real_node_id": "3",
+        "image_type": "image/jpeg",
+    }
     t = types(frames)
     i = t.index("binary:PREVIEW_IMAGE_WITH_METADATA")
     assert t[i - 1 : i + 2] == ["progress_state", "binary:PREVIEW_IMAGE_WITH_METADATA", "progress"]
 
 
-async def test_previews_of_a_job_without_client_go_to_everyone_as_event_1(emu: Emulator, http: aiohttp.ClientSession) -> None:
+async def test_previews_of_a_job_without_client_go_to_everyone_as_event_1(
+    emu: Emulator, http: aiohttp.ClientSession
+) -> None:
     flags = await WsClient.connect(http, emu.base_url, CLIENT_FLAGS, flags=True)
     await flags.wait_for(lambda f: len(f) >= 2)
     async with http.post(emu.base_url + "/prompt", json={"prompt": txt2img(steps=2)}) as r:
@@ -155,7 +194,9 @@ async def test_previews_of_a_job_without_client_go_to_everyone_as_event_1(emu: E
     assert "executing" not in types(flags.frames)
 
 
-async def test_unknown_checkpoint_is_rejected_with_the_model_list(emu: Emulator, http: aiohttp.ClientSession) -> None:
+async def test_unknown_checkpoint_is_rejected_with_the_model_list(
+    emu: Emulator, http: aiohttp.ClientSession
+) -> None:
     prompt = txt2img()
     prompt["4"]["inputs"]["ckpt_name"] = "nope.safetensors"
     async with http.post(emu.base_url + "/prompt", json={"prompt": prompt}) as r:
@@ -173,7 +214,15 @@ async def test_unknown_checkpoint_is_rejected_with_the_model_list(emu: Emulator,
 
 
 async def test_models_per_instance(http: aiohttp.ClientSession) -> None:
-    emu = Emulator(EmulatorConfig(models={"checkpoints": ["only.safetensors"], "upscale_models": ["4x.pth"], "vae": ["a.safetensors"]}))
+    emu = Emulator(
+        EmulatorConfig(
+            models={
+                "checkpoints": ["only.safetensors"],
+                "upscale_models": ["4x.pth"],
+                "vae": ["a.safetensors"],
+            }
+        )
+    )
     await emu.start()
     try:
         async with http.get(emu.base_url + "/object_info") as r:
@@ -196,8 +245,14 @@ async def test_models_per_instance(http: aiohttp.ClientSession) -> None:
 async def test_preview_image_and_pass_through_nodes(emu: Emulator, http: aiohttp.ClientSession) -> None:
     ws = await WsClient.connect(http, emu.base_url, CLIENT_A)
     prompt = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 20, "height": 10, "batch_size": 2, "color": 255}},
-        "2": {"class_type": "ImageSharpen", "inputs": {"image": ["1", 0], "sharpen_radius": 1, "sigma": 1.0, "alpha": 1.0}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 20, "height": 10, "batch_size": 2, "color": 255},
+        },
+        "2": {
+            "class_type": "ImageSharpen",
+            "inputs": {"image": ["1", 0], "sharpen_radius": 1, "sigma": 1.0, "alpha": 1.0},
+        },
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
         "4": {"class_type": "ImageToMask", "inputs": {"image": ["1", 0], "channel": "red"}},
         "5": {"class_type": "MaskPreview", "inputs": {"mask": ["4", 0]}},
@@ -211,7 +266,9 @@ async def test_preview_image_and_pass_through_nodes(emu: Emulator, http: aiohttp
     assert isinstance(executed["6"]["text"][0], str)  # PreviewAny shows its input as text
     images = executed["3"]["images"]
     assert len(images) == 2 and all(i["type"] == "temp" and i["subfolder"] == "" for i in images)
-    assert [i["filename"][-12:] for i in images] == ["_00001_.png", "_00002_.png"] or all(i["filename"].startswith("ComfyUI_temp_") for i in images)
+    assert [i["filename"][-12:] for i in images] == ["_00001_.png", "_00002_.png"] or all(
+        i["filename"].startswith("ComfyUI_temp_") for i in images
+    )
     assert all(i["filename"].startswith("ComfyUI_temp_") and i["filename"].endswith("_.png") for i in images)
     for i in images:
         async with http.get(emu.base_url + "/view", params=i) as r:
@@ -231,7 +288,9 @@ async def test_save_image_websocket_sends_png_frames(emu: Emulator, http: aiohtt
     }
     _, frames = await run(http, emu, ws, prompt)
     pngs = [f["decoded"] for f in frames if f["frame"] == "binary"]
-    assert [(p["event_type"], p["image_type"], p["image_magic_hex"]) for p in pngs] == [(1, "PNG", "89504e47")] * 2
+    assert [(p["event_type"], p["image_type"], p["image_magic_hex"]) for p in pngs] == [
+        (1, "PNG", "89504e47")
+    ] * 2
     assert [(p["value"], p["max"]) for p in data(frames, "progress")] == [(0, 2), (1, 2)]
 
 
@@ -256,7 +315,10 @@ async def test_validation_rules(emu: Emulator, http: aiohttp.ClientSession) -> N
             return r.status, await r.json()
 
     base = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": "16", "height": 16.9, "batch_size": 1, "color": 0}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": "16", "height": 16.9, "batch_size": 1, "color": 0},
+        },
         "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": "0.5"}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": 123}},
     }
@@ -286,7 +348,10 @@ async def test_validation_rules(emu: Emulator, http: aiohttp.ClientSession) -> N
     bad["2"]["inputs"]["image"] = ["4", 0]
     status, body = await post(bad)
     err = body["node_errors"]["2"]["errors"][0]
-    assert err["type"] == "return_type_mismatch" and err["details"] == "image, received_type(LATENT) mismatch input_type(IMAGE)"
+    assert (
+        err["type"] == "return_type_mismatch"
+        and err["details"] == "image, received_type(LATENT) mismatch input_type(IMAGE)"
+    )
 
     bad = copy.deepcopy(base)
     bad["2"]["inputs"]["image"] = ["42", 0]
@@ -320,7 +385,10 @@ async def test_queue_order_front_and_number(emu: Emulator, http: aiohttp.ClientS
     ws = await WsClient.connect(http, emu.base_url, CLIENT_A)
     blocker = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "HarnessSlowSampler", "inputs": {"image": ["1", 0], "steps": 1, "seconds_per_step": 0.3}},
+        "2": {
+            "class_type": "HarnessSlowSampler",
+            "inputs": {"image": ["1", 0], "steps": 1, "seconds_per_step": 0.3},
+        },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "order"}},
     }
 
@@ -328,7 +396,9 @@ async def test_queue_order_front_and_number(emu: Emulator, http: aiohttp.ClientS
         p = copy.deepcopy(blocker)
         p["1"]["inputs"]["color"] = color
         p["2"]["inputs"]["seconds_per_step"] = 0.3 if color == 0 else 0
-        async with http.post(emu.base_url + "/prompt", json={"prompt": p, "client_id": CLIENT_A, **extra}) as r:
+        async with http.post(
+            emu.base_url + "/prompt", json={"prompt": p, "client_id": CLIENT_A, **extra}
+        ) as r:
             return await r.json()
 
     first = await post(0)
@@ -366,14 +436,19 @@ async def test_allowlist_and_extra_nodes(http: aiohttp.ClientSession) -> None:
         "output": ["IMAGE"], "output_is_list": [False], "output_name": ["IMAGE"], "name": "MyFilter",
         "display_name": "My Filter", "description": "", "python_module": "custom_nodes.mine", "category": "image", "output_node": False,
     }  # fmt: skip
-    emu = Emulator(EmulatorConfig(node_allowlist=["EmptyImage", "SaveImage"], extra_nodes={"MyFilter": custom}))
+    emu = Emulator(
+        EmulatorConfig(node_allowlist=["EmptyImage", "SaveImage"], extra_nodes={"MyFilter": custom})
+    )
     await emu.start()
     try:
         async with http.get(emu.base_url + "/object_info") as r:
             assert sorted(await r.json()) == ["EmptyImage", "MyFilter", "SaveImage"]
         ws = await WsClient.connect(http, emu.base_url, CLIENT_A)
         prompt = {
-            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+            },
             "2": {"class_type": "MyFilter", "inputs": {"image": ["1", 0], "strength": 1.5}},
             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "custom"}},
         }
@@ -381,7 +456,10 @@ async def test_allowlist_and_extra_nodes(http: aiohttp.ClientSession) -> None:
         assert "execution_success" in types(frames)
         prompt["2"]["inputs"]["strength"] = 3
         async with http.post(emu.base_url + "/prompt", json={"prompt": prompt}) as r:
-            assert r.status == 400 and (await r.json())["node_errors"]["2"]["errors"][0]["type"] == "value_bigger_than_max"
+            assert (
+                r.status == 400
+                and (await r.json())["node_errors"]["2"]["errors"][0]["type"] == "value_bigger_than_max"
+            )
     finally:
         await emu.stop()
 
@@ -404,8 +482,14 @@ async def test_partial_cache_reuses_upstream_only(emu: Emulator, http: aiohttp.C
 async def test_harness_sampler_edge_steps(emu: Emulator, http: aiohttp.ClientSession, steps: int) -> None:
     ws = await WsClient.connect(http, emu.base_url, CLIENT_A)
     prompt = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": steps}},
-        "2": {"class_type": "HarnessSlowSampler", "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": 0}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": steps},
+        },
+        "2": {
+            "class_type": "HarnessSlowSampler",
+            "inputs": {"image": ["1", 0], "steps": steps, "seconds_per_step": 0},
+        },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "edge"}},
     }
     _, frames = await run(http, emu, ws, prompt)

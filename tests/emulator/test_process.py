@@ -45,7 +45,10 @@ async def test_process_serves_and_stops_on_sigterm(process, tmp_path) -> None:  
         ws = await WsClient.connect(http, base, CLIENT_A)
         body = {
             "prompt": {
-                "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+                "1": {
+                    "class_type": "EmptyImage",
+                    "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+                },
                 "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "proc"}},
             },
             "client_id": CLIENT_A,

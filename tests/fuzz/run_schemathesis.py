@@ -61,7 +61,7 @@ class Demo:
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
-        except BaseException as exc:  # reported by __enter__
+        except BaseException as exc:  # noqa: BLE001 — reported by __enter__
             self._error = exc
             self._ready.set()
 
@@ -81,7 +81,9 @@ class Demo:
             default_jobs_per_day=100_000_000,
             _env_file=None,
         )
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="error"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="error")
+        )
         task = asyncio.create_task(server.serve())
         try:
             while not server.started:
@@ -109,10 +111,20 @@ def _seed(base_url: str) -> dict[str, tuple[str, dict[str, str]]]:
                 raise RuntimeError(f"seeding failed: {resp.status_code} {resp.text}")
             return resp.json()
 
-        user = created(http.post("/v1/admin/users", json={"name": "fuzz user", "limits": {"allow_raw_workflows": True}}, headers=admin))
-        user_key = created(http.post(f"/v1/admin/users/{user['id']}/keys", json={"name": "fuzz"}, headers=admin))["key"]
+        user = created(
+            http.post(
+                "/v1/admin/users",
+                json={"name": "fuzz user", "limits": {"allow_raw_workflows": True}},
+                headers=admin,
+            )
+        )
+        user_key = created(
+            http.post(f"/v1/admin/users/{user['id']}/keys", json={"name": "fuzz"}, headers=admin)
+        )["key"]
         target = created(http.post("/v1/admin/users", json={"name": "fuzz target"}, headers=admin))
-        target_key = created(http.post(f"/v1/admin/users/{target['id']}/keys", json={"name": "target"}, headers=admin))
+        target_key = created(
+            http.post(f"/v1/admin/users/{target['id']}/keys", json={"name": "target"}, headers=admin)
+        )
         backend_id = created(http.get("/v1/admin/backends", headers=admin))["items"][0]["id"]
         runs = {}
         for who, key, user_id, key_id in (
@@ -120,7 +132,13 @@ def _seed(base_url: str) -> dict[str, tuple[str, dict[str, str]]]:
             ("user", user_key, user["id"], ""),
         ):
             auth = {"Authorization": f"Bearer {key}"}
-            job = created(http.post("/v1/generate", json={"template": "txt2img", "params": {"prompt": "fuzz", "steps": 2}}, headers={**auth, "Prefer": "wait=30"}))
+            job = created(
+                http.post(
+                    "/v1/generate",
+                    json={"template": "txt2img", "params": {"prompt": "fuzz", "steps": 2}},
+                    headers={**auth, "Prefer": "wait=30"},
+                )
+            )
             params = {
                 "path.job_id": job["id"],
                 "path.output_id": job["outputs"][0]["id"] if job["outputs"] else "",
@@ -139,7 +157,9 @@ def _config(path: Path, parameters: dict[str, str]) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--max-examples", type=int, default=15, help="Test cases per operation and key.")
     parser.add_argument("--seed", type=int, default=None, help="Schemathesis' seed, to replay a run.")
     args, extra = parser.parse_known_args()
@@ -151,14 +171,25 @@ def main() -> int:
             for who, (key, parameters) in _seed(demo.base_url).items():
                 config = _config(data / f"{who}.toml", parameters)
                 command = [
-                    st, "--config-file", str(config), "run", f"{demo.base_url}/openapi.json",
-                    "--checks", "not_a_server_error",
-                    "--header", f"Authorization: Bearer {key}",
-                    "--max-examples", str(args.max_examples),
-                    "--phases", "examples,coverage,fuzzing",
-                    "--workers", "1",
-                    "--generation-database", "none",
-                    "--request-timeout", "30",
+                    st,
+                    "--config-file",
+                    str(config),
+                    "run",
+                    f"{demo.base_url}/openapi.json",
+                    "--checks",
+                    "not_a_server_error",
+                    "--header",
+                    f"Authorization: Bearer {key}",
+                    "--max-examples",
+                    str(args.max_examples),
+                    "--phases",
+                    "examples,coverage,fuzzing",
+                    "--workers",
+                    "1",
+                    "--generation-database",
+                    "none",
+                    "--request-timeout",
+                    "30",
                     "--no-color",
                     *(["--seed", str(args.seed)] if args.seed is not None else []),
                     *extra,

@@ -66,7 +66,12 @@ class Gateway:
         return resp.json()
 
     async def wait(
-        self, job_id: str, statuses: set[str] = TERMINAL, *, timeout: float = 20, headers: dict[str, str] | None = None
+        self,
+        job_id: str,
+        statuses: set[str] = TERMINAL,
+        *,
+        timeout: float = 20,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
@@ -94,14 +99,20 @@ class Gateway:
             hdrs["Last-Event-ID"] = last_event_id
         params = {"previews": "true"} if previews else None
         events: list[SseEvent] = []
-        async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=hdrs, params=params, timeout=timeout) as resp:
+        async with self.http.stream(
+            "GET", f"/v1/jobs/{job_id}/events", headers=hdrs, params=params, timeout=timeout
+        ) as resp:
             assert resp.status_code == 200, await resp.aread()
             assert resp.headers["content-type"].startswith("text/event-stream")
             fields: dict[str, str] = {}
             async for line in resp.aiter_lines():
                 if line == "":
                     if "event" in fields:
-                        events.append(SseEvent(fields.get("id"), fields["event"], json.loads(fields.get("data", "null"))))
+                        events.append(
+                            SseEvent(
+                                fields.get("id"), fields["event"], json.loads(fields.get("data", "null"))
+                            )
+                        )
                         if stop is not None and stop(events):
                             break
                     fields = {}
@@ -110,14 +121,20 @@ class Gateway:
                     fields[name] = value[1:] if value.startswith(" ") else value
         return events
 
-    async def create_user(self, name: str, *, is_admin: bool = False, limits: dict | None = None) -> tuple[str, dict[str, str]]:
+    async def create_user(
+        self, name: str, *, is_admin: bool = False, limits: dict | None = None
+    ) -> tuple[str, dict[str, str]]:
         """A user and a key, made through the admin API; returns the user's id and its auth header."""
         resp = await self.http.post(
-            "/v1/admin/users", json={"name": name, "is_admin": is_admin, "limits": limits or {}}, headers=self.admin
+            "/v1/admin/users",
+            json={"name": name, "is_admin": is_admin, "limits": limits or {}},
+            headers=self.admin,
         )
         assert resp.status_code == 201, resp.text
         user_id = resp.json()["id"]
-        key = await self.http.post(f"/v1/admin/users/{user_id}/keys", json={"name": "test"}, headers=self.admin)
+        key = await self.http.post(
+            f"/v1/admin/users/{user_id}/keys", json={"name": "test"}, headers=self.admin
+        )
         assert key.status_code == 201, key.text
         return user_id, {"Authorization": f"Bearer {key.json()['key']}"}
 
@@ -226,7 +243,9 @@ def idle_gateway(make_settings, gateway_factory) -> Callable[..., Awaitable[Gate
     For tests of the API alone; cheaper than `gateway`, which needs a backend."""
 
     async def start(**overrides: Any) -> Gateway:
-        return await gateway_factory(make_settings(comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False, **overrides))
+        return await gateway_factory(
+            make_settings(comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False, **overrides)
+        )
 
     return start
 

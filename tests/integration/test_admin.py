@@ -28,12 +28,16 @@ async def test_users_are_created_read_listed_updated_and_validated(idle_gateway)
     assert user["limit_overrides"] == {"max_queued": 7, "weight": 3}
     assert (await http.get(f"/v1/admin/users/{user['id']}", headers=admin)).json() == user
 
-    second = (await http.post("/v1/admin/users", json={"name": "app-2", "is_admin": True}, headers=admin)).json()
+    second = (
+        await http.post("/v1/admin/users", json={"name": "app-2", "is_admin": True}, headers=admin)
+    ).json()
     third = (await http.post("/v1/admin/users", json={"name": "app-3"}, headers=admin)).json()
     assert second["is_admin"] is True and second["limit_overrides"] == {}
     seen, cursor = [], None
     while True:
-        page = (await http.get("/v1/admin/users?limit=2" + (f"&cursor={cursor}" if cursor else ""), headers=admin)).json()
+        page = (
+            await http.get("/v1/admin/users?limit=2" + (f"&cursor={cursor}" if cursor else ""), headers=admin)
+        ).json()
         assert len(page["items"]) <= 2
         seen += [u["id"] for u in page["items"]]
         if not (cursor := page["next_cursor"]):
@@ -72,7 +76,9 @@ async def test_users_are_created_read_listed_updated_and_validated(idle_gateway)
         assert field in {e["field"] for e in resp.json()["errors"]}, (body, resp.json())
     listed = (await http.get("/v1/admin/users?limit=100", headers=admin)).json()["items"]
     assert len(listed) == 4
-    bad_patch = await http.patch(f"/v1/admin/users/{third['id']}", json={"limits": {"weight": 0}}, headers=admin)
+    bad_patch = await http.patch(
+        f"/v1/admin/users/{third['id']}", json={"limits": {"weight": 0}}, headers=admin
+    )
     assert bad_patch.status_code == 422 and bad_patch.json()["errors"][0]["field"] == "limits.weight"
     assert (await http.get(f"/v1/admin/users/{third['id']}", headers=admin)).json() == third
 
@@ -124,9 +130,13 @@ async def test_revoked_keys_and_disabled_users_are_refused_on_their_next_request
     again = (await http.get(f"/v1/admin/users/{user_id}/keys", headers=admin)).json()["items"]
     assert RFC3339.match(next(k for k in again if k["id"] == key["id"])["revoked_at"])
     # Revoking again is harmless; a key named under another user is not found there.
-    assert (await http.delete(f"/v1/admin/users/{user_id}/keys/{key['id']}", headers=admin)).status_code == 204
+    assert (
+        await http.delete(f"/v1/admin/users/{user_id}/keys/{key['id']}", headers=admin)
+    ).status_code == 204
     other_id, _ = await gateway.create_user("other")
-    assert (await http.delete(f"/v1/admin/users/{other_id}/keys/{key['id']}", headers=admin)).status_code == 404
+    assert (
+        await http.delete(f"/v1/admin/users/{other_id}/keys/{key['id']}", headers=admin)
+    ).status_code == 404
 
     # A disabled user's keys are refused from their next request, until it is enabled again.
     user = first
@@ -135,16 +145,22 @@ async def test_revoked_keys_and_disabled_users_are_refused_on_their_next_request
     assert resp.status_code == 200 and resp.json()["disabled"] is True
     assert (await http.get("/v1/jobs", headers=user)).status_code == 401
     assert (await http.post("/v1/generate", json=BLUR, headers=user)).status_code == 401
-    assert (await http.patch(f"/v1/admin/users/{user_id}", json={"disabled": False}, headers=admin)).status_code == 200
+    assert (
+        await http.patch(f"/v1/admin/users/{user_id}", json={"disabled": False}, headers=admin)
+    ).status_code == 200
     assert (await http.get("/v1/jobs", headers=user)).status_code == 200
 
     # The bootstrap admin cannot be disabled.
     resp = await http.patch(f"/v1/admin/users/{BOOTSTRAP_ADMIN_ID}", json={"disabled": True}, headers=admin)
     assert resp.status_code == 409 and resp.headers["content-type"] == "application/problem+json"
-    assert (await http.get(f"/v1/admin/users/{BOOTSTRAP_ADMIN_ID}", headers=admin)).json()["disabled"] is False
+    assert (await http.get(f"/v1/admin/users/{BOOTSTRAP_ADMIN_ID}", headers=admin)).json()[
+        "disabled"
+    ] is False
     # Not even by another admin.
     _, other_admin = await gateway.create_user("ops", is_admin=True)
-    again = await http.patch(f"/v1/admin/users/{BOOTSTRAP_ADMIN_ID}", json={"disabled": True}, headers=other_admin)
+    again = await http.patch(
+        f"/v1/admin/users/{BOOTSTRAP_ADMIN_ID}", json={"disabled": True}, headers=other_admin
+    )
     assert again.status_code == 409
     assert (await http.get("/v1/me", headers=admin)).status_code == 200
 
@@ -159,18 +175,25 @@ async def test_admin_jobs_lists_every_users_jobs_with_filters_and_pages(gateway:
     a2 = (await gateway.generate(BLUR, headers=alice)).json()["id"]
     for job_id, headers in ((a1, alice), (b1, bob), (a2, alice)):
         await gateway.wait(job_id, headers=headers)
-    canceled = (await gateway.generate({"template": "txt2img", "params": {"prompt": "x"}}, headers=bob)).json()["id"]
+    canceled = (
+        await gateway.generate({"template": "txt2img", "params": {"prompt": "x"}}, headers=bob)
+    ).json()["id"]
     await http.post(f"/v1/jobs/{canceled}/cancel", headers=bob)
 
     everything = (await http.get("/v1/admin/jobs", headers=ops)).json()
     assert [(j["id"], j["user_id"]) for j in everything["items"]] == [
-        (canceled, bob_id), (a2, alice_id), (b1, bob_id), (a1, alice_id)
+        (canceled, bob_id),
+        (a2, alice_id),
+        (b1, bob_id),
+        (a1, alice_id),
     ]
     assert everything["next_cursor"] is None
     assert everything["items"][1]["outputs"][0]["url"].startswith(f"/v1/jobs/{a2}/outputs/")
     only_alice = (await http.get(f"/v1/admin/jobs?user_id={alice_id}", headers=admin)).json()["items"]
     assert [j["id"] for j in only_alice] == [a2, a1]
-    bobs_done = (await http.get(f"/v1/admin/jobs?user_id={bob_id}&status=succeeded", headers=admin)).json()["items"]
+    bobs_done = (await http.get(f"/v1/admin/jobs?user_id={bob_id}&status=succeeded", headers=admin)).json()[
+        "items"
+    ]
     assert [j["id"] for j in bobs_done] == [b1]
     page = (await http.get("/v1/admin/jobs?limit=3", headers=admin)).json()
     rest = (await http.get(f"/v1/admin/jobs?limit=3&cursor={page['next_cursor']}", headers=admin)).json()

@@ -24,7 +24,9 @@ async def one_slot(emulator, make_settings, gateway_factory) -> Gateway:  # noqa
 
 async def event_count(gw: Gateway, job_id: str) -> int:
     async with gw.app.state.sessionmaker() as session:
-        return (await session.execute(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id))).scalar_one()
+        return (
+            await session.execute(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id))
+        ).scalar_one()
 
 
 async def test_an_admin_cancels_any_users_running_job(one_slot: Gateway, emulator) -> None:  # noqa: ANN001
@@ -86,29 +88,50 @@ async def test_the_stop_switch_and_the_internal_error_type_are_documented(idle_g
     schema = (await gw.http.get("/openapi.json")).json()
     assert "any user" in schema["paths"]["/v1/admin/jobs/{job_id}/cancel"]["post"]["summary"].lower()
     assert "any user" in schema["paths"]["/v1/admin/jobs/{job_id}"]["delete"]["summary"].lower()
-    assert "internal_error" in schema["components"]["schemas"]["JobError"]["properties"]["type"]["description"]
+    assert (
+        "internal_error" in schema["components"]["schemas"]["JobError"]["properties"]["type"]["description"]
+    )
 
 
-async def test_an_admin_reads_any_users_job_its_events_and_deliveries(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_an_admin_reads_any_users_job_its_events_and_deliveries(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     # The webhook goes to a closed port of this host: allowed, so that the job has a delivery.
-    gateway = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], outbound_allowlist=["127.0.0.1"]))
+    gateway = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], outbound_allowlist=["127.0.0.1"])
+    )
     await gateway.wait_ready()
     _, bob = await gateway.create_user("bob")
-    job = (await gateway.generate({"template": "blur", "params": {"width": 32, "height": 32}, "webhook": {"url": "http://127.0.0.1:9/hook"}}, bob)).json()
+    job = (
+        await gateway.generate(
+            {
+                "template": "blur",
+                "params": {"width": 32, "height": 32},
+                "webhook": {"url": "http://127.0.0.1:9/hook"},
+            },
+            bob,
+        )
+    ).json()
     await gateway.wait(job["id"], headers=bob)
     # The owner's routes answer 404 to an admin (another user's job); the admin ones answer it.
     assert (await gateway.http.get(f"/v1/jobs/{job['id']}", headers=gateway.admin)).status_code == 404
     seen = (await gateway.http.get(f"/v1/admin/jobs/{job['id']}", headers=gateway.admin)).json()
     assert seen["id"] == job["id"] and seen["status"] == "succeeded" and seen["user_id"]
     # From the first logged event (Last-Event-ID: 0): the job now, then its whole log.
-    events = await _sse(gateway, f"/v1/admin/jobs/{job['id']}/events", {**gateway.admin, "Last-Event-ID": "0"})
+    events = await _sse(
+        gateway, f"/v1/admin/jobs/{job['id']}/events", {**gateway.admin, "Last-Event-ID": "0"}
+    )
     assert events[0] == "status" and events[-1] == "status" and "output" in events
-    deliveries = (await gateway.http.get(f"/v1/admin/jobs/{job['id']}/webhook-deliveries", headers=gateway.admin)).json()
+    deliveries = (
+        await gateway.http.get(f"/v1/admin/jobs/{job['id']}/webhook-deliveries", headers=gateway.admin)
+    ).json()
     assert [d["event"] for d in deliveries["items"]] == ["job.succeeded"]
     # Not for users (403), and an unknown job is a 404.
     for path in ("", "/events", "/webhook-deliveries"):
         assert (await gateway.http.get(f"/v1/admin/jobs/{job['id']}{path}", headers=bob)).status_code == 403
-        assert (await gateway.http.get(f"/v1/admin/jobs/nope{path}", headers=gateway.admin)).status_code == 404
+        assert (
+            await gateway.http.get(f"/v1/admin/jobs/nope{path}", headers=gateway.admin)
+        ).status_code == 404
 
 
 async def _sse(gateway: Gateway, path: str, headers: dict[str, str]) -> list[str]:

@@ -12,11 +12,18 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 from comfy_sdk import AsyncComfy
 from comfy_sdk.events import OutputReady, Preview, Progress, StatusChange
-from comfy_sdk.exceptions import ComfyError, Forbidden, IdempotencyKeyReuse, MissingAsset, NotFound, WorkflowFormatUi
+from comfy_sdk.exceptions import (
+    ComfyError,
+    Forbidden,
+    IdempotencyKeyReuse,
+    MissingAsset,
+    NotFound,
+    WorkflowFormatUi,
+)
 from PIL import Image
+from sqlalchemy import select
 
 from app.db.models import Job
 from tests.integration.conftest import ADMIN_KEY, Gateway
@@ -36,9 +43,25 @@ BLUR = {
 def sampler(steps: int, seed: int = 1) -> dict[str, Any]:
     """The stock txt2img graph: the emulator's KSampler takes `step_seconds` per step."""
     return {
-        "3": {"class_type": "KSampler", "inputs": {"seed": seed, "steps": steps, "cfg": 8, "sampler_name": "euler", "scheduler": "normal",
-              "denoise": 1, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": seed,
+                "steps": steps,
+                "cfg": 8,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
+        "4": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"},
+        },
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
@@ -53,7 +76,9 @@ def png(color: tuple[int, int, int] = (10, 200, 30)) -> bytes:
     return buf.getvalue()
 
 
-async def sdk_user(gw: Gateway, name: str, monkeypatch: pytest.MonkeyPatch, **limits: Any) -> tuple[AsyncComfy, dict[str, str]]:
+async def sdk_user(
+    gw: Gateway, name: str, monkeypatch: pytest.MonkeyPatch, **limits: Any
+) -> tuple[AsyncComfy, dict[str, str]]:
     """A user allowed raw workflows, and an SDK client configured the documented way
     (COMFY_BASE_URL, the gateway key as api_key)."""
     _, headers = await gw.create_user(name, limits={"allow_raw_workflows": True, **limits})
@@ -61,7 +86,9 @@ async def sdk_user(gw: Gateway, name: str, monkeypatch: pytest.MonkeyPatch, **li
     return AsyncComfy(api_key=headers["Authorization"].removeprefix("Bearer ")), headers
 
 
-async def test_run_submit_events_outputs_and_the_same_job_on_v1(gateway: Gateway, monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+async def test_run_submit_events_outputs_and_the_same_job_on_v1(
+    gateway: Gateway, monkeypatch, tmp_path: Path
+) -> None:  # noqa: ANN001
     client, headers = await sdk_user(gateway, "alice", monkeypatch)
     other, _ = await sdk_user(gateway, "bob", monkeypatch)
     async with client, other:
@@ -98,7 +125,11 @@ async def test_run_submit_events_outputs_and_the_same_job_on_v1(gateway: Gateway
         # Another seed: ComfyUI serves the loader and the encoders from its cache (execution_cached),
         # and they count as done before the sampler starts.
         cached = await client.submit(client.workflows.from_json(sampler(6, seed=2)))
-        sampling = [ev for ev in [ev async for ev in cached.events()] if isinstance(ev, Progress) and ev.current_node == "3"]
+        sampling = [
+            ev
+            for ev in [ev async for ev in cached.events()]
+            if isinstance(ev, Progress) and ev.current_node == "3"
+        ]
         assert sampling and min(p.nodes_done for p in sampling) == 4
         assert (await job.get_workflow()).graph["3"]["class_type"] == "KSampler"
 
@@ -116,7 +147,9 @@ def load_image(image: Any) -> dict[str, Any]:
 
 
 async def test_assets_dedup_per_user_and_workflows_use_them_by_handle_and_by_file_name(
-    gateway: Gateway, emulator, monkeypatch  # noqa: ANN001
+    gateway: Gateway,
+    emulator,
+    monkeypatch,  # noqa: ANN001
 ) -> None:
     client, headers = await sdk_user(gateway, "alice", monkeypatch)
     other, other_headers = await sdk_user(gateway, "bob", monkeypatch)
@@ -148,7 +181,9 @@ async def test_assets_dedup_per_user_and_workflows_use_them_by_handle_and_by_fil
         with pytest.raises(NotFound):
             await other.assets.get(asset_id)
         with pytest.raises(MissingAsset):
-            await other.submit(other.workflows.from_json(load_image({"__type": "core/ASSET", "info": {"id": asset_id}})))
+            await other.submit(
+                other.workflows.from_json(load_image({"__type": "core/ASSET", "info": {"id": asset_id}}))
+            )
         with pytest.raises(MissingAsset):
             await other.submit(other.workflows.from_json(load_image("photo.png")))
         # Bob's own upload of the same bytes is his own asset.
@@ -157,7 +192,9 @@ async def test_assets_dedup_per_user_and_workflows_use_them_by_handle_and_by_fil
 
         # A wrong expected_hash is refused and nothing is kept.
         wrong = await gateway.http.post(
-            "/api/v2/assets", headers=headers, files={"file": ("x.png", png((1, 2, 3)), "image/png")},
+            "/api/v2/assets",
+            headers=headers,
+            files={"file": ("x.png", png((1, 2, 3)), "image/png")},
             data={"content_type": "image/png", "file_path": "x.png", "expected_hash": "blake3:" + "0" * 64},
         )
         assert wrong.status_code == 409 and wrong.json()["error"]["code"] == "hash_mismatch"
@@ -170,7 +207,9 @@ async def test_assets_dedup_per_user_and_workflows_use_them_by_handle_and_by_fil
             await client.submit(client.workflows.from_json(load_image("photo.png")))
 
 
-async def test_cancel_queued_and_running_list_paging_and_errors(gateway: Gateway, emulator, monkeypatch) -> None:  # noqa: ANN001
+async def test_cancel_queued_and_running_list_paging_and_errors(
+    gateway: Gateway, emulator, monkeypatch
+) -> None:  # noqa: ANN001
     client, headers = await sdk_user(gateway, "alice", monkeypatch)
     async with client:
         running = await client.submit(client.workflows.from_json(sampler(300, seed=1)))
@@ -204,7 +243,9 @@ async def test_cancel_queued_and_running_list_paging_and_errors(gateway: Gateway
             await client.submit(client.workflows.from_json(BLUR), idempotency_key="k-1")
         with pytest.raises(WorkflowFormatUi):
             await client.submit(client.workflows.from_json({"nodes": [], "links": [], "last_node_id": 0}))
-        ui = await gateway.http.post("/api/v2/jobs", headers=headers, json={"workflow": {"nodes": [], "links": []}})
+        ui = await gateway.http.post(
+            "/api/v2/jobs", headers=headers, json={"workflow": {"nodes": [], "links": []}}
+        )
         assert ui.status_code == 422 and ui.json()["error"]["code"] == "workflow_format_ui"
         missing = await gateway.http.get("/api/v2/jobs/nope", headers=headers)
         assert missing.status_code == 404 and missing.json() == {
@@ -212,7 +253,13 @@ async def test_cancel_queued_and_running_list_paging_and_errors(gateway: Gateway
         }
         unauth = await gateway.http.get("/api/v2/jobs", headers={"Authorization": "Bearer wrong"})
         assert unauth.status_code == 401 and unauth.json()["error"]["code"] == "unauthorized"
-        bad = await gateway.http.post("/api/v2/jobs", headers=headers, json={"workflow": {"1": {"class_type": "LoadImageOutput", "inputs": {"image": "x.png [output]"}}}})
+        bad = await gateway.http.post(
+            "/api/v2/jobs",
+            headers=headers,
+            json={
+                "workflow": {"1": {"class_type": "LoadImageOutput", "inputs": {"image": "x.png [output]"}}}
+            },
+        )
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_workflow"
         # /v1 keeps problem+json.
         v1 = await gateway.http.get("/v1/jobs/nope", headers=headers)
@@ -248,9 +295,13 @@ async def running_on(gw: Gateway, backend: str) -> bool:
         return (await session.execute(stmt)).first() is not None
 
 
-async def test_a_v2_job_survives_the_death_of_its_backend(three_backends, make_settings, gateway_factory, monkeypatch) -> None:  # noqa: ANN001
+async def test_a_v2_job_survives_the_death_of_its_backend(
+    three_backends, make_settings, gateway_factory, monkeypatch
+) -> None:  # noqa: ANN001
     victim = three_backends[0]
-    gw = await gateway_factory(make_settings(comfyui_urls=[e.base_url for e in three_backends], failover_grace_seconds=1.0))
+    gw = await gateway_factory(
+        make_settings(comfyui_urls=[e.base_url for e in three_backends], failover_grace_seconds=1.0)
+    )
     await gw.wait_ready()
     client, headers = await sdk_user(gw, "alice", monkeypatch)
     async with client:
@@ -278,9 +329,13 @@ async def test_v2_jobs_survive_a_gateway_kill_9(emulator, db_url: str, tmp_path:
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         user = await http.post(
-            "/v1/admin/users", json={"name": "alice", "limits": {"allow_raw_workflows": True, "rate_per_minute": 100_000}}, headers=admin
+            "/v1/admin/users",
+            json={"name": "alice", "limits": {"allow_raw_workflows": True, "rate_per_minute": 100_000}},
+            headers=admin,
         )
-        key = (await http.post(f"/v1/admin/users/{user.json()['id']}/keys", json={"name": "t"}, headers=admin)).json()["key"]
+        key = (
+            await http.post(f"/v1/admin/users/{user.json()['id']}/keys", json={"name": "t"}, headers=admin)
+        ).json()["key"]
     monkeypatch.setenv("COMFY_BASE_URL", base)
     second = None
     try:
@@ -322,7 +377,9 @@ async def test_links_follow_the_public_base_url_behind_a_proxy(idle_gateway) -> 
 
 
 @SQLITE_ONLY
-async def test_an_oversized_asset_is_413_in_the_v2_envelope_and_nothing_is_kept(idle_gateway, tmp_path: Path) -> None:  # noqa: ANN001
+async def test_an_oversized_asset_is_413_in_the_v2_envelope_and_nothing_is_kept(
+    idle_gateway, tmp_path: Path
+) -> None:  # noqa: ANN001
     gw = await idle_gateway(max_upload_bytes=10_000)
     _, headers = await gw.create_user("alice")
     big = b"\0" * 200_000

@@ -49,7 +49,11 @@ async def test_admin_only_validated_and_conflicts_answered(idle_gateway) -> None
         assert resp.headers["content-type"].startswith(PROBLEM)
 
     before = await gw.backends()
-    assert list(before) == [env_url] and before[env_url]["source"] == "env" and before[env_url]["state"] == "active"
+    assert (
+        list(before) == [env_url]
+        and before[env_url]["source"] == "env"
+        and before[env_url]["state"] == "active"
+    )
     # No dispatcher runs in this process: it asked the backend itself, which does not answer.
     assert before[env_url]["health"]["status"] == "down" and before[env_url]["capabilities"] is None
 
@@ -68,7 +72,10 @@ async def test_admin_only_validated_and_conflicts_answered(idle_gateway) -> None
         resp = await gw.http.post("/v1/admin/backends", json=bad, headers=gw.admin)
         assert resp.status_code == 422, (bad, resp.text)
         assert resp.headers["content-type"].startswith(PROBLEM)
-        assert any(e["field"].endswith("url") or e["field"].endswith("extra") or e["field"] == "body" for e in resp.json()["errors"]), resp.json()
+        assert any(
+            e["field"].endswith("url") or e["field"].endswith("extra") or e["field"] == "body"
+            for e in resp.json()["errors"]
+        ), resp.json()
     assert await gw.backends() == before
 
     added = await gw.http.post("/v1/admin/backends", json={"url": "http://127.0.0.1:8189/"}, headers=gw.admin)
@@ -77,13 +84,17 @@ async def test_admin_only_validated_and_conflicts_answered(idle_gateway) -> None
     assert new["url"] == "http://127.0.0.1:8189" and new["source"] == "admin" and new["state"] == "active"
     assert new["jobs"] == {"count": 0, "ids": []} and new["load"]["in_flight"] == 0
 
-    duplicate = await gw.http.post("/v1/admin/backends", json={"url": "http://127.0.0.1:8189"}, headers=gw.admin)
+    duplicate = await gw.http.post(
+        "/v1/admin/backends", json={"url": "http://127.0.0.1:8189"}, headers=gw.admin
+    )
     assert duplicate.status_code == 409 and duplicate.json()["backend_id"] == new["id"]
     assert set(await gw.backends()) == {env_url, "http://127.0.0.1:8189"}
     # Paged newest first, like every list.
     page = (await gw.http.get("/v1/admin/backends", params={"limit": 1}, headers=gw.admin)).json()
     assert [b["url"] for b in page["items"]] == ["http://127.0.0.1:8189"] and page["next_cursor"]
-    rest = (await gw.http.get("/v1/admin/backends", params={"cursor": page["next_cursor"]}, headers=gw.admin)).json()
+    rest = (
+        await gw.http.get("/v1/admin/backends", params={"cursor": page["next_cursor"]}, headers=gw.admin)
+    ).json()
     assert [b["url"] for b in rest["items"]] == [env_url] and rest["next_cursor"] is None
 
     unknown = "00000000-0000-0000-0000-00000000dead"
@@ -110,7 +121,9 @@ async def test_admin_only_validated_and_conflicts_answered(idle_gateway) -> None
 
     schema = (await gw.http.get("/openapi.json")).json()
     assert "/v1/admin/backends/{backend_id}/drain" in schema["paths"]
-    assert "opaque" in schema["components"]["schemas"]["BackendOut"]["properties"]["id"]["description"].lower()
+    assert (
+        "opaque" in schema["components"]["schemas"]["BackendOut"]["properties"]["id"]["description"].lower()
+    )
 
 
 async def test_a_backend_added_at_runtime_gets_jobs(three_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
@@ -127,7 +140,9 @@ async def test_a_backend_added_at_runtime_gets_jobs(three_backends, make_setting
     assert view["capabilities"]["refreshed_at"] is not None and view["health"]["since"] is not None
 
     # With the first one drained, the new one does all the work.
-    await gw.http.post(f"/v1/admin/backends/{(await gw.backends())[first.base_url]['id']}/drain", headers=gw.admin)
+    await gw.http.post(
+        f"/v1/admin/backends/{(await gw.backends())[first.base_url]['id']}/drain", headers=gw.admin
+    )
     ids = [(await gw.generate(slow_job(steps=2))).json()["id"] for _ in range(4)]
     finals = [await gw.wait(j) for j in ids]
     assert [f["status"] for f in finals] == ["succeeded"] * 4
@@ -136,7 +151,9 @@ async def test_a_backend_added_at_runtime_gets_jobs(three_backends, make_setting
 
 
 async def test_drain_lets_jobs_in_flight_finish_there_and_sends_new_ones_elsewhere(
-    three_backends, make_settings, gateway_factory  # noqa: ANN001
+    three_backends,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     a, b, _ = three_backends
     gw = await gateway_factory(make_settings(comfyui_urls=[a.base_url, b.base_url]))
@@ -146,7 +163,11 @@ async def test_drain_lets_jobs_in_flight_finish_there_and_sends_new_ones_elsewhe
     before = [(await gw.generate(slow_job())).json()["id"] for _ in range(6)]
     # Until a job is running on A.
     deadline = time.monotonic() + 20
-    while not (running_on_a := [j for j in (await rows(gw, before)).values() if j.backend == a.base_url and j.status == "running"]):
+    while not (
+        running_on_a := [
+            j for j in (await rows(gw, before)).values() if j.backend == a.base_url and j.status == "running"
+        ]
+    ):
         assert time.monotonic() < deadline, "no job ever ran on A"
         await asyncio.sleep(0.02)
     drained = await gw.http.post(f"/v1/admin/backends/{a_id}/drain", headers=gw.admin)
@@ -163,11 +184,17 @@ async def test_drain_lets_jobs_in_flight_finish_there_and_sends_new_ones_elsewhe
     final_rows = await rows(gw, before + after)
     # What A was running when it was drained finished there, on its first attempt, not re-run.
     for job_id, prompt_id in held.items():
-        assert (final_rows[job_id].backend, final_rows[job_id].prompt_id) == (a.base_url, prompt_id), finals[job_id]
+        assert (final_rows[job_id].backend, final_rows[job_id].prompt_id) == (a.base_url, prompt_id), finals[
+            job_id
+        ]
         assert final_rows[job_id].attempts == 1, finals[job_id]
     assert {final_rows[j].backend for j in after} == {b.base_url}, [finals[j] for j in after]
     # Nothing ran twice, and A ran only jobs it was given before the drain.
-    diagnosis = (a.prompts_received, b.prompts_received, {j: (r.backend, r.prompt_id) for j, r in final_rows.items()})
+    diagnosis = (
+        a.prompts_received,
+        b.prompts_received,
+        {j: (r.backend, r.prompt_id) for j, r in final_rows.items()},
+    )
     assert len(a.executed_prompts) + len(b.executed_prompts) == len(before + after), diagnosis
     assert set(a.prompts_received) <= {final_rows[j].prompt_id for j in before}, diagnosis
 
@@ -185,7 +212,9 @@ async def test_drain_lets_jobs_in_flight_finish_there_and_sends_new_ones_elsewhe
     assert (await gw.http.get("/readyz")).status_code == 200
 
 
-async def test_remove_waits_for_jobs_then_stops_following_the_backend(three_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_remove_waits_for_jobs_then_stops_following_the_backend(
+    three_backends, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     a, b, _ = three_backends
     gw = await gateway_factory(make_settings(comfyui_urls=[a.base_url]))
     await gw.wait_ready()
@@ -220,7 +249,9 @@ async def test_remove_waits_for_jobs_then_stops_following_the_backend(three_back
     assert (await rows(gw, [again]))[again].backend == a.base_url and len(b.prompts_received) == received
 
 
-async def test_an_added_backend_survives_a_restart_with_its_client_id(three_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_an_added_backend_survives_a_restart_with_its_client_id(
+    three_backends, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     a, b, _ = three_backends
     settings = make_settings(comfyui_urls=[a.base_url])
     gw = await gateway_factory(settings)
@@ -238,19 +269,25 @@ async def test_an_added_backend_survives_a_restart_with_its_client_id(three_back
     assert next(link for link in again.dispatcher.links if link.url == b.base_url).client_id == client_id
     assert b.hub.sockets.keys() == {client_id}
 
-    await again.http.post(f"/v1/admin/backends/{(await again.backends())[a.base_url]['id']}/drain", headers=again.admin)
+    await again.http.post(
+        f"/v1/admin/backends/{(await again.backends())[a.base_url]['id']}/drain", headers=again.admin
+    )
     job = (await again.generate(slow_job(steps=1))).json()["id"]
     assert (await again.wait(job))["status"] == "succeeded"
     assert (await rows(again, [job]))[job].backend == b.base_url
 
 
-async def test_another_replica_follows_a_backend_added_through_this_one(three_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_another_replica_follows_a_backend_added_through_this_one(
+    three_backends, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     a, b, _ = three_backends
     one = await gateway_factory(make_settings(comfyui_urls=[a.base_url]))
     two = await gateway_factory(make_settings(comfyui_urls=[a.base_url]))
     await one.wait_ready()
     await two.wait_ready()
-    assert (await one.http.post("/v1/admin/backends", json={"url": b.base_url}, headers=one.admin)).status_code == 201
+    assert (
+        await one.http.post("/v1/admin/backends", json={"url": b.base_url}, headers=one.admin)
+    ).status_code == 201
     # Replica two learns of it from the table, and its own dispatcher connects to it.
     view = await two.wait_backend(b.base_url, is_up)
     assert view["source"] == "admin"
@@ -268,8 +305,12 @@ async def test_another_replica_follows_a_backend_added_through_this_one(three_ba
         await asyncio.sleep(0.05)
 
 
-async def test_a_model_file_added_to_a_running_backend_becomes_routable(emulator: Emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
-    gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], object_info_refresh_seconds=0.5))
+async def test_a_model_file_added_to_a_running_backend_becomes_routable(
+    emulator: Emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
+    gw = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], object_info_refresh_seconds=0.5)
+    )
     await gw.wait_ready()
     refused = (await gw.generate(slow_job(steps=1, checkpoint="late.safetensors"))).json()["id"]
     failed = await gw.wait(refused)
@@ -278,25 +319,33 @@ async def test_a_model_file_added_to_a_running_backend_becomes_routable(emulator
 
     # Copied into the running server: no reconnect, no restart; the timer reads it.
     emulator.set_models("checkpoints", ["v1-5-pruned-emaonly.safetensors", "late.safetensors"])
-    await gw.wait_backend(emulator.base_url, lambda v: "late.safetensors" in v["capabilities"]["models"]["checkpoints"])
+    await gw.wait_backend(
+        emulator.base_url, lambda v: "late.safetensors" in v["capabilities"]["models"]["checkpoints"]
+    )
     job = (await gw.generate(slow_job(steps=1, checkpoint="late.safetensors"))).json()["id"]
     assert (await gw.wait(job))["status"] == "succeeded"
 
 
-async def test_a_reconnect_reads_the_model_files_again(emulator: Emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_reconnect_reads_the_model_files_again(
+    emulator: Emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))  # the timer: 300 s
     await gw.wait_ready()
     first = (await gw.backends())[emulator.base_url]["capabilities"]["refreshed_at"]
     emulator.set_models("checkpoints", ["late.safetensors"])
     emulator.drop_websockets()
-    view = await gw.wait_backend(emulator.base_url, lambda v: v["capabilities"]["refreshed_at"] != first and is_up(v))
+    view = await gw.wait_backend(
+        emulator.base_url, lambda v: v["capabilities"]["refreshed_at"] != first and is_up(v)
+    )
     assert view["capabilities"]["models"]["checkpoints"] == ["late.safetensors"]
     job = (await gw.generate(slow_job(steps=1, checkpoint="late.safetensors"))).json()["id"]
     assert (await gw.wait(job))["status"] == "succeeded"
 
 
 async def test_a_backend_dropped_from_the_setting_leaves_the_pool_without_its_jobs_lost(
-    three_backends, make_settings, gateway_factory  # noqa: ANN001
+    three_backends,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     a, b, _ = three_backends
     gw = await gateway_factory(make_settings(comfyui_urls=[b.base_url]))
@@ -310,7 +359,9 @@ async def test_a_backend_dropped_from_the_setting_leaves_the_pool_without_its_jo
     views = await second.backends()
     assert views[b.base_url]["state"] == "draining" and views[b.base_url]["source"] == "env"
     final = await second.wait(job, timeout=30)
-    assert final["status"] == "succeeded" and b.executed_prompts == [(await rows(second, [job]))[job].prompt_id]
+    assert final["status"] == "succeeded" and b.executed_prompts == [
+        (await rows(second, [job]))[job].prompt_id
+    ]
     await second.close()
 
     # An API-only process configured otherwise registers its URL but takes nothing out.

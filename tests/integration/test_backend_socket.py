@@ -11,7 +11,10 @@ from tests.integration.conftest import Gateway
 
 
 async def test_a_backend_message_over_the_limit_drops_the_socket_and_the_job_still_finishes(
-    emulator: Emulator, make_settings, gateway_factory, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+    emulator: Emulator,
+    make_settings,
+    gateway_factory,
+    caplog: pytest.LogCaptureFixture,  # noqa: ANN001
 ) -> None:
     # Each sampler step sends a JPEG preview of the image (512x512: tens of kilobytes), far over 1 KiB.
     gateway: Gateway = await gateway_factory(
@@ -19,7 +22,10 @@ async def test_a_backend_message_over_the_limit_drops_the_socket_and_the_job_sti
     )
     await gateway.wait_ready()
     caplog.set_level(logging.WARNING, logger="app.dispatch")
-    body = {"template": "txt2img", "params": {"prompt": "a lighthouse", "steps": 3, "width": 512, "height": 512}}
+    body = {
+        "template": "txt2img",
+        "params": {"prompt": "a lighthouse", "steps": 3, "width": 512, "height": 512},
+    }
     job = (await gateway.generate(body)).json()
     # Counted as a lost socket (the client closes it with 1009, message too big), then reconnected;
     # what was missed meanwhile is read back from the backend, so the job is not lost.

@@ -58,12 +58,14 @@ async def _hostile(gw, headers: dict[str, str], backend: str, unservable: list[s
     outputs ComfyUI will not serve in `unservable`."""
     http = gw.http
     json_headers = {**headers, "Content-Type": "application/json"}
-    upload = (await http.post(
-        "/v1/uploads", files={"file": ("a.png", _png(), "image/png")}, headers=headers
-    )).json()["id"]
+    upload = (
+        await http.post("/v1/uploads", files={"file": ("a.png", _png(), "image/png")}, headers=headers)
+    ).json()["id"]
 
     async def raw_body(what: str, text: str) -> tuple[str, int]:
-        return what, (await http.post("/v1/generate", content=text.encode(), headers=json_headers)).status_code
+        return what, (
+            await http.post("/v1/generate", content=text.encode(), headers=json_headers)
+        ).status_code
 
     async def post(what: str, body: dict) -> tuple[str, int]:
         resp = await http.post("/v1/generate", json=body, headers=headers)
@@ -75,7 +77,9 @@ async def _hostile(gw, headers: dict[str, str], backend: str, unservable: list[s
         return what, (await http.get(path, headers=hdrs if hdrs is not None else headers)).status_code
 
     async def gif() -> tuple[str, int]:
-        resp = await http.post("/v1/uploads", files={"file": ("b.gif", _gif_bomb(150), "image/gif")}, headers=headers)
+        resp = await http.post(
+            "/v1/uploads", files={"file": ("b.gif", _gif_bomb(150), "image/gif")}, headers=headers
+        )
         return "gif bomb", resp.status_code
 
     async def ws_surrogate() -> tuple[str, int]:
@@ -96,10 +100,22 @@ async def _hostile(gw, headers: dict[str, str], backend: str, unservable: list[s
         raw_body("huge integer", '{"template":"txt2img","params":{"prompt":"a","seed":' + "9" * 30 + "}}"),
         post("deep metadata", {**JOB, "metadata": _deep(300, 1)}),
         post("deep raw workflow", _raw({"1": {"class_type": "LoadImage", "inputs": {"image": deep_upload}}})),
-        post("server path", _raw({"1": {"class_type": "VHS_LoadVideoPath", "inputs": {"video": "/etc/passwd"}}})),
+        post(
+            "server path",
+            _raw({"1": {"class_type": "VHS_LoadVideoPath", "inputs": {"video": "/etc/passwd"}}}),
+        ),
         post("webhook to a backend", {**JOB, "webhook": {"url": f"{backend}/interrupt"}}),
-        post("image url to a backend", {"template": "img2img", "params": {"prompt": "a", "image": f"{backend}/view?filename=x.png"}}),
-        post("fullwidth host", {"template": "img2img", "params": {"prompt": "a", "image": "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x.png"}}),
+        post(
+            "image url to a backend",
+            {"template": "img2img", "params": {"prompt": "a", "image": f"{backend}/view?filename=x.png"}},
+        ),
+        post(
+            "fullwidth host",
+            {
+                "template": "img2img",
+                "params": {"prompt": "a", "image": "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x.png"},
+            },
+        ),
         get("cursor overflow", "/v1/jobs?cursor=MDAwMS0wMS0wMVQwMDowMDowMCswMTowMHx4"),
         get("bad signature", "/v1/jobs/x/outputs/y?expires=9999999999&signature=%C3%A9", {}),
         get("metrics without a key", "/metrics", {}),
@@ -126,6 +142,7 @@ async def test_a_hostile_user_cannot_slow_or_break_another(emulator, make_settin
 
     unservable: list[str] = []
     hostile = asyncio.create_task(_hostile(gw, mallory, emulator.base_url, unservable))
+
     # Olive arrives once Mallory's work occupies the backend.
     async def dispatched(user_id: str) -> int:
         async with gw.app.state.sessionmaker() as session:
@@ -137,7 +154,12 @@ async def test_a_hostile_user_cannot_slow_or_break_another(emulator, make_settin
     # Mallory also holds open more live streams than she may (the rest are refused, not queued).
     streams = httpx.AsyncClient(base_url=gw.base_url, timeout=30)
     any_job = (await gw.http.get("/v1/jobs?limit=1", headers=mallory)).json()["items"][0]["id"]
-    opened = [await streams.send(streams.build_request("GET", f"/v1/jobs/{any_job}/events", headers=mallory), stream=True) for _ in range(6)]
+    opened = [
+        await streams.send(
+            streams.build_request("GET", f"/v1/jobs/{any_job}/events", headers=mallory), stream=True
+        )
+        for _ in range(6)
+    ]
     stream_statuses = [r.status_code for r in opened]
 
     submitted = await asyncio.gather(*(gw.generate(JOB, headers=olive) for _ in range(5)))
@@ -154,7 +176,9 @@ async def test_a_hostile_user_cannot_slow_or_break_another(emulator, make_settin
     http_answers = [(what, status) for what, status in answers if what != "ws surrogate"]
     assert all(status < 500 for _, status in http_answers), [a for a in http_answers if a[1] >= 500]
     refused = {what: status for what, status in http_answers if what not in ("a..b prefix", "backlog")}
-    assert all(400 <= status < 500 for status in refused.values()), [i for i in refused.items() if not 400 <= i[1] < 500]
+    assert all(400 <= status < 500 for status in refused.values()), [
+        i for i in refused.items() if not 400 <= i[1] < 500
+    ]
     # The socket's close code: refused for policy (1008), not an unhandled error (1006).
     assert dict(answers)["ws surrogate"] == 1008
     assert stream_statuses.count(429) == 2 and stream_statuses.count(200) == 4, stream_statuses
@@ -166,12 +190,16 @@ async def test_a_hostile_user_cannot_slow_or_break_another(emulator, make_settin
         last = max(j.dispatched_at for j in o_rows)
         ahead = (
             await session.execute(
-                select(func.count()).where(Job.user_id == m_id, Job.dispatched_at > arrived, Job.dispatched_at < first)
+                select(func.count()).where(
+                    Job.user_id == m_id, Job.dispatched_at > arrived, Job.dispatched_at < first
+                )
             )
         ).scalar_one()
         during = (
             await session.execute(
-                select(func.count()).where(Job.user_id == m_id, Job.dispatched_at > first, Job.dispatched_at < last)
+                select(func.count()).where(
+                    Job.user_id == m_id, Job.dispatched_at > first, Job.dispatched_at < last
+                )
             )
         ).scalar_one()
     # Olive's first job takes the next free slot (a round under way and its reserve may go first),

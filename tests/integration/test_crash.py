@@ -62,7 +62,9 @@ def gateway_env(db_url: str, backend: str, tmp_path: Path) -> dict[str, str]:
     }
 
 
-async def test_kill_9_with_jobs_queued_running_and_finished_unread(emulator, db_url: str, tmp_path: Path) -> None:  # noqa: ANN001
+async def test_kill_9_with_jobs_queued_running_and_finished_unread(
+    emulator, db_url: str, tmp_path: Path
+) -> None:  # noqa: ANN001
     env = gateway_env(db_url, emulator.base_url, tmp_path)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -77,7 +79,9 @@ async def test_kill_9_with_jobs_queued_running_and_finished_unread(emulator, db_
         while (await client.get(f"/v1/jobs/{ids[0]}", headers=headers)).json()["status"] != "succeeded":
             assert time.monotonic() < deadline, "the first job never finished"
             await asyncio.sleep(0.02)
-        while (status := (await client.get(f"/v1/jobs/{ids[1]}", headers=headers)).json()["status"]) == "queued":
+        while (
+            status := (await client.get(f"/v1/jobs/{ids[1]}", headers=headers)).json()["status"]
+        ) == "queued":
             assert time.monotonic() < deadline, "the second job never started"
             await asyncio.sleep(0.01)
         assert status == "running", f"the second job was already {status} when the gateway was to be killed"

@@ -11,13 +11,23 @@ BLUR_WITH_LIMIT = {
         "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "limited"}},
     },
-    "params": {"color": {"type": "integer", "default": 0, "minimum": 0, "maximum": 16777215, "bind": ["1.inputs.color"]}},
+    "params": {
+        "color": {
+            "type": "integer",
+            "default": 0,
+            "minimum": 0,
+            "maximum": 16777215,
+            "bind": ["1.inputs.color"],
+        }
+    },
     "timeout_seconds": 1,
 }
 
 
 async def test_hung_job_times_out_and_is_interrupted_by_prompt_id(gateway, emulator) -> None:  # noqa: ANN001
-    assert (await gateway.http.put("/v1/templates/limited", json=BLUR_WITH_LIMIT, headers=gateway.admin)).status_code == 201
+    assert (
+        await gateway.http.put("/v1/templates/limited", json=BLUR_WITH_LIMIT, headers=gateway.admin)
+    ).status_code == 201
     emulator.hang_next()
     job = (await gateway.generate({"template": "limited"})).json()
     running = await gateway.wait(job["id"], {"running"})
@@ -37,7 +47,9 @@ async def test_hung_job_times_out_and_is_interrupted_by_prompt_id(gateway, emula
 
 
 async def test_backend_that_will_not_interrupt_is_marked_down(gateway, emulator) -> None:  # noqa: ANN001
-    assert (await gateway.http.put("/v1/templates/limited", json=BLUR_WITH_LIMIT, headers=gateway.admin)).status_code == 201
+    assert (
+        await gateway.http.put("/v1/templates/limited", json=BLUR_WITH_LIMIT, headers=gateway.admin)
+    ).status_code == 201
     emulator.hang_next()
     emulator.error_responses("/interrupt", status=500)
     job = (await gateway.generate({"template": "limited"})).json()

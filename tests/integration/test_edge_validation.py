@@ -24,7 +24,9 @@ def _nested(depth: int, leaf: Any = 1) -> Any:
 
 
 async def _post_raw(gw: Gateway, path: str, text: str, headers: dict[str, str]) -> Any:
-    return await gw.http.post(path, content=text.encode(), headers={**headers, "Content-Type": "application/json"})
+    return await gw.http.post(
+        path, content=text.encode(), headers={**headers, "Content-Type": "application/json"}
+    )
 
 
 def _assert_refused(resp: Any, field_prefix: str) -> None:
@@ -42,23 +44,51 @@ async def _job_count(gw: Gateway, headers: dict[str, str]) -> int:
 
 # Each body as the literal JSON text a client sends (escapes and NaN stay as written).
 BAD_GENERATE_BODIES = [
-    pytest.param('{"template":"txt2img","params":{"prompt":"\\ud800"}}', "params.prompt", id="surrogate-param"),
-    pytest.param('{"template":"txt2img","params":{"prompt":"a\\u0000b"}}', "params.prompt", id="nul-param"),
-    pytest.param('{"template":"txt2img","params":{"prompt":"x"},"metadata":{"k":"\\udfff"}}', "metadata.k", id="surrogate-metadata"),
-    pytest.param('{"template":"txt2img","params":{"prompt":"x"},"metadata":{"\\ud800":1}}', "metadata", id="surrogate-key"),
-    pytest.param('{"template":"txt2img","params":{"prompt":"x"},"metadata":{"n":NaN}}', "metadata.n", id="nan-metadata"),
-    pytest.param('{"template":"txt2img","params":{"prompt":"x"},"metadata":{"n":1e999}}', "metadata.n", id="inf-metadata"),
-    pytest.param('{"template":"txt2img","params":{"prompt":"x","seed":18446744073709551616}}', "params.seed", id="int-over-64-bits"),
     pytest.param(
-        json.dumps({"template": "txt2img", "params": {"prompt": "x"}, "metadata": _nested(300)}), "metadata", id="deep-metadata"
+        '{"template":"txt2img","params":{"prompt":"\\ud800"}}', "params.prompt", id="surrogate-param"
     ),
-    pytest.param('{"template":"txt2img","params":{"prompt":"x"},"timeout_seconds":Infinity}', "timeout_seconds", id="inf-timeout"),
+    pytest.param('{"template":"txt2img","params":{"prompt":"a\\u0000b"}}', "params.prompt", id="nul-param"),
+    pytest.param(
+        '{"template":"txt2img","params":{"prompt":"x"},"metadata":{"k":"\\udfff"}}',
+        "metadata.k",
+        id="surrogate-metadata",
+    ),
+    pytest.param(
+        '{"template":"txt2img","params":{"prompt":"x"},"metadata":{"\\ud800":1}}',
+        "metadata",
+        id="surrogate-key",
+    ),
+    pytest.param(
+        '{"template":"txt2img","params":{"prompt":"x"},"metadata":{"n":NaN}}', "metadata.n", id="nan-metadata"
+    ),
+    pytest.param(
+        '{"template":"txt2img","params":{"prompt":"x"},"metadata":{"n":1e999}}',
+        "metadata.n",
+        id="inf-metadata",
+    ),
+    pytest.param(
+        '{"template":"txt2img","params":{"prompt":"x","seed":18446744073709551616}}',
+        "params.seed",
+        id="int-over-64-bits",
+    ),
+    pytest.param(
+        json.dumps({"template": "txt2img", "params": {"prompt": "x"}, "metadata": _nested(300)}),
+        "metadata",
+        id="deep-metadata",
+    ),
+    pytest.param(
+        '{"template":"txt2img","params":{"prompt":"x"},"timeout_seconds":Infinity}',
+        "timeout_seconds",
+        id="inf-timeout",
+    ),
     pytest.param('{"template":"\\ud800"}', "template", id="surrogate-template-name"),
 ]
 
 
 @pytest.mark.parametrize(("body", "field"), BAD_GENERATE_BODIES)
-async def test_hostile_generate_bodies_are_refused_before_anything_is_stored(idle_gateway, body: str, field: str) -> None:  # noqa: ANN001
+async def test_hostile_generate_bodies_are_refused_before_anything_is_stored(
+    idle_gateway, body: str, field: str
+) -> None:  # noqa: ANN001
     gw = await idle_gateway()
     resp = await _post_raw(gw, "/v1/generate", body, gw.admin)
     _assert_refused(resp, field)
@@ -73,7 +103,10 @@ async def test_a_deep_raw_workflow_is_refused_before_anything_is_stored(idle_gat
     up = (await upload(gw, png(8, 8, (1, 2, 3)), headers)).json()
     workflow = {
         "1": {"class_type": "LoadImage", "inputs": {"image": f"upload:{up['id']}"}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": _nested(600, "x")}},
+        "2": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["1", 0], "filename_prefix": _nested(600, "x")},
+        },
     }
     resp = await gw.http.post("/v1/generate", json={"workflow": workflow}, headers=headers)
     _assert_refused(resp, "workflow")
@@ -120,9 +153,18 @@ async def _insert_poison_job(gw: Gateway, user_id: str, *, params: dict, meta: d
     async with gw.app.state.sessionmaker() as session:
         session.add(
             Job(
-                id=job_id, user_id=user_id, status="queued", template="txt2img", params=params,
-                workflow={"1": {"class_type": "PreviewImage", "inputs": {}}}, output_nodes=[], inputs=[],
-                priority=0, meta=meta, attempts=0, cancel_requested=False,
+                id=job_id,
+                user_id=user_id,
+                status="queued",
+                template="txt2img",
+                params=params,
+                workflow={"1": {"class_type": "PreviewImage", "inputs": {}}},
+                output_nodes=[],
+                inputs=[],
+                priority=0,
+                meta=meta,
+                attempts=0,
+                cancel_requested=False,
             )
         )
         await session.commit()
@@ -203,7 +245,9 @@ async def test_nul_in_a_path_or_query_parameter_is_a_422_naming_it(idle_gateway)
         assert [e["field"] for e in resp.json()["errors"]] == [field]
 
 
-async def test_a_stored_template_with_a_lone_surrogate_never_makes_the_template_views_fail(idle_gateway, db_url: str) -> None:  # noqa: ANN001
+async def test_a_stored_template_with_a_lone_surrogate_never_makes_the_template_views_fail(
+    idle_gateway, db_url: str
+) -> None:  # noqa: ANN001
     if not db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL itself refuses to store a lone surrogate in JSON")
     from app.db.models import Template

@@ -9,7 +9,9 @@ from sqlalchemy import select
 from app.db.models import Job, Output
 
 
-async def test_killing_a_backend_with_jobs_in_flight_loses_none(three_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_killing_a_backend_with_jobs_in_flight_loses_none(
+    three_backends, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     victim = three_backends[0]
     gw = await gateway_factory(
         make_settings(comfyui_urls=[e.base_url for e in three_backends], failover_grace_seconds=1.0)

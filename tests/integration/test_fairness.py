@@ -17,7 +17,9 @@ PLENTY = {"max_queued": 10_000, "rate_per_minute": 100_000, "jobs_per_day": 100_
 async def dispatch_order(gw, job_ids: set[str]) -> list[str]:  # noqa: ANN001
     async with gw.app.state.sessionmaker() as session:
         rows = await session.execute(
-            select(Job.id, Job.user_id).where(Job.dispatched_at.is_not(None)).order_by(Job.dispatched_at, Job.id)
+            select(Job.id, Job.user_id)
+            .where(Job.dispatched_at.is_not(None))
+            .order_by(Job.dispatched_at, Job.id)
         )
         return [user for job_id, user in rows.all() if not job_ids or job_id in job_ids]
 
@@ -27,7 +29,9 @@ async def dispatch_order(gw, job_ids: set[str]) -> list[str]:  # noqa: ANN001
 A_BACKLOG = 60
 
 
-async def test_a_burst_of_one_user_does_not_hold_back_another(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_burst_of_one_user_does_not_hold_back_another(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
     await gw.wait_ready()
     a_id, alice = await gw.create_user("alice", limits=PLENTY)
@@ -53,7 +57,9 @@ async def test_a_burst_of_one_user_does_not_hold_back_another(emulator, make_set
             return (await session.execute(stmt)).scalar_one()
 
         a_waiting_when_b_arrived = A_BACKLOG - await a_count(Job.dispatched_at <= b_arrived)
-        a_between_arrival_and_first = await a_count(Job.dispatched_at > b_arrived, Job.dispatched_at < b_first)
+        a_between_arrival_and_first = await a_count(
+            Job.dispatched_at > b_arrived, Job.dispatched_at < b_first
+        )
         a_during_b = await a_count(Job.dispatched_at > b_first, Job.dispatched_at < b_last)
         a_finished_while_b_ran = await a_count(Job.finished_at > b_arrived, Job.finished_at <= b_done)
     assert a_waiting_when_b_arrived > A_BACKLOG // 2  # B really arrived behind a large backlog of A's
@@ -83,7 +89,9 @@ async def test_running_caps_hold_across_backends(three_backends, make_settings, 
                     (
                         await session.execute(
                             select(func.count()).where(
-                                Job.user_id == capped_id, Job.status.in_(("queued", "running")), Job.backend.is_not(None)
+                                Job.user_id == capped_id,
+                                Job.status.in_(("queued", "running")),
+                                Job.backend.is_not(None),
                             )
                         )
                     ).scalar_one()
@@ -119,7 +127,10 @@ async def test_weights_share_the_backend_in_proportion(emulator, make_settings, 
     # Both backlogs are in place before anything may run: an idle dispatcher would otherwise
     # start the first submitter's jobs before the other's arrive.
     gw.dispatcher.links[0].retry_at = time.monotonic() + 3600
-    await asyncio.gather(*(gw.generate(job, headers=heavy) for _ in range(40)), *(gw.generate(job, headers=light) for _ in range(40)))
+    await asyncio.gather(
+        *(gw.generate(job, headers=heavy) for _ in range(40)),
+        *(gw.generate(job, headers=light) for _ in range(40)),
+    )
     gw.dispatcher.links[0].retry_at = 0.0
     gw.dispatcher.wake()
     while len(await dispatch_order(gw, set())) < 40:
@@ -151,9 +162,23 @@ async def test_queue_position_is_counted_up_to_1000(idle_gateway) -> None:  # no
     user_id, _ = await gw.create_user("backlog", limits={"max_queued": 10_000})
     now = utcnow()
     rows = [
-        {"id": str(uuid.uuid4()), "user_id": user_id, "status": "queued", "params": {}, "workflow": {}, "output_nodes": [],
-         "priority": 0, "meta": {}, "created_at": now, "updated_at": now, "attempts": 0, "cancel_requested": False,
-         "event_seq": 1, "inputs": [], "keep_temp": False}
+        {
+            "id": str(uuid.uuid4()),
+            "user_id": user_id,
+            "status": "queued",
+            "params": {},
+            "workflow": {},
+            "output_nodes": [],
+            "priority": 0,
+            "meta": {},
+            "created_at": now,
+            "updated_at": now,
+            "attempts": 0,
+            "cancel_requested": False,
+            "event_seq": 1,
+            "inputs": [],
+            "keep_temp": False,
+        }
         for _ in range(1100)
     ]
     async with gw.app.state.sessionmaker() as session:
@@ -161,5 +186,7 @@ async def test_queue_position_is_counted_up_to_1000(idle_gateway) -> None:  # no
         await session.commit()
     job = (await gw.generate({"template": "blur", "params": {"width": 16, "height": 16}})).json()
     assert job["queue_position"] == 1000
-    urgent = (await gw.generate({"template": "blur", "params": {"width": 16, "height": 16}, "priority": 1})).json()
+    urgent = (
+        await gw.generate({"template": "blur", "params": {"width": 16, "height": 16}, "priority": 1})
+    ).json()
     assert urgent["queue_position"] == 0

@@ -14,7 +14,9 @@ from tests.integration.conftest import Gateway, metric_sum
 BLUR = {"template": "blur", "params": {"width": 64, "height": 48, "blur_radius": 2}}
 
 
-async def read_sse(gw: Gateway, job_id: str, headers: dict[str, str], *, timeout: float = 20) -> list[tuple[str, dict]]:
+async def read_sse(
+    gw: Gateway, job_id: str, headers: dict[str, str], *, timeout: float = 20
+) -> list[tuple[str, dict]]:
     """Every event of a job's stream until the server ends it."""
     events: list[tuple[str, dict]] = []
     async with gw.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as resp:
@@ -31,7 +33,9 @@ async def read_sse(gw: Gateway, job_id: str, headers: dict[str, str], *, timeout
 
 
 async def test_txt2img_end_to_end_with_progress_and_download(gateway: Gateway) -> None:
-    resp = await gateway.generate({"template": "txt2img", "params": {"prompt": "a lighthouse at dusk", "steps": 6}})
+    resp = await gateway.generate(
+        {"template": "txt2img", "params": {"prompt": "a lighthouse at dusk", "steps": 6}}
+    )
     assert resp.status_code == 202, resp.text
     job = resp.json()
     assert resp.headers["location"] == f"/v1/jobs/{job['id']}"
@@ -69,7 +73,11 @@ async def test_txt2img_end_to_end_with_progress_and_download(gateway: Gateway) -
 
 async def test_a_running_jobs_progress_counts_in_whole_steps(gateway: Gateway, emulator) -> None:  # noqa: ANN001
     emulator.config.step_seconds = 0.05
-    job = (await gateway.generate({"template": "txt2img", "params": {"prompt": "steps", "steps": 40, "width": 64, "height": 64}})).json()
+    job = (
+        await gateway.generate(
+            {"template": "txt2img", "params": {"prompt": "steps", "steps": 40, "width": 64, "height": 64}}
+        )
+    ).json()
     for _ in range(200):
         resp = await gateway.http.get(f"/v1/jobs/{job['id']}", headers=gateway.admin)
         if resp.json()["progress"]:
@@ -82,7 +90,9 @@ async def test_a_running_jobs_progress_counts_in_whole_steps(gateway: Gateway, e
     await gateway.wait(job["id"])
 
 
-async def test_output_is_served_from_gateway_storage_after_backend_forgets(gateway: Gateway, emulator) -> None:  # noqa: ANN001
+async def test_output_is_served_from_gateway_storage_after_backend_forgets(
+    gateway: Gateway, emulator
+) -> None:  # noqa: ANN001
     job = (await gateway.generate(BLUR)).json()
     final = await gateway.wait(job["id"])
     assert final["status"] == "succeeded"
@@ -156,7 +166,9 @@ async def test_malformed_requests_are_problems_not_500(gateway: Gateway) -> None
     extra = await gateway.generate({**BLUR, "surprise": True})
     assert extra.status_code == 422 and "surprise" in extra.text
     big = await gateway.http.post(
-        "/v1/generate", content=b"{" + b" " * (5 * 1024 * 1024) + b"}", headers={**gateway.admin, "content-type": "application/json"}
+        "/v1/generate",
+        content=b"{" + b" " * (5 * 1024 * 1024) + b"}",
+        headers={**gateway.admin, "content-type": "application/json"},
     )
     assert big.status_code == 413
     bad_cursor = await gateway.http.get("/v1/jobs?cursor=garbage", headers=gateway.admin)
@@ -206,7 +218,7 @@ async def test_cancel_queued_pending_and_running_jobs(gateway: Gateway, emulator
     assert running["status"] == "running"
     # With 2 in flight, job 2 waits in ComfyUI's queue, jobs 3 and 4 in the gateway's.
     await asyncio.sleep(0.3)
-    in_backend = (await gateway.job(ids[1]))
+    in_backend = await gateway.job(ids[1])
     assert in_backend["status"] == "queued" and in_backend["queue_position"] == 0
     queued = await gateway.job(ids[3])
     assert queued["queue_position"] >= 1
@@ -278,10 +290,21 @@ async def test_templates_me_health_and_listing(gateway: Gateway) -> None:
     doc = {
         "description": "tiny",
         "workflow": {
-            "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+            },
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}},
         },
-        "params": {"size": {"type": "integer", "default": 8, "minimum": 1, "maximum": 64, "bind": ["1.inputs.width", "1.inputs.height"]}},
+        "params": {
+            "size": {
+                "type": "integer",
+                "default": 8,
+                "minimum": 1,
+                "maximum": 64,
+                "bind": ["1.inputs.width", "1.inputs.height"],
+            }
+        },
         "outputs": ["2"],
     }
     bad = {**doc, "params": {"size": {"type": "integer", "default": 8, "bind": ["1.inputs.nope"]}}}
@@ -307,7 +330,10 @@ async def test_templates_me_health_and_listing(gateway: Gateway) -> None:
     metrics = (await gateway.http.get("/metrics", headers=gateway.admin)).text
     assert metric_sum(metrics, "gateway_jobs_submitted_total", template="tiny", user=carol_id) == 1
     backend = gateway.dispatcher.links[0].url
-    assert metric_sum(metrics, "gateway_jobs_finished_total", status="succeeded", user=carol_id, backend=backend) == 1
+    assert (
+        metric_sum(metrics, "gateway_jobs_finished_total", status="succeeded", user=carol_id, backend=backend)
+        == 1
+    )
     assert metric_sum(metrics, "gateway_job_run_seconds_count", backend=backend) >= 1
 
 
@@ -333,7 +359,9 @@ async def test_job_list_is_newest_first_and_paginated(gateway: Gateway) -> None:
 async def test_template_list_is_newest_first_and_paginated(gateway: Gateway) -> None:
     blur = (await gateway.http.get("/v1/templates/blur", headers=gateway.admin)).json()
     doc = {"description": "newest", "workflow": blur["workflow"], "params": {}, "outputs": blur["outputs"]}
-    assert (await gateway.http.put("/v1/templates/zz-newest", json=doc, headers=gateway.admin)).status_code == 201
+    assert (
+        await gateway.http.put("/v1/templates/zz-newest", json=doc, headers=gateway.admin)
+    ).status_code == 201
     seen: list[str] = []
     cursor = None
     while True:
@@ -357,7 +385,12 @@ async def test_queued_and_running_jobs_per_user_are_gauged(idle_gateway) -> None
 
     async def queued() -> float:
         await asyncio.sleep(0.3)  # a few refreshes
-        return metric_sum((await gw.http.get("/metrics", headers=gw.admin)).text, "gateway_jobs_active", status="queued", user=dave_id)
+        return metric_sum(
+            (await gw.http.get("/metrics", headers=gw.admin)).text,
+            "gateway_jobs_active",
+            status="queued",
+            user=dave_id,
+        )
 
     assert await queued() == 2
     await gw.http.post(f"/v1/jobs/{jobs[0]['id']}/cancel", headers=dave)
@@ -366,5 +399,7 @@ async def test_queued_and_running_jobs_per_user_are_gauged(idle_gateway) -> None
     # Gone from the export once nothing of the user's is active.
     assert await queued() == 0
     assert f'user="{dave_id}"' not in "".join(
-        line for line in (await gw.http.get("/metrics", headers=gw.admin)).text.splitlines() if line.startswith("gateway_jobs_active")
+        line
+        for line in (await gw.http.get("/metrics", headers=gw.admin)).text.splitlines()
+        if line.startswith("gateway_jobs_active")
     )

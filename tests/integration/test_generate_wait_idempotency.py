@@ -41,7 +41,9 @@ async def test_prefer_wait_alone_means_the_maximum(gateway: Gateway) -> None:
     assert resp.json()["status"] == "succeeded"
 
 
-async def test_prefer_wait_on_a_slow_job_answers_202_after_the_wait(gateway: Gateway, emulator: Emulator) -> None:
+async def test_prefer_wait_on_a_slow_job_answers_202_after_the_wait(
+    gateway: Gateway, emulator: Emulator
+) -> None:
     emulator.config.step_seconds = 0.5
     started = time.monotonic()
     resp = await gateway.generate(slow(40), headers={**gateway.admin, "Prefer": "wait=2"})

@@ -15,7 +15,9 @@ async def until(predicate, timeout: float = 10) -> None:  # noqa: ANN001
         await asyncio.sleep(0.02)
 
 
-async def test_a_backend_whose_socket_is_refused_but_http_answers_still_runs_jobs(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_backend_whose_socket_is_refused_but_http_answers_still_runs_jobs(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], health_check_seconds=0.1))
     await gw.wait_ready()
     emulator.refuse_websockets(True)
@@ -29,7 +31,9 @@ async def test_a_backend_whose_socket_is_refused_but_http_answers_still_runs_job
     emulator.refuse_websockets(False)
 
 
-async def test_repeated_failed_checks_mark_a_backend_down_until_it_answers(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_repeated_failed_checks_mark_a_backend_down_until_it_answers(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(
         make_settings(comfyui_urls=[emulator.base_url], health_check_seconds=0.1, health_failures=3)
     )
@@ -51,7 +55,9 @@ async def test_repeated_failed_checks_mark_a_backend_down_until_it_answers(emula
     assert (await gw.http.get("/readyz")).status_code == 200
 
 
-async def test_a_replica_that_does_not_dispatch_is_ready_while_a_backend_answers(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_replica_that_does_not_dispatch_is_ready_while_a_backend_answers(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     # Such a replica follows no backend, so it asks them itself when readiness is probed.
     api_only = await gateway_factory(
         make_settings(comfyui_urls=[emulator.base_url], run_dispatcher=False, health_check_seconds=0.1)

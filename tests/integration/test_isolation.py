@@ -28,7 +28,9 @@ async def test_another_users_objects_answer_exactly_like_missing_ones(gateway: G
     b_job = await gateway.wait(mine, headers=bob)
     a_out, b_out = a_job["outputs"][0], b_job["outputs"][0]
     emulator.hang_next()  # Alice's next job runs until canceled: an unfinished job to cancel and follow
-    queued = (await gateway.generate({"template": "txt2img", "params": {"prompt": "slow"}}, headers=alice)).json()["id"]
+    queued = (
+        await gateway.generate({"template": "txt2img", "params": {"prompt": "slow"}}, headers=alice)
+    ).json()["id"]
 
     ghost = str(uuid.uuid4())
     routes = [
@@ -47,10 +49,12 @@ async def test_another_users_objects_answer_exactly_like_missing_ones(gateway: G
             got = await http.request(method, real, headers=caller)
             expected = await http.request(method, missing, headers=caller)
             assert got.status_code == expected.status_code == 404, (method, real, got.text)
-            assert got.headers["content-type"] == expected.headers["content-type"] == "application/problem+json"
+            assert (
+                got.headers["content-type"] == expected.headers["content-type"] == "application/problem+json"
+            )
             # The same body, but for the id it names.
             body = got.json()
-            for key, value in ids.items():
+            for _key, value in ids.items():
                 body["detail"] = body["detail"].replace(value, ghost)
             assert body == expected.json(), (method, real)
     # Bob's attempts changed nothing; Alice still has her jobs, Bob sees none of them.

@@ -59,11 +59,16 @@ async def test_the_counters_follow_every_change_of_the_rows(gateway: Gateway) ->
     await gateway.wait(a[0], {"running", "succeeded"}, headers=alice)
     await _counters_match_rows(gateway, moving=True)
     await gateway.http.post(f"/v1/jobs/{a[2]}/cancel", headers=alice)
-    failing = {"workflow": {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "HarnessFail", "inputs": {"image": ["1", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
-    }}
+    failing = {
+        "workflow": {
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+            },
+            "2": {"class_type": "HarnessFail", "inputs": {"image": ["1", 0]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
+        }
+    }
     failed = (await gateway.generate(failing)).json()["id"]
     for job_id, headers in [(a[0], alice), (a[1], alice), (b[0], bob), (b[1], bob), (failed, gateway.admin)]:
         await gateway.wait(job_id, headers=headers, timeout=60)
@@ -71,7 +76,9 @@ async def test_the_counters_follow_every_change_of_the_rows(gateway: Gateway) ->
     # A deleted job leaves its hour; a job whose creation time moves changes hour.
     assert (await gateway.http.delete(f"/v1/admin/jobs/{b[0]}", headers=gateway.admin)).status_code == 204
     async with gateway.app.state.sessionmaker() as session:
-        await session.execute(update(Job).where(Job.id == b[1]).values(created_at=utcnow() - timedelta(hours=5)))
+        await session.execute(
+            update(Job).where(Job.id == b[1]).values(created_at=utcnow() - timedelta(hours=5))
+        )
         await session.commit()
     await _counters_match_rows(gateway)
     usage = (await gateway.http.get("/v1/me", headers=bob)).json()["usage"]
@@ -90,12 +97,16 @@ async def test_hour_counters_older_than_any_quota_window_are_pruned(idle_gateway
     _, alice = await gw.create_user("alice")
     old, new = [(await gw.generate(BLUR, headers=alice)).json()["id"] for _ in range(2)]
     async with gw.app.state.sessionmaker() as session:
-        await session.execute(update(Job).where(Job.id == old).values(created_at=utcnow() - timedelta(hours=30)))
+        await session.execute(
+            update(Job).where(Job.id == old).values(created_at=utcnow() - timedelta(hours=30))
+        )
         await session.commit()
     # The next hour's first refresh prunes (the refresh at start already pruned for this hour).
     gw.app.state.metrics.hour_counters_pruned = None
     await queue_metrics.refresh(gw.app.state.sessionmaker, gw.app.state.metrics)
     async with gw.app.state.sessionmaker() as session:
-        hours = (await session.execute(select(JobCreatedHour.hour).where(JobCreatedHour.n > 0))).scalars().all()
+        hours = (
+            (await session.execute(select(JobCreatedHour.hour).where(JobCreatedHour.n > 0))).scalars().all()
+        )
     assert hours == [int(utcnow().timestamp()) // 3600]
     assert (await gw.http.get("/v1/me", headers=alice)).json()["usage"]["jobs_today"] == 1

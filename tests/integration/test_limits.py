@@ -61,13 +61,17 @@ async def test_request_rate_is_limited_on_every_route_and_recovers(idle_gateway)
     # Once Retry-After has passed (the bucket's row says so), a request goes through again.
     async with gw.app.state.sessionmaker() as session:
         await session.execute(
-            update(RateBucket).where(RateBucket.user_id == user_id).values(refilled_at=RateBucket.refilled_at - retry)
+            update(RateBucket)
+            .where(RateBucket.user_id == user_id)
+            .values(refilled_at=RateBucket.refilled_at - retry)
         )
         await session.commit()
     assert (await gw.http.get("/v1/me", headers=user)).status_code == 200
     assert (await gw.http.get("/v1/me", headers=user)).status_code == 429
     # An admin raising the rate: the very next request goes through, with a full bucket of the new size.
-    resp = await gw.http.patch(f"/v1/admin/users/{user_id}", json={"limits": {"rate_per_minute": 600}}, headers=gw.admin)
+    resp = await gw.http.patch(
+        f"/v1/admin/users/{user_id}", json={"limits": {"rate_per_minute": 600}}, headers=gw.admin
+    )
     assert resp.status_code == 200
     again = await gw.http.get("/v1/me", headers=user)
     assert again.status_code == 200 and again.headers["ratelimit"].startswith('"per-minute";r=599;')
@@ -135,7 +139,9 @@ async def test_jobs_per_day_is_a_rolling_24_hours_with_an_exact_retry_after(idle
     assert (await gw.http.get("/v1/me", headers=user)).json()["usage"]["jobs_today"] == 2
     assert second in await job_ids(gw, user_id)
     # Back to the default (5000) with a null, at once.
-    await gw.http.patch(f"/v1/admin/users/{user_id}", json={"limits": {"jobs_per_day": None}}, headers=gw.admin)
+    await gw.http.patch(
+        f"/v1/admin/users/{user_id}", json={"limits": {"jobs_per_day": None}}, headers=gw.admin
+    )
     assert (await gw.generate(BLUR, headers=user)).status_code == 202
 
 
@@ -150,7 +156,8 @@ async def test_bounds_refuse_oversized_input_and_store_nothing(idle_gateway) -> 
     big_meta = await gw.generate({**BLUR, "metadata": {"note": "y" * 200}}, headers=user)
     assert big_meta.status_code == 422 and big_meta.json()["errors"][0]["field"] == "metadata"
     big_body = await gw.http.post(
-        "/v1/generate", content=b'{"template": "blur", "metadata": {"n": "' + b"z" * 5000 + b'"}}',
+        "/v1/generate",
+        content=b'{"template": "blur", "metadata": {"n": "' + b"z" * 5000 + b'"}}',
         headers={**user, "content-type": "application/json"},
     )
     assert big_body.status_code == 413 and big_body.headers["content-type"] == "application/problem+json"
@@ -158,4 +165,6 @@ async def test_bounds_refuse_oversized_input_and_store_nothing(idle_gateway) -> 
         resp = await gw.http.get(path, headers=gw.admin)
         assert resp.status_code == 422, path
     assert await job_ids(gw, user_id) == []
-    assert (await gw.generate({"template": "txt2img", "params": {"prompt": "x" * 50}}, headers=user)).status_code == 202
+    assert (
+        await gw.generate({"template": "txt2img", "params": {"prompt": "x" * 50}}, headers=user)
+    ).status_code == 202

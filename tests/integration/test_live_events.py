@@ -34,7 +34,9 @@ def ids(events: list[SseEvent]) -> list[int]:
     return [int(e.id) for e in events if e.id is not None]
 
 
-async def test_sse_happy_path_status_progress_output_final_status(gateway: Gateway, emulator: Emulator) -> None:
+async def test_sse_happy_path_status_progress_output_final_status(
+    gateway: Gateway, emulator: Emulator
+) -> None:
     emulator.config.step_seconds = 0.05
     job = (await gateway.generate(txt2img(12))).json()
     events = await gateway.sse(job["id"])
@@ -59,7 +61,9 @@ async def test_sse_happy_path_status_progress_output_final_status(gateway: Gatew
     assert "running" in statuses
 
 
-async def test_reconnect_with_last_event_id_gets_what_was_missed_once(gateway: Gateway, emulator: Emulator) -> None:
+async def test_reconnect_with_last_event_id_gets_what_was_missed_once(
+    gateway: Gateway, emulator: Emulator
+) -> None:
     emulator.config.step_seconds = 0.1
     job = (await gateway.generate(txt2img(20))).json()
     # One client reads the whole stream; the other goes away after its second progress event.
@@ -129,7 +133,9 @@ async def test_another_users_events_are_404_and_bad_ids_are_refused(gateway: Gat
     assert resp.json()["errors"][0]["field"] == "Last-Event-ID"
 
 
-async def test_previews_are_relayed_only_to_subscribers_that_ask(gateway: Gateway, emulator: Emulator) -> None:
+async def test_previews_are_relayed_only_to_subscribers_that_ask(
+    gateway: Gateway, emulator: Emulator
+) -> None:
     emulator.config.step_seconds = 0.05
     job = (await gateway.generate(txt2img(6))).json()
     with_previews, without = await asyncio.gather(
@@ -175,7 +181,9 @@ async def assert_closed_for_policy(ws: Any) -> None:
         assert closed.rcvd is not None and closed.rcvd.code == 1008
 
 
-async def test_ws_streams_all_of_the_callers_jobs_and_no_one_elses(gateway: Gateway, emulator: Emulator) -> None:
+async def test_ws_streams_all_of_the_callers_jobs_and_no_one_elses(
+    gateway: Gateway, emulator: Emulator
+) -> None:
     emulator.config.step_seconds = 0.03
     _, alice = await gateway.create_user("alice")
     _, bob = await gateway.create_user("bob")
@@ -230,7 +238,14 @@ async def test_an_sse_stream_that_falls_behind_still_gets_every_status_once_and_
     wanted = [(int(e.id), e.event) for e in logged if e.event in ("status", "output") and e.id is not None]
     assert wanted and set(wanted) <= {(int(e.id), e.event) for e in got}
     assert "output" in {e.event for e in got}
-    assert metric_sum((await gateway.http.get("/metrics", headers=gateway.admin)).text, "gateway_live_subscribers_lagged_total", scope="job") >= 1
+    assert (
+        metric_sum(
+            (await gateway.http.get("/metrics", headers=gateway.admin)).text,
+            "gateway_live_subscribers_lagged_total",
+            scope="job",
+        )
+        >= 1
+    )
 
 
 async def test_a_ws_client_that_falls_behind_is_told_to_read_its_jobs_again(
@@ -254,7 +269,14 @@ async def test_a_ws_client_that_falls_behind_is_told_to_read_its_jobs_again(
     assert after["job_id"] == job["id"] and after["event"] != "lagged"
     # What was dropped is read again from the job, as the frame asks.
     assert (await gateway.wait(job["id"], headers=alice))["status"] == "succeeded"
-    assert metric_sum((await gateway.http.get("/metrics", headers=gateway.admin)).text, "gateway_live_subscribers_lagged_total", scope="user") >= 1
+    assert (
+        metric_sum(
+            (await gateway.http.get("/metrics", headers=gateway.admin)).text,
+            "gateway_live_subscribers_lagged_total",
+            scope="user",
+        )
+        >= 1
+    )
 
 
 async def test_ws_key_alone_as_first_frame_or_as_bearer_header(gateway: Gateway) -> None:
@@ -267,14 +289,20 @@ async def test_ws_key_alone_as_first_frame_or_as_bearer_header(gateway: Gateway)
         by_header = json.loads(await ws.recv())
     for frame in (hello, by_header):
         assert frame["event"] == "subscribed" and frame["data"]["user_id"] == alice_id
-    async with websockets.connect(ws_url(gateway), additional_headers={"Authorization": "Bearer cgw_not_a_key"}) as ws:
+    async with websockets.connect(
+        ws_url(gateway), additional_headers={"Authorization": "Bearer cgw_not_a_key"}
+    ) as ws:
         error = json.loads(await ws.recv())
         assert error["event"] == "error" and error["data"]["status"] == 401
         await assert_closed_for_policy(ws)
 
 
 async def test_ws_bad_key_is_refused_with_policy_violation(gateway: Gateway) -> None:
-    for query, first in (("?api_key=cgw_not_a_key", None), ("", {"api_key": "cgw_not_a_key"}), ("", {"nothing": 1})):
+    for query, first in (
+        ("?api_key=cgw_not_a_key", None),
+        ("", {"api_key": "cgw_not_a_key"}),
+        ("", {"nothing": 1}),
+    ):
         async with websockets.connect(ws_url(gateway, query)) as ws:
             if first is not None:
                 await ws.send(json.dumps(first))
@@ -284,11 +312,15 @@ async def test_ws_bad_key_is_refused_with_policy_violation(gateway: Gateway) -> 
 
 
 async def test_ws_of_a_disabled_user_is_closed(emulator: Emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
-    gateway = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], live_auth_check_seconds=0.2))
+    gateway = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], live_auth_check_seconds=0.2)
+    )
     user_id, alice = await gateway.create_user("alice")
     async with websockets.connect(ws_url(gateway, f"?api_key={alice['Authorization'].split()[1]}")) as ws:
         assert json.loads(await ws.recv())["event"] == "subscribed"
-        resp = await gateway.http.patch(f"/v1/admin/users/{user_id}", json={"disabled": True}, headers=gateway.admin)
+        resp = await gateway.http.patch(
+            f"/v1/admin/users/{user_id}", json={"disabled": True}, headers=gateway.admin
+        )
         assert resp.status_code == 200
         error = json.loads(await asyncio.wait_for(ws.recv(), 20))
         assert error["event"] == "error" and error["data"]["status"] == 401
@@ -299,7 +331,10 @@ async def test_ws_of_a_disabled_user_is_closed(emulator: Emulator, make_settings
 
 
 async def test_a_replica_without_the_dispatcher_streams_jobs_run_by_another(
-    db_url: str, emulator: Emulator, make_settings, gateway_factory  # noqa: ANN001
+    db_url: str,
+    emulator: Emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     if db_url.startswith("sqlite"):
         import pytest
@@ -333,10 +368,14 @@ async def test_a_replica_without_the_dispatcher_streams_jobs_run_by_another(
 
 
 async def test_the_event_log_keeps_a_bounded_tail_of_progress_and_every_status(
-    emulator: Emulator, make_settings, gateway_factory  # noqa: ANN001
+    emulator: Emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     gateway = await gateway_factory(
-        make_settings(comfyui_urls=[emulator.base_url], event_log_max_progress=3, progress_events_per_second=100)
+        make_settings(
+            comfyui_urls=[emulator.base_url], event_log_max_progress=3, progress_events_per_second=100
+        )
     )
     await gateway.wait_ready()
     emulator.config.step_seconds = 0.03
@@ -382,7 +421,9 @@ async def test_an_sse_stream_of_a_revoked_key_ends(idle_gateway) -> None:  # noq
     await asyncio.wait_for(opened.wait(), 20)  # the stream is open (its first event came)
     keys = (await gateway.http.get(f"/v1/admin/users/{user_id}/keys", headers=gateway.admin)).json()
     key_id = (keys["items"] if isinstance(keys, dict) else keys)[0]["id"]
-    assert (await gateway.http.delete(f"/v1/admin/users/{user_id}/keys/{key_id}", headers=gateway.admin)).status_code in (200, 204)
+    assert (
+        await gateway.http.delete(f"/v1/admin/users/{user_id}/keys/{key_id}", headers=gateway.admin)
+    ).status_code in (200, 204)
     events = await asyncio.wait_for(reading, 20)  # the server ended it
     assert events and events[0].event == "status" and events[0].data["status"] == "queued"
     resp = await gateway.http.get(f"/v1/jobs/{job['id']}/events", headers=alice)

@@ -25,7 +25,9 @@ async def test_ws_first_frame_key_with_a_lone_surrogate_is_refused_like_a_bad_ke
             await assert_closed_for_policy(ws)
 
 
-async def test_live_connections_per_user_are_capped_sse_429_ws_closed_and_freed_when_one_ends(idle_gateway) -> None:  # noqa: ANN001
+async def test_live_connections_per_user_are_capped_sse_429_ws_closed_and_freed_when_one_ends(
+    idle_gateway,
+) -> None:  # noqa: ANN001
     gateway: Gateway = await idle_gateway(max_live_streams_per_user=2)
     _, alice = await gateway.create_user("alice")
     _, bob = await gateway.create_user("bob")
@@ -35,7 +37,9 @@ async def test_live_connections_per_user_are_capped_sse_429_ws_closed_and_freed_
     key = alice["Authorization"].split()[1]
     async with contextlib.AsyncExitStack() as stack:
         # The job stays queued (no dispatcher): each stream stays open.
-        first = await stack.enter_async_context(gateway.http.stream("GET", f"/v1/jobs/{job}/events", headers=alice))
+        first = await stack.enter_async_context(
+            gateway.http.stream("GET", f"/v1/jobs/{job}/events", headers=alice)
+        )
         assert first.status_code == 200
         ws = await stack.enter_async_context(websockets.connect(ws_url(gateway, f"?api_key={key}")))
         assert json.loads(await ws.recv())["event"] == "subscribed"
@@ -54,7 +58,9 @@ async def test_live_connections_per_user_are_capped_sse_429_ws_closed_and_freed_
             assert bobs.status_code == 200
         admins_job = (await gateway.generate(body)).json()["id"]
         admins = [
-            await stack.enter_async_context(gateway.http.stream("GET", f"/v1/jobs/{admins_job}/events", headers=gateway.admin))
+            await stack.enter_async_context(
+                gateway.http.stream("GET", f"/v1/jobs/{admins_job}/events", headers=gateway.admin)
+            )
             for _ in range(3)
         ]
         assert [r.status_code for r in admins] == [200, 200, 200]
@@ -65,7 +71,9 @@ async def test_live_connections_per_user_are_capped_sse_429_ws_closed_and_freed_
         while True:
             async with contextlib.AsyncExitStack() as two:
                 again = [
-                    await two.enter_async_context(gateway.http.stream("GET", f"/v1/jobs/{job}/events", headers=alice))
+                    await two.enter_async_context(
+                        gateway.http.stream("GET", f"/v1/jobs/{job}/events", headers=alice)
+                    )
                     for _ in range(2)
                 ]
                 if [r.status_code for r in again] == [200, 200]:
@@ -88,7 +96,9 @@ async def test_an_admin_follows_every_users_jobs_with_all_and_no_one_else_may(ga
         async with websockets.connect(ws_url(gateway, "?all=true")) as ws:
             await ws.send(key)
             assert json.loads(await ws.recv())["event"] == "subscribed"
-            job = (await gateway.generate({"template": "blur", "params": {"width": 32, "height": 32}}, bob)).json()
+            job = (
+                await gateway.generate({"template": "blur", "params": {"width": 32, "height": 32}}, bob)
+            ).json()
             frames = await ws_collect(ws, {job["id"]})
         assert {f["event"] for f in frames} >= {"status", "output"}
         assert frames[-1]["data"]["status"] == "succeeded"

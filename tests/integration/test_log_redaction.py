@@ -59,11 +59,15 @@ async def test_keys_signatures_and_tokens_in_urls_are_redacted_in_the_server_log
         assert not any(secret in line for line in lines), (secret, lines)
 
 
-async def test_the_apps_own_log_lines_are_redacted_too(idle_gateway, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+async def test_the_apps_own_log_lines_are_redacted_too(
+    idle_gateway, caplog: pytest.LogCaptureFixture
+) -> None:  # noqa: ANN001
     await idle_gateway()
     caplog.set_level(logging.INFO)
     # A webhook receiver's URL may carry its own token; the HTTP client logs each request's URL.
-    logging.getLogger("httpx").info('HTTP Request: %s %s "%s"', "POST", f"https://hooks.example/in?token={SECRETS[2]}", "200")
+    logging.getLogger("httpx").info(
+        'HTTP Request: %s %s "%s"', "POST", f"https://hooks.example/in?token={SECRETS[2]}", "200"
+    )
     logging.getLogger("app.webhooks").warning(f"delivery to https://hooks.example/in?key={SECRETS[3]} failed")
     lines = [r.getMessage() for r in caplog.records if r.name in ("httpx", "app.webhooks")]
     assert len(lines) == 2 and all("hooks.example/in?" in line for line in lines), lines

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx2
 import mcp_types as types
@@ -22,7 +22,9 @@ from tests.integration.conftest import Gateway
 @asynccontextmanager
 async def mcp_client(gw: Gateway, headers: dict[str, str], **options: object) -> AsyncIterator[Client]:
     async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
-        async with Client(streamable_http_client(gw.base_url + "/mcp", http_client=http), **options) as client:
+        async with Client(
+            streamable_http_client(gw.base_url + "/mcp", http_client=http), **options
+        ) as client:
             yield client
 
 
@@ -34,11 +36,15 @@ TXT2IMG = {"prompt": "a lighthouse", "steps": 4, "width": 64, "height": 72}
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_tools_are_the_templates_and_a_call_returns_progress_and_the_image(gateway: Gateway, mode: str) -> None:
+async def test_tools_are_the_templates_and_a_call_returns_progress_and_the_image(
+    gateway: Gateway, mode: str
+) -> None:
     _, alice = await gateway.create_user("alice")
     async with mcp_client(gateway, alice, mode=mode) as mcp:
         tools = {t.name: t for t in (await mcp.list_tools()).tools}
-        assert {"list_templates", "get_job", "cancel_job", "txt2img", "img2img", "blur", "resize"} <= set(tools)
+        assert {"list_templates", "get_job", "cancel_job", "txt2img", "img2img", "blur", "resize"} <= set(
+            tools
+        )
         schema = tools["txt2img"].input_schema
         assert schema["required"] == ["prompt"] and schema["properties"]["width"]["maximum"] == 2048
         assert "upload id" in tools["img2img"].input_schema["properties"]["image"]["description"]
@@ -84,7 +90,9 @@ async def test_bad_keys_are_refused_and_bad_params_named(gateway: Gateway) -> No
     resp = await gateway.http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
     resp = await gateway.http.post(
-        "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers={"Authorization": "Bearer cgw_nope"}
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Authorization": "Bearer cgw_nope"},
     )
     assert resp.status_code == 401
 
@@ -99,7 +107,9 @@ async def test_bad_keys_are_refused_and_bad_params_named(gateway: Gateway) -> No
     assert jobs.json()["items"] == []
 
 
-async def test_a_call_that_outlives_its_bound_returns_the_job_to_follow(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_call_that_outlives_its_bound_returns_the_job_to_follow(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(
         make_settings(comfyui_urls=[emulator.base_url], mcp_wait_seconds=0.5, mcp_inline_image_bytes=0)
     )
@@ -129,12 +139,22 @@ async def test_a_session_answers_only_the_user_that_opened_it(gateway: Gateway) 
     _, bob = await gateway.create_user("bob")
     accept = {"Accept": "application/json, text/event-stream"}
     init = {
-        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
     }
     opened = await gateway.http.post("/mcp", json=init, headers={**alice, **accept})
     assert opened.status_code == 200, opened.text
-    session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-06-18", **accept}
+    session = {
+        "Mcp-Session-Id": opened.headers["mcp-session-id"],
+        "Mcp-Protocol-Version": "2025-06-18",
+        **accept,
+    }
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     assert (await gateway.http.post("/mcp", json=listing, headers={**bob, **session})).status_code == 404
     assert (await gateway.http.post("/mcp", json=listing, headers={**alice, **session})).status_code == 200
@@ -156,7 +176,9 @@ async def test_a_disabled_user_is_refused_from_its_next_request(gateway: Gateway
     user_id, alice = await gateway.create_user("alice")
     async with mcp_client(gateway, alice) as mcp:
         assert not (await mcp.call_tool("list_templates", {})).is_error
-        resp = await gateway.http.patch(f"/v1/admin/users/{user_id}", json={"disabled": True}, headers=gateway.admin)
+        resp = await gateway.http.patch(
+            f"/v1/admin/users/{user_id}", json={"disabled": True}, headers=gateway.admin
+        )
         assert resp.status_code == 200
         # The session stays open, but its requests are refused (401) from now on.
         with pytest.raises(MCPError):

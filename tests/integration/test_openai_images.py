@@ -42,12 +42,18 @@ async def test_models_list_the_templates_that_opted_in(idle_gateway) -> None:  #
     for path in ("/v1/images/generations", "/v1/images/edits"):
         op = spec["paths"][path]["post"]
         assert op["tags"] == ["openai-compatible images"]
-        assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ImagesResponse")
+        assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/ImagesResponse"
+        )
         for status in ("400", "404", "429", "504"):
-            assert op["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+            assert op["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "/OpenAIError"
+            )
         assert "422" not in op["responses"]
     assert "multipart/form-data" in spec["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]
-    assert spec["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ModelList")
+    assert spec["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"][
+        "$ref"
+    ].endswith("/ModelList")
 
 
 async def test_generate_with_url_and_b64_json(gateway: Gateway) -> None:
@@ -62,7 +68,13 @@ async def test_generate_with_url_and_b64_json(gateway: Gateway) -> None:
             assert got.status_code == 200
             assert Image.open(io.BytesIO(got.content)).size == (64, 72)
 
-        inline = await oa.images.generate(model="txt2img", prompt="a lighthouse", size="72x80", response_format="b64_json", user="end-user-7")
+        inline = await oa.images.generate(
+            model="txt2img",
+            prompt="a lighthouse",
+            size="72x80",
+            response_format="b64_json",
+            user="end-user-7",
+        )
         assert len(inline.data) == 1 and inline.data[0].url is None
         assert Image.open(io.BytesIO(base64.b64decode(inline.data[0].b64_json))).size == (72, 80)
 
@@ -70,7 +82,11 @@ async def test_generate_with_url_and_b64_json(gateway: Gateway) -> None:
     jobs = await user_jobs(gateway, alice)
     assert len(jobs) == 2 and all(j["status"] == "succeeded" and j["template"] == "txt2img" for j in jobs)
     newest = jobs[0]
-    assert (newest["params"]["prompt"], newest["params"]["width"], newest["params"]["height"]) == ("a lighthouse", 72, 80)
+    assert (newest["params"]["prompt"], newest["params"]["width"], newest["params"]["height"]) == (
+        "a lighthouse",
+        72,
+        80,
+    )
     assert newest["metadata"] == {"via": "openai", "openai_user": "end-user-7"}
     assert jobs[1]["params"]["batch_size"] == 2
 
@@ -80,7 +96,11 @@ async def test_edit_with_an_uploaded_image(gateway: Gateway, emulator) -> None: 
     source = png(40, 32, (10, 200, 10))
     async with client(gateway, alice) as oa:
         edited = await oa.images.edit(
-            model="img2img", image=("photo.png", source, "image/png"), prompt="make it night", n=2, response_format="b64_json"
+            model="img2img",
+            image=("photo.png", source, "image/png"),
+            prompt="make it night",
+            n=2,
+            response_format="b64_json",
         )
     # img2img has no batch size: n jobs, each with the image staged on the backend.
     assert len(edited.data) == 2
@@ -133,7 +153,9 @@ async def test_unknown_model_is_not_found_and_bad_fields_are_named(idle_gateway)
     assert await user_jobs(gw, alice) == []
 
 
-async def test_a_job_that_outlives_the_bound_is_an_error_naming_it(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_job_that_outlives_the_bound_is_an_error_naming_it(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gateway = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], openai_wait_seconds=0.5))
     await gateway.wait_ready()
     emulator.config.step_seconds = 0.5
@@ -154,13 +176,20 @@ async def test_bad_edits_are_named_and_store_nothing(idle_gateway) -> None:  # n
     _, alice = await gw.create_user("alice")
     async with client(gw, alice) as oa:
         with pytest.raises(openai.BadRequestError) as err:
-            await oa.images.edit(model="img2img", image=("a.png", b"%PDF-1.4 not an image" * 10, "image/png"), prompt="x")
+            await oa.images.edit(
+                model="img2img", image=("a.png", b"%PDF-1.4 not an image" * 10, "image/png"), prompt="x"
+            )
         assert err.value.param == "image"
         with pytest.raises(openai.BadRequestError) as err:
             await oa.images.edit(model="txt2img", image=("a.png", png(), "image/png"), prompt="x")
         assert err.value.param == "model"
         with pytest.raises(openai.BadRequestError) as err:
-            await oa.images.edit(model="img2img", image=("a.png", png(), "image/png"), mask=("m.png", png(), "image/png"), prompt="x")
+            await oa.images.edit(
+                model="img2img",
+                image=("a.png", png(), "image/png"),
+                mask=("m.png", png(), "image/png"),
+                prompt="x",
+            )
         assert err.value.param == "mask"
         with pytest.raises(openai.BadRequestError) as err:
             await oa.images.edit(model="img2img", image=("a.png", png(), "image/png"), prompt="x" * 3000)
@@ -174,16 +203,28 @@ async def test_a_template_an_admin_maps_becomes_a_model(idle_gateway) -> None:  
     gw = await idle_gateway(openai_wait_seconds=0.2)
     _, alice = await gw.create_user("alice")
     doc = (await gw.http.get("/v1/templates/blur", headers=gw.admin)).json()
-    document = {"workflow": doc["workflow"], "params": {
-        "width": {"type": "integer", "default": 64, "bind": ["1.inputs.width"]},
-        "height": {"type": "integer", "default": 64, "bind": ["1.inputs.height"]},
-        "prompt": {"type": "string", "default": "", "bind": ["3.inputs.filename_prefix"]},
-        "look": {"type": "string", "default": "plain", "enum": ["plain", "vivid"], "bind": ["2.inputs.blur_radius"]},
-    }}
-    bad = await gw.http.put("/v1/templates/flat", json={**document, "openai": {"prompt": "width"}}, headers=gw.admin)
+    document = {
+        "workflow": doc["workflow"],
+        "params": {
+            "width": {"type": "integer", "default": 64, "bind": ["1.inputs.width"]},
+            "height": {"type": "integer", "default": 64, "bind": ["1.inputs.height"]},
+            "prompt": {"type": "string", "default": "", "bind": ["3.inputs.filename_prefix"]},
+            "look": {
+                "type": "string",
+                "default": "plain",
+                "enum": ["plain", "vivid"],
+                "bind": ["2.inputs.blur_radius"],
+            },
+        },
+    }
+    bad = await gw.http.put(
+        "/v1/templates/flat", json={**document, "openai": {"prompt": "width"}}, headers=gw.admin
+    )
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "openai", bad.text
     good = await gw.http.put(
-        "/v1/templates/flat", json={**document, "openai": {"prompt": "prompt", "size": ["width", "height"], "style": "look"}}, headers=gw.admin
+        "/v1/templates/flat",
+        json={**document, "openai": {"prompt": "prompt", "size": ["width", "height"], "style": "look"}},
+        headers=gw.admin,
     )
     assert good.status_code == 201, good.text
     async with client(gw, alice) as oa:
@@ -215,10 +256,15 @@ async def test_refused_requests_count_against_the_rate(idle_gateway) -> None:  #
 async def test_an_edit_with_a_mask_stages_the_mask_onto_the_image(gateway: Gateway, emulator) -> None:  # noqa: ANN001
     template = {
         **INPAINT_TEMPLATE,
-        "params": {**INPAINT_TEMPLATE["params"], "prompt": {"type": "string", "default": "x", "bind": ["3.inputs.filename_prefix"]}},
+        "params": {
+            **INPAINT_TEMPLATE["params"],
+            "prompt": {"type": "string", "default": "x", "bind": ["3.inputs.filename_prefix"]},
+        },
         "openai": {"prompt": "prompt", "image": "image", "mask": "mask"},
     }
-    assert (await gateway.http.put("/v1/templates/inpaint", json=template, headers=gateway.admin)).status_code == 201
+    assert (
+        await gateway.http.put("/v1/templates/inpaint", json=template, headers=gateway.admin)
+    ).status_code == 201
     _, alice = await gateway.create_user("alice")
     mask = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     mask.paste((0, 0, 0, 255), (0, 0, 8, 16))  # left half opaque
@@ -226,8 +272,10 @@ async def test_an_edit_with_a_mask_stages_the_mask_onto_the_image(gateway: Gatew
     mask.save(buf, format="PNG")
     async with client(gateway, alice) as oa:
         edited = await oa.images.edit(
-            model="inpaint", image=("a.png", png(16, 16, (10, 120, 230)), "image/png"),
-            mask=("m.png", buf.getvalue(), "image/png"), prompt="masked",
+            model="inpaint",
+            image=("a.png", png(16, 16, (10, 120, 230)), "image/png"),
+            mask=("m.png", buf.getvalue(), "image/png"),
+            prompt="masked",
         )
     assert len(edited.data) == 1
     [job] = await user_jobs(gateway, alice)
@@ -236,11 +284,15 @@ async def test_an_edit_with_a_mask_stages_the_mask_onto_the_image(gateway: Gatew
         assert rgba.getpixel((2, 2)) == (10, 120, 230, 255) and rgba.getpixel((12, 2))[3] == 0
 
 
-async def test_a_failed_job_is_an_error_naming_it_that_the_sdk_does_not_retry(gateway: Gateway, emulator) -> None:  # noqa: ANN001
+async def test_a_failed_job_is_an_error_naming_it_that_the_sdk_does_not_retry(
+    gateway: Gateway, emulator
+) -> None:  # noqa: ANN001
     emulator.fail_class("KSampler", "out of memory")
     _, alice = await gateway.create_user("alice")
     # With the SDK's default retries: the gateway says not to retry, so one request makes one job.
-    async with AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=alice["Authorization"][7:], timeout=60) as oa:
+    async with AsyncOpenAI(
+        base_url=gateway.base_url + "/v1", api_key=alice["Authorization"][7:], timeout=60
+    ) as oa:
         with pytest.raises(openai.InternalServerError) as err:
             await oa.images.generate(model="txt2img", prompt="a cat", size="64x64")
     assert err.value.status_code == 502 and err.value.code == "job_failed"

@@ -13,17 +13,28 @@ SCRAPE_TOKEN = "scrape-token-0123456789-abcdef"
 
 async def _user_with_a_job(gw: Gateway) -> tuple[str, dict[str, str]]:
     user_id, headers = await gw.create_user("alice")
-    body = {"template": "txt2img", "params": {"prompt": "a lighthouse", "steps": 1, "width": 64, "height": 64}}
+    body = {
+        "template": "txt2img",
+        "params": {"prompt": "a lighthouse", "steps": 1, "width": 64, "height": 64},
+    }
     assert (await gw.generate(body, headers)).status_code == 202
     return user_id, headers
 
 
 async def test_metrics_need_the_scrape_token_or_an_admin_key(
-    emulator: Emulator, make_settings, gateway_factory  # noqa: ANN001
+    emulator: Emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
-    gw: Gateway = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], metrics_token=SCRAPE_TOKEN))
+    gw: Gateway = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], metrics_token=SCRAPE_TOKEN)
+    )
     user_id, alice = await _user_with_a_job(gw)
-    for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": f"Basic {SCRAPE_TOKEN}"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-the-token"},
+        {"Authorization": f"Basic {SCRAPE_TOKEN}"},
+    ):
         refused = await gw.http.get("/metrics", headers=headers)
         assert refused.status_code == 401, refused.text
         assert refused.headers["content-type"].startswith("application/problem+json")
@@ -49,9 +60,13 @@ async def test_metrics_can_be_made_public_where_the_port_is_private(idle_gateway
 
 
 async def test_readyz_tells_anonymous_callers_ready_or_not_and_operators_the_detail(
-    emulator: Emulator, make_settings, gateway_factory  # noqa: ANN001
+    emulator: Emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
-    gw: Gateway = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], metrics_token=SCRAPE_TOKEN))
+    gw: Gateway = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], metrics_token=SCRAPE_TOKEN)
+    )
     await gw.wait_ready()
     user_id, alice = await _user_with_a_job(gw)
     for headers in ({}, alice, {"Authorization": "Bearer wrong"}):

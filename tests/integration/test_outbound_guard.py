@@ -36,9 +36,13 @@ async def second_emulator() -> AsyncIterator[Emulator]:
     await emu.stop()
 
 
-async def test_the_allowlist_never_opens_a_backend_to_image_urls_or_webhooks(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_the_allowlist_never_opens_a_backend_to_image_urls_or_webhooks(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     # The allow-list covers the backend's address, as an operator with receivers on the same host would set it.
-    gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], outbound_allowlist=["127.0.0.0/8"]))
+    gw = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], outbound_allowlist=["127.0.0.0/8"])
+    )
     await gw.wait_ready()
     _, alice = await gw.create_user("alice")
     _, mallory = await gw.create_user("mallory")
@@ -50,7 +54,12 @@ async def test_the_allowlist_never_opens_a_backend_to_image_urls_or_webhooks(emu
 
     before = await upload_count(gw)
     # Alice's output, asked for as Mallory's image input, by every spelling of the backend's address.
-    for base in (emulator.base_url, f"http://localhost:{port}", f"http://[::ffff:127.0.0.1]:{port}", f"http://127.0.0.2:{port}"):
+    for base in (
+        emulator.base_url,
+        f"http://localhost:{port}",
+        f"http://[::ffff:127.0.0.1]:{port}",
+        f"http://127.0.0.2:{port}",
+    ):
         resp = await gw.generate(img2img(f"{base}/view?filename={output}&type=output"), mallory)
         assert resp.status_code == 422, (base, resp.text)
         assert resp.json()["errors"][0]["param"] == "image", resp.text
@@ -67,12 +76,18 @@ async def test_the_allowlist_never_opens_a_backend_to_image_urls_or_webhooks(emu
 
 
 async def test_a_backend_added_after_a_webhook_was_accepted_is_not_reached(
-    second_emulator: Emulator, make_settings, gateway_factory  # noqa: ANN001
+    second_emulator: Emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     gw = await gateway_factory(
         make_settings(
-            comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False, outbound_allowlist=["127.0.0.1"],
-            webhook_poll_seconds=0.05, webhook_retry_schedule=[0.1], webhook_max_attempts=2,
+            comfyui_urls=["http://127.0.0.1:9"],
+            run_dispatcher=False,
+            outbound_allowlist=["127.0.0.1"],
+            webhook_poll_seconds=0.05,
+            webhook_retry_schedule=[0.1],
+            webhook_max_attempts=2,
         )
     )
     _, user = await gw.create_user("app", limits={"rate_per_minute": 100_000})
@@ -86,7 +101,9 @@ async def test_a_backend_added_after_a_webhook_was_accepted_is_not_reached(
 
     deadline = time.monotonic() + 20
     while True:
-        [delivery] = (await gw.http.get(f"/v1/jobs/{job_id}/webhook-deliveries", headers=user)).json()["items"]
+        [delivery] = (await gw.http.get(f"/v1/jobs/{job_id}/webhook-deliveries", headers=user)).json()[
+            "items"
+        ]
         if delivery["status"] != "pending":
             break
         assert time.monotonic() < deadline, delivery
@@ -101,7 +118,9 @@ async def test_image_urls_with_odd_unicode_hosts_are_422_naming_the_param(idle_g
     gw = await idle_gateway(outbound_allowlist=["0.0.0.0/0"])
     # As JSON escapes (a lone surrogate cannot be encoded otherwise), which the server decodes.
     body = json.dumps(img2img(f"http://{host}/x.png")).encode()
-    resp = await gw.http.post("/v1/generate", content=body, headers={**gw.admin, "content-type": "application/json"})
+    resp = await gw.http.post(
+        "/v1/generate", content=body, headers={**gw.admin, "content-type": "application/json"}
+    )
     assert resp.status_code == 422, resp.text
     assert resp.headers["content-type"] == "application/problem+json"
     # Named as a param by the guard, or as the field `params.image` by the edge's text check (a

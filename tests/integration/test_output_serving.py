@@ -18,24 +18,45 @@ def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels, with next to no data: a decompression bomb."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 async def plant_output(gw, job_id: str, data: bytes, filename: str, content_type: str) -> str:  # noqa: ANN001
     """An output of a finished job with these bytes (as a custom node could write them); its signed URL."""
     output_id = str(uuid.uuid4())
-    key = f"{job_id}/{output_id}{filename[filename.rfind('.'):]}"
+    key = f"{job_id}/{output_id}{filename[filename.rfind('.') :]}"
 
     async def one():  # noqa: ANN202
         yield data
 
     obj = await gw.app.state.storage.write_stream(key, one())
     async with gw.app.state.sessionmaker() as session:
-        session.add(Output(id=output_id, job_id=job_id, node_id="9", kind="images", filename=filename,
-                           content_type=content_type, size=obj.size, sha256=obj.sha256, storage_key=key))
+        session.add(
+            Output(
+                id=output_id,
+                job_id=job_id,
+                node_id="9",
+                kind="images",
+                filename=filename,
+                content_type=content_type,
+                size=obj.size,
+                sha256=obj.sha256,
+                storage_key=key,
+            )
+        )
         await session.commit()
     return gw.app.state.signer.url(job_id, output_id)
 
@@ -62,14 +83,15 @@ async def test_outputs_are_nosniff_sandboxed_and_cached_no_longer_than_their_url
     assert "sandbox" in resp.headers["content-security-policy"]
     assert "default-src 'none'" in resp.headers["content-security-policy"]
     expires = int(parse_qs(urlsplit(out["url"]).query)["expires"][0])
-    directives = dict(
-        (d.strip().split("=") + [""])[:2] for d in resp.headers["cache-control"].split(",")
-    )
+    directives = dict((d.strip().split("=") + [""])[:2] for d in resp.headers["cache-control"].split(","))
     assert "max-age" in directives
     # A cache may keep the file at most until the URL stops working, not a year.
     assert 0 < int(directives["max-age"]) <= expires - int(time.time()) + 1
     keyed = await gateway.http.get(out["url"].split("?")[0], headers=gateway.admin)
-    assert keyed.headers["x-content-type-options"] == "nosniff" and "sandbox" in keyed.headers["content-security-policy"]
+    assert (
+        keyed.headers["x-content-type-options"] == "nosniff"
+        and "sandbox" in keyed.headers["content-security-policy"]
+    )
 
     # An SVG (a stock output type) can hold script: it is a download, never a page of the gateway's origin.
     svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.cookie)</script></svg>'
@@ -112,7 +134,9 @@ async def test_converted_copies_of_an_output_are_few_whatever_is_asked(gateway) 
     assert 1 < len(await stored(root)) <= 1 + 2 * len(levels)
 
 
-async def test_a_job_whose_outputs_exceed_the_cap_fails_and_keeps_no_file(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_job_whose_outputs_exceed_the_cap_fails_and_keeps_no_file(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], max_job_output_bytes=50))
     await gw.wait_ready()
     job = (await gw.generate({"template": "blur", "params": {"width": 64, "height": 48}})).json()

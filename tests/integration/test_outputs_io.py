@@ -44,17 +44,23 @@ MEDIA_TEMPLATE = {
 
 @pytest.fixture
 async def media_emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator(EmulatorConfig(step_seconds=0.01, extra_nodes={**AUDIO_NODE_DEFINITIONS, **VIDEO_NODE_DEFINITIONS}))
+    emu = Emulator(
+        EmulatorConfig(step_seconds=0.01, extra_nodes={**AUDIO_NODE_DEFINITIONS, **VIDEO_NODE_DEFINITIONS})
+    )
     await emu.start(host="127.0.0.1", port=0)
     yield emu
     await emu.stop()
 
 
-async def test_video_audio_and_text_outputs_with_their_types(media_emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_video_audio_and_text_outputs_with_their_types(
+    media_emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[media_emulator.base_url]))
     await gw.wait_ready()
     for name, keep_temp in (("media", False), ("media_previews", True)):
-        resp = await gw.http.put(f"/v1/templates/{name}", json={**MEDIA_TEMPLATE, "keep_temp": keep_temp}, headers=gw.admin)
+        resp = await gw.http.put(
+            f"/v1/templates/{name}", json={**MEDIA_TEMPLATE, "keep_temp": keep_temp}, headers=gw.admin
+        )
         assert resp.status_code in (200, 201), resp.text
 
     job = (await gw.generate({"template": "media", "params": {"text": "héllo, wörld"}})).json()
@@ -82,7 +88,9 @@ async def test_video_audio_and_text_outputs_with_their_types(media_emulator, mak
     assert text.headers["content-type"].startswith("text/plain")
     assert text.content.decode("utf-8") == "héllo, wörld"
 
-    with_previews = await gw.wait((await gw.generate({"template": "media_previews", "params": {}})).json()["id"])
+    with_previews = await gw.wait(
+        (await gw.generate({"template": "media_previews", "params": {}})).json()["id"]
+    )
     previews = [o for o in with_previews["outputs"] if o["node_id"] == "9"]
     assert len(previews) == 2 and all(o["content_type"] == "image/png" for o in previews)
 
@@ -133,7 +141,9 @@ async def test_image_outputs_convert_to_webp_and_jpeg(gateway) -> None:  # noqa:
         assert resp.headers["content-type"] == ctype
         with Image.open(io.BytesIO(resp.content)) as img:
             assert img.format == pil_name and img.size == (64, 48)
-        again = await gateway.http.get(out["url"] + f"&format={fmt}&quality=60", headers={"If-None-Match": resp.headers["etag"]})
+        again = await gateway.http.get(
+            out["url"] + f"&format={fmt}&quality=60", headers={"If-None-Match": resp.headers["etag"]}
+        )
         assert again.status_code == 304
     bad = await gateway.http.get(out["url"] + "&format=tiff")
     assert bad.status_code == 422
@@ -159,7 +169,11 @@ async def test_deleting_a_finished_job_removes_it_and_its_files(gateway) -> None
     assert (await gateway.http.get(out["url"])).status_code == 404
     assert await stored(root / final["id"]) == []
     async with gateway.app.state.sessionmaker() as session:
-        assert (await session.execute(select(func.count()).select_from(Output).where(Output.job_id == final["id"]))).scalar_one() == 0
+        assert (
+            await session.execute(
+                select(func.count()).select_from(Output).where(Output.job_id == final["id"])
+            )
+        ).scalar_one() == 0
 
     # An admin may delete any user's finished job.
     other = await finished_blur(gateway, bob)
@@ -175,8 +189,12 @@ async def test_a_job_that_is_not_finished_cannot_be_deleted(idle_gateway) -> Non
     assert (await gw.job(job["id"]))["status"] == "queued"
 
 
-async def test_retention_deletes_expired_outputs_and_uploads_and_keeps_a_tombstone(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
-    gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], retention_days=1, retention_check_seconds=3600))
+async def test_retention_deletes_expired_outputs_and_uploads_and_keeps_a_tombstone(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
+    gw = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], retention_days=1, retention_check_seconds=3600)
+    )
     await gw.wait_ready()
     final = await finished_blur(gw)
     up = (await upload(gw, png(), gw.admin)).json()

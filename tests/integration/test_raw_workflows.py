@@ -25,7 +25,9 @@ def refused_nodes(resp) -> set[tuple[str, str]]:  # noqa: ANN001
     return {(e["node_id"], e["class_type"]) for e in resp.json()["errors"]}
 
 
-async def test_raw_workflows_need_permission_and_refuse_denied_nodes_and_server_files(gateway: Gateway) -> None:
+async def test_raw_workflows_need_permission_and_refuse_denied_nodes_and_server_files(
+    gateway: Gateway,
+) -> None:
     user_id, user = await gateway.create_user("templated")
     refused = await gateway.generate({"workflow": BLUR_GRAPH}, headers=user)
     assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
@@ -42,31 +44,52 @@ async def test_raw_workflows_need_permission_and_refuse_denied_nodes_and_server_
     # The default deny list, and inputs naming server files: 422 naming each node, nothing stored.
     cases = [
         # Reads any image in ComfyUI's output folder: other users' results.
-        (with_node("9", "LoadImageOutput", {"image": "ComfyUI_00001_.png [output]"}), {("9", "LoadImageOutput")}),
+        (
+            with_node("9", "LoadImageOutput", {"image": "ComfyUI_00001_.png [output]"}),
+            {("9", "LoadImageOutput")},
+        ),
         # Writes model weights under a free-text prefix.
-        (with_node("7", "CheckpointSave", {"model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2], "filename_prefix": "../x"}),
-         {("7", "CheckpointSave")}),
+        (
+            with_node(
+                "7",
+                "CheckpointSave",
+                {"model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2], "filename_prefix": "../x"},
+            ),
+            {("7", "CheckpointSave")},
+        ),
         (with_node("8", "Preview3D", {"model_file": "/etc/passwd"}), {("8", "Preview3D")}),
         # A plain file name in an upload input: not a file the gateway staged for this job.
         (with_node("5", "LoadImage", {"image": "example.png"}), {("5", "LoadImage")}),
-        (with_node("6", "LoadImageMask", {"image": "harness_upload.png", "channel": "alpha"}), {("6", "LoadImageMask")}),
+        (
+            with_node("6", "LoadImageMask", {"image": "harness_upload.png", "channel": "alpha"}),
+            {("6", "LoadImageMask")},
+        ),
         # Two at once: both named.
-        ({**with_node("5", "LoadImage", {"image": "a.png"}), "6": {"class_type": "LoadLatent", "inputs": {"latent": "x.latent"}}},
-         {("5", "LoadImage"), ("6", "LoadLatent")}),
+        (
+            {
+                **with_node("5", "LoadImage", {"image": "a.png"}),
+                "6": {"class_type": "LoadLatent", "inputs": {"latent": "x.latent"}},
+            },
+            {("5", "LoadImage"), ("6", "LoadLatent")},
+        ),
     ]
     for workflow, expected in cases:
         resp = await gateway.generate({"workflow": workflow}, headers=user)
         assert refused_nodes(resp) == expected, resp.json()
         for node_id, class_type in expected:
             assert node_id in resp.json()["detail"] and class_type in resp.json()["detail"]
-    upload = await gateway.generate({"workflow": with_node("5", "LoadImage", {"image": "example.png"})}, headers=user)
+    upload = await gateway.generate(
+        {"workflow": with_node("5", "LoadImage", {"image": "example.png"})}, headers=user
+    )
     assert upload.json()["errors"][0]["field"] == "workflow.5.inputs.image"
     # The deny list binds admins too: it protects the servers, not the users.
     assert refused_nodes(await gateway.generate({"workflow": cases[0][0]})) == {("9", "LoadImageOutput")}
     assert await job_count(gateway) == 1
 
 
-async def test_operator_allow_and_deny_lists_and_the_node_count_bound(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_operator_allow_and_deny_lists_and_the_node_count_bound(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(
         make_settings(
             comfyui_urls=[emulator.base_url],
@@ -79,13 +102,20 @@ async def test_operator_allow_and_deny_lists_and_the_node_count_bound(emulator, 
     # Denied although allowed: deny wins.
     assert refused_nodes(await gw.generate({"workflow": BLUR_GRAPH}, headers=user)) == {("2", "ImageBlur")}
     # Not on the allow list.
-    upscale = with_node("2", "ImageScaleBy", {"image": ["1", 0], "upscale_method": "nearest-exact", "scale_by": 2.0})
+    upscale = with_node(
+        "2", "ImageScaleBy", {"image": ["1", 0], "upscale_method": "nearest-exact", "scale_by": 2.0}
+    )
     assert refused_nodes(await gw.generate({"workflow": upscale}, headers=user)) == {("2", "ImageScaleBy")}
     # On the allow list and not denied: accepted, and it runs.
-    accepted = await gw.generate({"workflow": with_node("2", "ImageInvert", {"image": ["1", 0]})}, headers=user)
+    accepted = await gw.generate(
+        {"workflow": with_node("2", "ImageInvert", {"image": ["1", 0]})}, headers=user
+    )
     assert accepted.status_code == 202, accepted.text
     assert (await gw.wait(accepted.json()["id"], headers=user))["status"] == "succeeded"
-    too_big = {str(i): {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}} for i in range(5)}
+    too_big = {
+        str(i): {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}
+        for i in range(5)
+    }
     resp = await gw.generate({"workflow": too_big}, headers=user)
     assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "workflow"
     assert "at most 4" in resp.json()["detail"]
@@ -115,7 +145,15 @@ async def test_raw_workflows_load_the_callers_uploads_by_reference(gateway: Gate
     # Someone else's upload is unknown to bob, exactly like a made-up id.
     theirs = await gateway.generate({"workflow": graph}, headers=bob)
     made_up = await gateway.generate(
-        {"workflow": {**graph, "5": {"class_type": "LoadImage", "inputs": {"image": "upload:2f1c8a52-7f43-4c2e-9d4c-1f0e2a3b4c5d"}}}},
+        {
+            "workflow": {
+                **graph,
+                "5": {
+                    "class_type": "LoadImage",
+                    "inputs": {"image": "upload:2f1c8a52-7f43-4c2e-9d4c-1f0e2a3b4c5d"},
+                },
+            }
+        },
         headers=bob,
     )
     assert theirs.status_code == made_up.status_code == 422
@@ -142,12 +180,17 @@ async def test_path_like_values_are_refused_on_any_node(gateway: Gateway) -> Non
         assert resp.json()["errors"][0]["field"] == f"workflow.9.inputs.{name}"
         assert "path" in resp.json()["errors"][0]["message"]
     # A stock node's input too: SaveImage's prefix may not climb out of the output folder.
-    climbing = {**BLUR_GRAPH, "3": {**BLUR_GRAPH["3"], "inputs": {**BLUR_GRAPH["3"]["inputs"], "filename_prefix": "../x"}}}
+    climbing = {
+        **BLUR_GRAPH,
+        "3": {**BLUR_GRAPH["3"], "inputs": {**BLUR_GRAPH["3"]["inputs"], "filename_prefix": "../x"}},
+    }
     assert refused_nodes(await gateway.generate({"workflow": climbing}, headers=user)) == {("3", "SaveImage")}
     assert await job_count(gateway) == 0
 
     # Text that is not a path, and relative sub-folders, pass.
-    prompt = {**with_node("4", "PrimitiveString", {"value": "a cat at ~ sunset, 1/2 scale.. wow ~cute~ /imagine"}),
-              "3": {**BLUR_GRAPH["3"], "inputs": {**BLUR_GRAPH["3"]["inputs"], "filename_prefix": "raw/sub/x"}}}
+    prompt = {
+        **with_node("4", "PrimitiveString", {"value": "a cat at ~ sunset, 1/2 scale.. wow ~cute~ /imagine"}),
+        "3": {**BLUR_GRAPH["3"], "inputs": {**BLUR_GRAPH["3"]["inputs"], "filename_prefix": "raw/sub/x"}},
+    }
     accepted = await gateway.generate({"workflow": prompt}, headers=user)
     assert accepted.status_code == 202, accepted.text

@@ -10,7 +10,9 @@ from app.db.models import Job
 
 
 async def test_restart_with_jobs_queued_and_in_flight_finishes_each_once(
-    emulator, make_settings, gateway_factory  # noqa: ANN001
+    emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     settings = make_settings(comfyui_urls=[emulator.base_url])
     first = await gateway_factory(settings)
@@ -48,7 +50,9 @@ async def test_range_requests_on_outputs(gateway) -> None:  # noqa: ANN001
 
 
 async def test_a_deleted_built_in_template_stays_deleted_across_restarts(
-    emulator, make_settings, gateway_factory  # noqa: ANN001
+    emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     settings = make_settings(comfyui_urls=[emulator.base_url])
     first = await gateway_factory(settings)
@@ -60,7 +64,12 @@ async def test_a_deleted_built_in_template_stays_deleted_across_restarts(
     assert (await second.http.get("/v1/templates/blur", headers=second.admin)).status_code == 404
     assert (await second.generate({"template": "blur"})).status_code == 422
     # Registered again by the operator, it is theirs: kept across the next restart.
-    doc = {"description": blur["description"], "workflow": blur["workflow"], "params": {}, "outputs": blur["outputs"]}
+    doc = {
+        "description": blur["description"],
+        "workflow": blur["workflow"],
+        "params": {},
+        "outputs": blur["outputs"],
+    }
     assert (await second.http.put("/v1/templates/blur", json=doc, headers=second.admin)).status_code == 201
     await second.close()
 

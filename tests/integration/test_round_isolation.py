@@ -12,7 +12,8 @@ import pytest
 
 from app.comfy.client import ComfyClient
 from app.comfy.messages import Executing
-from app.dispatch import staging, tracker as tracker_module
+from app.dispatch import staging
+from app.dispatch import tracker as tracker_module
 from app.dispatch.dispatcher import Dispatcher
 from app.dispatch.tracker import Tracker
 from tests.integration.conftest import Gateway
@@ -49,6 +50,7 @@ def poison(stage: str, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
 
         monkeypatch.setattr(Dispatcher, "_route", staticmethod(broken_route))
     elif stage == "staging":
+
         async def broken_stage(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
             raise RecursionError(SECRET)  # only the victim's job has inputs to stage
 
@@ -66,7 +68,11 @@ def poison(stage: str, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
         handle = Tracker.handle
 
         async def broken_handle(self, link, msg):  # noqa: ANN001, ANN202
-            if isinstance(msg, Executing) and msg.node is None and _flight_user(link, msg.prompt_id) == victim:
+            if (
+                isinstance(msg, Executing)
+                and msg.node is None
+                and _flight_user(link, msg.prompt_id) == victim
+            ):
                 raise RuntimeError(SECRET)
             return await handle(self, link, msg)
 
@@ -116,7 +122,9 @@ async def _reconcile_after_it_ran(gw: Gateway, emulator: Any, victim: str) -> No
     reconnect makes the gateway reconcile."""
     deadline = time.monotonic() + 10
     while True:
-        pids = [pid for link in gw.dispatcher.links for pid, f in link.inflight.items() if f.user_id == victim]
+        pids = [
+            pid for link in gw.dispatcher.links for pid, f in link.inflight.items() if f.user_id == victim
+        ]
         if pids and all(pid in emulator.executed_prompts for pid in pids):
             break
         assert time.monotonic() < deadline, "the victim's prompt never ran"
@@ -126,7 +134,11 @@ async def _reconcile_after_it_ran(gw: Gateway, emulator: Any, victim: str) -> No
 
 @pytest.mark.parametrize("stage", ["prepare", "staging", "submit", "tracking", "collect", "reconcile"])
 async def test_an_unexpected_error_fails_only_its_own_job_and_frees_its_slot(
-    one_slot: Gateway, emulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stage: str  # noqa: ANN001
+    one_slot: Gateway,
+    emulator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    stage: str,  # noqa: ANN001
 ) -> None:
     gw = one_slot
     mallory_id, mallory = await gw.create_user("mallory", limits=PLENTY)
@@ -162,7 +174,9 @@ async def test_an_unexpected_error_fails_only_its_own_job_and_frees_its_slot(
 
 
 async def test_an_output_comfyui_will_not_serve_fails_only_its_job_across_a_restart(
-    emulator, make_settings, gateway_factory  # noqa: ANN001
+    emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     """SaveImage with prefix `a..b` writes `a..b_00001_.png`, which ComfyUI's /view refuses (400, as
     it refuses any name with `..`). The job fails, and after a restart, reconciliation of that job

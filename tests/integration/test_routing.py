@@ -12,13 +12,17 @@ import pytest
 
 from comfy_emulator import Emulator, EmulatorConfig
 
-ALL_NODES = set(json.loads((Path(__file__).parents[2] / "comfy_emulator" / "data" / "object_info_full.json").read_text()))
+ALL_NODES = set(
+    json.loads((Path(__file__).parents[2] / "comfy_emulator" / "data" / "object_info_full.json").read_text())
+)
 
 
 @pytest.fixture
 async def two_backends() -> AsyncIterator[tuple[Emulator, Emulator]]:
     # "plain" lacks ImageInvert and has checkpoint a; "full" has every node and checkpoint b.
-    plain = Emulator(EmulatorConfig(node_allowlist=ALL_NODES - {"ImageInvert"}, models={"checkpoints": ["a.safetensors"]}))
+    plain = Emulator(
+        EmulatorConfig(node_allowlist=ALL_NODES - {"ImageInvert"}, models={"checkpoints": ["a.safetensors"]})
+    )
     full = Emulator(EmulatorConfig(models={"checkpoints": ["b.safetensors"]}))
     for emu in (plain, full):
         await emu.start(host="127.0.0.1", port=0)
@@ -27,18 +31,39 @@ async def two_backends() -> AsyncIterator[tuple[Emulator, Emulator]]:
         await emu.stop()
 
 
-async def test_jobs_go_only_to_backends_that_can_run_them(two_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_jobs_go_only_to_backends_that_can_run_them(
+    two_backends, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     plain, full = two_backends
     gw = await gateway_factory(make_settings(comfyui_urls=[plain.base_url, full.base_url]))
     await gw.wait_ready()
 
     # resize needs ImageInvert: only "full" has it.
-    resize = [(await gw.generate({"template": "resize", "params": {"width": 32, "height": 32}})).json()["id"] for _ in range(6)]
+    resize = [
+        (await gw.generate({"template": "resize", "params": {"width": 32, "height": 32}})).json()["id"]
+        for _ in range(6)
+    ]
     # txt2img with checkpoint a: only "plain" has that file; with b: only "full".
-    on_a = [(await gw.generate({"template": "txt2img", "params": {"prompt": "x", "steps": 1, "checkpoint": "a.safetensors"}})).json()["id"] for _ in range(3)]
-    on_b = [(await gw.generate({"template": "txt2img", "params": {"prompt": "x", "steps": 1, "checkpoint": "b.safetensors"}})).json()["id"] for _ in range(3)]
+    on_a = [
+        (
+            await gw.generate(
+                {"template": "txt2img", "params": {"prompt": "x", "steps": 1, "checkpoint": "a.safetensors"}}
+            )
+        ).json()["id"]
+        for _ in range(3)
+    ]
+    on_b = [
+        (
+            await gw.generate(
+                {"template": "txt2img", "params": {"prompt": "x", "steps": 1, "checkpoint": "b.safetensors"}}
+            )
+        ).json()["id"]
+        for _ in range(3)
+    ]
     # A model no backend has: fails at once, naming what is missing.
-    nowhere = (await gw.generate({"template": "txt2img", "params": {"prompt": "x", "checkpoint": "c.safetensors"}})).json()["id"]
+    nowhere = (
+        await gw.generate({"template": "txt2img", "params": {"prompt": "x", "checkpoint": "c.safetensors"}})
+    ).json()["id"]
 
     finals = {j: await gw.wait(j) for j in resize + on_a + on_b + [nowhere]}
     assert all(finals[j]["status"] == "succeeded" for j in resize + on_a + on_b)
@@ -55,7 +80,9 @@ async def test_jobs_go_only_to_backends_that_can_run_them(two_backends, make_set
     assert "c.safetensors" in err["message"] and finals[nowhere]["attempts"] == 0
 
 
-async def test_a_job_waits_with_a_reason_while_its_only_capable_backend_is_down(two_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_job_waits_with_a_reason_while_its_only_capable_backend_is_down(
+    two_backends, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     plain, full = two_backends
     gw = await gateway_factory(make_settings(comfyui_urls=[plain.base_url, full.base_url]))
     await gw.wait_ready()

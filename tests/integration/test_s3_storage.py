@@ -33,8 +33,15 @@ async def keys_in(s3_server: str, bucket: str) -> list[str]:
 
 
 async def test_large_objects_go_up_in_parts_and_come_back_whole(s3_server: str, bucket: str) -> None:
-    storage = S3Storage(bucket=bucket, prefix="gw", endpoint_url=s3_server, region="us-east-1",
-                        access_key_id="test", secret_access_key="test", part_bytes=5 * 1024 * 1024)
+    storage = S3Storage(
+        bucket=bucket,
+        prefix="gw",
+        endpoint_url=s3_server,
+        region="us-east-1",
+        access_key_id="test",
+        secret_access_key="test",
+        part_bytes=5 * 1024 * 1024,
+    )
     await storage.start()
     try:
         data = os.urandom(11 * 1024 * 1024 + 123)
@@ -72,12 +79,21 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
 
 def s3_settings(make_settings, emulator, s3_server: str, bucket: str, serve: str):  # noqa: ANN001, ANN201
     return make_settings(
-        comfyui_urls=[emulator.base_url], storage_backend="s3", s3_endpoint_url=s3_server, s3_bucket=bucket,
-        s3_prefix="outputs", s3_region="us-east-1", s3_access_key_id="test", s3_secret_access_key="test", s3_serve=serve,
+        comfyui_urls=[emulator.base_url],
+        storage_backend="s3",
+        s3_endpoint_url=s3_server,
+        s3_bucket=bucket,
+        s3_prefix="outputs",
+        s3_region="us-east-1",
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+        s3_serve=serve,
     )
 
 
-async def test_gateway_on_s3_redirects_to_presigned_urls(emulator, make_settings, gateway_factory, s3_server, bucket) -> None:  # noqa: ANN001
+async def test_gateway_on_s3_redirects_to_presigned_urls(
+    emulator, make_settings, gateway_factory, s3_server, bucket
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(s3_settings(make_settings, emulator, s3_server, bucket, "redirect"))
     await gw.wait_ready()
     data = png(48, 32, (5, 6, 7))
@@ -99,15 +115,21 @@ async def test_gateway_on_s3_redirects_to_presigned_urls(emulator, make_settings
     assert (await gw.http.get(out["url"], headers={"If-None-Match": f'"{out["sha256"]}"'})).status_code == 304
 
     keys = await keys_in(s3_server, bucket)
-    assert any(k.startswith(f"outputs/{job['id']}/") for k in keys) and any(k.startswith("outputs/uploads/") for k in keys)
+    assert any(k.startswith(f"outputs/{job['id']}/") for k in keys) and any(
+        k.startswith("outputs/uploads/") for k in keys
+    )
     assert (await gw.http.delete(f"/v1/jobs/{job['id']}", headers=gw.admin)).status_code == 204
     assert not any(k.startswith(f"outputs/{job['id']}/") for k in await keys_in(s3_server, bucket))
 
 
-async def test_gateway_on_s3_streams_with_ranges(emulator, make_settings, gateway_factory, s3_server, bucket) -> None:  # noqa: ANN001
+async def test_gateway_on_s3_streams_with_ranges(
+    emulator, make_settings, gateway_factory, s3_server, bucket
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(s3_settings(make_settings, emulator, s3_server, bucket, "stream"))
     await gw.wait_ready()
-    final = await gw.wait((await gw.generate({"template": "blur", "params": {"width": 40, "height": 40}})).json()["id"])
+    final = await gw.wait(
+        (await gw.generate({"template": "blur", "params": {"width": 40, "height": 40}})).json()["id"]
+    )
     out = final["outputs"][0]
     full = await gw.http.get(out["url"])
     assert full.status_code == 200 and hashlib.sha256(full.content).hexdigest() == out["sha256"]

@@ -20,7 +20,8 @@ def _key_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def test_a_start_without_server_secrets_warns_that_the_database_alone_reveals_webhook_secrets(
-    idle_gateway, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+    idle_gateway,
+    caplog: pytest.LogCaptureFixture,  # noqa: ANN001
 ) -> None:
     caplog.set_level(logging.WARNING)
     await idle_gateway()
@@ -29,7 +30,9 @@ async def test_a_start_without_server_secrets_warns_that_the_database_alone_reve
 
 
 async def test_secrets_from_the_environment_or_files_start_without_the_warning(
-    idle_gateway, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+    idle_gateway,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,  # noqa: ANN001
 ) -> None:
     caplog.set_level(logging.WARNING)
     await idle_gateway(signing_secret="s" * 40, webhook_secret_key="w" * 40)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 
 
-async def test_jobs_finish_from_history_while_the_socket_is_stalled(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_jobs_finish_from_history_while_the_socket_is_stalled(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], ws_ping_seconds=0.3))
     await gw.wait_ready()
     emulator.stall_websockets(True)  # sockets stay open, say nothing, answer no pings

@@ -40,7 +40,9 @@ async def test_an_animated_image_is_bounded_by_its_frames_pixels_and_frame_count
     # The same as a data: URI param: 422 naming the param, no job.
     refused = await gw.generate(img2img(data_uri(bomb)), alice)
     assert refused.status_code == 422, refused.text
-    assert refused.json()["errors"][0]["param"] == "image" and "frames" in refused.json()["errors"][0]["message"]
+    assert (
+        refused.json()["errors"][0]["param"] == "image" and "frames" in refused.json()["errors"][0]["message"]
+    )
     # More frames than GATEWAY_MAX_IMAGE_FRAMES, however small.
     many = await upload(gw, gif(40, 4, 4), alice, filename="many.gif", ctype="image/gif")
     assert many.status_code == 422 and "30 frames" in many.json()["detail"]
@@ -65,7 +67,9 @@ async def test_each_user_has_an_upload_quota_of_files_and_bytes(idle_gateway) ->
     assert over.status_code == 409, over.text
     assert over.headers["content-type"] == "application/problem+json"
     problem = over.json()
-    assert problem["limit"] == "max_upload_bytes_per_user" and "max_upload_bytes_per_user" in problem["detail"]
+    assert (
+        problem["limit"] == "max_upload_bytes_per_user" and "max_upload_bytes_per_user" in problem["detail"]
+    )
     # The same through a data: URI param: no upload, no job.
     refused = await gw.generate(img2img(data_uri(image, "image/png")), alice)
     assert refused.status_code == 409 and refused.json()["limit"] == "max_upload_bytes_per_user"

@@ -18,7 +18,9 @@ from sqlalchemy import func, select
 from app.db.models import Job, Upload
 
 
-def png(width: int = 32, height: int = 24, color: tuple[int, int, int] = (200, 30, 40), noise: bool = False) -> bytes:
+def png(
+    width: int = 32, height: int = 24, color: tuple[int, int, int] = (200, 30, 40), noise: bool = False
+) -> bytes:
     img = Image.new("RGB", (width, height), color)
     if noise:  # incompressible, so the file is as large as its pixels
         img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
@@ -36,7 +38,9 @@ async def upload_count(gw) -> int:  # noqa: ANN001
         return (await session.execute(select(func.count()).select_from(Upload))).scalar_one()
 
 
-async def upload(gw, data: bytes, headers: dict[str, str], filename: str = "input.png", ctype: str = "image/png"):  # noqa: ANN001, ANN201
+async def upload(
+    gw, data: bytes, headers: dict[str, str], filename: str = "input.png", ctype: str = "image/png"
+):  # noqa: ANN001, ANN201
     return await gw.http.post("/v1/uploads", files={"file": (filename, data, ctype)}, headers=headers)
 
 
@@ -96,8 +100,10 @@ async def test_an_oversized_upload_is_413_and_leaves_nothing(idle_gateway) -> No
 
     # The same without a Content-Length (chunked): cut off while it streams, not after.
     boundary = "xyzBOUNDARY"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
 
     async def body():  # noqa: ANN202
         yield head
@@ -106,7 +112,9 @@ async def test_an_oversized_upload_is_413_and_leaves_nothing(idle_gateway) -> No
         yield f"\r\n--{boundary}--\r\n".encode()
 
     resp = await gw.http.post(
-        "/v1/uploads", content=body(), headers={**alice, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+        "/v1/uploads",
+        content=body(),
+        headers={**alice, "Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert resp.status_code == 413, resp.text
 
@@ -173,9 +181,13 @@ async def test_bad_image_params_are_422_and_store_nothing(gateway) -> None:  # n
 async def test_two_users_uploading_the_same_file_name_never_collide(gateway, emulator) -> None:  # noqa: ANN001
     users = [await gateway.create_user(name) for name in ("alice", "bob")]
     images = [png(32, 32, (255, 0, 0)), png(32, 32, (0, 0, 255))]
-    ups = await asyncio.gather(*(upload(gateway, img, h, filename="input.png") for (_, h), img in zip(users, images, strict=True)))
+    ups = await asyncio.gather(
+        *(upload(gateway, img, h, filename="input.png") for (_, h), img in zip(users, images, strict=True))
+    )
     ids = [u.json()["id"] for u in ups]
-    jobs = await asyncio.gather(*(gateway.generate(img2img(i), h) for i, (_, h) in zip(ids, users, strict=True)))
+    jobs = await asyncio.gather(
+        *(gateway.generate(img2img(i), h) for i, (_, h) in zip(ids, users, strict=True))
+    )
     for job, (_, headers), image in zip(jobs, users, images, strict=True):
         final = await gateway.wait(job.json()["id"], headers=headers)
         assert final["status"] == "succeeded", final
@@ -184,7 +196,9 @@ async def test_two_users_uploading_the_same_file_name_never_collide(gateway, emu
     assert not list(emulator.input_dir.glob("input*.png"))
 
 
-async def test_a_job_moved_to_another_backend_is_staged_there_again(three_backends, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_job_moved_to_another_backend_is_staged_there_again(
+    three_backends, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     victim, *others = three_backends
     gw = await gateway_factory(
         make_settings(comfyui_urls=[e.base_url for e in three_backends], failover_grace_seconds=1.0)
@@ -235,13 +249,17 @@ async def image_server() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
     await runner.cleanup()
 
 
-async def test_img2img_with_an_image_url_on_an_allow_listed_host(image_server, emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_img2img_with_an_image_url_on_an_allow_listed_host(
+    image_server, emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     base, files = image_server
     files["a.png"] = png(30, 20, (9, 9, 9))
     files["big.png"] = png(200, 200, noise=True)
     files["text.png"] = b"just text"
     gw = await gateway_factory(
-        make_settings(comfyui_urls=[emulator.base_url], outbound_allowlist=["127.0.0.1"], max_upload_bytes=50_000)
+        make_settings(
+            comfyui_urls=[emulator.base_url], outbound_allowlist=["127.0.0.1"], max_upload_bytes=50_000
+        )
     )
     await gw.wait_ready()
     created = await gw.generate(img2img(f"{base}/a.png"))
@@ -266,7 +284,9 @@ async def test_img2img_with_an_image_url_on_an_allow_listed_host(image_server, e
         assert why in resp.json()["errors"][0]["message"], (url, resp.text)
 
 
-async def test_image_urls_to_private_addresses_are_refused_unless_allow_listed(image_server, idle_gateway) -> None:  # noqa: ANN001
+async def test_image_urls_to_private_addresses_are_refused_unless_allow_listed(
+    image_server, idle_gateway
+) -> None:  # noqa: ANN001
     base, files = image_server
     files["a.png"] = png()
     gw = await idle_gateway()  # empty GATEWAY_OUTBOUND_ALLOWLIST
@@ -276,7 +296,9 @@ async def test_image_urls_to_private_addresses_are_refused_unless_allow_listed(i
     assert await upload_count(gw) == 0
 
 
-async def test_a_job_whose_upload_was_deleted_before_it_ran_fails_with_input_missing(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_job_whose_upload_was_deleted_before_it_ran_fails_with_input_missing(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     # One gateway takes the job without running it; the upload is then deleted; a second gateway
     # on the same database runs the dispatcher.
     api = await gateway_factory(make_settings(comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False))
@@ -307,7 +329,9 @@ INPAINT_TEMPLATE = {
 
 
 async def test_a_mask_param_is_staged_onto_its_image_with_upload_mask(gateway, emulator) -> None:  # noqa: ANN001
-    assert (await gateway.http.put("/v1/templates/inpaint", json=INPAINT_TEMPLATE, headers=gateway.admin)).status_code in (200, 201)
+    assert (
+        await gateway.http.put("/v1/templates/inpaint", json=INPAINT_TEMPLATE, headers=gateway.admin)
+    ).status_code in (200, 201)
     image = png(16, 16, (10, 120, 230))
     mask_img = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     mask_img.paste((0, 0, 0, 255), (0, 0, 8, 16))  # left half opaque
@@ -315,7 +339,9 @@ async def test_a_mask_param_is_staged_onto_its_image_with_upload_mask(gateway, e
     mask_img.save(buf, format="PNG")
     image_id = (await upload(gateway, image, gateway.admin)).json()["id"]
     mask_id = (await upload(gateway, buf.getvalue(), gateway.admin, filename="mask.png")).json()["id"]
-    job = (await gateway.generate({"template": "inpaint", "params": {"image": image_id, "mask": mask_id}})).json()
+    job = (
+        await gateway.generate({"template": "inpaint", "params": {"image": image_id, "mask": mask_id}})
+    ).json()
     final = await gateway.wait(job["id"])
     assert final["status"] == "succeeded", final
     with Image.open(emulator.input_dir / f"gw_{job['id']}_mask.png") as staged:
@@ -327,12 +353,20 @@ async def test_a_mask_param_is_staged_onto_its_image_with_upload_mask(gateway, e
 
 async def test_mask_of_must_name_another_image_param(idle_gateway) -> None:  # noqa: ANN001
     gw = await idle_gateway()
-    bad = {**INPAINT_TEMPLATE, "params": {**INPAINT_TEMPLATE["params"], "mask": {**INPAINT_TEMPLATE["params"]["mask"], "mask_of": "nothing"}}}
+    bad = {
+        **INPAINT_TEMPLATE,
+        "params": {
+            **INPAINT_TEMPLATE["params"],
+            "mask": {**INPAINT_TEMPLATE["params"]["mask"], "mask_of": "nothing"},
+        },
+    }
     resp = await gw.http.put("/v1/templates/bad_inpaint", json=bad, headers=gw.admin)
     assert resp.status_code == 422 and "mask_of" in resp.text
 
 
-async def test_a_slow_upload_to_the_backend_holds_up_no_other_job(emulator, make_settings, gateway_factory) -> None:  # noqa: ANN001
+async def test_a_slow_upload_to_the_backend_holds_up_no_other_job(
+    emulator, make_settings, gateway_factory
+) -> None:  # noqa: ANN001
     gw = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], backend_timeout_seconds=60))
     await gw.wait_ready()
     up = (await upload(gw, png(), gw.admin)).json()

@@ -80,7 +80,12 @@ def hooked(emulator: Emulator, make_settings, gateway_factory) -> Callable[..., 
     async def start(**overrides: Any) -> Gateway:
         settings = make_settings(
             comfyui_urls=[emulator.base_url],
-            **{"outbound_allowlist": ["127.0.0.1"], "webhook_retry_jitter": 0, "webhook_poll_seconds": 0.05, **overrides},
+            **{
+                "outbound_allowlist": ["127.0.0.1"],
+                "webhook_retry_jitter": 0,
+                "webhook_poll_seconds": 0.05,
+                **overrides,
+            },
         )
         gw = await gateway_factory(settings)
         await gw.wait_ready()
@@ -95,7 +100,11 @@ async def make_user(gw: Gateway, name: str) -> dict[str, str]:
 
 
 async def wait_deliveries(
-    gw: Gateway, job_id: str, headers: dict[str, str], done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
+    gw: Gateway,
+    job_id: str,
+    headers: dict[str, str],
+    done: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 30,
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
@@ -109,26 +118,41 @@ async def wait_deliveries(
 
 
 async def test_a_trickling_receiver_gets_timed_out_attempts_one_at_a_time_up_to_max_attempts(
-    hooked, trickling: TricklingReceiver  # noqa: ANN001
+    hooked,
+    trickling: TricklingReceiver,  # noqa: ANN001
 ) -> None:
     # The answer takes about 14 s to trickle in; each attempt may take 1 s. The lease is short
     # too (but longer than an attempt), so a sender that outlived it would be seen sending twice.
-    gw = await hooked(webhook_timeout_seconds=1, webhook_lease_seconds=3, webhook_retry_schedule=[1.0], webhook_max_attempts=3)
+    gw = await hooked(
+        webhook_timeout_seconds=1,
+        webhook_lease_seconds=3,
+        webhook_retry_schedule=[1.0],
+        webhook_max_attempts=3,
+    )
     user = await make_user(gw, "app")
     url = f"http://127.0.0.1:{trickling.port}/hook"
     job = (await gw.generate({**BLUR, "webhook": {"url": url}}, user)).json()
 
-    [delivery] = await wait_deliveries(gw, job["id"], user, lambda items: items and items[0]["status"] != "pending", timeout=60)
+    [delivery] = await wait_deliveries(
+        gw, job["id"], user, lambda items: items and items[0]["status"] != "pending", timeout=60
+    )
     assert delivery["status"] == "failed", delivery
-    assert [(a["succeeded"], a["status_code"], a["error"]) for a in delivery["attempts"]] == [(False, None, "timeout")] * 3
+    assert [(a["succeeded"], a["status_code"], a["error"]) for a in delivery["attempts"]] == [
+        (False, None, "timeout")
+    ] * 3
     assert delivery["last_error"] == "timeout"
     # Exactly one connection per attempt, never two at once.
     assert trickling.connections == 3 and trickling.most_open == 1
 
 
-async def test_one_users_hanging_receivers_do_not_hold_up_another_users_webhook(hooked, receiver: Receiver) -> None:  # noqa: ANN001
+async def test_one_users_hanging_receivers_do_not_hold_up_another_users_webhook(
+    hooked, receiver: Receiver
+) -> None:  # noqa: ANN001
     gw = await hooked(
-        webhook_timeout_seconds=120, webhook_lease_seconds=240, webhook_max_inflight=4, webhook_max_inflight_per_user=2
+        webhook_timeout_seconds=120,
+        webhook_lease_seconds=240,
+        webhook_max_inflight=4,
+        webhook_max_inflight_per_user=2,
     )
     alice, bob = await make_user(gw, "alice"), await make_user(gw, "bob")
     release = receiver.hold("/hangs")
@@ -141,7 +165,9 @@ async def test_one_users_hanging_receivers_do_not_hold_up_another_users_webhook(
         await receiver.wait_for(lambda: len(receiver.at("/hangs")) >= 2)
 
         theirs = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/bob")}}, bob)).json()
-        await wait_deliveries(gw, theirs["id"], bob, lambda items: items and items[0]["status"] == "succeeded", timeout=30)
+        await wait_deliveries(
+            gw, theirs["id"], bob, lambda items: items and items[0]["status"] == "succeeded", timeout=30
+        )
         # Alice's receiver still holds every request it got: no more than her share went out.
         assert len(receiver.at("/hangs")) == 2
     finally:

@@ -26,7 +26,9 @@ async def maker(db_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     await engine.dispose()
 
 
-async def dispatched_job(maker: async_sessionmaker[AsyncSession], events: list[str] | None = None) -> tuple[str, str]:
+async def dispatched_job(
+    maker: async_sessionmaker[AsyncSession], events: list[str] | None = None
+) -> tuple[str, str]:
     """A job with a webhook, handed to a backend; returns its id and prompt id."""
     job_id, prompt_id, user_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     async with maker() as session:
@@ -34,8 +36,18 @@ async def dispatched_job(maker: async_sessionmaker[AsyncSession], events: list[s
         await session.flush()
         session.add(
             Job(
-                id=job_id, user_id=user_id, status="queued", workflow={}, params={}, output_nodes=[], priority=0, meta={},
-                attempts=0, cancel_requested=False, webhook_url="https://hooks.example/x", webhook_events=events,
+                id=job_id,
+                user_id=user_id,
+                status="queued",
+                workflow={},
+                params={},
+                output_nodes=[],
+                priority=0,
+                meta={},
+                attempts=0,
+                cancel_requested=False,
+                webhook_url="https://hooks.example/x",
+                webhook_events=events,
             )
         )
         await session.commit()
@@ -47,7 +59,9 @@ async def dispatched_job(maker: async_sessionmaker[AsyncSession], events: list[s
 async def rows(maker: async_sessionmaker[AsyncSession], job_id: str) -> list[tuple[str, str]]:
     async with maker() as session:
         result = await session.execute(
-            select(WebhookDelivery.event, WebhookDelivery.status).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.created_at)
+            select(WebhookDelivery.event, WebhookDelivery.status)
+            .where(WebhookDelivery.job_id == job_id)
+            .order_by(WebhookDelivery.created_at)
         )
         return [tuple(r) for r in result]
 
@@ -112,7 +126,14 @@ async def test_a_lease_keeps_other_senders_off_until_it_expires(maker) -> None: 
 
     # A comes back and tries to record its attempt: it lost the lease, so nothing is recorded.
     async with maker() as session:
-        kwargs = dict(attempted_at=utcnow(), duration_ms=1.0, status_code=200, error=None, succeeded=True, next_attempt_at=None)
+        kwargs = dict(
+            attempted_at=utcnow(),
+            duration_ms=1.0,
+            status_code=200,
+            error=None,
+            succeeded=True,
+            next_attempt_at=None,
+        )
         assert await repo.record_attempt(session, held, owner="A", **kwargs) is None
         assert (await repo.record_attempt(session, taken[0], owner="B", **kwargs)).status == "succeeded"
         await session.commit()

@@ -69,7 +69,11 @@ async def deliveries(gw: Gateway, job_id: str, headers: dict[str, str]) -> list[
 
 
 async def wait_deliveries(
-    gw: Gateway, job_id: str, headers: dict[str, str], done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
+    gw: Gateway,
+    job_id: str,
+    headers: dict[str, str],
+    done: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = 30,
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
@@ -84,7 +88,9 @@ def parse_ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-async def test_succeeded_job_is_delivered_signed_with_a_downloadable_output(hooked, receiver: Receiver) -> None:  # noqa: ANN001
+async def test_succeeded_job_is_delivered_signed_with_a_downloadable_output(
+    hooked, receiver: Receiver
+) -> None:  # noqa: ANN001
     gw = await hooked()
     user = await make_user(gw, "app")
     job = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/hooks/comfy")}}, user)).json()
@@ -106,7 +112,9 @@ async def test_succeeded_job_is_delivered_signed_with_a_downloadable_output(hook
         Webhook("whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=").verify(got.body, got.headers)
 
     # Only the terminal event by default (no job.running); the list shows the attempt.
-    [delivery] = await wait_deliveries(gw, job["id"], user, lambda items: items and items[0]["status"] == "succeeded")
+    [delivery] = await wait_deliveries(
+        gw, job["id"], user, lambda items: items and items[0]["status"] == "succeeded"
+    )
     assert delivery["id"] == got.headers["webhook-id"] and delivery["event"] == "job.succeeded"
     assert [(a["status_code"], a["succeeded"]) for a in delivery["attempts"]] == [(200, True)]
 
@@ -116,13 +124,17 @@ async def test_succeeded_job_is_delivered_signed_with_a_downloadable_output(hook
     assert (await gw.http.get("/v1/jobs/nope/webhook-deliveries", headers=other)).status_code == 404
 
 
-async def test_receiver_failing_three_times_gets_it_on_the_fourth_with_one_webhook_id(hooked, receiver: Receiver) -> None:  # noqa: ANN001
+async def test_receiver_failing_three_times_gets_it_on_the_fourth_with_one_webhook_id(
+    hooked, receiver: Receiver
+) -> None:  # noqa: ANN001
     gw = await hooked()
     user = await make_user(gw, "app")
     receiver.answer("/flaky", 500, 502, 503)
     job = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/flaky")}}, user)).json()
 
-    [delivery] = await wait_deliveries(gw, job["id"], user, lambda items: items and items[0]["status"] == "succeeded")
+    [delivery] = await wait_deliveries(
+        gw, job["id"], user, lambda items: items and items[0]["status"] == "succeeded"
+    )
     # The job itself never noticed.
     assert (await gw.job(job["id"], user))["status"] == "succeeded"
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 502, 503, 200]
@@ -138,7 +150,9 @@ async def test_receiver_failing_three_times_gets_it_on_the_fourth_with_one_webho
     assert {b["data"]["id"] for b in bodies} == {job["id"]}
 
 
-async def test_410_stops_retries_retry_after_is_honoured_and_redirects_are_not_followed(hooked, receiver: Receiver) -> None:  # noqa: ANN001
+async def test_410_stops_retries_retry_after_is_honoured_and_redirects_are_not_followed(
+    hooked, receiver: Receiver
+) -> None:  # noqa: ANN001
     gw = await hooked()
     user = await make_user(gw, "app")
     receiver.answer("/gone", 410, 200)
@@ -149,16 +163,22 @@ async def test_410_stops_retries_retry_after_is_honoured_and_redirects_are_not_f
     moved = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/moved")}}, user)).json()
 
     # A redirect is a failed attempt, retried at the same URL; the Location is never visited.
-    [redirected] = await wait_deliveries(gw, moved["id"], user, lambda items: items and items[0]["status"] == "succeeded")
+    [redirected] = await wait_deliveries(
+        gw, moved["id"], user, lambda items: items and items[0]["status"] == "succeeded"
+    )
     assert [(a["status_code"], a["succeeded"]) for a in redirected["attempts"]] == [(307, False), (200, True)]
     assert redirected["attempts"][0]["error"] == "redirect_not_followed"
     assert receiver.at("/elsewhere") == [] and len(receiver.at("/moved")) == 2
 
-    [stopped] = await wait_deliveries(gw, gone["id"], user, lambda items: items and items[0]["status"] == "failed")
+    [stopped] = await wait_deliveries(
+        gw, gone["id"], user, lambda items: items and items[0]["status"] == "failed"
+    )
     assert [a["status_code"] for a in stopped["attempts"]] == [410]
     assert stopped["next_attempt_at"] is None and stopped["last_error"] == "gone"
 
-    [later] = await wait_deliveries(gw, busy["id"], user, lambda items: items and items[0]["status"] == "succeeded")
+    [later] = await wait_deliveries(
+        gw, busy["id"], user, lambda items: items and items[0]["status"] == "succeeded"
+    )
     assert [a["status_code"] for a in later["attempts"]] == [429, 200]
     first, second = (parse_ts(a["attempted_at"]) for a in later["attempts"])
     # The receiver asked for 2 s; the schedule alone would have retried after 0.3 s.
@@ -170,7 +190,9 @@ async def test_410_stops_retries_retry_after_is_honoured_and_redirects_are_not_f
 
 
 async def test_receiver_down_across_a_gateway_restart_is_delivered_after(
-    emulator: Emulator, make_settings, gateway_factory  # noqa: ANN001
+    emulator: Emulator,
+    make_settings,
+    gateway_factory,  # noqa: ANN001
 ) -> None:
     port = free_port()
     settings = make_settings(comfyui_urls=[emulator.base_url], **{**FAST, "webhook_retry_schedule": [1.0]})
@@ -193,20 +215,31 @@ async def test_receiver_down_across_a_gateway_restart_is_delivered_after(
         [got] = receiver.received
         assert got.headers["webhook-id"] == before["id"]
         assert Webhook(await secret_of(second, user)).verify(got.body, got.headers)["type"] == "job.succeeded"
-        [after] = await wait_deliveries(second, job["id"], user, lambda items: items[0]["status"] == "succeeded")
+        [after] = await wait_deliveries(
+            second, job["id"], user, lambda items: items[0]["status"] == "succeeded"
+        )
         assert after["attempts"][0] == before["attempts"][0] and after["attempts"][-1]["status_code"] == 200
     finally:
         await receiver.stop()
 
 
-async def test_failed_and_canceled_are_delivered_and_the_events_filter_holds(hooked, receiver: Receiver) -> None:  # noqa: ANN001
+async def test_failed_and_canceled_are_delivered_and_the_events_filter_holds(
+    hooked, receiver: Receiver
+) -> None:  # noqa: ANN001
     gw = await hooked()
     user = await make_user(gw, "app", allow_raw_workflows=True)
-    failed = (await gw.generate({"workflow": FAILING, "webhook": {"url": receiver.url("/failed")}}, user)).json()
-    both = (
-        await gw.generate({**BLUR, "webhook": {"url": receiver.url("/both"), "events": ["job.running", "job.succeeded"]}}, user)
+    failed = (
+        await gw.generate({"workflow": FAILING, "webhook": {"url": receiver.url("/failed")}}, user)
     ).json()
-    only_failed = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/none"), "events": ["job.failed"]}}, user)).json()
+    both = (
+        await gw.generate(
+            {**BLUR, "webhook": {"url": receiver.url("/both"), "events": ["job.running", "job.succeeded"]}},
+            user,
+        )
+    ).json()
+    only_failed = (
+        await gw.generate({**BLUR, "webhook": {"url": receiver.url("/none"), "events": ["job.failed"]}}, user)
+    ).json()
     for job in (failed, both, only_failed):
         await gw.wait(job["id"], headers=user)
     # A job canceled before it ran: the dispatcher is stopped so that it stays queued.
@@ -214,13 +247,22 @@ async def test_failed_and_canceled_are_delivered_and_the_events_filter_holds(hoo
     canceled = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/canceled")}}, user)).json()
     assert (await gw.http.post(f"/v1/jobs/{canceled['id']}/cancel", headers=user)).status_code == 200
 
-    await receiver.wait_for(lambda: len(receiver.at("/failed")) == 1 and len(receiver.at("/both")) == 2 and len(receiver.at("/canceled")) == 1)
+    await receiver.wait_for(
+        lambda: (
+            len(receiver.at("/failed")) == 1
+            and len(receiver.at("/both")) == 2
+            and len(receiver.at("/canceled")) == 1
+        )
+    )
     secret = await secret_of(gw, user)
     [f] = [Webhook(secret).verify(r.body, r.headers) for r in receiver.at("/failed")]
     assert f["type"] == "job.failed" and f["data"]["error"]["type"] == "execution_error"
     [c] = [Webhook(secret).verify(r.body, r.headers) for r in receiver.at("/canceled")]
     assert c["type"] == "job.canceled" and c["data"]["status"] == "canceled"
-    assert sorted(Webhook(secret).verify(r.body, r.headers)["type"] for r in receiver.at("/both")) == ["job.running", "job.succeeded"]
+    assert sorted(Webhook(secret).verify(r.body, r.headers)["type"] for r in receiver.at("/both")) == [
+        "job.running",
+        "job.succeeded",
+    ]
     # A job that succeeded, with only job.failed asked for: no delivery at all.
     assert (await gw.job(only_failed["id"], user))["status"] == "succeeded"
     assert await deliveries(gw, only_failed["id"], user) == []
@@ -290,10 +332,16 @@ async def test_admin_redelivers_with_the_same_webhook_id(hooked, receiver: Recei
     user = await make_user(gw, "app")
     receiver.answer("/hook", 410)
     job = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/hook")}}, user)).json()
-    [delivery] = await wait_deliveries(gw, job["id"], user, lambda items: items and items[0]["status"] == "failed")
+    [delivery] = await wait_deliveries(
+        gw, job["id"], user, lambda items: items and items[0]["status"] == "failed"
+    )
 
-    assert (await gw.http.post(f"/v1/admin/webhook-deliveries/{delivery['id']}/redeliver", headers=user)).status_code == 403
-    assert (await gw.http.post("/v1/admin/webhook-deliveries/msg_nope/redeliver", headers=gw.admin)).status_code == 404
+    assert (
+        await gw.http.post(f"/v1/admin/webhook-deliveries/{delivery['id']}/redeliver", headers=user)
+    ).status_code == 403
+    assert (
+        await gw.http.post("/v1/admin/webhook-deliveries/msg_nope/redeliver", headers=gw.admin)
+    ).status_code == 404
     resp = await gw.http.post(f"/v1/admin/webhook-deliveries/{delivery['id']}/redeliver", headers=gw.admin)
     assert resp.status_code == 202, resp.text
     assert resp.json()["status"] == "pending"
@@ -321,7 +369,12 @@ async def test_unsafe_webhooks_are_refused_at_submit_and_nothing_is_stored(idle_
         assert resp.status_code == 422, (url, resp.text)
         assert resp.headers["content-type"] == "application/problem+json"
         assert [e["field"] for e in resp.json()["errors"]] == [field], resp.text
-    for webhook in ({"url": "https://hooks.example/x", "events": ["job.bogus"]}, {"url": "https://hooks.example/x", "events": []}, {"events": ["job.failed"]}, {"url": "https://hooks.example/x", "secret": "mine"}):
+    for webhook in (
+        {"url": "https://hooks.example/x", "events": ["job.bogus"]},
+        {"url": "https://hooks.example/x", "events": []},
+        {"events": ["job.failed"]},
+        {"url": "https://hooks.example/x", "secret": "mine"},
+    ):
         resp = await gw.generate({**BLUR, "webhook": webhook}, user)
         assert resp.status_code == 422, (webhook, resp.text)
         assert all(e["field"].startswith("webhook") for e in resp.json()["errors"]), resp.text
@@ -331,7 +384,9 @@ async def test_unsafe_webhooks_are_refused_at_submit_and_nothing_is_stored(idle_
     assert ok.status_code == 202, ok.text
 
 
-async def test_a_host_that_resolves_to_a_private_address_at_send_time_is_not_sent(hooked, receiver: Receiver) -> None:  # noqa: ANN001
+async def test_a_host_that_resolves_to_a_private_address_at_send_time_is_not_sent(
+    hooked, receiver: Receiver
+) -> None:  # noqa: ANN001
     # hooks.test resolves to the (allow-listed) receiver and to a private address: every address is
     # checked, so the delivery is refused; nothing reaches the receiver.
     async def resolver(host: str, port: int) -> list[str]:
@@ -343,10 +398,16 @@ async def test_a_host_that_resolves_to_a_private_address_at_send_time_is_not_sen
 
     gw = await hooked({"outbound_resolver": resolver}, webhook_max_attempts=2)
     user = await make_user(gw, "app")
-    bad = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/bad", host="hooks.test")}}, user)).json()
-    good = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/good", host="good.test")}}, user)).json()
+    bad = (
+        await gw.generate({**BLUR, "webhook": {"url": receiver.url("/bad", host="hooks.test")}}, user)
+    ).json()
+    good = (
+        await gw.generate({**BLUR, "webhook": {"url": receiver.url("/good", host="good.test")}}, user)
+    ).json()
 
-    [refused] = await wait_deliveries(gw, bad["id"], user, lambda items: items and items[0]["status"] == "failed")
+    [refused] = await wait_deliveries(
+        gw, bad["id"], user, lambda items: items and items[0]["status"] == "failed"
+    )
     assert len(refused["attempts"]) == 2  # retried (DNS may change), then given up
     for attempt in refused["attempts"]:
         assert attempt["status_code"] is None and not attempt["succeeded"]
@@ -363,26 +424,42 @@ async def test_a_host_that_resolves_to_a_private_address_at_send_time_is_not_sen
 
 
 async def test_two_gateways_on_one_database_send_each_delivery_once(
-    emulator: Emulator, make_settings, gateway_factory, receiver: Receiver  # noqa: ANN001
+    emulator: Emulator,
+    make_settings,
+    gateway_factory,
+    receiver: Receiver,  # noqa: ANN001
 ) -> None:
     settings = make_settings(comfyui_urls=[emulator.base_url], **FAST)
     first = await gateway_factory(settings)
     await first.wait_ready()
     # The second replica only sends webhooks: both senders scan the same outbox.
-    second = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], run_dispatcher=False, **FAST))
+    second = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], run_dispatcher=False, **FAST)
+    )
     user = await make_user(first, "app")
-    jobs = [(await first.generate({**BLUR, "webhook": {"url": receiver.url(f"/j{i}")}}, user)).json() for i in range(8)]
+    jobs = [
+        (await first.generate({**BLUR, "webhook": {"url": receiver.url(f"/j{i}")}}, user)).json()
+        for i in range(8)
+    ]
     for job in jobs:
-        await wait_deliveries(second, job["id"], user, lambda items: items and items[0]["status"] == "succeeded")
+        await wait_deliveries(
+            second, job["id"], user, lambda items: items and items[0]["status"] == "succeeded"
+        )
     ids = [r.headers["webhook-id"] for r in receiver.received]
     assert len(ids) == 8 and len(set(ids)) == 8
     assert all(json.loads(r.body)["type"] == "job.succeeded" for r in receiver.received)
 
 
 async def test_secrets_are_encrypted_and_a_changed_server_key_gives_users_a_new_one(
-    emulator: Emulator, make_settings, gateway_factory, receiver: Receiver, db_url: str  # noqa: ANN001
+    emulator: Emulator,
+    make_settings,
+    gateway_factory,
+    receiver: Receiver,
+    db_url: str,  # noqa: ANN001
 ) -> None:
-    first = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], webhook_secret_key="key one", **FAST))
+    first = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], webhook_secret_key="key one", **FAST)
+    )
     await first.wait_ready()
     user = await make_user(first, "app")
     old = await secret_of(first, user)
@@ -395,7 +472,9 @@ async def test_secrets_are_encrypted_and_a_changed_server_key_gives_users_a_new_
     await first.close()
 
     # The operator changes GATEWAY_WEBHOOK_SECRET_KEY: the old secret cannot be read, a new one signs.
-    second = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], webhook_secret_key="key two", **FAST))
+    second = await gateway_factory(
+        make_settings(comfyui_urls=[emulator.base_url], webhook_secret_key="key two", **FAST)
+    )
     await second.wait_ready()
     new = await secret_of(second, user)
     assert new != old and await secret_of(second, user) == new
@@ -410,7 +489,9 @@ async def test_secrets_are_encrypted_and_a_changed_server_key_gives_users_a_new_
 # race would not (it never saw the row), hence SQLAlchemy's identity warning here only.
 @pytest.mark.filterwarnings("ignore:New instance:sqlalchemy.exc.SAWarning")
 async def test_losing_the_race_to_make_a_users_secret_does_not_stall_the_delivery(
-    hooked, receiver: Receiver, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+    hooked,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
 ) -> None:
     """Two replicas sending a new user's first webhooks both make the user's secret; the one whose
     insert collides rolls back. That rollback must not cost the deliveries it had leased."""
@@ -418,7 +499,9 @@ async def test_losing_the_race_to_make_a_users_secret_does_not_stall_the_deliver
     user_id, user = await gw.create_user("app", limits={"rate_per_minute": 100_000})
     # Generation 1 exists but cannot be read (sealed under another server key) ...
     async with gw.app.state.sessionmaker() as session:
-        await secrets_repo.add_secret(session, user_id, 1, SecretBox("another server key").seal(new_secret()), retire_before=None)
+        await secrets_repo.add_secret(
+            session, user_id, 1, SecretBox("another server key").seal(new_secret()), retire_before=None
+        )
         await session.commit()
     # ... and the sender's first look at the generations misses it, as a read that raced another
     # replica's insert would: its own generation 1 collides, and its transaction is rolled back.
@@ -434,5 +517,7 @@ async def test_losing_the_race_to_make_a_users_secret_does_not_stall_the_deliver
     job = (await gw.generate({**BLUR, "webhook": {"url": receiver.url("/race")}}, user)).json()
     await receiver.wait_for(lambda: len(receiver.at("/race")) == 1, timeout=10)
     assert looks >= 2, "the collision was not exercised"
-    payload = Webhook(await secret_of(gw, user)).verify(receiver.at("/race")[0].body, receiver.at("/race")[0].headers)
+    payload = Webhook(await secret_of(gw, user)).verify(
+        receiver.at("/race")[0].body, receiver.at("/race")[0].headers
+    )
     assert payload["data"]["id"] == job["id"] and payload["type"] == "job.succeeded"

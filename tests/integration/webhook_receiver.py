@@ -72,7 +72,9 @@ class Receiver:
             await self._runner.cleanup()
             self._runner = None
 
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 30, what: str = "requests") -> None:
+    async def wait_for(
+        self, condition: Callable[[], bool], timeout: float = 30, what: str = "requests"
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:

@@ -9,20 +9,19 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ConfigDict, Field
-from sqlalchemy import select
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep, StorageDep, authorize
+from app.api.input_checks import RequestModel
 from app.api.outputs import _from_s3, content_disposition
 from app.api.v2 import views
-from app.db.models import Asset, Job, Output
+from app.db.models import Asset, Output
 from app.domain import assets
 from app.domain.errors import PayloadTooLarge
 from app.domain.v2_errors import V2Error
 from app.storage.local import LocalStorage
 from app.storage.s3 import S3Storage
-from app.api.input_checks import RequestModel
 
 router = APIRouter(prefix="/api/v2", tags=["v2"])
 _bearer = HTTPBearer(auto_error=False)
@@ -43,22 +42,35 @@ def _text(form, name: str) -> str | None:  # noqa: ANN001
 
 @router.post("/assets", status_code=201)
 async def upload(
-    request: Request, response: Response, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
-    storage: StorageDep, signer: SignerDep,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    signer: SignerDep,
 ) -> dict:
     # Read after the key was checked (see POST /v1/uploads): an unknown caller spools nothing.
     try:
         form = await request.form(max_files=1, max_fields=40)
     except MultiPartException as exc:
-        raise V2Error(422, "invalid_request", f"The body is not a valid multipart form: {exc.message}", field="file") from None
+        raise V2Error(
+            422, "invalid_request", f"The body is not a valid multipart form: {exc.message}", field="file"
+        ) from None
     try:
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            raise V2Error(422, "invalid_request", "Send the bytes as the multipart field 'file'.", field="file")
+            raise V2Error(
+                422, "invalid_request", "Send the bytes as the multipart field 'file'.", field="file"
+            )
         if file.size is not None and file.size > settings.max_upload_bytes:
             raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.")
         asset, new = await assets.store(
-            session, storage, settings, principal.user_id, file.file,
+            session,
+            storage,
+            settings,
+            principal.user_id,
+            file.file,
             file_path=_text(form, "file_path") or file.filename,
             content_type=_text(form, "content_type") or file.content_type,
             expected_hash=_text(form, "expected_hash"),
@@ -81,7 +93,14 @@ async def probe(digest: str, session: SessionDep, principal: PrincipalDep) -> Re
 
 
 @router.post("/assets/from-hash")
-async def from_hash(body: FromHashRequest, request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, signer: SignerDep) -> dict:
+async def from_hash(
+    body: FromHashRequest,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    signer: SignerDep,
+) -> dict:
     """The caller's asset of these bytes (one per content: the same id each time)."""
     assets.check_hash(body.hash)
     asset = await assets.by_hash(session, principal.user_id, body.hash)
@@ -91,13 +110,22 @@ async def from_hash(body: FromHashRequest, request: Request, session: SessionDep
 
 
 @router.get("/assets/{asset_id}")
-async def get_asset(asset_id: str, request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, signer: SignerDep) -> dict:
+async def get_asset(
+    asset_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    signer: SignerDep,
+) -> dict:
     item = await assets.get_owned(session, principal.user_id, asset_id)
     return views.asset_view(item, base=views.base_url(request, settings), signer=signer)
 
 
 @router.delete("/assets/{asset_id}", status_code=204)
-async def delete_asset(asset_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep) -> Response:
+async def delete_asset(
+    asset_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep
+) -> Response:
     item = await assets.get_owned(session, principal.user_id, asset_id)
     key = item.storage_key
     await session.delete(item)
@@ -129,7 +157,9 @@ async def content(
             if output is not None and signer.verify(output.job_id, output.id, expires, signature):
                 item = output
     if item is None:
-        principal = await authorize(request, session, settings, credentials.credentials if credentials else None)
+        principal = await authorize(
+            request, session, settings, credentials.credentials if credentials else None
+        )
         item = await assets.get_owned(session, principal.user_id, asset_id)
     await session.close()
     is_output = isinstance(item, Output)
@@ -143,7 +173,9 @@ async def content(
         headers["Content-Disposition"] = content_disposition(name).replace("inline", "attachment", 1)
         headers["Content-Security-Policy"] = "sandbox"
     if isinstance(storage, S3Storage):
-        return await _from_s3(storage, settings, request, item.storage_key, ctype, {**headers, "ETag": f'"{item.id}"'})
+        return await _from_s3(
+            storage, settings, request, item.storage_key, ctype, {**headers, "ETag": f'"{item.id}"'}
+        )
     assert isinstance(storage, LocalStorage)
     path = storage.path_for(item.storage_key)
     if not path.is_file():

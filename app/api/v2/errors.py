@@ -45,26 +45,46 @@ def _code_of(exc: DomainError) -> str:
     if isinstance(exc, LimitExceeded):
         # A full queue is the one 429 a client should simply wait out (the SDK does, on
         # `queue_full` + Retry-After); the request rate and the daily quota keep their own names.
-        return {"max_queued": "queue_full", "jobs_per_day": "quota_exceeded"}.get(exc.extensions.get("limit"), "rate_limited")
+        return {"max_queued": "queue_full", "jobs_per_day": "quota_exceeded"}.get(
+            exc.extensions.get("limit"), "rate_limited"
+        )
     for cls, code in _CODES:
         if isinstance(exc, cls):
             return code
     return "bad_request"
 
 
-def envelope(status: int, code: str, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or None}}, status_code=status, headers=headers)
+def envelope(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or None}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def domain_response(exc: DomainError) -> JSONResponse:
     return envelope(exc.status, _code_of(exc), exc.detail, dict(exc.extensions), exc.headers)
 
 
-_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
 def http_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return envelope(status, _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal"), detail, None, headers)
+    return envelope(
+        status, _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal"), detail, None, headers
+    )
 
 
 def validation_response(errors: list[dict[str, str]]) -> JSONResponse:

@@ -35,8 +35,13 @@ def _frame(event: str, data: dict[str, Any]) -> bytes:
 
 @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse)
 async def job_events(
-    job_id: str, request: Request, session: SessionDep, principal: PrincipalDep, signer: SignerDep,
-    settings: SettingsDep, bus: BusDep,
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    signer: SignerDep,
+    settings: SettingsDep,
+    bus: BusDep,
 ) -> EventSourceResponse:
     job = await repo.get_job(session, job_id, user_id=principal.user_id, with_workflow=True)
     if job is None:
@@ -68,7 +73,9 @@ async def job_events(
         sent: set[str] = set()
         # Node starts are sent live, logged progress after its commit: never show a count going back.
         nodes_done = 0
-        async for ev in follower.events(sessionmaker, still_allowed=still_allowed, check_every=settings.live_auth_check_seconds):
+        async for ev in follower.events(
+            sessionmaker, still_allowed=still_allowed, check_every=settings.live_auth_check_seconds
+        ):
             data = ev.data
             if ev.event == "status":
                 status = views.status_of(data["status"], data.get("outputs_expired_at") is not None)
@@ -89,7 +96,11 @@ async def job_events(
             elif ev.event == "preview":
                 yield _frame(
                     "preview",
-                    {"node_id": data.get("node") or "", "content_type": data["content_type"], "data_base64": data["image"]},
+                    {
+                        "node_id": data.get("node") or "",
+                        "content_type": data["content_type"],
+                        "data_base64": data["image"],
+                    },
                 )
 
     ping = min(settings.sse_ping_seconds, MAX_PING_SECONDS)

@@ -12,7 +12,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep, UncountedPrincipalDep, charge, charge_refused
+from app.api.deps import (
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    SignerDep,
+    UncountedPrincipalDep,
+    charge,
+    charge_refused,
+)
+from app.api.input_checks import RequestModel
 from app.api.v2 import views
 from app.config import Settings
 from app.db import jobs as repo
@@ -23,7 +32,6 @@ from app.domain.pages import newest_first
 from app.domain.users import Principal
 from app.domain.v2_errors import V2Error
 from app.storage.signing import UrlSigner
-from app.api.input_checks import RequestModel
 
 router = APIRouter(prefix="/api/v2", tags=["v2"])
 
@@ -40,13 +48,25 @@ class SubmitRequest(RequestModel):
     metadata: Any = None
 
 
-async def _view(request: Request, session: AsyncSession, job: Job, signer: UrlSigner, settings: Settings, *, new: bool = False) -> dict:
+async def _view(
+    request: Request,
+    session: AsyncSession,
+    job: Job,
+    signer: UrlSigner,
+    settings: Settings,
+    *,
+    new: bool = False,
+) -> dict:
     if "workflow" in inspect(job).unloaded:
         # The graph is deferred (a transition's row leaves it out); progress counts its nodes.
         await session.refresh(job, ["workflow"])
     outputs = [] if new else (await repo.outputs_for(session, [job.id]))[job.id]
     return views.job_view(
-        job, outputs, base=views.base_url(request, settings), signer=signer, settings=settings,
+        job,
+        outputs,
+        base=views.base_url(request, settings),
+        signer=signer,
+        settings=settings,
         queue_position=await repo.queue_position(session, job),
     )
 
@@ -74,7 +94,9 @@ async def submit(
             if await session.get(V2IdempotencyKey, (principal.user_id, idempotency_key)) is not None:
                 raise _reused()
         metadata = v2_jobs.check_metadata(body.metadata)
-        job = await v2_jobs.build(session, principal, body.workflow, metadata, settings, request.app.state.object_info())
+        job = await v2_jobs.build(
+            session, principal, body.workflow, metadata, settings, request.app.state.object_info()
+        )
     except DomainError:
         await charge_refused(request, session, principal)
         raise
@@ -99,7 +121,8 @@ async def submit(
 
 def _reused() -> V2Error:
     return V2Error(
-        422, "idempotency_key_reuse",
+        422,
+        "idempotency_key_reuse",
         "This Idempotency-Key was already used for a job; keys are single-use (look the job up instead).",
         field="Idempotency-Key",
     )
@@ -122,29 +145,53 @@ async def list_jobs(
             raise V2Error(422, "invalid_request", f"Unknown query parameter {name[:80]!r}.", field=name[:80])
     if len(filters) > v2_jobs.MAX_METADATA_PAIRS:
         raise V2Error(
-            422, "invalid_metadata_filter", f"At most {v2_jobs.MAX_METADATA_PAIRS} metadata filters are accepted.", field="metadata"
+            422,
+            "invalid_metadata_filter",
+            f"At most {v2_jobs.MAX_METADATA_PAIRS} metadata filters are accepted.",
+            field="metadata",
         )
     for key in filters:
         if not v2_jobs.KEY_RE.match(key):
-            raise V2Error(422, "invalid_metadata_filter", f"No label can have the key {key[:80]!r}.", field=f"metadata[{key[:80]}]")
+            raise V2Error(
+                422,
+                "invalid_metadata_filter",
+                f"No label can have the key {key[:80]!r}.",
+                field=f"metadata[{key[:80]}]",
+            )
     # The graph counts the nodes of each job's progress.
     stmt = select(Job).where(Job.user_id == principal.user_id).options(undefer(Job.workflow))
     for key, value in filters.items():
         stmt = stmt.where(Job.meta[key].as_string() == value)
     try:
-        rows, next_cursor = await newest_first(session, stmt, at=Job.created_at, key=Job.id, limit=limit, cursor=cursor)
+        rows, next_cursor = await newest_first(
+            session, stmt, at=Job.created_at, key=Job.id, limit=limit, cursor=cursor
+        )
     except ValidationFailed:
         raise V2Error(422, "invalid_cursor", "The cursor is not one this API sent.", field="cursor") from None
     return {"jobs": [views.summary_view(j) for j in rows], "next_cursor": next_cursor}
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, signer: SignerDep) -> dict:
+async def get_job(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    signer: SignerDep,
+) -> dict:
     return await _view(request, session, await _owned(session, principal, job_id), signer, settings)
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_job(job_id: str, request: Request, session: SessionDep, principal: PrincipalDep, settings: SettingsDep, signer: SignerDep) -> dict:
+async def cancel_job(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    signer: SignerDep,
+) -> dict:
     """Idempotent: a job that already ended is answered as it is (200), unchanged."""
     job = await _owned(session, principal, job_id)
     if job.status in jobs.TERMINAL:
@@ -154,7 +201,9 @@ async def cancel_job(job_id: str, request: Request, session: SessionDep, princip
     except Conflict:
         # It ended meanwhile.
         await session.rollback()
-        return await _view(request, session, await _owned(session, principal, job_id, fresh=True), signer, settings)
+        return await _view(
+            request, session, await _owned(session, principal, job_id, fresh=True), signer, settings
+        )
     await session.commit()
     view = await _view(request, session, job, signer, settings)
     await request.app.state.on_job_canceled(job)

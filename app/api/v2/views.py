@@ -22,7 +22,15 @@ NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 # job's): a job id is a UUID, so such a signature never opens a /v1 output.
 ASSET_SIGNING_SCOPE = "asset"
 
-_KINDS = {"images": "image", "gifs": "video", "videos": "video", "video": "video", "audio": "audio", "text": "text", "latents": "latent"}
+_KINDS = {
+    "images": "image",
+    "gifs": "video",
+    "videos": "video",
+    "video": "video",
+    "audio": "audio",
+    "text": "text",
+    "latents": "latent",
+}
 
 
 def base_url(request: Request, settings: Settings) -> str:
@@ -63,13 +71,23 @@ def output_view(snapshot: dict[str, Any], base: str, signer: UrlSigner) -> dict[
     }
 
 
-def progress_view(progress: dict[str, Any] | None, workflow: dict[str, Any], status: str) -> dict[str, Any] | None:
+def progress_view(
+    progress: dict[str, Any] | None, workflow: dict[str, Any], status: str
+) -> dict[str, Any] | None:
     """v2 progress from the tracker's progress dict (sampler step `value`/`max` of `node`, and the
     node counts): node-count weighted, the current node's steps filling its share."""
     total = len(workflow) or 1
     if status == "succeeded":
-        return {"value": 1.0, "nodes_done": total, "nodes_total": total, "current_node": None,
-                "current_node_class": None, "step": None, "steps": None, "message": None}
+        return {
+            "value": 1.0,
+            "nodes_done": total,
+            "nodes_total": total,
+            "current_node": None,
+            "current_node_class": None,
+            "step": None,
+            "steps": None,
+            "message": None,
+        }
     if not progress:
         return None
     done = min(int(progress.get("nodes_done") or 0), total)
@@ -77,13 +95,20 @@ def progress_view(progress: dict[str, Any] | None, workflow: dict[str, Any], sta
     step, steps = progress.get("value"), progress.get("max")
     step_part = 0.0
     has_steps = (
-        isinstance(step, int | float) and isinstance(steps, int | float) and steps > 0
-        and progress.get("node") == node and not progress.get("node_start")
+        isinstance(step, int | float)
+        and isinstance(steps, int | float)
+        and steps > 0
+        and progress.get("node") == node
+        and not progress.get("node_start")
     )
     if has_steps:
         step_part = min(max(float(step) / float(steps), 0.0), 1.0)
     value = min(max((done + step_part) / total, 0.0), 1.0)
-    cls = workflow.get(node, {}).get("class_type") if isinstance(node, str) and isinstance(workflow.get(node), dict) else None
+    cls = (
+        workflow.get(node, {}).get("class_type")
+        if isinstance(node, str) and isinstance(workflow.get(node), dict)
+        else None
+    )
     return {
         "value": value,
         "nodes_done": done,
@@ -129,7 +154,13 @@ def labels(meta: Any) -> dict[str, str]:
 
 
 def job_view(
-    job: Job, outputs: list[Output], *, base: str, signer: UrlSigner, settings: Settings, queue_position: int | None
+    job: Job,
+    outputs: list[Output],
+    *,
+    base: str,
+    signer: UrlSigner,
+    settings: Settings,
+    queue_position: int | None,
 ) -> dict[str, Any]:
     status = status_of(job.status, job.outputs_expired_at is not None)
     return {
@@ -143,7 +174,10 @@ def job_view(
         "progress": progress_view(job.progress, job.workflow or {}, status),
         "outputs": [output_view(output_snapshot(o), base, signer) for o in outputs],
         "error": _error(job.error) if job.status == "failed" else None,
-        "metrics": {"queue_ms": _ms(job.created_at, job.started_at), "execution_ms": _ms(job.started_at, job.finished_at)},
+        "metrics": {
+            "queue_ms": _ms(job.created_at, job.started_at),
+            "execution_ms": _ms(job.started_at, job.finished_at),
+        },
         "metadata": labels(job.meta),
         "urls": job_urls(base, job.id),
     }
@@ -160,14 +194,35 @@ def summary_view(job: Job) -> dict[str, Any]:
     }
 
 
-def asset_view(item: Asset | Output, *, base: str, signer: UrlSigner, created_new: bool | None = None) -> dict[str, Any]:
+def asset_view(
+    item: Asset | Output, *, base: str, signer: UrlSigner, created_new: bool | None = None
+) -> dict[str, Any]:
     if isinstance(item, Output):
-        view = output_view({"id": item.id, "job_id": item.job_id, "node_id": item.node_id, "kind": item.kind,
-                            "filename": item.filename, "content_type": item.content_type, "size": item.size}, base, signer)
+        view = output_view(
+            {
+                "id": item.id,
+                "job_id": item.job_id,
+                "node_id": item.node_id,
+                "kind": item.kind,
+                "filename": item.filename,
+                "content_type": item.content_type,
+                "size": item.size,
+            },
+            base,
+            signer,
+        )
         return {
-            "id": item.id, "hash": None, "size_bytes": item.size, "content_type": item.content_type,
-            "file_path": item.filename, "created_new": created_new, "created_at": rfc3339(item.created_at),
-            "url": view["url"], "url_expires_at": view["url_expires_at"], "expires_at": None, "job_id": item.job_id,
+            "id": item.id,
+            "hash": None,
+            "size_bytes": item.size,
+            "content_type": item.content_type,
+            "file_path": item.filename,
+            "created_new": created_new,
+            "created_at": rfc3339(item.created_at),
+            "url": view["url"],
+            "url_expires_at": view["url_expires_at"],
+            "expires_at": None,
+            "job_id": item.job_id,
         }
     expires, signature = signer.sign(ASSET_SIGNING_SCOPE, item.id)
     return {

@@ -34,8 +34,14 @@ INVALID = load("scenario_invalid_prompts.json")
 ERRORS_400 = load("errors_prompt_400.json")
 HISTORIES = {
     pid: body
-    for name in ("history_blur.json", "history_cached.json", "history_failed.json", "history_interrupted.json",
-                 "history_loadimage.json", "history_slow.json")
+    for name in (
+        "history_blur.json",
+        "history_cached.json",
+        "history_failed.json",
+        "history_interrupted.json",
+        "history_loadimage.json",
+        "history_slow.json",
+    )
     for pid, body in [next(iter(load(name).items()))]
 }
 BLUR_PROMPT = BLUR["http"][0]["request_json"]["prompt"]
@@ -111,8 +117,9 @@ class FakeComfy:
     async def view(self, request: web.Request) -> web.StreamResponse:
         name = request.query.get("filename")
         if name == "harness_blur_00001_.png":
-            return web.Response(body=PNG, content_type="image/png",
-                                headers={"Content-Disposition": f'filename="{name}"'})
+            return web.Response(
+                body=PNG, content_type="image/png", headers={"Content-Disposition": f'filename="{name}"'}
+            )
         if name == "big.bin":
             # Send half, then wait until the test has seen it: proves the client streams.
             resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -132,15 +139,17 @@ class FakeComfy:
         image = post["image"]
         fields = {k: v for k, v in post.items() if k != "image"}
         data = image.file.read()
-        self.requests[-1].update(fields=fields, filename=image.filename, data=data,
-                                 file_content_type=image.content_type)
+        self.requests[-1].update(
+            fields=fields, filename=image.filename, data=data, file_content_type=image.content_type
+        )
         name = image.filename
         if name in self.uploaded and fields.get("overwrite") not in ("true", "1"):
             stem, dot, ext = name.rpartition(".")
             name = f"{stem} (1).{ext}"
         self.uploaded[name] = data
-        return web.json_response({"name": name, "subfolder": fields.get("subfolder", ""),
-                                  "type": fields.get("type", "input")})
+        return web.json_response(
+            {"name": name, "subfolder": fields.get("subfolder", ""), "type": fields.get("type", "input")}
+        )
 
     async def object_info(self, request: web.Request) -> web.Response:
         node = request.match_info.get("node")
@@ -170,16 +179,26 @@ async def test_queue_prompt_sends_prompt_id_and_client_id(fake: Any) -> None:
     comfy, client = fake
     recorded = BLUR["http"][0]["response_json"]
     comfy.prompt_answer = (200, recorded)
-    queued = await client.queue_prompt(BLUR_PROMPT, prompt_id=recorded["prompt_id"], client_id="harness-client-a")
+    queued = await client.queue_prompt(
+        BLUR_PROMPT, prompt_id=recorded["prompt_id"], client_id="harness-client-a"
+    )
     assert queued == QueuedPrompt(prompt_id=recorded["prompt_id"], number=0, node_errors={})
     sent = comfy.last("/prompt")["json"]
-    assert sent == {"prompt": BLUR_PROMPT, "prompt_id": recorded["prompt_id"], "client_id": "harness-client-a"}
+    assert sent == {
+        "prompt": BLUR_PROMPT,
+        "prompt_id": recorded["prompt_id"],
+        "client_id": "harness-client-a",
+    }
 
 
 async def test_queue_prompt_without_client_id_and_with_extra_data(fake: Any) -> None:
     comfy, client = fake
-    queued = await client.queue_prompt(BLUR_PROMPT, prompt_id="00000000-0000-4000-8000-00000000abcd",
-                                       client_id=None, extra_data={"extra_pnginfo": {"job": 1}})
+    queued = await client.queue_prompt(
+        BLUR_PROMPT,
+        prompt_id="00000000-0000-4000-8000-00000000abcd",
+        client_id=None,
+        extra_data={"extra_pnginfo": {"job": 1}},
+    )
     assert queued.prompt_id == "00000000-0000-4000-8000-00000000abcd"
     sent = comfy.last("/prompt")["json"]
     assert "client_id" not in sent
@@ -325,18 +344,33 @@ async def test_history_malformed(fake: Any) -> None:
 
 
 def test_output_files_and_texts_walk_every_kind() -> None:
-    entry = HistoryEntry.from_json("p", {
-        "outputs": {
-            "9": {"images": [{"filename": "a.png", "subfolder": "s", "type": "output"}],
-                  "animated": [False]},
-            "10": {"gifs": [{"filename": "b.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4"}]},
-            "11": {"audio": [{"filename": "c.flac", "subfolder": "audio", "type": "output"}],
-                   "text": ["hello", "world"]},
-            "12": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}], "text": "bare"},
-            "13": {"videos": [{"filename": "d.mp4"}], "meshes": [{"nofilename": 1}], "weird": 5},
+    entry = HistoryEntry.from_json(
+        "p",
+        {
+            "outputs": {
+                "9": {
+                    "images": [{"filename": "a.png", "subfolder": "s", "type": "output"}],
+                    "animated": [False],
+                },
+                "10": {
+                    "gifs": [
+                        {"filename": "b.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4"}
+                    ]
+                },
+                "11": {
+                    "audio": [{"filename": "c.flac", "subfolder": "audio", "type": "output"}],
+                    "text": ["hello", "world"],
+                },
+                "12": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}], "text": "bare"},
+                "13": {"videos": [{"filename": "d.mp4"}], "meshes": [{"nofilename": 1}], "weird": 5},
+            },
+            "status": {
+                "status_str": "success",
+                "completed": True,
+                "messages": [["execution_success", {}], "junk"],
+            },
         },
-        "status": {"status_str": "success", "completed": True, "messages": [["execution_success", {}], "junk"]},
-    })
+    )
     assert entry.output_files() == [
         OutputFile("9", "images", "a.png", "s", "output"),
         OutputFile("10", "gifs", "b.mp4", "", "output"),
@@ -374,7 +408,11 @@ async def test_get_queue_idle_and_sorted(fake: Any) -> None:
     queue = await client.get_queue()
     assert queue.running == [] and queue.pending == []
     pending = [[5, "b", {}, {}, ["1"]], [3, "a", {}, {}, ["1"], {"sensitive": 1}]]
-    comfy.override["/queue"] = (200, json.dumps({"queue_running": [], "queue_pending": pending}), "application/json")
+    comfy.override["/queue"] = (
+        200,
+        json.dumps({"queue_running": [], "queue_pending": pending}),
+        "application/json",
+    )
     queue = await client.get_queue()
     assert [i.prompt_id for i in queue.pending] == ["a", "b"]
 
@@ -502,7 +540,9 @@ async def test_upload_image_streams_from_file_objects(fake: Any) -> None:
 async def test_upload_mask(fake: Any) -> None:
     comfy, client = fake
     ref = {"filename": "harness_upload.png", "subfolder": "", "type": "input"}
-    up = await client.upload_image(b"mask", "clipspace-mask.png", mask=True, original_ref=ref, subfolder="clipspace")
+    up = await client.upload_image(
+        b"mask", "clipspace-mask.png", mask=True, original_ref=ref, subfolder="clipspace"
+    )
     assert up.subfolder == "clipspace"
     sent = comfy.last("/upload/mask")
     assert json.loads(sent["fields"]["original_ref"]) == ref
@@ -543,8 +583,12 @@ async def test_system_stats(fake: Any) -> None:
 
 async def test_closed_port_is_backend_unavailable(closed_port: int) -> None:
     async with ComfyClient(f"http://127.0.0.1:{closed_port}", timeout=2.0) as client:
-        for call in (client.get_queue(), client.system_stats(), client.interrupt("p"),
-                     client.queue_prompt({}, prompt_id="p", client_id=None)):
+        for call in (
+            client.get_queue(),
+            client.system_stats(),
+            client.interrupt("p"),
+            client.queue_prompt({}, prompt_id="p", client_id=None),
+        ):
             with pytest.raises(BackendUnavailable):
                 await call
         with pytest.raises(BackendUnavailable):
@@ -561,8 +605,16 @@ async def test_timeout_is_backend_unavailable(serve: Any) -> None:
             await client.get_queue()
 
 
-@pytest.mark.parametrize("status, exc", [(502, BackendUnavailable), (503, BackendUnavailable),
-                                         (429, BackendUnavailable), (404, NotFound), (401, ComfyError)])
+@pytest.mark.parametrize(
+    "status, exc",
+    [
+        (502, BackendUnavailable),
+        (503, BackendUnavailable),
+        (429, BackendUnavailable),
+        (404, NotFound),
+        (401, ComfyError),
+    ],
+)
 async def test_status_mapping(fake: Any, status: int, exc: type) -> None:
     comfy, client = fake
     comfy.override["/system_stats"] = (status, "nope", "text/plain")

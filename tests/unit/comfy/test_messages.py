@@ -210,7 +210,9 @@ def test_prompt_end_executing_node_null() -> None:
 
 
 def test_status_without_sid() -> None:
-    assert parse_text('{"type":"status","data":{"status":{"exec_info":{"queue_remaining":3}}}}') == Status(3, None)
+    assert parse_text('{"type":"status","data":{"status":{"exec_info":{"queue_remaining":3}}}}') == Status(
+        3, None
+    )
 
 
 def test_parse_event_matches_history_messages() -> None:
@@ -238,7 +240,12 @@ def test_preview_with_metadata_without_image_type() -> None:
     meta = json.dumps({"node_id": "5", "prompt_id": "p"}).encode()
     msg = parse_binary(struct.pack(">II", 4, len(meta)) + meta + b"img")
     assert isinstance(msg, Preview)
-    assert (msg.prompt_id, msg.node_id, msg.image, msg.image_type) == ("p", "5", b"img", "application/octet-stream")
+    assert (msg.prompt_id, msg.node_id, msg.image, msg.image_type) == (
+        "p",
+        "5",
+        b"img",
+        "application/octet-stream",
+    )
 
 
 def test_progress_text_with_empty_text_and_unicode() -> None:

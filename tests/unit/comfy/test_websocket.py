@@ -59,13 +59,19 @@ class FakeWs:
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         step = self.plan.pop(0) if self.plan else {}
         mode, frames = step.get("mode", "normal"), step.get("frames", [])
-        conn: dict[str, Any] = {"client_id": request.query.get("clientId"), "received": [], "closed": False,
-                                "mode": mode}
+        conn: dict[str, Any] = {
+            "client_id": request.query.get("clientId"),
+            "received": [],
+            "closed": False,
+            "mode": mode,
+        }
         self.connections.append(conn)
         ws = web.WebSocketResponse(autoping=mode != "stall", max_msg_size=0)
         await ws.prepare(request)
         sid = conn["client_id"] or "35eec4016d084c40af941ce7768ec365"
-        await ws.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": sid}})
+        await ws.send_json(
+            {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": sid}}
+        )
         try:
             if mode == "stall":
                 await self.stop.wait()
@@ -206,9 +212,12 @@ async def test_unanswered_pings_are_detected_and_reconnected(ws_server: Any) -> 
 
 
 async def test_stall_timeout_reconnects_a_silent_connection(ws_server: Any) -> None:
-    fake, url = await ws_server([{"mode": "silent"}, {"mode": "normal", "frames": ['{"type":"x","data":{}}']}])
-    ws = ComfyWebSocket(url, "harness-client-a", stall_timeout=0.4,
-                        **{**FAST, "ping_interval": 10.0, "ping_timeout": 10.0})
+    fake, url = await ws_server(
+        [{"mode": "silent"}, {"mode": "normal", "frames": ['{"type":"x","data":{}}']}]
+    )
+    ws = ComfyWebSocket(
+        url, "harness-client-a", stall_timeout=0.4, **{**FAST, "ping_interval": 10.0, "ping_timeout": 10.0}
+    )
     events = ws.events()
     try:
         got = await take(events, 4)
@@ -224,8 +233,15 @@ async def test_stall_timeout_reconnects_a_silent_connection(ws_server: Any) -> N
 
 
 async def test_bad_frames_never_break_the_stream(ws_server: Any) -> None:
-    garbage: list[str | bytes] = ["not json", "[]", '{"type":"progress","data":{}}', b"", b"\x00", b"\x00\x00\x00\x04junk",
-                                  '{"type":"status","data":{"status":{"exec_info":{"queue_remaining":2}}}}']
+    garbage: list[str | bytes] = [
+        "not json",
+        "[]",
+        '{"type":"progress","data":{}}',
+        b"",
+        b"\x00",
+        b"\x00\x00\x00\x04junk",
+        '{"type":"status","data":{"status":{"exec_info":{"queue_remaining":2}}}}',
+    ]
     _, url = await ws_server([{"frames": garbage}])
     ws = ComfyWebSocket(url, "c", **FAST)
     events = ws.events()
@@ -367,7 +383,10 @@ async def test_events_can_only_be_iterated_once(ws_server: Any) -> None:
 
 
 def test_websocket_url() -> None:
-    assert websocket_url("http://127.0.0.1:8188", "harness-client-a") == "ws://127.0.0.1:8188/ws?clientId=harness-client-a"
+    assert (
+        websocket_url("http://127.0.0.1:8188", "harness-client-a")
+        == "ws://127.0.0.1:8188/ws?clientId=harness-client-a"
+    )
     assert websocket_url("https://h/prefix/", "a b&c") == "wss://h/prefix/ws?clientId=a%20b%26c"
     assert websocket_url("ws://h:1", None) == "ws://h:1/ws"
     with pytest.raises(ValueError):
@@ -385,8 +404,10 @@ def test_backoff_grows_with_jitter_up_to_max() -> None:
 
 async def test_a_briefly_busy_consumer_does_not_kill_the_connection(ws_server: Any) -> None:
     """While the consumer is busy, frames pile up; the keepalive must still see its pongs."""
-    frames = [json.dumps({"type": "progress", "data": {"value": i, "max": 300, "prompt_id": "p", "node": "2"}})
-              for i in range(300)]
+    frames = [
+        json.dumps({"type": "progress", "data": {"value": i, "max": 300, "prompt_id": "p", "node": "2"}})
+        for i in range(300)
+    ]
     _, url = await ws_server([{"frames": frames}])
     ws = ComfyWebSocket(url, "c", **FAST)
     events = ws.events()

@@ -6,7 +6,9 @@ import pytest
 from app.dispatch.capabilities import Capabilities, checkpoint_of
 from app.templates import load_builtin, render, resolve_params
 
-OBJECT_INFO = json.loads((Path(__file__).parents[3] / "comfy_emulator" / "data" / "object_info_full.json").read_text())
+OBJECT_INFO = json.loads(
+    (Path(__file__).parents[3] / "comfy_emulator" / "data" / "object_info_full.json").read_text()
+)
 
 
 @pytest.fixture(scope="module")

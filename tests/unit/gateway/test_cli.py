@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.config import Settings, get_settings
-from app.domain.users import authenticate
 from app.db.engine import create_engine, create_sessionmaker
+from app.domain.users import authenticate
 
 
 @pytest.fixture
@@ -39,13 +39,25 @@ def key_works(db_url: str, key: str) -> bool:
 
 
 def test_create_list_disable_and_revoke(run, db_url: str) -> None:  # noqa: ANN001
-    made = run("create-user", "render-farm", "--with-key", "--limit", "max_queued=10", "--limit", "allow_raw_workflows=true")
+    made = run(
+        "create-user",
+        "render-farm",
+        "--with-key",
+        "--limit",
+        "max_queued=10",
+        "--limit",
+        "allow_raw_workflows=true",
+    )
     assert made.exit_code == 0, made.output
     user_id = re.search(r"user id: (\S+)", made.output).group(1)
     key = re.search(r"api key: (cgw_\S+)", made.output).group(1)
     key_id = re.search(r"key id (\S+);", made.output).group(1)
     listed = run("list-users")
-    assert user_id in listed.output and '"max_queued":10' in listed.output and '"allow_raw_workflows":true' in listed.output
+    assert (
+        user_id in listed.output
+        and '"max_queued":10' in listed.output
+        and '"allow_raw_workflows":true' in listed.output
+    )
     assert key_works(db_url, key)
 
     bad = run("create-user", "x", "--limit", "max_queued=0")
@@ -72,7 +84,14 @@ def test_add_and_list_backends(run) -> None:  # noqa: ANN001
     added = run("add-backend", "http://10.0.0.5:8188/")
     assert added.exit_code == 0, added.output
     backend_id = re.search(r"backend id: (\S+)", added.output).group(1)
-    assert run("list-backends").output.split() == [backend_id, "http://10.0.0.5:8188", "active", "admin", "jobs:", "0"]
+    assert run("list-backends").output.split() == [
+        backend_id,
+        "http://10.0.0.5:8188",
+        "active",
+        "admin",
+        "jobs:",
+        "0",
+    ]
     duplicate = run("add-backend", "http://10.0.0.5:8188")
     assert duplicate.exit_code == 1 and "registered already" in duplicate.output
     bad = run("add-backend", "ftp://10.0.0.5")

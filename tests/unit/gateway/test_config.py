@@ -30,11 +30,18 @@ def test_raw_workflow_node_lists_and_limit_ranges(monkeypatch) -> None:  # noqa:
 
     defaults = Settings(_env_file=None)
     assert "LoadImageOutput" in defaults.raw_workflow_deny_nodes and defaults.raw_workflow_allow_nodes == []
-    assert (defaults.default_weight, defaults.max_param_string_length, defaults.max_workflow_nodes) == (1, 10_000, 500)
+    assert (defaults.default_weight, defaults.max_param_string_length, defaults.max_workflow_nodes) == (
+        1,
+        10_000,
+        500,
+    )
     monkeypatch.setenv("GATEWAY_RAW_WORKFLOW_DENY_NODES", "")
     monkeypatch.setenv("GATEWAY_RAW_WORKFLOW_ALLOW_NODES", "EmptyImage, SaveImage")
     settings = Settings(_env_file=None)
-    assert settings.raw_workflow_deny_nodes == [] and settings.raw_workflow_allow_nodes == ["EmptyImage", "SaveImage"]
+    assert settings.raw_workflow_deny_nodes == [] and settings.raw_workflow_allow_nodes == [
+        "EmptyImage",
+        "SaveImage",
+    ]
     # A default limit of 0 would lock every user out: refused at start.
     with pytest.raises(ValidationError):
         Settings(_env_file=None, default_rate_per_minute=0)

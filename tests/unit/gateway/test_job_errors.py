@@ -15,9 +15,16 @@ def test_scrub_keeps_file_names_and_drops_directories() -> None:
 
 def test_execution_error_from_the_recording_has_no_traceback_or_paths() -> None:
     scenario = json.loads((RECORDINGS / "scenario_failing_job.json").read_text())
-    msg = next(m["json"]["data"] for m in scenario["ws_messages"] if m.get("json", {}).get("type") == "execution_error")
+    msg = next(
+        m["json"]["data"]
+        for m in scenario["ws_messages"]
+        if m.get("json", {}).get("type") == "execution_error"
+    )
     err = job_errors.execution_error(
-        node_id=msg["node_id"], node_type=msg["node_type"], exception_type=msg["exception_type"], message=msg["exception_message"]
+        node_id=msg["node_id"],
+        node_type=msg["node_type"],
+        exception_type=msg["exception_type"],
+        message=msg["exception_message"],
     )
     assert err["type"] == "execution_error"
     assert err["node_id"] == msg["node_id"] and err["node_type"] == "HarnessFail"

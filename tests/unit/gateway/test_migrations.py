@@ -31,7 +31,9 @@ async def test_migrated_database_matches_the_models(db_url: str) -> None:
                     MigrationContext.configure(sync, opts={"include_object": _comparable}), Base.metadata
                 )
             )
-            reflected = await conn.run_sync(lambda sync: {i["name"]: i for i in inspect(sync).get_indexes("jobs")})
+            reflected = await conn.run_sync(
+                lambda sync: {i["name"]: i for i in inspect(sync).get_indexes("jobs")}
+            )
     finally:
         await engine.dispose()
     assert diff == []

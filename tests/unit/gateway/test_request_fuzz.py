@@ -24,7 +24,9 @@ FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_
 
 # Every code point, lone surrogates and NUL included (hypothesis leaves surrogates out by default).
 ANY_CHAR = st.characters(exclude_categories=())
-TEXT = st.text(ANY_CHAR, max_size=12) | st.sampled_from(["", "\ud800", "a\x00b", "txt2img", "http://127.0.0.1:1/x", "\udfffz"])
+TEXT = st.text(ANY_CHAR, max_size=12) | st.sampled_from(
+    ["", "\ud800", "a\x00b", "txt2img", "http://127.0.0.1:1/x", "\udfffz"]
+)
 NUMBERS = (
     st.integers()
     | st.integers(min_value=-(2**70), max_value=2**70)
@@ -56,11 +58,15 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "timeout_seconds": NUMBERS,
     "webhook": st.fixed_dictionaries({"url": TEXT}),
     "url": TEXT,
-    "events": st.lists(st.sampled_from(["job.running", "job.succeeded", "job.failed", "job.canceled"]), min_size=1),
+    "events": st.lists(
+        st.sampled_from(["job.running", "job.succeeded", "job.failed", "job.canceled"]), min_size=1
+    ),
     "name": TEXT,
     "is_admin": st.booleans(),
     "disabled": st.booleans(),
-    "limits": st.dictionaries(st.sampled_from(["max_queued", "weight", "allow_raw_workflows"]), SCALARS, max_size=2),
+    "limits": st.dictionaries(
+        st.sampled_from(["max_queued", "weight", "allow_raw_workflows"]), SCALARS, max_size=2
+    ),
     "description": TEXT,
     "outputs": st.lists(TEXT, max_size=2),
     "keep_temp": st.booleans(),
@@ -130,7 +136,9 @@ def test_a_template_document_body_is_refused_or_parsed_never_crashes() -> None:
     @given(
         body=_object_of(["description", "workflow", "params", "outputs", "keep_temp"]) | JSON,
         base=st.sampled_from(sorted(builtin)),
-        patch=st.dictionaries(st.sampled_from(["description", "workflow", "params", "outputs"]), JSON, max_size=2),
+        patch=st.dictionaries(
+            st.sampled_from(["description", "workflow", "params", "outputs"]), JSON, max_size=2
+        ),
     )
     def check(body: Any, base: str, patch: dict[str, Any]) -> None:
         for candidate in (body, {**builtin[base], **patch}):
@@ -162,7 +170,9 @@ def _params_for(draw: st.DrawFn, name: str) -> dict[str, Any]:
             params[param] = draw(NUMBERS | JSON)
         else:
             params[param] = draw(TEXT | JSON)
-    return draw(st.dictionaries(TEXT, JSON, max_size=1).map(lambda extra: {**params, **extra}) | st.just(params))
+    return draw(
+        st.dictionaries(TEXT, JSON, max_size=1).map(lambda extra: {**params, **extra}) | st.just(params)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(load_builtin()))
@@ -208,6 +218,7 @@ def test_every_json_body_goes_through_the_edge_checks(tmp_path) -> None:  # noqa
     from app.main import create_app
 
     app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db", _env_file=None))
+
     def walk(routes: list) -> list:
         # Included routers (and routers including others, as /api/v2 does) hold their routes.
         found = []
@@ -220,7 +231,9 @@ def test_every_json_body_goes_through_the_edge_checks(tmp_path) -> None:  # noqa
     for route in walk(app.routes):
         if isinstance(route, APIRoute) and route.body_field is not None:
             field = route.body_field.field_info
-            models = [t for t in (typing.get_args(field.annotation) or (field.annotation,)) if t is not type(None)]
+            models = [
+                t for t in (typing.get_args(field.annotation) or (field.annotation,)) if t is not type(None)
+            ]
             checked = all(isinstance(t, type) and issubclass(t, RequestModel) for t in models) or any(
                 isinstance(m, BeforeValidator) and m.func is check for m in field.metadata
             )

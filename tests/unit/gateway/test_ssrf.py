@@ -135,7 +135,9 @@ async def test_every_resolved_address_is_checked() -> None:
 
 
 async def test_a_refusal_never_tells_what_a_name_resolved_to() -> None:
-    guard = OutboundGuard(resolver=_resolver({"db.internal": ["10.1.2.3"], "meta.internal": ["169.254.169.254"]}))
+    guard = OutboundGuard(
+        resolver=_resolver({"db.internal": ["10.1.2.3"], "meta.internal": ["169.254.169.254"]})
+    )
     reasons = []
     for host in ("db.internal", "meta.internal", "nowhere.internal"):
         with pytest.raises(UnsafeUrl) as refused:
@@ -211,7 +213,14 @@ async def test_guarded_client_refuses_non_http_schemes_before_any_io() -> None:
             await asyncio.wait_for(client.get("ftp://127.0.0.1/x"), 5)
 
 
-@pytest.mark.parametrize("url", ["http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x.png", "http://a\ud800b.example/", "http://\uff45x.com/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x.png",
+        "http://a\ud800b.example/",
+        "http://\uff45x.com/",
+    ],
+)
 def test_hosts_the_http_client_would_refuse_are_refused_as_unsafe(url: str) -> None:
     with pytest.raises(UnsafeUrl, match="malformed"):
         OutboundGuard(["0.0.0.0/0"]).check_url(url)
@@ -237,7 +246,11 @@ async def _backends() -> list[str]:
 )
 async def test_backends_are_never_reached_whatever_the_allowlist_says(url: str) -> None:
     table = {"localhost": ["127.0.0.1"], "comfy.internal": ["10.0.0.4"], "alias.internal": ["10.0.0.4"]}
-    guard = OutboundGuard(["0.0.0.0/0", "::/0", "comfy.internal", "alias.internal"], resolver=_resolver(table), forbidden=_backends)
+    guard = OutboundGuard(
+        ["0.0.0.0/0", "::/0", "comfy.internal", "alias.internal"],
+        resolver=_resolver(table),
+        forbidden=_backends,
+    )
     with pytest.raises(UnsafeUrl, match="may not be reached"):
         await guard.resolve(url)
     with pytest.raises(UnsafeUrl, match="may not be reached"):

@@ -18,7 +18,18 @@ SCHEDULE = RetrySchedule.of([5, 300, 1800, 7200, 18000, 36000], max_attempts=9)
 
 
 def test_schedule_first_at_once_then_the_delays_then_the_last_repeats_until_the_budget() -> None:
-    assert [SCHEDULE.next_delay(n) for n in range(0, 10)] == [0, 5, 300, 1800, 7200, 18000, 36000, 36000, 36000, None]
+    assert [SCHEDULE.next_delay(n) for n in range(0, 10)] == [
+        0,
+        5,
+        300,
+        1800,
+        7200,
+        18000,
+        36000,
+        36000,
+        36000,
+        None,
+    ]
 
 
 def test_the_default_settings_give_the_documented_schedule() -> None:
@@ -69,12 +80,21 @@ def test_every_secret_that_signs_verifies_with_the_reference_library() -> None:
     now = datetime.now(UTC)
     body = '{"type":"job.succeeded"}'
     header = sign([new, old], "msg_1", now, body)
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": header}
-    assert Webhook(old).verify(body, headers) == Webhook(new).verify(body, headers) == {"type": "job.succeeded"}
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": header,
+    }
+    assert (
+        Webhook(old).verify(body, headers) == Webhook(new).verify(body, headers) == {"type": "job.succeeded"}
+    )
     # A changed body, id or timestamp no longer verifies.
     from standardwebhooks.webhooks import WebhookVerificationError
 
-    for changed in ({**headers, "webhook-id": "msg_2"}, {**headers, "webhook-timestamp": str(int(now.timestamp()) - 1)}):
+    for changed in (
+        {**headers, "webhook-id": "msg_2"},
+        {**headers, "webhook-timestamp": str(int(now.timestamp()) - 1)},
+    ):
         with pytest.raises(WebhookVerificationError):
             Webhook(new).verify(body, changed)
     with pytest.raises(WebhookVerificationError):

@@ -20,7 +20,10 @@ def recording(name: str) -> Any:
 
 # The graph of the recorded blur scenario (scenario_basic_blur.json), as posted to ComfyUI.
 BLUR_WORKFLOW: dict[str, Any] = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16744448}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16744448},
+    },
     "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 3, "sigma": 1.0}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "harness_blur"}},
 }

@@ -75,7 +75,10 @@ def test_builtins_pass_with_partial_object_info(builtin, object_info_full, objec
     with pytest.raises(TemplateInvalid) as ei:
         check_template(builtin["img2img"], object_info_selected)
     assert ei.value.errors == [
-        {"field": "workflow.11.class_type", "message": "unknown node class 'VAEEncode': the server does not have it"}
+        {
+            "field": "workflow.11.class_type",
+            "message": "unknown node class 'VAEEncode': the server does not have it",
+        }
     ]
 
 
@@ -175,15 +178,36 @@ def test_txt2img(builtin, object_info_full):
     assert doc.workflow["4"]["inputs"]["ckpt_name"] == "v1-5-pruned-emaonly.safetensors"
     # the links of ComfyUI's default graph
     k = doc.workflow["3"]["inputs"]
-    assert (k["model"], k["positive"], k["negative"], k["latent_image"]) == (["4", 0], ["6", 0], ["7", 0], ["5", 0])
+    assert (k["model"], k["positive"], k["negative"], k["latent_image"]) == (
+        ["4", 0],
+        ["6", 0],
+        ["7", 0],
+        ["5", 0],
+    )
     assert doc.workflow["6"]["inputs"]["clip"] == ["4", 1] == doc.workflow["7"]["inputs"]["clip"]
     assert doc.workflow["8"]["inputs"] == {"samples": ["3", 0], "vae": ["4", 2]}
     assert doc.workflow["9"]["inputs"]["images"] == ["8", 0]
     p = doc.params
-    assert list(p) == ["prompt", "negative_prompt", "width", "height", "batch_size", "steps", "cfg", "seed", "sampler", "scheduler", "checkpoint"]
+    assert list(p) == [
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "batch_size",
+        "steps",
+        "cfg",
+        "seed",
+        "sampler",
+        "scheduler",
+        "checkpoint",
+    ]
     assert (p["batch_size"].default, p["batch_size"].bind) == (1, ["5.inputs.batch_size"])
     # Served as an OpenAI images model: n is the batch size.
-    assert doc.openai is not None and (doc.openai.prompt, doc.openai.size, doc.openai.n) == ("prompt", ("width", "height"), "batch_size")
+    assert doc.openai is not None and (doc.openai.prompt, doc.openai.size, doc.openai.n) == (
+        "prompt",
+        ("width", "height"),
+        "batch_size",
+    )
     assert p["prompt"].required and p["prompt"].maxLength == 2000 and p["prompt"].bind == ["6.inputs.text"]
     assert p["negative_prompt"].default == "" and p["negative_prompt"].bind == ["7.inputs.text"]
     for dim in ("width", "height"):
@@ -194,7 +218,9 @@ def test_txt2img(builtin, object_info_full):
     assert p["seed"].random_default and p["seed"].bind == ["3.inputs.seed"]
     assert p["sampler"].default == "euler" and p["sampler"].bind == ["3.inputs.sampler_name"]
     assert p["scheduler"].default == "normal" and p["scheduler"].bind == ["3.inputs.scheduler"]
-    assert p["checkpoint"].default == "v1-5-pruned-emaonly.safetensors" and p["checkpoint"].bind == ["4.inputs.ckpt_name"]
+    assert p["checkpoint"].default == "v1-5-pruned-emaonly.safetensors" and p["checkpoint"].bind == [
+        "4.inputs.ckpt_name"
+    ]
     assert doc.outputs == ["9"]
     assert output_nodes(doc, object_info_full) == ["9"]
 
@@ -210,8 +236,25 @@ def test_img2img(builtin):
     img = doc.params["image"]
     assert (img.type, img.required, img.bind) == ("image", True, ["10.inputs.image"])
     den = doc.params["denoise"]
-    assert (den.type, den.minimum, den.maximum, den.default, den.bind) == ("number", 0, 1, 0.75, ["3.inputs.denoise"])
-    assert set(doc.params) == {"image", "prompt", "negative_prompt", "denoise", "steps", "cfg", "seed", "sampler", "scheduler", "checkpoint"}
+    assert (den.type, den.minimum, den.maximum, den.default, den.bind) == (
+        "number",
+        0,
+        1,
+        0.75,
+        ["3.inputs.denoise"],
+    )
+    assert set(doc.params) == {
+        "image",
+        "prompt",
+        "negative_prompt",
+        "denoise",
+        "steps",
+        "cfg",
+        "seed",
+        "sampler",
+        "scheduler",
+        "checkpoint",
+    }
     assert doc.outputs == ["9"]
     # Served as an OpenAI images model for edits.
     assert doc.openai is not None and (doc.openai.prompt, doc.openai.image) == ("prompt", "image")
@@ -225,9 +268,14 @@ def test_blur_renders_the_recorded_blur_prompt(builtin):
         for h in recording("scenario_basic_blur.json")["http"]
         if h.get("method") == "POST" and h.get("path") == "/prompt"
     )
-    resolved = resolve_params(doc, {"width": 64, "height": 64, "color": 16744448, "blur_radius": 3, "sigma": 1.0})
+    resolved = resolve_params(
+        doc, {"width": 64, "height": 64, "color": 16744448, "blur_radius": 3, "sigma": 1.0}
+    )
     wf = render(doc, resolved)
-    strip = lambda g: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in g.items()}
+
+    def strip(g):
+        return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in g.items()}
+
     expected = json.loads(json.dumps(posted))
     expected["3"]["inputs"]["filename_prefix"] = "gateway_blur"
     assert strip(wf) == expected
@@ -252,7 +300,9 @@ def test_resize_matches_the_recorded_scale_invert_chain(builtin, object_info_ful
     # same ImageScale / ImageInvert inputs as the recorded LoadImage → ImageScale → ImageInvert run
     assert set(doc.workflow["2"]["inputs"]) == set(posted["2"]["inputs"])
     assert set(doc.workflow["3"]["inputs"]) == set(posted["3"]["inputs"])
-    assert doc.params["upscale_method"].enum == input_spec(object_info_full, "ImageScale", "upscale_method")[0]
+    assert (
+        doc.params["upscale_method"].enum == input_spec(object_info_full, "ImageScale", "upscale_method")[0]
+    )
     assert doc.params["crop"].enum == input_spec(object_info_full, "ImageScale", "crop")[0]
 
 

@@ -108,7 +108,10 @@ def test_force_input_widget_is_a_socket():
     oi = {
         "N": {"input": {"required": {"x": ["INT", {"forceInput": True}]}}, "output": [], "output_node": True},
     }
-    raw = {"workflow": {"1": {"class_type": "N", "inputs": {}}}, "params": {"x": param("integer", "1.inputs.x")}}
+    raw = {
+        "workflow": {"1": {"class_type": "N", "inputs": {}}},
+        "params": {"x": param("integer", "1.inputs.x")},
+    }
     assert_error(check_errors(raw, oi), "params.x.bind[0]", "takes a link of type INT")
 
 
@@ -154,7 +157,9 @@ def test_unknown_class_with_object_info(object_info_full):
     raw = doc_dict({})
     raw["workflow"]["9"] = {"class_type": "NoSuchNode", "inputs": {}}
     check_template(parse_template(raw))
-    assert_error(check_errors(raw, object_info_full), "workflow.9.class_type", "unknown node class 'NoSuchNode'")
+    assert_error(
+        check_errors(raw, object_info_full), "workflow.9.class_type", "unknown node class 'NoSuchNode'"
+    )
 
 
 def test_outputs_must_name_workflow_nodes():

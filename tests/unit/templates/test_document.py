@@ -50,9 +50,21 @@ def test_doc_example_from_api_doc_parses():
         },
         "params": {
             "prompt": {"type": "string", "required": True, "maxLength": 2000, "bind": ["6.inputs.text"]},
-            "width": {"type": "integer", "default": 512, "minimum": 64, "maximum": 2048, "multipleOf": 8, "bind": ["5.inputs.width"]},
+            "width": {
+                "type": "integer",
+                "default": 512,
+                "minimum": 64,
+                "maximum": 2048,
+                "multipleOf": 8,
+                "bind": ["5.inputs.width"],
+            },
             "seed": {"type": "integer", "default": "random", "bind": ["3.inputs.seed"]},
-            "sampler": {"type": "string", "enum": ["euler", "dpmpp_2m"], "default": "euler", "bind": ["3.inputs.sampler_name"]},
+            "sampler": {
+                "type": "string",
+                "enum": ["euler", "dpmpp_2m"],
+                "default": "euler",
+                "bind": ["3.inputs.sampler_name"],
+            },
             "image": {"type": "image", "required": True, "bind": ["10.inputs.image"]},
         },
         "outputs": ["9"],
@@ -90,7 +102,9 @@ def test_model_validate_raises_pydantic_error_too():
 
 def test_unknown_param_keywords_rejected_and_named():
     errs = one_param_errors(param("integer", default=1, title="x", exclusiveMinimum=0))
-    assert_error(errs, "params.p.title", "unknown keyword 'title'", "a param may have only: type, required, bind")
+    assert_error(
+        errs, "params.p.title", "unknown keyword 'title'", "a param may have only: type, required, bind"
+    )
     assert_error(errs, "params.p.exclusiveMinimum", "unknown keyword 'exclusiveMinimum'")
 
 
@@ -152,7 +166,16 @@ def test_param_description_must_be_string():
 
 @pytest.mark.parametrize(
     "bind",
-    ["1.width", "1.inputs.", ".inputs.width", "1.input.width", "1 .inputs.width", "inputs.width", "1.inputs. width", ""],
+    [
+        "1.width",
+        "1.inputs.",
+        ".inputs.width",
+        "1.input.width",
+        "1 .inputs.width",
+        "inputs.width",
+        "1.inputs. width",
+        "",
+    ],
 )
 def test_bind_must_have_node_inputs_name_form(bind):
     errs = one_param_errors(param("integer", bind=bind))
@@ -207,27 +230,47 @@ def test_length_keywords_only_for_strings(kw, t):
 def test_numeric_keywords_must_be_numbers():
     assert_error(one_param_errors(param("integer", minimum="1")), "params.p.minimum", "finite number")
     assert_error(one_param_errors(param("integer", maximum=True)), "params.p.maximum", "finite number")
-    assert_error(one_param_errors(param("number", multipleOf=float("inf"))), "params.p.multipleOf", "finite number")
+    assert_error(
+        one_param_errors(param("number", multipleOf=float("inf"))), "params.p.multipleOf", "finite number"
+    )
 
 
 def test_multiple_of_must_be_positive():
-    assert_error(one_param_errors(param("integer", multipleOf=0)), "params.p", "'multipleOf' must be greater than 0")
+    assert_error(
+        one_param_errors(param("integer", multipleOf=0)), "params.p", "'multipleOf' must be greater than 0"
+    )
     assert_error(one_param_errors(param("number", multipleOf=-0.5)), "params.p", "'multipleOf'")
 
 
 def test_minimum_above_maximum():
-    assert_error(one_param_errors(param("integer", minimum=5, maximum=4)), "params.p", "'minimum'", "'maximum'")
+    assert_error(
+        one_param_errors(param("integer", minimum=5, maximum=4)), "params.p", "'minimum'", "'maximum'"
+    )
 
 
 def test_lengths_must_be_non_negative_integers_and_ordered():
-    assert_error(one_param_errors(param("string", minLength=-1)), "params.p.minLength", "non-negative integer")
-    assert_error(one_param_errors(param("string", maxLength=2.0)), "params.p.maxLength", "non-negative integer")
-    assert_error(one_param_errors(param("string", maxLength=True)), "params.p.maxLength", "non-negative integer")
-    assert_error(one_param_errors(param("string", minLength=3, maxLength=2)), "params.p", "'minLength'", "'maxLength'")
+    assert_error(
+        one_param_errors(param("string", minLength=-1)), "params.p.minLength", "non-negative integer"
+    )
+    assert_error(
+        one_param_errors(param("string", maxLength=2.0)), "params.p.maxLength", "non-negative integer"
+    )
+    assert_error(
+        one_param_errors(param("string", maxLength=True)), "params.p.maxLength", "non-negative integer"
+    )
+    assert_error(
+        one_param_errors(param("string", minLength=3, maxLength=2)), "params.p", "'minLength'", "'maxLength'"
+    )
 
 
 def test_enum_values_must_have_param_type():
-    assert_error(one_param_errors(param("integer", enum=[1, "2", True, 3.0])), "params.p", "enum[1]", "enum[2]", "enum[3]")
+    assert_error(
+        one_param_errors(param("integer", enum=[1, "2", True, 3.0])),
+        "params.p",
+        "enum[1]",
+        "enum[2]",
+        "enum[3]",
+    )
     assert_error(one_param_errors(param("string", enum=["a", 1])), "params.p", "enum[1]")
     assert_error(one_param_errors(param("boolean", enum=[True, 0])), "params.p", "enum[1]")
     # integers are numbers
@@ -304,14 +347,22 @@ def test_random_string_default_is_just_a_string():
 
 
 def test_random_default_with_bounds():
-    doc = parse_template(doc_dict({"p": param("integer", default="random", minimum=10, maximum=20, multipleOf=4)}))
+    doc = parse_template(
+        doc_dict({"p": param("integer", default="random", minimum=10, maximum=20, multipleOf=4)})
+    )
     assert doc.params["p"].random_range() == (12, 20, 4)
     plain = parse_template(doc_dict({"p": param("integer", default="random")}))
     assert plain.params["p"].random_range() == (0, 2**53 - 1, 1)
-    assert_error(one_param_errors(param("integer", default="random", maximum=-1)), "params.p", "no", "[0, 2^53)")
+    assert_error(
+        one_param_errors(param("integer", default="random", maximum=-1)), "params.p", "no", "[0, 2^53)"
+    )
     assert_error(one_param_errors(param("integer", default="random", minimum=2**53)), "params.p", "[0, 2^53)")
     assert_error(one_param_errors(param("integer", default="random", enum=[1, 2])), "params.p", "'enum'")
-    assert_error(one_param_errors(param("integer", default="random", multipleOf=1.5)), "params.p", "integral 'multipleOf'")
+    assert_error(
+        one_param_errors(param("integer", default="random", multipleOf=1.5)),
+        "params.p",
+        "integral 'multipleOf'",
+    )
 
 
 # ---- document level ----------------------------------------------------------------------------
@@ -333,7 +384,12 @@ def test_workflow_required_object_non_empty():
 
 def test_params_must_be_object_with_valid_names():
     assert_error(errors_of(doc_dict([])), "params", "object")
-    assert_error(errors_of(doc_dict({"bad name": param("integer"), "1x": param("integer", "1.inputs.height")})), "params", "'bad name'", "'1x'")
+    assert_error(
+        errors_of(doc_dict({"bad name": param("integer"), "1x": param("integer", "1.inputs.height")})),
+        "params",
+        "'bad name'",
+        "'1x'",
+    )
 
 
 def test_outputs_validation():
@@ -400,12 +456,24 @@ def test_invalid_names(name):
 
 
 def test_openai_mapping_names_params_of_the_right_type():
-    params = {"w": param("integer"), "h": param("integer", "1.inputs.height"), "c": param("string", "1.inputs.color")}
+    params = {
+        "w": param("integer"),
+        "h": param("integer", "1.inputs.height"),
+        "c": param("string", "1.inputs.color"),
+    }
     good = parse_template(doc_dict(params, openai={"prompt": "c", "size": ["w", "h"]}))
     assert good.to_dict()["openai"] == {"prompt": "c", "size": ["w", "h"]}
     # `prompt` must name a string param, every name must be a param, and a mask needs its image.
     errs = errors_of(doc_dict(params, openai={"prompt": "w", "size": ["w", "nope"], "mask": "w"}))
-    assert_error(errs, "openai", "openai.prompt must name a string param", "openai.size[1] names no param ('nope')",
-                 "openai.mask must name an image param", "openai.mask needs openai.image")
+    assert_error(
+        errs,
+        "openai",
+        "openai.prompt must name a string param",
+        "openai.size[1] names no param ('nope')",
+        "openai.mask must name an image param",
+        "openai.mask needs openai.image",
+    )
     assert_error(errors_of(doc_dict(params, openai={"size": ["w", "h"]})), "openai.prompt", "required")
-    assert_error(errors_of(doc_dict(params, openai={"prompt": "c", "steps": "w"})), "openai.steps", "unknown key")
+    assert_error(
+        errors_of(doc_dict(params, openai={"prompt": "c", "steps": "w"})), "openai.steps", "unknown key"
+    )

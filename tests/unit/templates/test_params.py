@@ -32,7 +32,10 @@ def make_doc():
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "old", "clip": ["4", 1]}},
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
-        "6": {"class_type": "KSampler", "inputs": {"seed": 0, "sampler_name": "euler", "cfg": 8, "denoise": 1}},
+        "6": {
+            "class_type": "KSampler",
+            "inputs": {"seed": 0, "sampler_name": "euler", "cfg": 8, "denoise": 1},
+        },
         "10": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
         "11": {"class_type": "Toggle", "inputs": {"on": False}},
     }
@@ -41,14 +44,56 @@ def make_doc():
             "description": "all kinds",
             "workflow": workflow,
             "params": {
-                "prompt": {"type": "string", "required": True, "minLength": 1, "maxLength": 20, "description": "The prompt.", "bind": ["5.inputs.text"]},
-                "size": {"type": "integer", "default": 64, "minimum": 8, "maximum": 256, "multipleOf": 8, "bind": ["1.inputs.width", "1.inputs.height"]},
-                "seed": {"type": "integer", "default": "random", "description": "Seed.", "bind": ["6.inputs.seed"]},
-                "sampler": {"type": "string", "enum": ["euler", "dpmpp_2m"], "default": "euler", "bind": ["6.inputs.sampler_name"]},
-                "cfg": {"type": "number", "default": 7.5, "minimum": 1, "maximum": 30, "bind": ["6.inputs.cfg"]},
-                "sigma": {"type": "number", "default": 1.0, "minimum": 0.1, "maximum": 10, "multipleOf": 0.1, "bind": ["2.inputs.sigma"]},
+                "prompt": {
+                    "type": "string",
+                    "required": True,
+                    "minLength": 1,
+                    "maxLength": 20,
+                    "description": "The prompt.",
+                    "bind": ["5.inputs.text"],
+                },
+                "size": {
+                    "type": "integer",
+                    "default": 64,
+                    "minimum": 8,
+                    "maximum": 256,
+                    "multipleOf": 8,
+                    "bind": ["1.inputs.width", "1.inputs.height"],
+                },
+                "seed": {
+                    "type": "integer",
+                    "default": "random",
+                    "description": "Seed.",
+                    "bind": ["6.inputs.seed"],
+                },
+                "sampler": {
+                    "type": "string",
+                    "enum": ["euler", "dpmpp_2m"],
+                    "default": "euler",
+                    "bind": ["6.inputs.sampler_name"],
+                },
+                "cfg": {
+                    "type": "number",
+                    "default": 7.5,
+                    "minimum": 1,
+                    "maximum": 30,
+                    "bind": ["6.inputs.cfg"],
+                },
+                "sigma": {
+                    "type": "number",
+                    "default": 1.0,
+                    "minimum": 0.1,
+                    "maximum": 10,
+                    "multipleOf": 0.1,
+                    "bind": ["2.inputs.sigma"],
+                },
                 "flag": {"type": "boolean", "default": True, "bind": ["11.inputs.on"]},
-                "image": {"type": "image", "required": True, "description": "Input.", "bind": ["10.inputs.image"]},
+                "image": {
+                    "type": "image",
+                    "required": True,
+                    "description": "Input.",
+                    "bind": ["10.inputs.image"],
+                },
                 "checkpoint": {"type": "string", "bind": ["4.inputs.ckpt_name"]},
             },
             "outputs": ["3"],
@@ -78,7 +123,12 @@ def test_params_schema_shape():
     assert schema["required"] == ["prompt", "image"]
     assert list(schema["properties"]) == list(doc.params)
     props = schema["properties"]
-    assert props["prompt"] == {"type": "string", "minLength": 1, "maxLength": 20, "description": "The prompt."}
+    assert props["prompt"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 20,
+        "description": "The prompt.",
+    }
     assert props["size"] == {"type": "integer", "minimum": 8, "maximum": 256, "multipleOf": 8, "default": 64}
     assert props["sampler"] == {"type": "string", "enum": ["euler", "dpmpp_2m"], "default": "euler"}
     assert props["cfg"] == {"type": "number", "minimum": 1, "maximum": 30, "default": 7.5}
@@ -125,7 +175,16 @@ def test_resolved_params_validate_against_schema():
     v = validator(doc)
     for given in (
         GOOD,
-        {**GOOD, "size": 256, "sampler": "dpmpp_2m", "cfg": 1, "sigma": 0.5, "flag": False, "seed": 5, "checkpoint": "b"},
+        {
+            **GOOD,
+            "size": 256,
+            "sampler": "dpmpp_2m",
+            "cfg": 1,
+            "sigma": 0.5,
+            "flag": False,
+            "seed": 5,
+            "checkpoint": "b",
+        },
         {**GOOD, "cfg": 29.5, "size": 8},
     ):
         v.validate(given)  # the input itself is valid per the schema
@@ -216,7 +275,9 @@ def test_random_seed_covers_high_range():
 
 
 def test_random_seed_respects_bounds_and_step():
-    doc = parse_template(doc_dict({"s": param("integer", default="random", minimum=10, maximum=30, multipleOf=5)}))
+    doc = parse_template(
+        doc_dict({"s": param("integer", default="random", minimum=10, maximum=30, multipleOf=5)})
+    )
     rng = random.Random(0)
     seen = {resolve_params(doc, {}, rng=rng)["s"] for _ in range(300)}
     assert seen == {10, 15, 20, 25, 30}
@@ -314,11 +375,18 @@ def test_lengths():
 
 def test_image_values():
     doc = make_doc()
-    for ok in ("upload:abc", "https://example.com/a.png", "data:image/png;base64,iVBORw0KGgo=", "x" * MAX_IMAGE_REF_LENGTH):
+    for ok in (
+        "upload:abc",
+        "https://example.com/a.png",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "x" * MAX_IMAGE_REF_LENGTH,
+    ):
         assert resolve_params(doc, {**GOOD, "image": ok})["image"] == ok
     assert "non-empty" in messages(errors_for(doc, {**GOOD, "image": ""}), "image")
     assert "non-empty" in messages(errors_for(doc, {**GOOD, "image": "   "}), "image")
-    assert "too long" in messages(errors_for(doc, {**GOOD, "image": "x" * (MAX_IMAGE_REF_LENGTH + 1)}), "image")
+    assert "too long" in messages(
+        errors_for(doc, {**GOOD, "image": "x" * (MAX_IMAGE_REF_LENGTH + 1)}), "image"
+    )
     assert "got object" in messages(errors_for(doc, {**GOOD, "image": {"id": "x"}}), "image")
 
 
@@ -473,7 +541,15 @@ def test_known_output_classes_cover_recorded_output_nodes(object_info_full):
     recorded = {name for name, info in object_info_full.items() if info.get("output_node") is True}
     recorded -= {"HarnessSlowSampler", "HarnessFail"}  # the recording's test nodes
     assert recorded <= KNOWN_OUTPUT_CLASSES
-    for name in ("SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveVideo", "SaveWEBM", "SaveAudio"):
+    for name in (
+        "SaveImage",
+        "PreviewImage",
+        "SaveAnimatedWEBP",
+        "SaveAnimatedPNG",
+        "SaveVideo",
+        "SaveWEBM",
+        "SaveAudio",
+    ):
         assert name in KNOWN_OUTPUT_CLASSES
     # and none of the known classes that the recording has is a non-output node there
     for name in KNOWN_OUTPUT_CLASSES & set(object_info_full):
