@@ -67,7 +67,7 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if hasattr(signal, "SIGUSR1"):
-        loop.add_signal_handler(signal.SIGUSR1, lambda: emu._background(loop.create_task(emu.revive())))
+        loop.add_signal_handler(signal.SIGUSR1, lambda: emu.in_background(emu.revive()))
     try:
         await stop.wait()
     finally:

@@ -27,7 +27,7 @@ from .previews import (
 from .progress import ProgressRegistry
 
 if TYPE_CHECKING:
-    from .execution import Executor
+    from .parts import Parts
 
 
 class Interrupted(Exception):
@@ -81,11 +81,11 @@ class NodeContext:
 
     @property
     def config(self) -> Any:
-        return self.run.emu.config
+        return self.run.parts.config
 
     @property
     def folders(self) -> Any:
-        return self.run.emu.folders
+        return self.run.parts.folders
 
     @property
     def extra_data(self) -> dict[str, Any]:
@@ -96,14 +96,14 @@ class NodeContext:
         return self.run.png_prompt()
 
     def check_interrupt(self) -> None:
-        self.run.executor.interrupt.check()
+        self.run.interrupt.check()
 
     async def sleep(self, seconds: float) -> None:
-        await self.run.executor.interrupt.sleep(seconds)
+        await self.run.interrupt.sleep(seconds)
 
     def send_text(self, text: str) -> None:
         """PromptServer.send_progress_text without a sid: every socket gets it."""
-        self.run.emu.hub.send_bytes(text_frame(self.node_id, text), None)
+        self.run.parts.hub.send_bytes(text_frame(self.node_id, text), None)
 
     async def progress(
         self,
@@ -114,9 +114,9 @@ class NodeContext:
     ) -> None:
         """ComfyUI's progress hook: interrupt check, progress_state, [event 4], progress, [event 1]."""
         run = self.run
-        run.executor.interrupt.check()
+        run.interrupt.check()
         run.progress.update(self.node_id, value, total)
-        hub, client_id = run.emu.hub, run.client_id
+        hub, client_id = run.parts.hub, run.client_id
         data = None
         with_metadata = hub.supports(client_id, "supports_preview_metadata")
         if preview is not None:
@@ -136,8 +136,8 @@ class NodeContext:
             {"value": value, "max": total, "prompt_id": run.prompt_id, "node": self.node_id},
             client_id,
         )
-        if run.emu.config.progress_hook is not None:
-            run.emu.config.progress_hook(run.prompt_id, self.node_id, value, total, time.time())
+        if run.parts.config.progress_hook is not None:
+            run.parts.config.progress_hook(run.prompt_id, self.node_id, value, total, time.time())
         if data is not None and not with_metadata:
             hub.send_bytes(preview_frame(data, preview[0]), client_id)  # type: ignore[index]
 
@@ -147,14 +147,15 @@ class PromptRun:
 
     def __init__(
         self,
-        executor: Executor,
+        parts: Parts,
+        interrupt: InterruptSignal,
         prompt: dict[str, Any],
         prompt_id: str,
         extra_data: dict[str, Any],
         fault: JobFault | None,
     ) -> None:
-        self.executor = executor
-        self.emu = executor.emu
+        self.parts = parts
+        self.interrupt = interrupt
         self.prompt = prompt
         self.prompt_id = prompt_id
         self.extra_data = extra_data
@@ -170,7 +171,7 @@ class PromptRun:
         self._png_prompt: dict[str, Any] | None = None
 
     def _send_progress_state(self, event: str, data: Any) -> None:
-        self.emu.hub.send_json(event, data, self.client_id)
+        self.parts.hub.send_json(event, data, self.client_id)
 
     def png_prompt(self) -> dict[str, Any]:
         """The prompt SaveImage writes into the PNG: with the IS_CHANGED values, like ComfyUI."""

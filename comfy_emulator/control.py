@@ -23,15 +23,37 @@ from __future__ import annotations
 
 import asyncio
 import platform
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .emulator import Emulator
+from .process import Process
 
 
-def control_routes(emu: Emulator) -> web.RouteTableDef:
+class Controlled(Protocol):
+    """The Emulator as these routes use it: a Protocol, so that this module does not import
+    emulator.py (which imports this one)."""
+
+    process: Process
+
+    def fail_next(self, n: int = 1, message: str = ...) -> None: ...
+    def fail_class(self, class_type: str, message: str | None = None, count: int | None = None) -> None: ...
+    def hang_next(self, n: int = 1) -> None: ...
+    def drop_websockets(self, abrupt: bool = True) -> None: ...
+    def refuse_websockets(self, refuse: bool = True) -> None: ...
+    def stall_websockets(self, stall: bool = True) -> None: ...
+    def slow_responses(self, path_prefix: str, seconds: float) -> None: ...
+    def error_responses(self, path_prefix: str, status: int = 500, count: int | None = None) -> None: ...
+    def clear_faults(self) -> None: ...
+    def set_models(self, folder: str, files: list[str]) -> None: ...
+    async def restart(self) -> None: ...
+    async def kill(self) -> None: ...
+    async def revive(self) -> None: ...
+    def in_background(self, coro: Coroutine[Any, Any, None]) -> None: ...
+
+
+def control_routes(emu: Controlled) -> web.RouteTableDef:
     routes = web.RouteTableDef()
 
     async def body(request: web.Request) -> dict[str, Any]:
@@ -122,7 +144,6 @@ def control_routes(emu: Emulator) -> web.RouteTableDef:
     async def kill(request: web.Request) -> web.Response:
         """Answers first, then stops listening; `revive_after` (seconds) brings it back."""
         revive_after = (await body(request)).get("revive_after")
-        loop = asyncio.get_running_loop()
 
         async def later() -> None:
             await asyncio.sleep(0.05)
@@ -131,18 +152,20 @@ def control_routes(emu: Emulator) -> web.RouteTableDef:
                 await asyncio.sleep(float(revive_after))
                 await emu.revive()
 
-        emu._background(loop.create_task(later()))
+        emu.in_background(later())
         return ok()
 
     @routes.get("/emulator/stats")
     async def stats(request: web.Request) -> web.Response:
+        process = emu.process
+        parts = process.parts
         return web.json_response(
             {
-                "prompts_received": emu.prompts_received,
-                "executed_prompts": emu.executed_prompts,
-                "interrupts": emu.interrupts,
-                "websockets": list(emu.hub.sockets),
-                "queue_remaining": emu.state.queue.tasks_remaining(),
+                "prompts_received": parts.prompts_received,
+                "executed_prompts": parts.executed_prompts,
+                "interrupts": parts.interrupts,
+                "websockets": list(parts.hub.sockets),
+                "queue_remaining": process.state.queue.tasks_remaining(),
                 "python": platform.python_version(),
             }
         )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,13 @@ from aiohttp import web
 from PIL import Image
 
 from .catalog import NodeCatalog
-from .config import DEFAULT_OBJECT_INFO_PATH, EmulatorConfig
+from .config import EmulatorConfig
+from .control import control_routes
 from .execution import ServerState
 from .faults import Faults
 from .files import Folders
+from .parts import Parts
+from .process import Process
 from .server import build_app
 from .validation import Validator
 from .ws import SocketHub
@@ -38,32 +42,63 @@ class Emulator:
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
-        cfg = self.config
-        self.folders = Folders(cfg.input_dir, cfg.output_dir, cfg.temp_dir)
-        self.catalog = NodeCatalog(
-            cfg.object_info_path or DEFAULT_OBJECT_INFO_PATH,
-            models=cfg.models,
-            allowlist=cfg.node_allowlist,
-            extra_nodes=cfg.extra_nodes,
-            list_input_images=self.folders.list_input_images,
-        )
-        self.validator = Validator(self.catalog, self.folders)
-        self.hub = SocketHub()
-        self.faults = Faults()
-        self.state = ServerState(self)
-        #: Ids of the prompts `POST /prompt` accepted, in order (kept across restarts).
-        self.prompts_received: list[str] = []
-        #: Ids of the prompts that started executing (cached or not), in order.
-        self.executed_prompts: list[str] = []
-        #: The bodies of `POST /interrupt` (`{}` when there was none), in order.
-        self.interrupts: list[Any] = []
-        self.host = "127.0.0.1"
-        self.port = 0
+        self.parts = Parts.build(self.config)
+        self.process = Process(self.parts)
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._alive = False
+
+    # -- the parts, for tests -----------------------------------------------------------------
+
+    @property
+    def folders(self) -> Folders:
+        return self.parts.folders
+
+    @property
+    def catalog(self) -> NodeCatalog:
+        return self.parts.catalog
+
+    @property
+    def validator(self) -> Validator:
+        return self.parts.validator
+
+    @property
+    def hub(self) -> SocketHub:
+        return self.parts.hub
+
+    @property
+    def faults(self) -> Faults:
+        return self.parts.faults
+
+    @property
+    def prompts_received(self) -> list[str]:
+        """Ids of the prompts `POST /prompt` accepted, in order (kept across restarts)."""
+        return self.parts.prompts_received
+
+    @property
+    def executed_prompts(self) -> list[str]:
+        """Ids of the prompts that started executing (cached or not), in order."""
+        return self.parts.executed_prompts
+
+    @property
+    def interrupts(self) -> list[Any]:
+        """The bodies of `POST /interrupt` (`{}` when there was none), in order."""
+        return self.parts.interrupts
+
+    @property
+    def state(self) -> ServerState:
+        """Queue, history, cache and the running job: what a restart loses."""
+        return self.process.state
+
+    @property
+    def host(self) -> str:
+        return self.process.host
+
+    @property
+    def port(self) -> int:
+        return self.process.port
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -102,13 +137,16 @@ class Emulator:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         if self._runner is not None:
             raise RuntimeError("emulator already started")
-        self.host = host
+        self.process.host = host
         for folder in (self.folders.input, self.folders.output, self.folders.temp):
             folder.mkdir(parents=True, exist_ok=True)
         if self.config.example_input_image and not (self.folders.input / "example.png").exists():
             Image.new("RGB", (64, 64), (90, 120, 200)).save(self.folders.input / "example.png")
         self._runner = web.AppRunner(
-            build_app(self), handle_signals=False, access_log=None, shutdown_timeout=1.0
+            build_app(self.process, control_routes(self)),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=1.0,
         )
         await self._runner.setup()
         await self._listen(port)
@@ -141,7 +179,7 @@ class Emulator:
             raise
         sock.listen(128)
         sock.setblocking(False)
-        self.port = sock.getsockname()[1]
+        self.process.port = sock.getsockname()[1]
         self._site = web.SockSite(self._runner, sock)
         await self._site.start()
         self._alive = True
@@ -154,7 +192,9 @@ class Emulator:
             self._worker.cancel()
             self._worker = None
 
-    def _background(self, task: asyncio.Task[Any]) -> None:
+    def in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Runs coro as a task that stop() cancels (a task nobody holds could be collected)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -163,7 +203,7 @@ class Emulator:
         self._stop_worker()
         self.hub.drop_all(abrupt=True)
         self.folders.reset_process_state()
-        self.state = ServerState(self)
+        self.process.state = ServerState(self.parts)
 
     async def restart(self) -> None:
         """Like a ComfyUI restart that takes no time: the running job, the queue, history and
@@ -192,7 +232,7 @@ class Emulator:
         """Listen again on the same port, with a fresh state (as a restarted process)."""
         if self._alive or self._runner is None:
             return
-        self.state = ServerState(self)
+        self.process.state = ServerState(self.parts)
         await self._listen(self.port)
         self._start_worker()
 

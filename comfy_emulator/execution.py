@@ -39,7 +39,7 @@ from .validation import full_type_name, is_link
 from .values import format_value
 
 if TYPE_CHECKING:
-    from .emulator import Emulator
+    from .parts import Parts
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class _InjectedFailure(RuntimeError):
 
 
 class Executor:
-    def __init__(self, emu: Emulator) -> None:
-        self.emu = emu
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
         self.cache = OutputCache()
         self.interrupt = InterruptSignal()
         self.client_id: str | None = None
@@ -78,14 +78,16 @@ class Executor:
         data = {**data, "timestamp": int(time.time() * 1000)}
         self.status_messages.append((event, data))
         if self.client_id is not None or broadcast:
-            self.emu.hub.send_json(event, data, self.client_id)
+            self.parts.hub.send_json(event, data, self.client_id)
 
     def _is_changed(self, run: PromptRun, node_id: str) -> Any:
         node = run.prompt[node_id]
         if "is_changed" in node:
             value = node["is_changed"]
         elif node["class_type"] in _IS_CHANGED_FILE_NODES:
-            path = self.emu.folders.annotated(str(node["inputs"].get("image", "")), self.emu.folders.input)
+            path = self.parts.folders.annotated(
+                str(node["inputs"].get("image", "")), self.parts.folders.input
+            )
             try:
                 value = [sha256_file(path)] if path is not None else [float("nan")]
             except OSError:
@@ -108,8 +110,8 @@ class Executor:
         self.client_id = extra_data.get("client_id")
         self.status_messages = []
         self.add_message("execution_start", {"prompt_id": prompt_id}, broadcast=False)
-        run = PromptRun(self, prompt, prompt_id, extra_data, fault)
-        self.cache.set_prompt(prompt, self.emu.catalog, lambda n: self._is_changed(run, n))
+        run = PromptRun(self.parts, self.interrupt, prompt, prompt_id, extra_data, fault)
+        self.cache.set_prompt(prompt, self.parts.catalog, lambda n: self._is_changed(run, n))
         use_cache = fault is None
         if fault is not None and fault.kind == "hang":
             needed = needed_nodes(prompt, execute_outputs)
@@ -121,7 +123,7 @@ class Executor:
         cached_nodes = [n for n in prompt if cached(n) is not None]
         self.add_message("execution_cached", {"nodes": cached_nodes, "prompt_id": prompt_id}, broadcast=False)
 
-        execution_list = ExecutionList(prompt, self.emu.catalog, lambda n: cached(n) is not None)
+        execution_list = ExecutionList(prompt, self.parts.catalog, lambda n: cached(n) is not None)
         current_outputs = list(prompt)
         for node_id in execute_outputs:
             execution_list.add_node(node_id)
@@ -161,10 +163,10 @@ class Executor:
     async def _execute_node(
         self, run: PromptRun, node_id: str, cached: CacheEntry | None
     ) -> tuple[bool, Any, Any]:
-        emu, hub = self.emu, self.emu.hub
+        parts, hub = self.parts, self.parts.hub
         node = run.prompt[node_id]
         class_type = node["class_type"]
-        spec = emu.catalog.spec(class_type)
+        spec = parts.catalog.spec(class_type)
         if cached is not None:
             if run.client_id is not None:
                 cached_ui = cached.ui or {}
@@ -198,8 +200,8 @@ class Executor:
             self.interrupt.check()
             await self._apply_faults(run, node_id, class_type, spec)
             impl = node_impls.IMPLS.get(class_type)
-            if class_type not in SAMPLER_CLASSES and emu.config.node_seconds > 0:
-                await asyncio.sleep(emu.config.node_seconds)
+            if class_type not in SAMPLER_CLASSES and parts.config.node_seconds > 0:
+                await asyncio.sleep(parts.config.node_seconds)
             ctx = NodeContext(run, node_id, class_type)
             if impl is None:
                 outputs, ui = await node_impls.passthrough(ctx, spec, kwargs)
@@ -249,7 +251,7 @@ class Executor:
                 run.fault_fired = True
                 await self.interrupt.wait()
                 self.interrupt.check()
-        message = self.emu.faults.class_failure(class_type)
+        message = self.parts.faults.class_failure(class_type)
         if message is not None:
             raise _InjectedFailure(message)
 
@@ -282,7 +284,7 @@ class Executor:
     def _error_details(
         self, run: PromptRun, node_id: str, ex: BaseException, tb: Any, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        spec = self.emu.catalog.spec(run.prompt[node_id]["class_type"])
+        spec = self.parts.catalog.spec(run.prompt[node_id]["class_type"])
         current_inputs = {name: [format_value(v)] for name, v in kwargs.items()}
         for name, kind in spec.hidden.items():
             if kind == "UNIQUE_ID":
@@ -340,26 +342,26 @@ class Executor:
 class ServerState:
     """What a ComfyUI process holds in memory and loses on restart."""
 
-    def __init__(self, emu: Emulator) -> None:
-        self.emu = emu
-        self.queue = PromptQueue(self._queue_updated, emu.config.history_max)
-        self.executor = Executor(emu)
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.queue = PromptQueue(self._queue_updated, parts.config.history_max)
+        self.executor = Executor(parts)
 
     def _queue_updated(self) -> None:
-        self.emu.hub.send_json("status", {"status": self.queue.queue_info()}, None)
+        self.parts.hub.send_json("status", {"status": self.queue.queue_info()}, None)
 
     async def worker(self) -> None:
         """ComfyUI's prompt_worker: one prompt at a time, in queue order."""
-        queue, executor, emu = self.queue, self.executor, self.emu
+        queue, executor, parts = self.queue, self.executor, self.parts
         while True:
             item_id, item = await queue.get()
             prompt_id = item[1]
-            emu.executed_prompts.append(prompt_id)
+            parts.executed_prompts.append(prompt_id)
             extra_data = dict(item[3])
             extra_data.update(item[5])
             try:
                 success, history_result = await executor.execute(
-                    item[2], prompt_id, extra_data, item[4], emu.faults.take_job_fault()
+                    item[2], prompt_id, extra_data, item[4], parts.faults.take_job_fault()
                 )
             except Exception:  # an emulator bug: record it as a failed prompt and carry on
                 logger.exception("emulator failed to execute prompt %s", prompt_id)
@@ -371,5 +373,5 @@ class ServerState:
             }
             queue.task_done(item_id, history_result, status)
             if executor.client_id is not None:
-                emu.hub.send_json("executing", {"node": None, "prompt_id": prompt_id}, executor.client_id)
+                parts.hub.send_json("executing", {"node": None, "prompt_id": prompt_id}, executor.client_id)
             await asyncio.sleep(0)

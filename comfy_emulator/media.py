@@ -28,7 +28,7 @@ from .nodes import NodeResult, _compute_vars, node
 from .values import ImageBatch, as_images
 
 if TYPE_CHECKING:
-    from .execution import NodeContext
+    from .context import NodeContext
 
 SAMPLE_RATE = 8000
 

@@ -13,7 +13,7 @@ first input of the same type, or a stand-in (a gray 64x64 IMAGE, an empty MASK /
 Placeholder record). Pass-through output nodes report no UI, so they send no `executed`.
 
 An implementation is `async def impl(ctx, **inputs) -> (outputs_tuple, ui_or_None)`; `ctx` is
-the execution.NodeContext (sleep, progress, text, interrupt checks, folders).
+the context.NodeContext (sleep, progress, text, interrupt checks, folders).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .values import (
 
 if TYPE_CHECKING:
     from .catalog import NodeSpec
-    from .execution import NodeContext
+    from .context import NodeContext
 
 NodeResult = tuple[tuple[Any, ...], dict[str, Any] | None]
 NodeImpl = Callable[..., Awaitable[NodeResult]]
