@@ -22,6 +22,7 @@ from app.config import Settings
 from app.main import create_app
 from comfy_emulator import Emulator, EmulatorConfig
 from tests.integration.webhook_receiver import Receiver
+from tests.ports import free_port
 
 ADMIN_KEY = "cgw_test_admin_key_0123456789"
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -274,9 +275,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 def s3_server() -> Iterator[str]:
     """A real S3-compatible server: moto's standalone server (`moto[server]`), as a subprocess on a
     free loopback port. Returns its endpoint URL; tests make their own buckets."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -27,7 +27,8 @@ from sqlalchemy import select
 
 from app.db.models import Job
 from tests.integration.conftest import ADMIN_KEY, Gateway
-from tests.integration.test_crash import free_port, gateway_env, start
+from tests.integration.test_crash import gateway_env, start
+from tests.ports import free_port
 
 # The SDK's scenarios run on both databases; these, whose database work is the same as theirs
 # (a gateway process killed and restarted, links, a refused upload), on SQLite only.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,9 @@ from sqlalchemy import select
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.models import Job, Output
 from tests.integration.conftest import ADMIN_KEY
+from tests.ports import free_port
 
 ROOT = Path(__file__).parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:

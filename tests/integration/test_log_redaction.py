@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from uvicorn.logging import AccessFormatter, DefaultFormatter
 
 from tests.integration.conftest import Gateway
 from tests.integration.test_live_events import ws_url
+from tests.ports import free_port
 
 SECRETS = ("cgw_secretkey_in_the_query_0123", "SIGNATURE-VALUE-123", "TOKEN-VALUE-456", "KEY-VALUE-789")
 
@@ -76,9 +76,7 @@ async def test_the_apps_own_log_lines_are_redacted_too(
 
 async def test_plain_uvicorn_serving_the_app_logs_no_secrets(db_url: str, tmp_path: Path) -> None:
     """`uvicorn app.main:app` configures logging itself, before the app exists: the filter holds anyway."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "GATEWAY_DATABASE_URL": db_url,

@@ -20,7 +20,8 @@ from app.db.engine import create_engine
 from app.domain.webhook_secrets import SecretBox, new_secret
 from comfy_emulator import Emulator
 from tests.integration.conftest import Gateway
-from tests.integration.webhook_receiver import Receiver, free_port
+from tests.integration.webhook_receiver import Receiver
+from tests.ports import free_port
 
 BLUR = {"template": "blur", "params": {"width": 32, "height": 32, "blur_radius": 1}}
 FAILING = {

@@ -4,7 +4,6 @@ in order, then 200. It records every request it gets, exactly as it came."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -19,12 +18,6 @@ class Received:
     headers: dict[str, str]
     body: str
     answered: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Receiver:

@@ -25,6 +25,7 @@ from app.comfy import (
     QueueItem,
     UploadedFile,
 )
+from tests.ports import free_port
 
 from .helpers import load
 
@@ -656,13 +657,9 @@ async def test_prompt_id_is_escaped_in_history_path() -> None:
 
 
 async def test_refused_connection_says_the_request_was_never_sent() -> None:
-    import socket
-
     from app.comfy import BackendUnavailable, ComfyClient
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     async with ComfyClient(f"http://127.0.0.1:{port}", timeout=2) as client:
         with pytest.raises(BackendUnavailable) as info:
             await client.queue_prompt({"1": {}}, prompt_id="p", client_id="c")
