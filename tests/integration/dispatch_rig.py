@@ -1,0 +1,110 @@
+"""A gateway whose dispatcher the test drives by hand: its rounds, and the messages its tracker
+reads, one at a time, with no timing involved.
+
+The gateway is the real app (database, event log, storage) with `run_dispatcher=False`: its
+dispatcher is built with one link to an in-process emulator but follows no socket and runs no
+loop. The test runs `round()` (one `Dispatcher.run_once`) and `feed(...)` (messages handed to the
+tracker as its socket reader would). What the tracker spawns (database writes, collecting outputs)
+is queued and run to completion before `feed` returns, so each message's effect can be asserted
+right after it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from app.comfy.messages import parse_text
+from app.comfy.websocket import Connected
+from comfy_emulator import Emulator
+from tests.integration.conftest import Gateway
+
+RECORDINGS = Path(__file__).parents[1] / "data" / "recordings"
+
+#: The recorded EmptyImage -> ImageBlur -> SaveImage prompt (scenario_basic_blur.json).
+BLUR_PROMPT: dict[str, Any] = json.loads((RECORDINGS / "scenario_basic_blur.json").read_text())["http"][0][
+    "request_json"
+]["prompt"]
+
+
+def recorded(scenario: str, prompt_id: str, *, index: int = 0) -> list[Any]:
+    """A scenario's text frames, parsed as the socket reader parses them, as if they were about
+    `prompt_id`: the recorded prompt's id (its `index`-th prompt's, in order of appearance) is
+    replaced by it. Frames about the scenario's other prompts keep their own ids."""
+    frames = json.loads((RECORDINGS / f"{scenario}.json").read_text())["ws_messages"]
+    ids = list(
+        dict.fromkeys(
+            f["json"]["data"]["prompt_id"] for f in frames if "prompt_id" in f.get("json", {}).get("data", {})
+        )
+    )
+    ours = ids[index]
+    return [parse_text(json.dumps(f["json"]).replace(ours, prompt_id)) for f in frames if "json" in f]
+
+
+class Rig:
+    def __init__(self, gw: Gateway, emu: Emulator) -> None:
+        self.gw = gw
+        self.emu = emu
+        self.dispatcher = gw.dispatcher
+        (self.link,) = self.dispatcher.links
+        self.spawned: deque[Coroutine[Any, Any, Any]] = deque()
+        # Whose each job is (a job is only visible to its owner).
+        self.owner: dict[str, dict[str, str]] = {}
+        # The dispatcher's one seam for background work: queued here instead of run as tasks.
+        self.dispatcher.ctx.spawn = lambda coro, name: self.spawned.append(coro)
+
+    async def settle(self) -> None:
+        """Run what was spawned, and what that spawned, to the end, in order."""
+        while self.spawned:
+            await self.spawned.popleft()
+
+    async def feed(self, *messages: object) -> None:
+        for message in messages:
+            await self.dispatcher.tracker.handle(self.link, message)
+            await self.settle()
+
+    async def connect(self) -> None:
+        """The backend's socket comes up: the link reads its node definitions and is ready."""
+        await self.feed(Connected(sid=self.link.client_id, attempt=1))
+        assert self.link.healthy and self.link.capabilities is not None
+
+    async def round(self) -> int:
+        """One dispatcher round; returns how many prompts it sent."""
+        sent = await self.dispatcher.run_once()
+        await self.settle()
+        return sent
+
+    def prompt_of(self, job_id: str) -> str | None:
+        """The prompt id the link follows for a job (sent or claimed in reserve)."""
+        return next((pid for pid, f in self.link.inflight.items() if f.job_id == job_id), None)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """The job as its owner sees it through the API."""
+        return await self.gw.job(job_id, self.owner[job_id])
+
+
+async def start_rig(emulator: Emulator, make_settings: Any, gateway_factory: Any, **overrides: Any) -> Rig:
+    settings = {
+        "comfyui_urls": [emulator.base_url],
+        "run_dispatcher": False,
+        "max_inflight_per_backend": 2,
+        # Every progress message is written to the row, so that none depends on timing.
+        "progress_persist_seconds": 0,
+        **overrides,
+    }
+    return Rig(await gateway_factory(make_settings(**settings)), emulator)
+
+
+async def submit(rig: Rig, headers: dict[str, str], workflow: dict[str, Any] | None = None) -> str:
+    resp = await rig.gw.generate({"workflow": workflow or BLUR_PROMPT}, headers=headers)
+    assert resp.status_code in (200, 201, 202), resp.text
+    job_id = resp.json()["id"]
+    rig.owner[job_id] = headers
+    return job_id
+
+
+#: Limits for the users of these tests: raw workflows, and no running cap in the way.
+USER = {"allow_raw_workflows": True, "max_running": 100}
