@@ -30,18 +30,17 @@ BLUR_PROMPT: dict[str, Any] = json.loads((RECORDINGS / "scenario_basic_blur.json
 ]["prompt"]
 
 
-def recorded(scenario: str, prompt_id: str, *, index: int = 0) -> list[Any]:
+def recorded(scenario: str, prompt_id: str | None, *, index: int = 0) -> list[Any]:
     """A scenario's text frames, parsed as the socket reader parses them, as if they were about
-    `prompt_id`: the recorded prompt's id (its `index`-th prompt's, in order of appearance) is
-    replaced by it. Frames about the scenario's other prompts keep their own ids."""
+    `prompt_id`: the id of the recording's `index`-th prompt (in order of appearance) is replaced
+    by it (None: kept). Frames about the recording's other prompts keep their own ids."""
     frames = json.loads((RECORDINGS / f"{scenario}.json").read_text())["ws_messages"]
-    ids = list(
-        dict.fromkeys(
-            f["json"]["data"]["prompt_id"] for f in frames if "prompt_id" in f.get("json", {}).get("data", {})
-        )
-    )
-    ours = ids[index]
-    return [parse_text(json.dumps(f["json"]).replace(ours, prompt_id)) for f in frames if "json" in f]
+    texts = [f["json"] for f in frames if "json" in f]
+    ids = list(dict.fromkeys(t["data"]["prompt_id"] for t in texts if t["data"].get("prompt_id")))
+    raw = [json.dumps(t) for t in texts]
+    if prompt_id is not None:
+        raw = [r.replace(ids[index], prompt_id) for r in raw]
+    return [parse_text(r) for r in raw]
 
 
 class Rig:
@@ -61,10 +60,13 @@ class Rig:
         while self.spawned:
             await self.spawned.popleft()
 
-    async def feed(self, *messages: object) -> None:
+    async def feed(self, *messages: object, settle: bool = True) -> None:
+        """Hand messages to the tracker; `settle=False` leaves what they spawned queued, to see
+        what the socket reader itself did (it never waits for the database)."""
         for message in messages:
             await self.dispatcher.tracker.handle(self.link, message)
-            await self.settle()
+            if settle:
+                await self.settle()
 
     async def connect(self) -> None:
         """The backend's socket comes up: the link reads its node definitions and is ready."""

@@ -72,3 +72,21 @@ async def test_a_job_no_backend_can_run_fails_in_the_round(rig: Rig) -> None:
     assert job["status"] == "failed" and job["error"]["type"] == "unsupported_workflow", job
     assert "NodeNobodyHas" in str(job["error"])
     assert rig.emu.prompts_received == []
+
+
+async def test_a_canceled_job_is_taken_off_its_backend_in_the_next_round(rig: Rig) -> None:
+    _, alice = await rig.gw.create_user("alice", limits=USER)
+    job_id = await submit(rig, alice)
+    await rig.connect()
+    assert await rig.round() == 1
+    pid = rig.prompt_of(job_id)
+    resp = await rig.gw.http.post(f"/v1/jobs/{job_id}/cancel", headers=rig.owner[job_id])
+    assert resp.status_code == 200 and resp.json()["status"] == "canceled"
+    assert rig.emu.interrupts == []  # the API does not talk to backends; the round does
+
+    await rig.round()
+    assert rig.emu.interrupts == [{"prompt_id": pid}]
+    assert rig.link.job_of(pid) is None and pid not in rig.link.slots
+    # Once: the cleanup is recorded.
+    await rig.round()
+    assert rig.emu.interrupts == [{"prompt_id": pid}]
