@@ -12,12 +12,13 @@ right after it.
 from __future__ import annotations
 
 import json
+import struct
 from collections import deque
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from app.comfy.messages import parse_text
+from app.comfy.messages import parse_binary, parse_text
 from app.comfy.websocket import Connected
 from comfy_emulator import Emulator
 from tests.integration.conftest import Gateway
@@ -31,16 +32,38 @@ BLUR_PROMPT: dict[str, Any] = json.loads((RECORDINGS / "scenario_basic_blur.json
 
 
 def recorded(scenario: str, prompt_id: str | None, *, index: int = 0) -> list[Any]:
-    """A scenario's text frames, parsed as the socket reader parses them, as if they were about
+    """A scenario's frames, parsed as the socket reader parses them, as if they were about
     `prompt_id`: the id of the recording's `index`-th prompt (in order of appearance) is replaced
-    by it (None: kept). Frames about the recording's other prompts keep their own ids."""
+    by it (None: kept). Frames about the recording's other prompts keep their own ids. Binary
+    frames are rebuilt from their recorded headers (the image bytes are not recorded: stand-ins of
+    the recorded length, with the recorded magic number)."""
     frames = json.loads((RECORDINGS / f"{scenario}.json").read_text())["ws_messages"]
     texts = [f["json"] for f in frames if "json" in f]
     ids = list(dict.fromkeys(t["data"]["prompt_id"] for t in texts if t["data"].get("prompt_id")))
-    raw = [json.dumps(t) for t in texts]
-    if prompt_id is not None:
-        raw = [r.replace(ids[index], prompt_id) for r in raw]
-    return [parse_text(r) for r in raw]
+    ours = ids[index] if prompt_id is not None else None
+    messages = []
+    for frame in frames:
+        if "json" in frame:
+            raw = json.dumps(frame["json"])
+            messages.append(parse_text(raw.replace(ours, prompt_id) if ours and prompt_id else raw))
+        else:
+            messages.append(parse_binary(_binary(frame["decoded"], ours, prompt_id)))
+    return messages
+
+
+def _binary(decoded: dict[str, Any], ours: str | None, prompt_id: str | None) -> bytes:
+    u32 = struct.Struct(">I").pack
+    if decoded["event_type"] == 3:
+        node = decoded["node_id"].encode()
+        return u32(3) + u32(len(node)) + node + decoded["text"].encode()
+    image = bytes.fromhex(decoded["image_magic_hex"]).ljust(decoded["image_bytes"], b"\0")
+    if decoded["event_type"] == 1:
+        return u32(1) + u32(1 if decoded["image_type"] == "JPEG" else 2) + image
+    meta = dict(decoded["metadata"])
+    if ours is not None and meta.get("prompt_id") == ours:
+        meta["prompt_id"] = prompt_id
+    encoded = json.dumps(meta).encode()
+    return u32(4) + u32(len(encoded)) + encoded + image
 
 
 class Rig:

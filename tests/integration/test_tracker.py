@@ -4,6 +4,8 @@ about a job the dispatcher really sent: the job's transitions and the backend's 
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from app.comfy.messages import (
@@ -13,6 +15,7 @@ from app.comfy.messages import (
     ExecutionInterrupted,
     ExecutionStart,
     ExecutionSuccess,
+    Preview,
     Progress,
     Status,
 )
@@ -96,6 +99,26 @@ async def test_nodes_served_from_the_cache_count_as_done(rig: Rig) -> None:
     await rig.emu.wait_idle()
     await rig.feed(*ours[first(ours, ExecutionCached) + 1 :])
     assert (await rig.job(job_id))["status"] == "succeeded"
+
+
+async def test_previews_and_node_starts_reach_the_jobs_live_subscribers(rig: Rig) -> None:
+    job_id, pid = await dispatched(rig)
+    bus = rig.gw.app.state.bus
+    sub = bus.subscribe_job(job_id, previews=True)
+    # A client that announced preview metadata: previews come as event 4, saying whose they are.
+    messages = recorded("scenario_previews_feature_flags_client", pid)
+    await rig.feed(*messages[: first(messages, ExecutionSuccess)])
+    # A legacy client's previews (event 1) do not say whose they are: they are dropped.
+    await rig.feed(*(m for m in recorded("scenario_previews_legacy_client", pid) if isinstance(m, Preview)))
+    events = []
+    while not sub.queue.empty():
+        events.append(sub.queue.get_nowait())
+    bus.unsubscribe(sub)
+    previews = [e.data for e in events if e.event == "preview"]
+    assert [(p["content_type"], p["node"]) for p in previews] == [("image/jpeg", "2")] * 3
+    assert all(base64.b64decode(p["image"]).startswith(b"\xff\xd8\xff") for p in previews)
+    starts = [e.data["current_node"] for e in events if e.event == "progress" and e.data.get("node_start")]
+    assert starts == ["1", "2", "3"]
 
 
 async def test_a_recorded_execution_error_fails_the_job_and_frees_its_slot_at_once(rig: Rig) -> None:
