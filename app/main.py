@@ -7,6 +7,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -56,6 +57,7 @@ from app.domain.webhook_secrets import SecretBox
 from app.loops import Loop
 from app.metrics import Metrics
 from app.net.ssrf import OutboundGuard, Resolver
+from app.storage.base import Storage
 from app.storage.factory import build_storage
 from app.storage.signing import UrlSigner
 from app.webhooks.sender import WebhookSender
@@ -146,22 +148,69 @@ async def running_gateway(
     if settings.auto_migrate:
         await upgrade_async(settings.database_url)
     engine = create_engine(settings.database_url)
-    sessionmaker = create_sessionmaker(engine)
     # The dispatcher has connections of its own: a burst of API requests queueing for the
     # database must never hold up the loop that keeps the GPUs busy.
     worker_engine = create_engine(settings.database_url, pool_size=4)
-    worker_sessionmaker = create_sessionmaker(worker_engine)
     # The outbound guard checks inside requests that hold a connection: it has one of its own.
     guard_engine = create_engine(settings.database_url, pool_size=1)
     storage = build_storage(settings)
     await storage.start()
+    sessionmaker = create_sessionmaker(engine)
     secret = await _prepare_database(settings, sessionmaker)
+    parts = _wire(
+        settings,
+        sessionmaker,
+        create_sessionmaker(worker_engine),
+        create_sessionmaker(guard_engine),
+        storage,
+        secret,
+        outbound_resolver,
+    )
+    state, dispatcher = parts.state, parts.dispatcher
+    await dispatcher.load()
+    for loop in state.loops:
+        await loop.start()
+    try:
+        yield state
+    finally:
+        await parts.gauges.stop()
+        await state.retention.stop()
+        # Stopped whether it ran or not: a replica that does not dispatch has probe clients to close.
+        await dispatcher.stop()
+        await state.event_log.stop()
+        # The dispatcher's connections go before the sender gives back its leases: on SQLite a
+        # write of theirs cut short by the stop could otherwise hold the lock those need.
+        await worker_engine.dispose()
+        await state.webhook_sender.stop()
+        await guard_engine.dispose()
+        await storage.close()
+        await state.event_relay.stop()
+        await engine.dispose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    state: GatewayState
+    # The concrete ones, which the lifespan loads and stops (the API sees neither).
+    dispatcher: Dispatcher
+    gauges: JobGauges
+
+
+def _wire(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    worker_sessionmaker: async_sessionmaker[AsyncSession],
+    guard_sessionmaker: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    secret: str,
+    outbound_resolver: Resolver | None,
+) -> _Parts:
+    """Build the services and the loops, each given what it needs (nothing runs yet)."""
     metrics = Metrics()
     signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
     bus = EventBus(on_lag=lambda sub: metrics.live_lagged.labels(sub.scope).inc())
     # The backends stay closed to users' URLs whatever the allow-list covers (ComfyUI has no
     # per-user authorization); read at each check, since admins change the pool at run time.
-    guard_sessionmaker = create_sessionmaker(guard_engine)
     guard = OutboundGuard(
         settings.outbound_allowlist,
         resolver=outbound_resolver,
@@ -187,16 +236,19 @@ async def running_gateway(
         maker.configure(info={WAKE_KEY: webhook_sender.wake})
         job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
     relay = EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
+    notifier = Notifier(event_log, metrics)
     dispatcher = Dispatcher(
         sessionmaker=worker_sessionmaker,
         settings=settings,
         storage=storage,
-        notifier=Notifier(event_log, metrics),
+        notifier=notifier,
         metrics=metrics,
     )
-    await dispatcher.load()
     retention = RetentionService(worker_sessionmaker, storage, settings)
     gauges = JobGauges(sessionmaker, metrics, settings.metrics_refresh_seconds)
+    fetch_url = make_fetcher(
+        guard, max_bytes=settings.max_upload_bytes, timeout=settings.url_fetch_timeout_seconds
+    )
     state = GatewayState(
         settings=settings,
         sessionmaker=sessionmaker,
@@ -210,31 +262,12 @@ async def running_gateway(
         webhook_sender=webhook_sender,
         outbound_guard=guard,
         secret_box=secret_box,
-        fetch_url=make_fetcher(
-            guard, max_bytes=settings.max_upload_bytes, timeout=settings.url_fetch_timeout_seconds
-        ),
+        fetch_url=fetch_url,
         retention=retention,
         event_relay=relay,
         loops=_loops_to_run(settings, event_log, relay, dispatcher, retention, webhook_sender, gauges),
     )
-    for loop in state.loops:
-        await loop.start()
-    try:
-        yield state
-    finally:
-        await gauges.stop()
-        await retention.stop()
-        # Stopped whether it ran or not: a replica that does not dispatch has probe clients to close.
-        await dispatcher.stop()
-        await event_log.stop()
-        # The dispatcher's connections go before the sender gives back its leases: on SQLite a
-        # write of theirs cut short by the stop could otherwise hold the lock those need.
-        await worker_engine.dispose()
-        await webhook_sender.stop()
-        await guard_engine.dispose()
-        await storage.close()
-        await relay.stop()
-        await engine.dispose()
+    return _Parts(state, dispatcher, gauges)
 
 
 def _loops_to_run(

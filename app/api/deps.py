@@ -37,10 +37,6 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 
 # `async def`, though they only read the state: FastAPI runs a plain `def` dependency in its
 # thread pool, a thread hop per dependency per request (about 4% of the gateway's CPU under load).
-async def _state(request: Request) -> GatewayState:
-    return state(request)
-
-
 async def _settings(request: Request) -> Settings:
     return state(request).settings
 
@@ -65,7 +61,6 @@ async def _secret_box(request: Request) -> SecretBox:
     return state(request).secret_box
 
 
-StateDep = Annotated[GatewayState, Depends(_state)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SignerDep = Annotated[UrlSigner, Depends(_signer)]

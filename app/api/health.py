@@ -33,9 +33,9 @@ async def readyz(request: Request) -> Response:
     except Exception:  # noqa: BLE001 - any failure means "not ready", and says so
         problems.append("the database does not answer")
     # A loop that died (and is being restarted, or gave up) does work nothing else does.
-    down = [h.name for h in (loop.health for loop in state.loops) if not h.ok]
-    if down:
-        problems.append("background loops not running: " + ", ".join(down))
+    stopped = [h.name for h in (loop.health for loop in state.loops) if not h.ok]
+    if stopped:
+        problems.append("background loops not running: " + ", ".join(stopped))
     await state.dispatcher.probe_health()
     backends = state.dispatcher.backend_health()
     # A drained backend is not down, but it takes no new jobs: with only drained ones healthy,
