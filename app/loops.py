@@ -110,10 +110,6 @@ class Loop:
         """Something changed: run a round now (after the one under way), not at the interval."""
         self._wake_event.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     async def stop(self, timeout: float | None = None) -> None:
         """End the loop: the round under way has `timeout` seconds (default `stop_timeout`) to end,
         then it is cancelled and given as long again to unwind. Idempotent."""
