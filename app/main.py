@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import log_redaction
 from app.api import (
@@ -32,28 +33,31 @@ from app.api.limits import BodySizeLimit
 from app.api.live_slots import LiveSlots
 from app.api.mcp_server import McpEndpoint
 from app.api.ratelimit import RateLimitHeaders
+from app.api.state import GatewayState
 from app.api.v2 import routes as v2_routes
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
 from app.db import job_events
-from app.db.engine import create_engine, create_sessionmaker
+from app.db.engine import create_engine, create_sessionmaker, is_sqlite
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
-from app.domain import queue_metrics
 from app.domain.backends import pool_urls, register_configured_backends
 from app.domain.event_log import EventLog
 from app.domain.event_relay import EventRelay
 from app.domain.events import EventBus
 from app.domain.fetch import make_fetcher
 from app.domain.notify import Notifier
+from app.domain.queue_metrics import JobGauges
 from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
 from app.domain.webhook_secrets import SecretBox
+from app.loops import Loop
 from app.metrics import Metrics
 from app.net.ssrf import OutboundGuard, Resolver
+from app.storage.base import Storage
 from app.storage.factory import build_storage
 from app.storage.signing import UrlSigner
 from app.webhooks.sender import WebhookSender
@@ -73,153 +77,12 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Again: a logging configuration applied after create_app may have made new loggers.
         log_redaction.install()
-        if settings.auto_migrate:
-            await upgrade_async(settings.database_url)
-        engine = create_engine(settings.database_url)
-        sessionmaker = create_sessionmaker(engine)
-        # The dispatcher has connections of its own: a burst of API requests queueing for the
-        # database must never hold up the loop that keeps the GPUs busy.
-        worker_engine = create_engine(settings.database_url, pool_size=4)
-        worker_sessionmaker = create_sessionmaker(worker_engine)
-        storage = build_storage(settings)
-        await storage.start()
-        # Tells this replica's own event announcements (PostgreSQL NOTIFY) from the others'.
-        replica_id = uuid.uuid4().hex
-
-        async with sessionmaker() as session:
-            await ensure_bootstrap_admin(session)
-            await sync_builtins(session)
-            await session.commit()
-        secret = settings.signing_secret or await get_or_create(
-            sessionmaker, "signing_secret", lambda: secrets.token_urlsafe(48)
-        )
-        if not settings.signing_secret and not settings.webhook_secret_key:
-            # Loud on purpose: the operator may believe the database alone holds nothing usable.
-            log.warning(
-                "GATEWAY_SIGNING_SECRET and GATEWAY_WEBHOOK_SECRET_KEY are unset: the URL signing secret "
-                "is kept in the database and users' webhook secrets are encrypted with a key derived "
-                "from it, so a copy of the database alone reveals them (and can sign output URLs). "
-                "Set both (or GATEWAY_*_FILE) from a secret store."
-            )
-        # The pool is the `backends` table: GATEWAY_COMFYUI_URLS is registered in it, beside the
-        # backends admins added (which survive a restart that way).
-        async with sessionmaker() as session:
-            # Only a process that dispatches prunes: an API-only replica started without the
-            # setting must not take the others' backends out of the pool.
-            await register_configured_backends(session, settings.comfyui_urls, prune=settings.run_dispatcher)
-            await session.commit()
-        metrics = Metrics()
-        signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
-        bus = EventBus(on_lag=lambda sub: metrics.live_lagged.labels(sub.scope).inc())
-        # The backends stay closed to users' URLs whatever the allow-list covers (ComfyUI has no
-        # per-user authorization); read at each check, since admins change the pool at run time.
-        # On a connection of its own: the guard checks inside requests that hold theirs.
-        guard_engine = create_engine(settings.database_url, pool_size=1)
-        guard_sessionmaker = create_sessionmaker(guard_engine)
-        guard = OutboundGuard(
-            settings.outbound_allowlist,
-            resolver=outbound_resolver,
-            forbidden=lambda: pool_urls(guard_sessionmaker, settings.comfyui_urls),
-        )
-        secret_box = SecretBox(settings.webhook_secret_key or secret)
-        # The sender shares the API's connections, not the dispatcher's: receivers' pace must
-        # never hold up the loop that keeps the GPUs busy.
-        webhook_sender = WebhookSender(
-            sessionmaker=sessionmaker,
-            settings=settings,
-            signer=signer,
-            box=secret_box,
-            guard=guard,
-            metrics=metrics,
-        )
-        # Sessions that commit a job transition with a webhook wake the sender at once.
-        for maker in (sessionmaker, worker_sessionmaker):
-            maker.configure(info={WAKE_KEY: webhook_sender.wake})
-        event_log = EventLog(worker_sessionmaker, signer, bus, settings)
-        # Events logged in a transaction reach this process's subscribers when it commits.
-        for maker in (sessionmaker, worker_sessionmaker):
-            job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
-        relay = EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
-        notifier = Notifier(event_log, metrics)
-        dispatcher = Dispatcher(
-            sessionmaker=worker_sessionmaker,
-            settings=settings,
-            storage=storage,
-            notifier=notifier,
-            metrics=metrics,
-        )
-        await dispatcher.load()
-
-        state = app.state
-        state.settings = settings
-        state.engine = engine
-        state.sessionmaker = sessionmaker
-        state.storage = storage
-        state.signer = signer
-        state.bus = bus
-        state.event_log = event_log
-        state.event_relay = relay
-        state.metrics = metrics
-        state.live_slots = LiveSlots(settings.max_live_streams_per_user)
-        state.notifier = notifier
-        state.dispatcher = dispatcher
-        state.dispatcher_wake = dispatcher.wake
-        state.on_job_submitted = dispatcher.job_submitted
-        state.on_job_canceled = dispatcher.job_canceled
-        state.backend_health = dispatcher.backend_health
-        state.probe_backends = dispatcher.probe_health
-        state.object_info = dispatcher.object_info
-        state.outbound_guard = guard
-        state.secret_box = secret_box
-        state.webhook_sender = webhook_sender
-        state.webhooks_wake = webhook_sender.wake
-        state.on_backends_changed = dispatcher.backends_changed
-        state.backend_live = dispatcher.backend_live
-        state.backends_draining = dispatcher.draining
-
-        # Image params given as URLs, fetched through the one outbound guard.
-        state.fetch_url = make_fetcher(
-            guard,
-            max_bytes=settings.max_upload_bytes,
-            timeout=settings.url_fetch_timeout_seconds,
-        )
-        retention = RetentionService(worker_sessionmaker, storage, settings)
-        state.retention = retention
-        event_log.start()
-        await relay.start()
-        if settings.run_dispatcher:
-            await dispatcher.start()
-        # Deleting is idempotent, so every replica that runs a dispatcher may run it too.
-        retention_task = (
-            asyncio.create_task(retention.run(), name="retention")
-            if settings.retention_days and settings.run_dispatcher
-            else None
-        )
-        if settings.run_webhooks:
-            await webhook_sender.start()
-        gauges_task = asyncio.create_task(
-            queue_metrics.run(sessionmaker, metrics, settings.metrics_refresh_seconds), name="job gauges"
-        )
-        try:
+        async with running_gateway(settings, outbound_resolver) as state:
+            # The one attribute: routes reach it through deps.state(request).
+            app.state.gateway = state
             assert mcp is not None
             async with mcp.manager.run():
                 yield
-        finally:
-            gauges_task.cancel()
-            await asyncio.gather(gauges_task, return_exceptions=True)
-            if retention_task is not None:
-                retention_task.cancel()
-                await asyncio.gather(retention_task, return_exceptions=True)
-            await dispatcher.stop()
-            await event_log.stop()
-            # The dispatcher's connections go before the sender gives back its leases: on SQLite a
-            # write of theirs cut short by the stop could otherwise hold the lock those need.
-            await worker_engine.dispose()
-            await webhook_sender.stop()
-            await guard_engine.dispose()
-            await storage.close()
-            await relay.stop()
-            await engine.dispose()
 
     app = FastAPI(
         title="comfy-gateway",
@@ -274,6 +137,190 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
     app.include_router(v2_routes.router)
     return app
+
+
+@asynccontextmanager
+async def running_gateway(
+    settings: Settings, outbound_resolver: Resolver | None = None
+) -> AsyncIterator[GatewayState]:
+    """Everything the gateway runs on, its loops started, as one typed state; all of it stopped and
+    closed after, each part before what it still needs."""
+    if settings.auto_migrate:
+        await upgrade_async(settings.database_url)
+    engine = create_engine(settings.database_url)
+    # The dispatcher has connections of its own: a burst of API requests queueing for the
+    # database must never hold up the loop that keeps the GPUs busy.
+    worker_engine = create_engine(settings.database_url, pool_size=4)
+    # The outbound guard checks inside requests that hold a connection: it has one of its own.
+    guard_engine = create_engine(settings.database_url, pool_size=1)
+    storage = build_storage(settings)
+    await storage.start()
+    sessionmaker = create_sessionmaker(engine)
+    secret = await _prepare_database(settings, sessionmaker)
+    parts = _wire(
+        settings,
+        sessionmaker,
+        create_sessionmaker(worker_engine),
+        create_sessionmaker(guard_engine),
+        storage,
+        secret,
+        outbound_resolver,
+    )
+    state, dispatcher = parts.state, parts.dispatcher
+    await dispatcher.load()
+    for loop in state.loops:
+        await loop.start()
+    try:
+        yield state
+    finally:
+        await parts.gauges.stop()
+        await state.retention.stop()
+        # Stopped whether it ran or not: a replica that does not dispatch has probe clients to close.
+        await dispatcher.stop()
+        await state.event_log.stop()
+        # The dispatcher's connections go before the sender gives back its leases: on SQLite a
+        # write of theirs cut short by the stop could otherwise hold the lock those need.
+        await worker_engine.dispose()
+        await state.webhook_sender.stop()
+        await guard_engine.dispose()
+        await storage.close()
+        await state.event_relay.stop()
+        await engine.dispose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    state: GatewayState
+    # The concrete ones, which the lifespan loads and stops (the API sees neither).
+    dispatcher: Dispatcher
+    gauges: JobGauges
+
+
+def _wire(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    worker_sessionmaker: async_sessionmaker[AsyncSession],
+    guard_sessionmaker: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    secret: str,
+    outbound_resolver: Resolver | None,
+) -> _Parts:
+    """Build the services and the loops, each given what it needs (nothing runs yet)."""
+    metrics = Metrics()
+    signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
+    bus = EventBus(on_lag=lambda sub: metrics.live_lagged.labels(sub.scope).inc())
+    # The backends stay closed to users' URLs whatever the allow-list covers (ComfyUI has no
+    # per-user authorization); read at each check, since admins change the pool at run time.
+    guard = OutboundGuard(
+        settings.outbound_allowlist,
+        resolver=outbound_resolver,
+        forbidden=lambda: pool_urls(guard_sessionmaker, settings.comfyui_urls),
+    )
+    secret_box = SecretBox(settings.webhook_secret_key or secret)
+    # The sender shares the API's connections, not the dispatcher's: receivers' pace must
+    # never hold up the loop that keeps the GPUs busy.
+    webhook_sender = WebhookSender(
+        sessionmaker=sessionmaker,
+        settings=settings,
+        signer=signer,
+        box=secret_box,
+        guard=guard,
+        metrics=metrics,
+    )
+    event_log = EventLog(worker_sessionmaker, signer, bus, settings)
+    # Tells this replica's own event announcements (PostgreSQL NOTIFY) from the others'.
+    replica_id = uuid.uuid4().hex
+    for maker in (sessionmaker, worker_sessionmaker):
+        # Sessions that commit a job transition with a webhook wake the sender at once, and events
+        # logged in a transaction reach this process's subscribers when it commits.
+        maker.configure(info={WAKE_KEY: webhook_sender.wake})
+        job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
+    relay = EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
+    notifier = Notifier(event_log, metrics)
+    dispatcher = Dispatcher(
+        sessionmaker=worker_sessionmaker,
+        settings=settings,
+        storage=storage,
+        notifier=notifier,
+        metrics=metrics,
+    )
+    retention = RetentionService(worker_sessionmaker, storage, settings)
+    gauges = JobGauges(sessionmaker, metrics, settings.metrics_refresh_seconds)
+    fetch_url = make_fetcher(
+        guard, max_bytes=settings.max_upload_bytes, timeout=settings.url_fetch_timeout_seconds
+    )
+    state = GatewayState(
+        settings=settings,
+        sessionmaker=sessionmaker,
+        storage=storage,
+        signer=signer,
+        bus=bus,
+        event_log=event_log,
+        metrics=metrics,
+        live_slots=LiveSlots(settings.max_live_streams_per_user),
+        dispatcher=dispatcher,
+        webhook_sender=webhook_sender,
+        outbound_guard=guard,
+        secret_box=secret_box,
+        fetch_url=fetch_url,
+        retention=retention,
+        event_relay=relay,
+        loops=_loops_to_run(settings, event_log, relay, dispatcher, retention, webhook_sender, gauges),
+    )
+    return _Parts(state, dispatcher, gauges)
+
+
+def _loops_to_run(
+    settings: Settings,
+    event_log: EventLog,
+    relay: EventRelay,
+    dispatcher: Dispatcher,
+    retention: RetentionService,
+    webhook_sender: WebhookSender,
+    gauges: JobGauges,
+) -> tuple[Loop, ...]:
+    """The loops this process runs, in the order they start."""
+    loops: list[Loop] = [event_log]
+    if not is_sqlite(settings.database_url):
+        # With SQLite there is one process: the after-commit delivery is all there is.
+        loops.append(relay)
+    if settings.run_dispatcher:
+        loops.append(dispatcher)
+        # Deleting is idempotent, so every replica that runs a dispatcher may run it too.
+        if settings.retention_days:
+            loops.append(retention)
+    if settings.run_webhooks:
+        loops.append(webhook_sender)
+    loops.append(gauges)
+    return tuple(loops)
+
+
+async def _prepare_database(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> str:
+    """The rows the gateway needs before it serves: the bootstrap admin, the built-in templates, the
+    configured backends; returns the URL signing secret."""
+    async with sessionmaker() as session:
+        await ensure_bootstrap_admin(session)
+        await sync_builtins(session)
+        await session.commit()
+    secret = settings.signing_secret or await get_or_create(
+        sessionmaker, "signing_secret", lambda: secrets.token_urlsafe(48)
+    )
+    if not settings.signing_secret and not settings.webhook_secret_key:
+        # Loud on purpose: the operator may believe the database alone holds nothing usable.
+        log.warning(
+            "GATEWAY_SIGNING_SECRET and GATEWAY_WEBHOOK_SECRET_KEY are unset: the URL signing secret "
+            "is kept in the database and users' webhook secrets are encrypted with a key derived "
+            "from it, so a copy of the database alone reveals them (and can sign output URLs). "
+            "Set both (or GATEWAY_*_FILE) from a secret store."
+        )
+    # The pool is the `backends` table: GATEWAY_COMFYUI_URLS is registered in it, beside the
+    # backends admins added (which survive a restart that way).
+    async with sessionmaker() as session:
+        # Only a process that dispatches prunes: an API-only replica started without the
+        # setting must not take the others' backends out of the pool.
+        await register_configured_backends(session, settings.comfyui_urls, prune=settings.run_dispatcher)
+        await session.commit()
+    return secret
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from app.api import deps
 from app.api.deps import AdminDep, SessionDep, SettingsDep, SignerDep, StorageDep
 from app.api.pages import Cursor, Limit
 from app.api.schemas import (
@@ -147,7 +148,7 @@ async def cancel_any_job(
     job = await jobs.cancel_job(session, await jobs.get_any(session, job_id), signer)
     await session.commit()
     view = {**await jobs.view(session, job, signer), "user_id": job.user_id}
-    await request.app.state.on_job_canceled(job)
+    await deps.state(request).dispatcher.job_canceled(job)
     return view
 
 
@@ -164,10 +165,10 @@ async def delete_any_job(
         await session.commit()
         if canceled is not None:
             job = canceled
-            await request.app.state.on_job_canceled(job)
+            await deps.state(request).dispatcher.job_canceled(job)
     if job.cancel_requested:
         # Once the row is gone the cleanup of cancels has nothing to find: off its backend now.
-        await request.app.state.dispatcher.take_off(job)
+        await deps.state(request).dispatcher.take_off(job)
     prefix = await purge_job(session, job)
     await session.commit()
     await storage.delete_prefix(prefix)
@@ -183,5 +184,5 @@ async def delete_any_job(
 async def redeliver_webhook(delivery_id: str, request: Request, session: SessionDep, admin: AdminDep) -> dict:
     """Send a delivery again now, with a fresh round of attempts (past attempts stay listed)."""
     view = await webhooks.redeliver(session, delivery_id)
-    request.app.state.webhooks_wake()
+    deps.state(request).webhook_sender.wake()
     return view

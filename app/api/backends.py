@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api import deps
 from app.api.deps import AdminDep, SessionDep
 from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, BackendCreate, BackendList, BackendOut
@@ -25,14 +26,14 @@ BackendId = Annotated[str, Path(max_length=36, description="The backend's opaque
 
 async def _view(request: Request, session: AsyncSession, row: Backend) -> dict:
     # A replica that does not dispatch asks the backends itself (at most once per health period).
-    await request.app.state.probe_backends()
-    live = request.app.state.backend_live(row.url)
+    await deps.state(request).dispatcher.probe_health()
+    live = deps.state(request).dispatcher.backend_live(row.url)
     return await backends.backend_view(session, row, live)
 
 
 def _changed(request: Request, url: str, *, draining: bool | None = None) -> None:
     # This replica applies it now; the others on their next poll of the table.
-    request.app.state.on_backends_changed(url, draining=draining)
+    deps.state(request).dispatcher.backends_changed(url, draining=draining)
 
 
 @router.get("", response_model=BackendList, responses=PROBLEMS)

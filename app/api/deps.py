@@ -1,4 +1,4 @@
-"""Request-scoped dependencies: the session, the caller, the shared services on app.state."""
+"""Request-scoped dependencies: the session, the caller, the gateway's typed state (app/api/state.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.ratelimit import set_ratelimit_headers
+from app.api.state import GatewayState
 from app.config import Settings
 from app.domain import ratelimit
 from app.domain.errors import Forbidden
@@ -21,37 +23,42 @@ from app.storage.base import Storage
 from app.storage.signing import UrlSigner
 
 
+def state(conn: HTTPConnection) -> GatewayState:
+    """The running gateway's state (set by the lifespan, app/main.py), from a request or a socket."""
+    return conn.app.state.gateway
+
+
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     # Routes commit explicitly (the request is the unit of work); whatever is left uncommitted
     # when the request ends, by an error or otherwise, is rolled back.
-    async with request.app.state.sessionmaker() as session:
+    async with state(request).sessionmaker() as session:
         yield session
 
 
-# `async def`, though they only read app.state: FastAPI runs a plain `def` dependency in its
+# `async def`, though they only read the state: FastAPI runs a plain `def` dependency in its
 # thread pool, a thread hop per dependency per request (about 4% of the gateway's CPU under load).
 async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return state(request).settings
 
 
 async def _signer(request: Request) -> UrlSigner:
-    return request.app.state.signer
+    return state(request).signer
 
 
 async def _storage(request: Request) -> Storage:
-    return request.app.state.storage
+    return state(request).storage
 
 
 async def _bus(request: Request) -> EventBus:
-    return request.app.state.bus
+    return state(request).bus
 
 
 async def _guard(request: Request) -> OutboundGuard:
-    return request.app.state.outbound_guard
+    return state(request).outbound_guard
 
 
 async def _secret_box(request: Request) -> SecretBox:
-    return request.app.state.secret_box
+    return state(request).secret_box
 
 
 SessionDep = Annotated[AsyncSession, Depends(_session)]

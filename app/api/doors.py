@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api import deps
 from app.api.deps import charge, charge_refused
 from app.db import jobs as repo
 from app.db.models import Job, Output, Upload
@@ -42,7 +43,7 @@ async def submit(
     """One job per item of `params_list`, all or none, and a bus subscription to each (the caller
     unsubscribes). `new_uploads` are added with the jobs; their files are the caller's to delete
     if this raises."""
-    state = request.app.state
+    state = deps.state(request)
     try:
         built = [
             await jobs.build(
@@ -52,10 +53,10 @@ async def submit(
                     template=template, workflow=None, params=dict(params), priority=0, metadata=metadata
                 ),
                 state.settings,
-                object_info=state.object_info(),
+                object_info=state.dispatcher.object_info(),
                 storage=state.storage,
                 new_uploads=new_uploads,
-                fetch_url=getattr(state, "fetch_url", None),
+                fetch_url=state.fetch_url,
             )
             for params in params_list
         ]
@@ -80,7 +81,7 @@ async def submit(
             state.bus.unsubscribe(sub)
         raise
     new_uploads.clear()
-    state.on_job_submitted(principal.user_id)
+    state.dispatcher.job_submitted(principal.user_id)
     for job in built:
         state.metrics.jobs_submitted.labels(job.template or "(workflow)", principal.user_id).inc()
     return built, subs
@@ -124,7 +125,7 @@ async def ended_jobs(
 
 
 async def read_output(request: Request, output: Output) -> bytes:
-    chunks = [chunk async for chunk in request.app.state.storage.read_stream(output.storage_key)]
+    chunks = [chunk async for chunk in deps.state(request).storage.read_stream(output.storage_key)]
     return b"".join(chunks)
 
 

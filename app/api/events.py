@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
+from app.api import deps
 from app.api.deps import AdminDep, BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.schemas import PROBLEMS
 from app.config import Settings
@@ -135,13 +136,13 @@ async def _stream(
     any_user: bool,
 ) -> EventSourceResponse:
     after = parse_event_id(last_event_id)
-    slots = request.app.state.live_slots
+    slots = deps.state(request).live_slots
     slot = slots.take(principal)
     try:
         follower = await JobFollower.open(
             session,
             bus,
-            request.app.state.event_log,
+            deps.state(request).event_log,
             signer,
             principal,
             job_id,
@@ -154,7 +155,7 @@ async def _stream(
         raise
     # The request's session is not used by the stream: it would hold a connection for hours.
     await session.close()
-    sessionmaker = request.app.state.sessionmaker
+    sessionmaker = deps.state(request).sessionmaker
 
     key = request.headers.get("authorization", "").partition(" ")[2].strip()
 

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.api import deps
 from app.api.deps import (
     BusDep,
     GuardDep,
@@ -157,10 +158,10 @@ async def _generate(
             ),
             settings,
             # A backend's node definitions, when one is connected, tell which inputs name server files.
-            object_info=request.app.state.object_info(),
+            object_info=deps.state(request).dispatcher.object_info(),
             storage=storage,
             new_uploads=new_uploads,
-            fetch_url=getattr(request.app.state, "fetch_url", None),
+            fetch_url=deps.state(request).fetch_url,
         )
     except DomainError:
         # A refused request counts against the rate too (or is answered 429 if over it); its key is free again.
@@ -189,8 +190,10 @@ async def _generate(
         await session.commit()
         new_uploads.clear()
         # After the commit, never before: the dispatcher must find the row when it wakes.
-        request.app.state.on_job_submitted(principal.user_id)
-        request.app.state.metrics.jobs_submitted.labels(job.template or "(workflow)", principal.user_id).inc()
+        deps.state(request).dispatcher.job_submitted(principal.user_id)
+        deps.state(request).metrics.jobs_submitted.labels(
+            job.template or "(workflow)", principal.user_id
+        ).inc()
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         if sub is None:
             return await jobs.view(session, job, signer, new=True)
@@ -216,7 +219,7 @@ async def _answer(
 ) -> dict:
     """The job as it is now: 200 if it ended (or is a replay), else 202. A replay with `Prefer: wait`
     waits for the original job too."""
-    bus = request.app.state.bus
+    bus = deps.state(request).bus
     if wait:
         sub = bus.subscribe_job(job_id)
         try:

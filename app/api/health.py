@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from app.api import deps
 from app.api.operator import is_operator, require_operator
 from app.api.problems import problem_response
 from app.api.schemas import PROBLEMS
@@ -24,17 +25,22 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> Response:
     """Anyone may ask whether the gateway is ready; only an operator learns which backend is
     down or draining (their URLs are internal)."""
+    state = deps.state(request)
     problems: list[str] = []
     try:
-        async with request.app.state.sessionmaker() as session:
+        async with state.sessionmaker() as session:
             await session.execute(text("SELECT 1"))
     except Exception:  # noqa: BLE001 - any failure means "not ready", and says so
         problems.append("the database does not answer")
-    await request.app.state.probe_backends()
-    backends = request.app.state.backend_health()
+    # A loop that died (and is being restarted, or gave up) does work nothing else does.
+    stopped = [h.name for h in (loop.health for loop in state.loops) if not h.ok]
+    if stopped:
+        problems.append("background loops not running: " + ", ".join(stopped))
+    await state.dispatcher.probe_health()
+    backends = state.dispatcher.backend_health()
     # A drained backend is not down, but it takes no new jobs: with only drained ones healthy,
     # queued work would wait, so the gateway is not ready.
-    draining = request.app.state.backends_draining()
+    draining = state.dispatcher.draining()
     detail = await is_operator(request)
     if not any(backends.values()):
         down = ", ".join(backends) or "none configured"
@@ -68,11 +74,11 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text. Needs `Authorization: Bearer` with GATEWAY_METRICS_TOKEN or an admin key,
     unless GATEWAY_METRICS_PUBLIC is true (a deployment whose port only the scraper reaches)."""
-    if not request.app.state.settings.metrics_public:
+    if not deps.state(request).settings.metrics_public:
         try:
             await require_operator(request)
         except DomainError:
             raise
         except Exception as exc:  # the database answers no key: not a 500
             raise ServiceUnavailable("The database does not answer; an admin key cannot be checked.") from exc
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(deps.state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from app.api import deps
 from app.api.deps import PrincipalDep, SessionDep, SignerDep, StorageDep
 from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, JobList, JobOut, WebhookDeliveryList
@@ -47,7 +48,7 @@ async def cancel_job(
     view = await jobs.view(session, job, signer)
     # The dispatcher takes it off the backend (queue delete or targeted interrupt); subscribers
     # heard of it when the cancel committed (the event log).
-    await request.app.state.on_job_canceled(job)
+    await deps.state(request).dispatcher.job_canceled(job)
     return view
 
 

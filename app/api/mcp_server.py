@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from app.api import doors
 from app.api.deps import charge
 from app.api.problems import problem_response
+from app.api.state import GatewayState
 from app.db import jobs as repo
 from app.db.models import Job, Output, Template, Upload
 from app.domain import jobs, templates
@@ -85,11 +86,15 @@ class McpEndpoint:
         # which a browser never adds on its own.
         self.manager = StreamableHTTPSessionManager(app=self.server)
 
+    def _state(self) -> GatewayState:
+        # The tools run in the SDK's session tasks, outside any request: the state is the app's.
+        return self.app.state.gateway
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
-        state = self.app.state
+        state = self._state()
         try:
             async with state.sessionmaker() as session:
                 principal = await authenticate(
@@ -114,9 +119,9 @@ class McpEndpoint:
     async def _list_tools(
         self, ctx: ServerRequestContext, params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        settings = self.app.state.settings
+        settings = self._state().settings
         tools = list(FIXED_TOOLS.values())
-        async with self.app.state.sessionmaker() as session:
+        async with self._state().sessionmaker() as session:
             for row in await _templates(session):
                 if row.name in FIXED_TOOLS:
                     continue  # documented: the fixed tools keep their names
@@ -156,7 +161,7 @@ class McpEndpoint:
     async def _fixed(
         self, request: Request, principal: Principal, name: str, args: dict[str, Any]
     ) -> types.CallToolResult:
-        state = self.app.state
+        state = self._state()
         async with state.sessionmaker() as session:
             await charge(request, session, principal)
             await session.commit()
@@ -181,7 +186,7 @@ class McpEndpoint:
                 canceled = await jobs.cancel(session, principal, job_id, state.signer)
                 await session.commit()
                 # The dispatcher takes it off its backend (as POST /v1/jobs/{id}/cancel does).
-                await state.on_job_canceled(canceled)
+                await state.dispatcher.job_canceled(canceled)
             job = await jobs.get_owned(session, principal, job_id, fresh=True)
             return await self._job_result(request, session, job)
 
@@ -193,7 +198,7 @@ class McpEndpoint:
         name: str,
         args: dict[str, Any],
     ) -> types.CallToolResult:
-        state = self.app.state
+        state = self._state()
         new_uploads: list[Upload] = []
         async with state.sessionmaker() as session:
             if await session.get(Template, name) is None:
@@ -232,7 +237,7 @@ class McpEndpoint:
             return await self._job_result(request, session, current)
 
     async def _job_result(self, request: Request, session: AsyncSession, job: Job) -> types.CallToolResult:
-        state = self.app.state
+        state = self._state()
         view = await jobs.view(session, job, state.signer)
         for out in view["outputs"]:
             out["url"] = doors.absolute_url(request, out["url"])
@@ -260,7 +265,7 @@ class McpEndpoint:
         )
 
     async def _output_content(self, request: Request, output: Output) -> Any:
-        state = self.app.state
+        state = self._state()
         if output.content_type.startswith("image/") and output.size <= state.settings.mcp_inline_image_bytes:
             return types.ImageContent(
                 type="image", data=await doors.output_b64(request, output), mime_type=output.content_type

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from app.api import doors
+from app.api import deps, doors
 from app.api.deps import (
     PrincipalDep,
     SessionDep,
@@ -227,7 +227,7 @@ async def _run(
         ended = await doors.wait_all(subs, settings.openai_wait_seconds)
     finally:
         for sub in subs:
-            request.app.state.bus.unsubscribe(sub)
+            deps.state(request).bus.unsubscribe(sub)
     found, outputs = await doors.ended_jobs(session, principal, job_ids)
     if not ended and any(job.status not in ("succeeded", "failed", "canceled") for job in found):
         raise ImagesFailed(
@@ -393,7 +393,7 @@ async def edits(
     finally:
         # Emptied once the jobs and their uploads are committed.
         for upload in new_uploads:
-            await request.app.state.storage.delete(upload.storage_key)
+            await deps.state(request).storage.delete(upload.storage_key)
         await form.close()
 
 
@@ -463,7 +463,7 @@ async def _store(
         )
     try:
         upload = await uploads.store(
-            session, request.app.state.storage, settings, principal.user_id, file.filename, file.file
+            session, deps.state(request).storage, settings, principal.user_id, file.filename, file.file
         )
     except ValidationFailed as exc:
         raise ValidationFailed(

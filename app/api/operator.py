@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from app.api import deps
 from app.domain.errors import Forbidden, Unauthorized
 from app.domain.keys import same_secret
 from app.domain.users import authenticate
@@ -20,11 +21,11 @@ async def require_operator(request: Request) -> None:
     credential = bearer(request)
     if credential is None:
         raise Unauthorized("Send the metrics token or an admin key as 'Authorization: Bearer <token>'.")
-    settings = request.app.state.settings
+    settings = deps.state(request).settings
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
     if token and same_secret(credential, token):
         return
-    async with request.app.state.sessionmaker() as session:
+    async with deps.state(request).sessionmaker() as session:
         principal = await authenticate(session, credential, settings)
     if not principal.is_admin:
         raise Forbidden("Operator data is for admins and the metrics scraper.")

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Request, Response
 
+from app.api import deps
 from app.api.deps import AdminDep, PrincipalDep, SessionDep, SettingsDep
 from app.api.input_checks import JsonObject
 from app.api.pages import Cursor, Limit
@@ -62,7 +63,7 @@ async def put_template(
     document: Annotated[JsonObject, Body(description="A template document.")],
 ) -> dict:
     # With a backend's node definitions at hand, binds are checked against the real node inputs.
-    object_info = request.app.state.object_info()
+    object_info = deps.state(request).dispatcher.object_info()
     row, created = await templates.put_template(session, name, document, object_info=object_info)
     view = templates.summary(
         row.name,

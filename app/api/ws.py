@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from app.api import deps
 from app.domain.errors import DomainError, Forbidden, LimitExceeded, Unauthorized
 from app.domain.live import frame
 from app.domain.users import Principal, authenticate
@@ -43,7 +44,7 @@ async def _authenticate(websocket: WebSocket, key: str | None) -> Principal:
     # cannot be hashed: it is a wrong key, not a server error.
     if key is not None and not _encodable(key):
         raise Unauthorized("The API key is not valid.")
-    state = websocket.app.state
+    state = deps.state(websocket)
     async with state.sessionmaker() as session:
         return await authenticate(session, key, state.settings)
 
@@ -108,7 +109,7 @@ async def live_events(
     if all and not principal.is_admin:
         await _refuse(websocket, Forbidden("Only admins may follow every user's jobs (all=true)."))
         return
-    state = websocket.app.state
+    state = deps.state(websocket)
     try:
         slot = state.live_slots.take(principal)
     except LimitExceeded as exc:
@@ -123,7 +124,7 @@ async def live_events(
 async def _follow(
     websocket: WebSocket, principal: Principal, key: str | None, previews: bool, *, everyone: bool
 ) -> None:
-    state = websocket.app.state
+    state = deps.state(websocket)
     bus = state.bus
     sub = (
         bus.subscribe_all(previews=previews)

@@ -28,6 +28,7 @@ from app.dispatch.pool import BackendPool
 from app.dispatch.scheduler import FairScheduler
 from app.dispatch.tracker import DispatchContext, Tracker
 from app.domain.notify import Notifier
+from app.loops import Backoff, Loop
 from app.metrics import Metrics
 from app.storage.base import Storage
 
@@ -37,7 +38,11 @@ PREPARE_AHEAD = 1
 log = logging.getLogger("app.dispatch")
 
 
-class Dispatcher(BackendPool):
+class Dispatcher(Loop, BackendPool):
+    # A round cut short is safe (what it claimed is reconciled at the next start); waiting for it
+    # would hold a shutdown up on a slow backend.
+    finish_round_at_stop = False
+
     def __init__(
         self,
         *,
@@ -47,12 +52,17 @@ class Dispatcher(BackendPool):
         notifier: Notifier,
         metrics: Metrics,
     ) -> None:
+        poll = settings.dispatch_poll_seconds
+        super().__init__(
+            "dispatcher",
+            interval=poll,
+            backoff=Backoff(initial=min(poll, 1.0), cap=max(poll, 10.0)),
+            round_seconds=metrics.dispatch_round_seconds.observe,
+            logger=log,
+        )
         self.settings = settings
         self._sessionmaker = sessionmaker
-        self._wake_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._main: asyncio.Task[None] | None = None
-        self._stopping = False
         self._started = False
         # The pool is the `backends` table, re-read on every poll (see sync_backends).
         self.links: list[BackendLink] = []
@@ -86,14 +96,13 @@ class Dispatcher(BackendPool):
         self._started = True
         for link in self.links:
             self._start_link(link)
-        self._main = asyncio.create_task(self.run(), name="dispatcher")
+        await super().start()
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking work; what is in flight stays recorded and is reconciled on the next start."""
-        self._stopping = True
-        self.wake()
-        if self._main is not None:
-            self._main.cancel()
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work; what is in flight stays recorded and is reconciled on the next start.
+        Bounded: the round and the backends' tasks get `timeout` seconds (5 by default)."""
+        grace = self.stop_timeout if timeout is None else timeout
+        await super().stop(grace)
         for link in self.links:
             await link.ws.close()
         for task in self._tasks:
@@ -105,8 +114,6 @@ class Dispatcher(BackendPool):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._main is not None:
-            await asyncio.gather(self._main, return_exceptions=True)
         await self._return_prepared()
         for link in self.links:
             await link.client.aclose()
@@ -131,9 +138,6 @@ class Dispatcher(BackendPool):
             self._reserve_stale = True
         self.wake()
 
-    def wake(self) -> None:
-        self._wake_event.set()
-
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -144,23 +148,6 @@ class Dispatcher(BackendPool):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
-
-    async def run(self) -> None:
-        """The supervised loop: one failed round is logged and retried, never fatal."""
-        while not self._stopping:
-            self._wake_event.clear()
-            try:
-                with self.ctx.metrics.dispatch_round_seconds.time():
-                    await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001
-                log.exception("dispatcher round failed")
-                await asyncio.sleep(min(self.settings.dispatch_poll_seconds, 1.0))
-            try:
-                await asyncio.wait_for(self._wake_event.wait(), timeout=self.settings.dispatch_poll_seconds)
-            except TimeoutError:
-                pass
 
     async def _load_inflight(self) -> None:
         """Rebuild what is on each backend from the rows: the database is the truth after a restart."""

@@ -4,7 +4,7 @@
   transaction commits, `deliver` publishes them on the bus with their ids.
 - Progress is coalesced per job (at most `progress_events_per_second`, but the last step of a
   node always goes out) and logged in batches by one writer task: a thousand running jobs cost a
-  transaction per batch, not one per step. The same `deliver` publishes them after the commit.
+  transaction per batch, not one per step (a loop, app/loops.py, woken by each batch). The same `deliver` publishes them after the commit.
 - Previews (ComfyUI's binary preview frames) go to the subscribers that asked, and are never
   stored.
 """
@@ -26,6 +26,7 @@ from app.db.job_events import LoggedEvent
 from app.db.jobs import TERMINAL
 from app.domain.events import EventBus, JobEvent
 from app.domain.views import present_event
+from app.loops import Loop
 from app.storage.signing import UrlSigner
 
 log = logging.getLogger("app.events")
@@ -38,7 +39,7 @@ class _Coalesce:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
-class EventLog:
+class EventLog(Loop):
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
@@ -46,6 +47,8 @@ class EventLog:
         bus: EventBus,
         settings: Settings,
     ) -> None:
+        # Woken by every progress event it queues: the interval is only a safety net.
+        super().__init__("event log writer", interval=60.0, logger=log)
         self._sessionmaker = sessionmaker
         self._signer = signer
         self._bus = bus
@@ -55,22 +58,15 @@ class EventLog:
         self._user_of: dict[str, str] = {}
         self._queue: list[tuple[str, str, dict[str, Any]]] = []
         self._writing: list[tuple[str, str, dict[str, Any]]] = []
-        self._wake = asyncio.Event()
         self._written = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     # ---- life cycle --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="event log writer")
-
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
         for state in self._coalesce.values():
             if state.timer is not None:
                 state.timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await super().stop(timeout)
 
     # ---- delivery ------------------------------------------------------------------------------
 
@@ -132,7 +128,7 @@ class EventLog:
     ) -> None:
         state.last_sent = now
         self._queue.append((job_id, user_id, data))
-        self._wake.set()
+        self.wake()
 
     def _forget(self, job_id: str) -> None:
         state = self._coalesce.pop(job_id, None)
@@ -158,23 +154,21 @@ class EventLog:
             except TimeoutError:
                 return
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                self._writing, self._queue = self._queue, []
-                try:
-                    async with self._sessionmaker() as session:
-                        await job_events.record_progress(session, self._writing, keep=self._keep)
-                        await session.commit()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - progress is advisory; the writer must go on
-                    log.exception("writing %d progress events", len(self._writing))
-                finally:
-                    self._writing = []
-                    self._written.set()
+    async def run_once(self) -> None:
+        """Write what is queued, a batch per transaction, until nothing is."""
+        while self._queue:
+            self._writing, self._queue = self._queue, []
+            try:
+                async with self._sessionmaker() as session:
+                    await job_events.record_progress(session, self._writing, keep=self._keep)
+                    await session.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - progress is advisory; the writer must go on
+                log.exception("writing %d progress events", len(self._writing))
+            finally:
+                self._writing = []
+                self._written.set()
 
     def node_started(self, job_id: str, user_id: str, data: dict[str, Any]) -> None:
         """A node started (its progress for /api/v2, whose node counts move with it): live only, like

@@ -20,11 +20,15 @@ from app.db import job_events
 from app.db.engine import is_sqlite, normalize_url
 from app.domain.event_log import EventLog
 from app.domain.events import EventBus
+from app.loops import Backoff, Loop
 
 log = logging.getLogger("app.events")
 
 
-class EventRelay:
+class EventRelay(Loop):
+    # A round listens for as long as its connection lasts: a stop cuts it short.
+    finish_round_at_stop = False
+
     def __init__(
         self,
         database_url: str,
@@ -35,6 +39,12 @@ class EventRelay:
         origin: str,
         reconnect_seconds: float = 2.0,
     ) -> None:
+        super().__init__(
+            "event relay",
+            interval=reconnect_seconds,
+            backoff=Backoff(initial=reconnect_seconds, cap=max(reconnect_seconds, 10.0)),
+            logger=log,
+        )
         self._url = database_url
         self._sessionmaker = sessionmaker
         self._event_log = event_log
@@ -43,19 +53,18 @@ class EventRelay:
         self._reconnect = reconnect_seconds
         self._wanted: list[tuple[str, int]] = []
         self._flushing: asyncio.Task[None] | None = None
-        self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
 
     async def start(self) -> None:
         if is_sqlite(self._url):
             return
-        self._task = asyncio.create_task(self._run(), name="event relay")
+        await super().start()
 
-    async def stop(self) -> None:
-        for task in (self._task, self._flushing):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+    async def stop(self, timeout: float | None = None) -> None:
+        await super().stop(timeout)
+        if self._flushing is not None:
+            self._flushing.cancel()
+            await asyncio.gather(self._flushing, return_exceptions=True)
 
     def _dsn(self) -> str:
         return (
@@ -64,28 +73,28 @@ class EventRelay:
             .render_as_string(hide_password=False)
         )
 
-    async def _run(self) -> None:
+    async def run_once(self) -> None:
+        """Listen until the connection is lost. One that cannot be made raises (the loop backs
+        off); one lost after it listened ends the round (the next reconnects after the interval)."""
         import asyncpg
 
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self._dsn())
-                await conn.add_listener(job_events.CHANNEL, self._on_notify)
-                self.listening.set()
-                while not conn.is_closed():
-                    # asyncpg delivers notifications on its own; this only notices a lost connection.
-                    await asyncio.sleep(self._reconnect)
-                    await conn.execute("SELECT 1")
-            except asyncio.CancelledError:
+        conn = None
+        try:
+            conn = await asyncpg.connect(self._dsn())
+            await conn.add_listener(job_events.CHANNEL, self._on_notify)
+            self.listening.set()
+            while not conn.is_closed():
+                # asyncpg delivers notifications on its own; this only notices a lost connection.
+                await asyncio.sleep(self._reconnect)
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            if not self.listening.is_set():
                 raise
-            except Exception as exc:  # noqa: BLE001 - a lost connection is retried
-                log.warning("event relay: %s; reconnecting", exc)
-            finally:
-                self.listening.clear()
-                if conn is not None and not conn.is_closed():
-                    await conn.close()
-            await asyncio.sleep(self._reconnect)
+            log.warning("event relay: %s; reconnecting", exc)
+        finally:
+            self.listening.clear()
+            if conn is not None and not conn.is_closed():
+                await conn.close()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         parsed = job_events.payload_of(payload)

@@ -7,7 +7,6 @@ counted from the queue, and not a query per scrape.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
@@ -17,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import usage
 from app.db.models import JobCount
 from app.db.types import utcnow
+from app.loops import Backoff, Loop
 from app.metrics import Metrics
 
 log = logging.getLogger("app.metrics")
@@ -53,13 +53,17 @@ async def refresh(sessionmaker: async_sessionmaker[AsyncSession], metrics: Metri
         exported[labels] = count
 
 
-async def run(sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics, every: float) -> None:
-    """The supervised loop: a failed refresh is logged, and the next one tried."""
-    while True:
-        try:
-            await refresh(sessionmaker, metrics)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - metrics must never take the gateway down
-            log.exception("refreshing the job gauges")
-        await asyncio.sleep(every)
+class JobGauges(Loop):
+    """`refresh` every GATEWAY_METRICS_REFRESH_SECONDS; a failed one never takes the gateway down."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics, every: float
+    ) -> None:
+        super().__init__(
+            "job gauges", interval=every, backoff=Backoff(initial=every, cap=max(every, 60.0)), logger=log
+        )
+        self._sessionmaker = sessionmaker
+        self._metrics = metrics
+
+    async def run_once(self) -> None:
+        await refresh(self._sessionmaker, self._metrics)

@@ -9,7 +9,6 @@ point at missing files. An expired job keeps its row as a tombstone: its outputs
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 
@@ -22,6 +21,7 @@ from app.db.models import Job, JobEvent, Output, Upload
 from app.db.types import utcnow
 from app.domain.errors import Conflict, NotFound
 from app.domain.users import Principal
+from app.loops import Backoff, Loop
 from app.storage.base import Storage
 
 log = logging.getLogger("app.retention")
@@ -56,12 +56,19 @@ async def purge_job(session: AsyncSession, job: Job) -> str:
     return f"{job.id}/"
 
 
-class RetentionService:
-    """Deletes outputs of jobs finished more than `retention_days` ago, and uploads older than that."""
+class RetentionService(Loop):
+    """Deletes outputs of jobs finished more than `retention_days` ago, and uploads older than that,
+    every GATEWAY_RETENTION_CHECK_SECONDS."""
 
     def __init__(
         self, sessionmaker: async_sessionmaker[AsyncSession], storage: Storage, settings: Settings
     ) -> None:
+        every = settings.retention_check_seconds
+        # A failed pass is tried again sooner than the next one was due, never more often than
+        # the backoff allows: deleting is idempotent.
+        super().__init__(
+            "retention", interval=every, backoff=Backoff(initial=min(every, 10.0), cap=every), logger=log
+        )
         self._sessionmaker = sessionmaker
         self._storage = storage
         self._settings = settings
@@ -126,14 +133,3 @@ class RetentionService:
         for row in rows:
             await self._storage.delete(row.storage_key)
         return [r.id for r in rows]
-
-    async def run(self) -> None:
-        """The supervised loop: a failed pass is logged and tried again at the next interval."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001
-                log.exception("retention pass failed")
-            await asyncio.sleep(self._settings.retention_check_seconds)

@@ -1,4 +1,4 @@
-"""The webhook sender: a supervised loop, owned by the app's lifespan, that sends due outbox rows.
+"""The webhook sender: a supervised loop (app/loops.py), owned by the app's lifespan, that sends due outbox rows.
 
 Rows are the truth: a delivery is leased (app/db/webhooks.py) before it is sent and its attempt
 recorded after, so a crash loses nothing (the lease expires and another sender, or this one after
@@ -30,6 +30,7 @@ from app.db.models import WebhookDelivery
 from app.db.types import utcnow
 from app.domain.views import job_view, rfc3339
 from app.domain.webhook_secrets import SecretBox, signing_secrets
+from app.loops import Backoff, Loop
 from app.metrics import Metrics
 from app.net.ssrf import OutboundGuard, UnsafeRequest
 from app.storage.signing import UrlSigner
@@ -93,7 +94,7 @@ def sign(secrets: list[str], msg_id: str, timestamp: datetime, body: str) -> str
     return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
 
 
-class WebhookSender:
+class WebhookSender(Loop):
     def __init__(
         self,
         *,
@@ -104,6 +105,10 @@ class WebhookSender:
         guard: OutboundGuard,
         metrics: Metrics,
     ) -> None:
+        poll = settings.webhook_poll_seconds
+        super().__init__(
+            "webhook sender", interval=poll, backoff=Backoff(initial=min(poll, 1.0), cap=30.0), logger=log
+        )
         self.settings = settings
         self.schedule = RetrySchedule.of(
             settings.webhook_retry_schedule, settings.webhook_max_attempts, settings.webhook_retry_jitter
@@ -117,24 +122,15 @@ class WebhookSender:
         self._client = guard.client(
             timeout=settings.webhook_timeout_seconds, headers={"User-Agent": "comfy-gateway-webhooks/1"}
         )
-        self._wake_event = asyncio.Event()
-        self._main: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         # Deliveries this sender holds (leased, being sent), by id: their users. A delivery in here
         # is never claimed again, even if its lease ran out, so it is never sent twice at once.
         self._holding: dict[str, str] = {}
-        self._stopping = False
 
     # ---- life cycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._main = asyncio.create_task(self.run(), name="webhook sender")
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._main is not None:
-            self._main.cancel()
-            await asyncio.gather(self._main, return_exceptions=True)
+    async def stop(self, timeout: float | None = None) -> None:
+        await super().stop(timeout)
         for task in self._inflight:
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
@@ -149,27 +145,9 @@ class WebhookSender:
             )
         await self._client.aclose()
 
-    def wake(self) -> None:
-        self._wake_event.set()
-
-    async def run(self) -> None:
-        """The supervised loop: a failed round is logged and retried, never fatal."""
-        while not self._stopping:
-            self._wake_event.clear()
-            try:
-                await self.run_once(wait=False)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001
-                log.exception("webhook round failed")
-            try:
-                await asyncio.wait_for(self._wake_event.wait(), timeout=self.settings.webhook_poll_seconds)
-            except TimeoutError:
-                pass
-
     # ---- one round -------------------------------------------------------------------------
 
-    async def run_once(self, *, wait: bool = True) -> int:
+    async def run_once(self, *, wait: bool = False) -> int:
         """Lease the deliveries due now (as many as there are free sending slots, and no more of a
         user's than its share) and start their attempts; returns how many were leased. With
         `wait`, until those attempts are recorded.

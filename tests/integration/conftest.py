@@ -18,7 +18,9 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.api.state import GatewayState
 from app.config import Settings
+from app.dispatch.dispatcher import Dispatcher
 from app.main import create_app
 from comfy_emulator import Emulator, EmulatorConfig
 from tests.integration.webhook_receiver import Receiver
@@ -55,8 +57,14 @@ class Gateway:
         self.admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
     @property
-    def dispatcher(self):  # noqa: ANN201
-        return self.app.state.dispatcher
+    def state(self) -> GatewayState:
+        """The running gateway's typed state (app/api/state.py)."""
+        return self.app.state.gateway
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        # The concrete one, not the API's narrow view of it: tests look at its links.
+        return self.app.state.gateway.dispatcher
 
     async def generate(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.http.post("/v1/generate", json=body, headers=headers or self.admin)

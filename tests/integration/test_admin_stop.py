@@ -23,7 +23,7 @@ async def one_slot(emulator, make_settings, gateway_factory) -> Gateway:  # noqa
 
 
 async def event_count(gw: Gateway, job_id: str) -> int:
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         return (
             await session.execute(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id))
         ).scalar_one()
@@ -75,7 +75,7 @@ async def test_an_admin_deletes_any_users_job_running_or_finished(one_slot: Gate
         assert await event_count(gw, job_id) == 0
     # The outputs went with the job: their rows, their URLs and their files.
     assert (await gw.http.get(url)).status_code == 404
-    storage_dir = gw.app.state.settings.storage_dir
+    storage_dir = gw.state.settings.storage_dir
     assert not [p for p in storage_dir.rglob("*") if done in str(p)]
     # The running one was taken off the backend: the one slot serves the next job.
     after = (await gw.generate(TXT2IMG, headers=bob)).json()["id"]

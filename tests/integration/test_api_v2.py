@@ -291,7 +291,7 @@ async def test_a_full_queue_is_429_queue_full_and_the_sdk_waits_it_out(gateway: 
 
 
 async def running_on(gw: Gateway, backend: str) -> bool:
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         stmt = select(Job.id).where(Job.backend == backend, Job.status == "running")
         return (await session.execute(stmt)).first() is not None
 
@@ -315,7 +315,7 @@ async def test_a_v2_job_survives_the_death_of_its_backend(
             assert (await job.result()).status == "succeeded" and len(job.outputs) == 1
             v1 = await gw.job(job.id, headers)
             assert v1["status"] == "succeeded" and [o["id"] for o in v1["outputs"]] == [job.outputs[0].id]
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         rows = (await session.execute(select(Job).where(Job.id.in_([j.id for j in jobs])))).scalars().all()
     assert any(r.attempts > 1 for r in rows), "the victim had v2 jobs in flight; they must have moved"
 

@@ -23,7 +23,7 @@ def slow_job(steps: int = 20, checkpoint: str | None = None) -> dict[str, Any]:
 
 
 async def rows(gw, job_ids: list[str]) -> dict[str, Job]:  # noqa: ANN001
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         found = (await session.execute(select(Job).where(Job.id.in_(job_ids)))).scalars()
         return {job.id: job for job in found}
 
@@ -258,7 +258,7 @@ async def test_an_added_backend_survives_a_restart_with_its_client_id(
     await gw.wait_ready()
     added = (await gw.http.post("/v1/admin/backends", json={"url": b.base_url}, headers=gw.admin)).json()
     await gw.wait_backend(b.base_url, is_up)
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         client_id = (await session.get(GatewayState, f"client_id:{b.base_url}")).value
     await gw.close()
 

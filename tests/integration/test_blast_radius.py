@@ -145,7 +145,7 @@ async def test_a_hostile_user_cannot_slow_or_break_another(emulator, make_settin
 
     # Olive arrives once Mallory's work occupies the backend.
     async def dispatched(user_id: str) -> int:
-        async with gw.app.state.sessionmaker() as session:
+        async with gw.state.sessionmaker() as session:
             stmt = select(func.count()).where(Job.user_id == user_id, Job.dispatched_at.is_not(None))
             return (await session.execute(stmt)).scalar_one()
 
@@ -183,7 +183,7 @@ async def test_a_hostile_user_cannot_slow_or_break_another(emulator, make_settin
     assert dict(answers)["ws surrogate"] == 1008
     assert stream_statuses.count(429) == 2 and stream_statuses.count(200) == 4, stream_statuses
 
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         o_rows = (await session.execute(select(Job).where(Job.user_id == o_id))).scalars().all()
         arrived = min(j.created_at for j in o_rows)
         first = min(j.dispatched_at for j in o_rows)

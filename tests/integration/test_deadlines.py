@@ -34,7 +34,7 @@ async def test_hung_job_times_out_and_is_interrupted_by_prompt_id(gateway, emula
     final = await gateway.wait(job["id"], timeout=10)
     assert final["status"] == "failed" and final["error"]["type"] == "timeout"
     assert "1 s" in final["error"]["message"]
-    async with gateway.app.state.sessionmaker() as session:
+    async with gateway.state.sessionmaker() as session:
         from app.db.models import Job
 
         prompt_id = (await session.get(Job, job["id"])).prompt_id

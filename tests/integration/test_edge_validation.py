@@ -150,7 +150,7 @@ async def test_a_cursor_whose_timestamp_overflows_is_a_422_on_every_list(idle_ga
 async def _insert_poison_job(gw: Gateway, user_id: str, *, params: dict, meta: dict) -> str:
     """A job row as one stored before the edge checked bodies, written through the DB layer."""
     job_id = str(uuid.uuid4())
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         session.add(
             Job(
                 id=job_id,
@@ -257,7 +257,7 @@ async def test_a_stored_template_with_a_lone_surrogate_never_makes_the_template_
     document = load_builtin()["txt2img"].to_dict()
     document["description"] = "stored before the edge checked \ud800"
     document["params"]["prompt"]["description"] = "\udfff"
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         session.add(Template(name="poisoned", document=document, builtin=False))
         await session.commit()
     page = await gw.http.get("/v1/templates", params={"limit": 100}, headers=gw.admin)

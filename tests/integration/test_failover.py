@@ -28,7 +28,7 @@ async def test_killing_a_backend_with_jobs_in_flight_loses_none(
     finals = [await gw.wait(j, timeout=60) for j in ids]
     assert [f["status"] for f in finals] == ["succeeded"] * 30
     assert all(len(f["outputs"]) == 1 for f in finals)  # exactly one set of outputs each
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         rows = (await session.execute(select(Job).where(Job.id.in_(ids)))).scalars().all()
         outputs = (await session.execute(select(Output.job_id).where(Output.job_id.in_(ids)))).scalars().all()
     assert sorted(outputs) == sorted(ids)

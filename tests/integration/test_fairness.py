@@ -15,7 +15,7 @@ PLENTY = {"max_queued": 10_000, "rate_per_minute": 100_000, "jobs_per_day": 100_
 
 
 async def dispatch_order(gw, job_ids: set[str]) -> list[str]:  # noqa: ANN001
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         rows = await session.execute(
             select(Job.id, Job.user_id)
             .where(Job.dispatched_at.is_not(None))
@@ -45,7 +45,7 @@ async def test_a_burst_of_one_user_does_not_hold_back_another(
     finals = [await gw.wait(r.json()["id"], headers=bob, timeout=60) for r in b_resp]
     assert all(f["status"] == "succeeded" for f in finals)
 
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         b_rows = (await session.execute(select(Job).where(Job.user_id == b_id))).scalars().all()
         b_arrived = min(j.created_at for j in b_rows)
         b_first = min(j.dispatched_at for j in b_rows)
@@ -84,7 +84,7 @@ async def test_running_caps_hold_across_backends(three_backends, make_settings, 
 
     async def sample() -> None:
         while not done.is_set():
-            async with gw.app.state.sessionmaker() as session:
+            async with gw.state.sessionmaker() as session:
                 samples.append(
                     (
                         await session.execute(
@@ -181,7 +181,7 @@ async def test_queue_position_is_counted_up_to_1000(idle_gateway) -> None:  # no
         }
         for _ in range(1100)
     ]
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         await session.execute(insert(Job), rows)
         await session.commit()
     job = (await gw.generate({"template": "blur", "params": {"width": 16, "height": 16}})).json()

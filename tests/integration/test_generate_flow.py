@@ -241,7 +241,7 @@ async def test_cancel_queued_pending_and_running_jobs(gateway: Gateway, emulator
     async with httpx.AsyncClient() as client:
         queue = (await client.get(f"{emulator.base_url}/queue")).json()
     assert queue["queue_running"] == [] and queue["queue_pending"] == []
-    async with gateway.app.state.sessionmaker() as s:
+    async with gateway.state.sessionmaker() as s:
         from app.db.models import Job
 
         prompt_ids = {j: (await s.get(Job, j)).prompt_id for j in ids}

@@ -40,7 +40,7 @@ async def _counters_match_rows(gw: Gateway, *, moving: bool = False) -> None:
 
 
 async def _compare(gw: Gateway) -> None:
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         jobs = (await session.execute(select(Job))).scalars().all()
         counts = {(c.user_id, c.state): c.n for c in (await session.execute(select(JobCount))).scalars()}
         hours = {(h.user_id, h.hour): h.n for h in (await session.execute(select(JobCreatedHour))).scalars()}
@@ -75,7 +75,7 @@ async def test_the_counters_follow_every_change_of_the_rows(gateway: Gateway) ->
     await _counters_match_rows(gateway)
     # A deleted job leaves its hour; a job whose creation time moves changes hour.
     assert (await gateway.http.delete(f"/v1/admin/jobs/{b[0]}", headers=gateway.admin)).status_code == 204
-    async with gateway.app.state.sessionmaker() as session:
+    async with gateway.state.sessionmaker() as session:
         await session.execute(
             update(Job).where(Job.id == b[1]).values(created_at=utcnow() - timedelta(hours=5))
         )
@@ -96,15 +96,15 @@ async def test_hour_counters_older_than_any_quota_window_are_pruned(idle_gateway
     gw = await idle_gateway()
     _, alice = await gw.create_user("alice")
     old, new = [(await gw.generate(BLUR, headers=alice)).json()["id"] for _ in range(2)]
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         await session.execute(
             update(Job).where(Job.id == old).values(created_at=utcnow() - timedelta(hours=30))
         )
         await session.commit()
     # The next hour's first refresh prunes (the refresh at start already pruned for this hour).
-    gw.app.state.metrics.hour_counters_pruned = None
-    await queue_metrics.refresh(gw.app.state.sessionmaker, gw.app.state.metrics)
-    async with gw.app.state.sessionmaker() as session:
+    gw.state.metrics.hour_counters_pruned = None
+    await queue_metrics.refresh(gw.state.sessionmaker, gw.state.metrics)
+    async with gw.state.sessionmaker() as session:
         hours = (
             (await session.execute(select(JobCreatedHour.hour).where(JobCreatedHour.n > 0))).scalars().all()
         )

@@ -59,7 +59,7 @@ async def test_request_rate_is_limited_on_every_route_and_recovers(idle_gateway)
     admin = await gw.http.get("/v1/jobs", headers=gw.admin)
     assert admin.status_code == 200 and "ratelimit" not in admin.headers
     # Once Retry-After has passed (the bucket's row says so), a request goes through again.
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         await session.execute(
             update(RateBucket)
             .where(RateBucket.user_id == user_id)
@@ -126,7 +126,7 @@ async def test_jobs_per_day_is_a_rolling_24_hours_with_an_exact_retry_after(idle
     assert (await gw.generate(BLUR, headers=user)).status_code == 429
 
     async def age(job_id: str, delta: timedelta) -> None:
-        async with gw.app.state.sessionmaker() as session:
+        async with gw.state.sessionmaker() as session:
             await session.execute(update(Job).where(Job.id == job_id).values(created_at=utcnow() - delta))
             await session.commit()
 

@@ -344,7 +344,7 @@ async def test_a_replica_without_the_dispatcher_streams_jobs_run_by_another(
     runner = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url]))
     await runner.wait_ready()
     api_only = await gateway_factory(make_settings(comfyui_urls=[emulator.base_url], run_dispatcher=False))
-    relay = api_only.app.state.event_relay
+    relay = api_only.state.event_relay
     await asyncio.wait_for(relay.listening.wait(), 10)
     _, alice = await api_only.create_user("alice")
     alice_key = alice["Authorization"].split()[1]

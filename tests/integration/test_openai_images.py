@@ -196,7 +196,7 @@ async def test_bad_edits_are_named_and_store_nothing(idle_gateway) -> None:  # n
         assert err.value.param == "prompt"
     assert await user_jobs(gw, alice) == []
     assert (await upload_count(gw)) == 0
-    assert stored_files(gw.app.state.settings.storage_dir) == []
+    assert stored_files(gw.state.settings.storage_dir) == []
 
 
 async def test_a_template_an_admin_maps_becomes_a_model(idle_gateway) -> None:  # noqa: ANN001

@@ -24,7 +24,7 @@ def img2img(image: str) -> dict[str, Any]:
 
 
 async def upload_count(gw: Gateway) -> int:
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         return (await session.execute(select(func.count()).select_from(Upload))).scalar_one()
 
 

@@ -42,8 +42,8 @@ async def plant_output(gw, job_id: str, data: bytes, filename: str, content_type
     async def one():  # noqa: ANN202
         yield data
 
-    obj = await gw.app.state.storage.write_stream(key, one())
-    async with gw.app.state.sessionmaker() as session:
+    obj = await gw.state.storage.write_stream(key, one())
+    async with gw.state.sessionmaker() as session:
         session.add(
             Output(
                 id=output_id,
@@ -58,7 +58,7 @@ async def plant_output(gw, job_id: str, data: bytes, filename: str, content_type
             )
         )
         await session.commit()
-    return gw.app.state.signer.url(job_id, output_id)
+    return gw.state.signer.url(job_id, output_id)
 
 
 async def test_a_non_ascii_signature_is_refused_like_any_bad_one(gateway) -> None:  # noqa: ANN001
@@ -124,8 +124,8 @@ async def test_a_decompression_bomb_is_not_converted_and_answers_4xx(gateway) ->
 async def test_converted_copies_of_an_output_are_few_whatever_is_asked(gateway) -> None:  # noqa: ANN001
     final = await finished_blur(gateway)
     out = final["outputs"][0]
-    root = gateway.app.state.settings.storage_dir / final["id"]
-    levels = gateway.app.state.settings.conversion_qualities
+    root = gateway.state.settings.storage_dir / final["id"]
+    levels = gateway.state.settings.conversion_qualities
     for fmt in ("webp", "jpeg"):
         for quality in range(1, 101, 3):
             resp = await gateway.http.get(out["url"] + f"&format={fmt}&quality={quality}")
@@ -144,4 +144,4 @@ async def test_a_job_whose_outputs_exceed_the_cap_fails_and_keeps_no_file(
     assert final["status"] == "failed", final
     assert final["error"]["type"] == "output_too_large" and final["outputs"] == []
     assert "50 bytes" in final["error"]["message"]
-    assert await stored(gw.app.state.settings.storage_dir / job["id"]) == []
+    assert await stored(gw.state.settings.storage_dir / job["id"]) == []

@@ -160,7 +160,7 @@ async def test_deleting_a_finished_job_removes_it_and_its_files(gateway) -> None
     out = final["outputs"][0]
     # A converted copy is deleted with the job too.
     assert (await gateway.http.get(out["url"] + "&format=webp")).status_code == 200
-    root = gateway.app.state.settings.storage_dir
+    root = gateway.state.settings.storage_dir
     assert len(await stored(root / final["id"])) == 2
 
     assert (await gateway.http.delete(f"/v1/jobs/{final['id']}", headers=bob)).status_code == 404
@@ -168,7 +168,7 @@ async def test_deleting_a_finished_job_removes_it_and_its_files(gateway) -> None
     assert (await gateway.http.get(f"/v1/jobs/{final['id']}", headers=alice)).status_code == 404
     assert (await gateway.http.get(out["url"])).status_code == 404
     assert await stored(root / final["id"]) == []
-    async with gateway.app.state.sessionmaker() as session:
+    async with gateway.state.sessionmaker() as session:
         assert (
             await session.execute(
                 select(func.count()).select_from(Output).where(Output.job_id == final["id"])
@@ -198,8 +198,8 @@ async def test_retention_deletes_expired_outputs_and_uploads_and_keeps_a_tombsto
     await gw.wait_ready()
     final = await finished_blur(gw)
     up = (await upload(gw, png(), gw.admin)).json()
-    root = gw.app.state.settings.storage_dir
-    retention = gw.app.state.retention
+    root = gw.state.settings.storage_dir
+    retention = gw.state.retention
 
     # Within the retention period nothing goes.
     assert await retention.run_once() == (0, 0)
@@ -207,7 +207,7 @@ async def test_retention_deletes_expired_outputs_and_uploads_and_keeps_a_tombsto
 
     assert await retention.run_once(now=utcnow() + timedelta(days=1, hours=1)) == (1, 1)
     assert await stored(root) == []
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         assert (await session.execute(select(func.count()).select_from(Output))).scalar_one() == 0
         assert (await session.execute(select(func.count()).select_from(Upload))).scalar_one() == 0
         row = await session.get(Job, final["id"])

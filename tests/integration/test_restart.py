@@ -26,7 +26,7 @@ async def test_restart_with_jobs_queued_and_in_flight_finishes_each_once(
     assert [j["status"] for j in finals] == ["succeeded"] * 5
     assert all(len(j["outputs"]) == 1 for j in finals)
     # None ran twice: one prompt per job, each executed once by ComfyUI.
-    async with second.app.state.sessionmaker() as session:
+    async with second.state.sessionmaker() as session:
         prompt_ids = list((await session.execute(select(Job.prompt_id).where(Job.id.in_(ids)))).scalars())
     assert len(set(prompt_ids)) == 5
     executed = Counter(emulator.executed_prompts)

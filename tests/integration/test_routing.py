@@ -67,7 +67,7 @@ async def test_jobs_go_only_to_backends_that_can_run_them(
 
     finals = {j: await gw.wait(j) for j in resize + on_a + on_b + [nowhere]}
     assert all(finals[j]["status"] == "succeeded" for j in resize + on_a + on_b)
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         from app.db.models import Job
 
         backend_of = {j: (await session.get(Job, j)).backend for j in finals}

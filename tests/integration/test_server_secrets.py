@@ -42,10 +42,10 @@ async def test_secrets_from_the_environment_or_files_start_without_the_warning(
         signing_secret_file=tmp_path / "signing", webhook_secret_key_file=tmp_path / "webhook"
     )
     assert _key_warnings(caplog) == []
-    settings = gateway.app.state.settings
+    settings = gateway.state.settings
     # The trailing newline of a secret file is not part of the secret.
     assert settings.signing_secret == "signing-secret-from-a-file-0123456789"
     assert settings.webhook_secret_key == "webhook-key-from-a-file-0123456789"
     # Output URLs are signed with the secret from the file: a signature made with it is accepted.
     expires, signature = UrlSigner("signing-secret-from-a-file-0123456789", 60).sign("job", "output")
-    assert gateway.app.state.signer.verify("job", "output", expires, signature)
+    assert gateway.state.signer.verify("job", "output", expires, signature)

@@ -47,7 +47,7 @@ async def test_an_animated_image_is_bounded_by_its_frames_pixels_and_frame_count
     many = await upload(gw, gif(40, 4, 4), alice, filename="many.gif", ctype="image/gif")
     assert many.status_code == 422 and "30 frames" in many.json()["detail"]
     assert await upload_count(gw) == 0
-    assert stored_files(gw.app.state.settings.storage_dir) == []
+    assert stored_files(gw.state.settings.storage_dir) == []
     # Within both bounds: accepted.
     ok = await upload(gw, gif(9, 100, 100), alice, filename="ok.gif", ctype="image/gif")
     assert ok.status_code == 201, ok.text
@@ -74,7 +74,7 @@ async def test_each_user_has_an_upload_quota_of_files_and_bytes(idle_gateway) ->
     refused = await gw.generate(img2img(data_uri(image, "image/png")), alice)
     assert refused.status_code == 409 and refused.json()["limit"] == "max_upload_bytes_per_user"
     assert await upload_count(gw) == 2
-    assert len(stored_files(gw.app.state.settings.storage_dir)) == 2
+    assert len(stored_files(gw.state.settings.storage_dir)) == 2
     # Another user's quota is their own.
     assert (await upload(gw, image, bob)).status_code == 201
 

@@ -34,7 +34,7 @@ def stored_files(root: Path) -> list[Path]:
 
 
 async def upload_count(gw) -> int:  # noqa: ANN001
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         return (await session.execute(select(func.count()).select_from(Upload))).scalar_one()
 
 
@@ -73,7 +73,7 @@ async def test_upload_is_sniffed_hashed_and_owned(idle_gateway) -> None:  # noqa
 
     assert (await gw.http.delete(f"/v1/uploads/{body['id']}", headers=alice)).status_code == 204
     assert (await gw.http.get(f"/v1/uploads/{body['id']}", headers=alice)).status_code == 404
-    assert stored_files(gw.app.state.settings.storage_dir) == []
+    assert stored_files(gw.state.settings.storage_dir) == []
 
 
 async def test_a_file_that_is_not_an_image_is_refused_and_nothing_is_kept(idle_gateway) -> None:  # noqa: ANN001
@@ -83,7 +83,7 @@ async def test_a_file_that_is_not_an_image_is_refused_and_nothing_is_kept(idle_g
     assert resp.status_code == 422, resp.text
     assert resp.headers["content-type"] == "application/problem+json"
     assert await upload_count(gw) == 0
-    assert stored_files(gw.app.state.settings.storage_dir) == []
+    assert stored_files(gw.state.settings.storage_dir) == []
     # No field named `file`: a clear 422 too, not a 500.
     resp = await gw.http.post("/v1/uploads", files={"image": ("x.png", png(), "image/png")}, headers=alice)
     assert resp.status_code == 422
@@ -120,7 +120,7 @@ async def test_an_oversized_upload_is_413_and_leaves_nothing(idle_gateway) -> No
 
     # A file just under the limit but over it once the framing is counted is refused by the route.
     assert await upload_count(gw) == 0
-    assert stored_files(gw.app.state.settings.storage_dir) == []
+    assert stored_files(gw.state.settings.storage_dir) == []
     small = png(20, 20)
     assert (await upload(gw, small, alice)).status_code == 201
 
@@ -174,7 +174,7 @@ async def test_bad_image_params_are_422_and_store_nothing(gateway) -> None:  # n
     unknown = (await gateway.generate(img2img(cases["unknown upload"]), alice)).json()
     assert other["errors"][0]["message"] == unknown["errors"][0]["message"]
     assert await upload_count(gateway) == before
-    async with gateway.app.state.sessionmaker() as session:
+    async with gateway.state.sessionmaker() as session:
         assert (await session.execute(select(func.count()).select_from(Job))).scalar_one() == 0
 
 
@@ -215,7 +215,7 @@ async def test_a_job_moved_to_another_backend_is_staged_there_again(
     await victim.kill()
     finals = [await gw.wait(j, timeout=60, headers=alice) for j in ids]
     assert [f["status"] for f in finals] == ["succeeded"] * 9
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         rows = (await session.execute(select(Job).where(Job.id.in_(ids)))).scalars().all()
     moved = [r for r in rows if r.attempts > 1]
     assert moved, "the victim had jobs in flight; they must have moved"
@@ -374,7 +374,7 @@ async def test_a_slow_upload_to_the_backend_holds_up_no_other_job(
     emulator.slow_responses("/upload", 5)
     staged = (await gw.generate(img2img(up["id"]))).json()
     # Wait until the dispatcher took it and is uploading its input.
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         while (row := await session.get(Job, staged["id"], populate_existing=True)).prompt_id is None:
             await asyncio.sleep(0.02)
     blur = (await gw.generate({"template": "blur", "params": {}})).json()

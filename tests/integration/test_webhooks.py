@@ -499,7 +499,7 @@ async def test_losing_the_race_to_make_a_users_secret_does_not_stall_the_deliver
     gw = await hooked()
     user_id, user = await gw.create_user("app", limits={"rate_per_minute": 100_000})
     # Generation 1 exists but cannot be read (sealed under another server key) ...
-    async with gw.app.state.sessionmaker() as session:
+    async with gw.state.sessionmaker() as session:
         await secrets_repo.add_secret(
             session, user_id, 1, SecretBox("another server key").seal(new_secret()), retire_before=None
         )

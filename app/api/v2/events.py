@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.api import deps
 from app.api.deps import BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.v2 import views
 from app.db import jobs as repo
@@ -48,10 +49,10 @@ async def job_events(
         raise V2Error(404, "not_found", f"There is no job {job_id!r}.")
     workflow = job.workflow or {}
     follower = await JobFollower.open(
-        session, bus, request.app.state.event_log, signer, principal, job_id, after=None, previews=True
+        session, bus, deps.state(request).event_log, signer, principal, job_id, after=None, previews=True
     )
     await session.close()
-    sessionmaker = request.app.state.sessionmaker
+    sessionmaker = deps.state(request).sessionmaker
     base = views.base_url(request, settings)
     key = request.headers.get("authorization", "").partition(" ")[2].strip()
 

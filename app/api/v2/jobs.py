@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
+from app.api import deps
 from app.api.deps import (
     PrincipalDep,
     SessionDep,
@@ -95,7 +96,12 @@ async def submit(
                 raise _reused()
         metadata = v2_jobs.check_metadata(body.metadata)
         job = await v2_jobs.build(
-            session, principal, body.workflow, metadata, settings, request.app.state.object_info()
+            session,
+            principal,
+            body.workflow,
+            metadata,
+            settings,
+            deps.state(request).dispatcher.object_info(),
         )
     except DomainError:
         await charge_refused(request, session, principal)
@@ -114,8 +120,8 @@ async def submit(
         # The same key, in a request that got there first.
         await session.rollback()
         raise _reused() from None
-    request.app.state.on_job_submitted(principal.user_id)
-    request.app.state.metrics.jobs_submitted.labels("(workflow)", principal.user_id).inc()
+    deps.state(request).dispatcher.job_submitted(principal.user_id)
+    deps.state(request).metrics.jobs_submitted.labels("(workflow)", principal.user_id).inc()
     return await _view(request, session, job, signer, settings, new=True)
 
 
@@ -206,7 +212,7 @@ async def cancel_job(
         )
     await session.commit()
     view = await _view(request, session, job, signer, settings)
-    await request.app.state.on_job_canceled(job)
+    await deps.state(request).dispatcher.job_canceled(job)
     return view
 
 
