@@ -103,7 +103,7 @@ async def test_nodes_served_from_the_cache_count_as_done(rig: Rig) -> None:
 
 async def test_previews_and_node_starts_reach_the_jobs_live_subscribers(rig: Rig) -> None:
     job_id, pid = await dispatched(rig)
-    bus = rig.gw.app.state.bus
+    bus = rig.gw.app.state.gateway.bus
     sub = bus.subscribe_job(job_id, previews=True)
     # A client that announced preview metadata: previews come as event 4, saying whose they are.
     messages = recorded("scenario_previews_feature_flags_client", pid)
