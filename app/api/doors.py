@@ -20,7 +20,6 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import charge, charge_refused
-from app.db import jobs as repo
 from app.db.models import Job, Output, Upload
 from app.domain import jobs
 from app.domain.errors import DomainError, LimitExceeded
@@ -120,7 +119,7 @@ async def ended_jobs(
 ) -> tuple[list[Job], dict[str, list[Output]]]:
     """The jobs as they are now (read again), and their outputs."""
     found = [await jobs.get_owned(session, principal, job_id, fresh=True) for job_id in job_ids]
-    return found, await repo.outputs_for(session, job_ids)
+    return found, await jobs.outputs_for(session, job_ids)
 
 
 async def read_output(request: Request, output: Output) -> bytes:

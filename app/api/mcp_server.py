@@ -31,7 +31,6 @@ from starlette.types import Receive, Scope, Send
 from app.api import doors
 from app.api.deps import charge
 from app.api.problems import problem_response
-from app.db import jobs as repo
 from app.db.models import Job, Output, Template, Upload
 from app.domain import jobs, templates
 from app.domain.errors import DomainError, NotFound, ValidationFailed
@@ -243,7 +242,7 @@ class McpEndpoint:
                     type="text", text=f"Job {job.id} succeeded with {len(view['outputs'])} output(s)."
                 )
             )
-            for output in (await repo.outputs_for(session, [job.id]))[job.id]:
+            for output in (await jobs.outputs_for(session, [job.id]))[job.id]:
                 content.append(await self._output_content(request, output))
         elif job.status in jobs.TERMINAL:
             error = (job.error or {}).get("message", "")

@@ -23,8 +23,7 @@ from app.config import Settings
 from app.db.models import Job, Output
 from app.domain.conversions import converted
 from app.domain.errors import NotFound
-from app.storage.local import LocalStorage
-from app.storage.s3 import RangeNotSatisfiable, S3Storage
+from app.storage.base import RangeNotSatisfiable, Storage
 
 router = APIRouter(tags=["outputs"])
 _bearer = HTTPBearer(auto_error=False)
@@ -139,23 +138,29 @@ async def get_output(
         return Response(
             status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Disposition"}
         )
-    if isinstance(storage, S3Storage):
-        return await _from_s3(storage, settings, request, key, content_type, headers)
-    assert isinstance(storage, LocalStorage)
-    path = storage.path_for(key)
-    if not path.is_file():
-        raise NotFound("The output's file is no longer stored.")
-    return FileResponse(path, media_type=content_type, headers=headers)
+    gone = NotFound("The output's file is no longer stored.")
+    return await serve_stored(storage, settings, request, key, content_type, headers, etag=etag, gone=gone)
 
 
-async def _from_s3(
-    storage: S3Storage,
+async def serve_stored(
+    storage: Storage,
     settings: Settings,
     request: Request,
     key: str,
     content_type: str,
     headers: dict[str, str],
+    *,
+    etag: str,
+    gone: Exception,
 ) -> Response:
+    """The stored bytes as the storage can best serve them: a local file (Range by the web server),
+    a redirect to a presigned URL (GATEWAY_S3_SERVE=redirect), or streamed through the gateway."""
+    path = storage.local_path(key)
+    if path is not None:
+        if not path.is_file():
+            raise gone
+        return FileResponse(path, media_type=content_type, headers=headers)
+    headers = {**headers, "ETag": etag}
     if settings.s3_serve == "redirect":
         url = await storage.presigned_url(
             key,
@@ -163,15 +168,16 @@ async def _from_s3(
             disposition=headers["Content-Disposition"],
             expires=settings.s3_presign_seconds,
         )
-        # The presigned URL expires soon, so the redirect itself must not be cached; the client
-        # sends its Range header on to the bucket, which answers it.
-        return RedirectResponse(
-            url, status_code=307, headers={"Cache-Control": "private, no-store", "ETag": headers["ETag"]}
-        )
+        if url is not None:
+            # The presigned URL expires soon, so the redirect itself must not be cached; the client
+            # sends its Range header on to the bucket, which answers it.
+            return RedirectResponse(
+                url, status_code=307, headers={"Cache-Control": "private, no-store", "ETag": etag}
+            )
     try:
         obj = await storage.get_range(key, request.headers.get("range"))
     except FileNotFoundError:
-        raise NotFound("The output's file is no longer stored.") from None
+        raise gone from None
     except RangeNotSatisfiable as exc:
         return Response(status_code=416, headers={"Content-Range": f"bytes */{exc.size}"})
     return StreamingResponse(

@@ -1,7 +1,9 @@
 """Job rows: every state change is a conditional UPDATE, so that a restart, a late WebSocket message
 or a second dispatcher can never move a job backwards or send it twice.
 
-Each function returns whether it changed the row; callers commit.
+Each function returns the changed row, or None when its condition did not hold; callers commit.
+A function that changes `status` is called only by app/domain/transitions.py, which writes the
+transition's events and webhook deliveries in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,12 +16,9 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from app.db import job_events, queue, webhooks
-from app.db.models import Job, Output
+from app.db import queue
+from app.db.models import ACTIVE, Job, Output
 from app.db.types import utcnow
-
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "canceled")
 
 
 async def get_job(
@@ -45,10 +44,6 @@ async def get_jobs(session: AsyncSession, job_ids: Sequence[str]) -> list[Job]:
     if not job_ids:
         return []
     return list((await session.execute(select(Job).where(Job.id.in_(job_ids)))).scalars())
-
-
-async def get_job_by_prompt(session: AsyncSession, prompt_id: str) -> Job | None:
-    return (await session.execute(select(Job).where(Job.prompt_id == prompt_id))).scalar_one_or_none()
 
 
 async def outputs_for(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, list[Output]]:
@@ -103,7 +98,9 @@ async def _update(
     """One conditional UPDATE; the changed row comes back (RETURNING), or None if nothing matched.
 
     A status change also takes the ids of its events (`outputs`' events, then the status) in the
-    same UPDATE: the row lock orders a job's events on every replica, with no second statement."""
+    same UPDATE: the row lock orders a job's events on every replica, with no second statement.
+    The events themselves, and the webhook outbox rows, are written under those ids by the
+    transition step that called this (app/domain/transitions.py), in the same transaction."""
     values.setdefault("updated_at", utcnow())
     if "status" in values:
         values["event_seq"] = Job.event_seq + len(outputs) + 1
@@ -117,13 +114,7 @@ async def _update(
         # session (synchronize_session) would only cost time.
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    job = (await session.execute(stmt)).scalars().first()
-    if job is not None and "status" in values:
-        # Both in this transition's transaction: the event log (Last-Event-ID, live subscribers)
-        # and the webhook outbox hear of every status change exactly when it commits.
-        await job_events.record_transition(session, job, outputs)
-        await webhooks.on_transition(session, job)
-    return job
+    return (await session.execute(stmt)).scalars().first()
 
 
 async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> Job | None:

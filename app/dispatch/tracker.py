@@ -39,6 +39,7 @@ from app.dispatch import job_errors
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec
 from app.dispatch.capabilities import Capabilities
 from app.dispatch.collector import OutputTooLarge, collect
+from app.domain import transitions
 from app.domain.notify import Notifier
 from app.metrics import Metrics
 from app.storage.base import Storage
@@ -263,7 +264,7 @@ class Tracker:
         if flight is None or pid is None:
             return
         async with self.ctx.sessionmaker() as session:
-            job = await repo.mark_running(session, flight.job_id, prompt_id=pid)
+            job = await transitions.mark_running(session, flight.job_id, prompt_id=pid)
             await session.commit()
             if job is None:
                 current = await repo.get_job(session, flight.job_id)
@@ -303,7 +304,7 @@ class Tracker:
             return
         await self.ctx.notifier.settle(flight.job_id)
         async with self.ctx.sessionmaker() as session:
-            job = await repo.mark_failed(
+            job = await transitions.mark_failed(
                 session, flight.job_id, error=error, prompt_id=pid, progress=flight.progress
             )
             await session.commit()
@@ -411,7 +412,7 @@ class Tracker:
         await self.ctx.notifier.settle(job.id)
         async with self.ctx.sessionmaker() as session:
             session.add_all(outputs)
-            done = await repo.mark_succeeded(
+            done = await transitions.mark_succeeded(
                 session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress
             )
             if done is not None:
@@ -497,11 +498,13 @@ class Tracker:
                 link.forget(pid)
                 return
             if count_attempt and job.attempts >= self.ctx.settings.max_attempts:
-                changed = await repo.mark_failed(
+                changed = await transitions.mark_failed(
                     session, job.id, error=job_errors.backend_lost(job.attempts), prompt_id=pid
                 )
             else:
-                changed = await repo.unclaim(session, job.id, prompt_id=pid, count_attempt=count_attempt)
+                changed = await transitions.unclaim(
+                    session, job.id, prompt_id=pid, count_attempt=count_attempt
+                )
             await session.commit()
         link.forget(pid)
         self.ctx.wake()

@@ -14,15 +14,19 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.db import job_events
 from app.db import jobs as repo
 from app.db.cursor import encode_cursor
-from app.db.models import Job
+
+# The statuses, for callers above the database layer (one definition: app/db/models.py).
+from app.db.models import ACTIVE as ACTIVE
+from app.db.models import JOB_STATUSES, Job, Output
+from app.db.models import TERMINAL as TERMINAL
 from app.domain import uploads
 from app.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.domain.pages import after_cursor
 from app.domain.quotas import check_job_quotas
 from app.domain.templates import get_document
+from app.domain.transitions import created, mark_canceled
 from app.domain.uploads import UrlFetcher, resolve_images
 from app.domain.users import Principal
 from app.domain.views import job_view
@@ -30,9 +34,6 @@ from app.domain.workflows import check_raw_workflow, upload_refs
 from app.storage.base import Storage
 from app.storage.signing import UrlSigner
 from app.templates import ParamsInvalid, output_nodes, render, resolve_params
-
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL = repo.TERMINAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +224,7 @@ async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
     await check_job_quotas(session, principal)
     session.add(job)
     # Its first event (`queued`): a /v1/ws subscriber hears of the new job.
-    await job_events.record_created(session, job)
+    await created(session, job)
     return job
 
 
@@ -242,6 +243,23 @@ async def get_any(session: AsyncSession, job_id: str, *, fresh: bool = False) ->
     if job is None:
         raise NotFound(f"There is no job {job_id!r}.")
     return job
+
+
+async def outputs_for(session: AsyncSession, job_ids: list[str]) -> dict[str, list[Output]]:
+    """Each job's outputs, in the order they were stored."""
+    return await repo.outputs_for(session, job_ids)
+
+
+async def queue_position(session: AsyncSession, job: Job) -> int | None:
+    """How many jobs run or wait ahead of a queued one (capped); None once it left the queue."""
+    return await repo.queue_position(session, job)
+
+
+async def find_with_workflow(
+    session: AsyncSession, user_id: str, job_id: str, *, fresh: bool = False
+) -> Job | None:
+    """A user's job with its (deferred) graph loaded, or None."""
+    return await repo.get_job(session, job_id, user_id=user_id, fresh=fresh, with_workflow=True)
 
 
 async def view(session: AsyncSession, job: Job, signer: UrlSigner, *, new: bool = False) -> dict[str, Any]:
@@ -263,9 +281,9 @@ async def list_views(
     """A page of jobs, newest first: one user's, or everyone's (`user_id=None`, for admins, who also
     see each job's owner with `with_owner`)."""
     for status in statuses or ():
-        if status not in STATUSES:
+        if status not in JOB_STATUSES:
             raise ValidationFailed(
-                f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.",
+                f"Unknown status {status!r}; use one of {', '.join(JOB_STATUSES)}.",
                 errors=[{"field": "status", "message": f"unknown status {status!r}"}],
             )
     after = after_cursor(cursor)
@@ -286,7 +304,7 @@ async def cancel(session: AsyncSession, principal: Principal, job_id: str, signe
 
 async def cancel_job(session: AsyncSession, job: Job, signer: UrlSigner) -> Job:
     """Cancel a job the caller may cancel (its owner's, or any for an admin); 409 if it has ended."""
-    canceled = await repo.mark_canceled(session, job.id)
+    canceled = await mark_canceled(session, job.id)
     if canceled is None:
         await session.refresh(job)
         raise Conflict(

@@ -1,15 +1,16 @@
-"""The public JSON shape of jobs and outputs, shared by the API, live events and (later) webhooks.
+"""The public JSON shape of jobs and outputs, the one definition: the API's responses, the events
+the log keeps and streams send, and webhook payloads are all made here.
 
-The stored shape (app/db/job_events.py: what the event log keeps) has no signed URLs, which
-expire; `present_*` adds them when a view is sent.
+`job_snapshot` is the shape stored in a `status` event: it has no signed URLs, which expire;
+`present_*` adds them when a view is sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from app.db.job_events import job_snapshot, output_snapshot
 from app.db.models import Job, Output
 from app.domain.json_values import sanitized
 from app.storage.signing import UrlSigner
@@ -19,6 +20,42 @@ def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.isoformat().replace("+00:00", "Z")
+
+
+def job_snapshot(job: Job, outputs: Sequence[Output]) -> dict[str, Any]:
+    """The job's public fields as stored in a `status` event. Output URLs are signed, and so
+    expire; they are added when the event is sent (`present_job`), never stored."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "template": job.template,
+        "params": job.params,
+        "priority": job.priority,
+        "metadata": job.meta,
+        "created_at": rfc3339(job.created_at),
+        "started_at": rfc3339(job.started_at),
+        "finished_at": rfc3339(job.finished_at),
+        "waiting_reason": job.waiting_reason,
+        "progress": job.progress,
+        "outputs": [output_snapshot(o) for o in outputs],
+        "error": job.error,
+        "attempts": job.attempts,
+        # Set when retention deleted the job's output files; `outputs` is then empty.
+        "outputs_expired_at": rfc3339(job.outputs_expired_at),
+    }
+
+
+def output_snapshot(output: Output) -> dict[str, Any]:
+    return {
+        "id": output.id,
+        "job_id": output.job_id,
+        "node_id": output.node_id,
+        "kind": output.kind,
+        "filename": output.filename,
+        "content_type": output.content_type,
+        "size": output.size,
+        "sha256": output.sha256,
+    }
 
 
 # The tracker's progress also counts nodes (for /api/v2) and marks the start of each node with a

@@ -24,7 +24,6 @@ from app.api.deps import (
 from app.api.input_checks import RequestModel
 from app.api.v2 import views
 from app.config import Settings
-from app.db import jobs as repo
 from app.db.models import Job, V2IdempotencyKey
 from app.domain import idempotency, jobs, v2_jobs
 from app.domain.errors import Conflict, DomainError, LimitExceeded, ValidationFailed
@@ -60,19 +59,19 @@ async def _view(
     if "workflow" in inspect(job).unloaded:
         # The graph is deferred (a transition's row leaves it out); progress counts its nodes.
         await session.refresh(job, ["workflow"])
-    outputs = [] if new else (await repo.outputs_for(session, [job.id]))[job.id]
+    outputs = [] if new else (await jobs.outputs_for(session, [job.id]))[job.id]
     return views.job_view(
         job,
         outputs,
         base=views.base_url(request, settings),
         signer=signer,
         settings=settings,
-        queue_position=await repo.queue_position(session, job),
+        queue_position=await jobs.queue_position(session, job),
     )
 
 
 async def _owned(session: AsyncSession, principal: Principal, job_id: str, *, fresh: bool = False) -> Job:
-    job = await repo.get_job(session, job_id, user_id=principal.user_id, fresh=fresh, with_workflow=True)
+    job = await jobs.find_with_workflow(session, principal.user_id, job_id, fresh=fresh)
     if job is None:
         raise V2Error(404, "not_found", f"There is no job {job_id!r}.")
     return job
