@@ -25,12 +25,11 @@ from sqlalchemy import case, delete, event, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, JobEvent
+from app.db.models import ACTIVE, Job, JobEvent
 from app.db.types import utcnow
 
 log = logging.getLogger("app.events")
 
-ACTIVE = ("queued", "running")
 #: The PostgreSQL channel on which committed events are announced.
 CHANNEL = "gateway_job_events"
 _PENDING = "pending_job_events"

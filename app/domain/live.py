@@ -18,8 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.jobs import TERMINAL
-from app.db.models import Job
+from app.db.models import TERMINAL, Job
 from app.domain import jobs
 from app.domain.event_log import EventLog
 from app.domain.events import EventBus, JobEvent, Subscription

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.db.jobs import TERMINAL
-from app.db.models import Job, Output
+from app.db.models import TERMINAL, Job, Output
 from app.domain.event_log import EventLog
 from app.metrics import Metrics
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import jobs as repo
-from app.db.models import Job, JobEvent, Output, Upload
+from app.db.models import TERMINAL, Job, JobEvent, Output, Upload
 from app.db.types import utcnow
 from app.domain.errors import Conflict, NotFound
 from app.domain.users import Principal
@@ -36,7 +36,7 @@ async def delete_job(session: AsyncSession, principal: Principal, job_id: str) -
     job = await repo.get_job(session, job_id, user_id=None if principal.is_admin else principal.user_id)
     if job is None:
         raise NotFound(f"There is no job {job_id!r}.")
-    if job.status not in repo.TERMINAL or job.cancel_requested:
+    if job.status not in TERMINAL or job.cancel_requested:
         raise Conflict(
             f"The job is {job.status}{' and still being taken off its backend' if job.cancel_requested else ''}; "
             "only a finished job can be deleted (cancel it first).",
@@ -88,7 +88,7 @@ class RetentionService:
                     await session.execute(
                         select(Job.id)
                         .where(
-                            Job.status.in_(repo.TERMINAL),
+                            Job.status.in_(TERMINAL),
                             Job.finished_at < cutoff,
                             Job.outputs_expired_at.is_(None),
                         )
