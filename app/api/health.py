@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from app.api.operator import is_operator, require_operator
 from app.api.problems import problem_response
 from app.api.schemas import PROBLEMS
+from app.domain import readiness
 from app.domain.errors import PROBLEM_BASE, DomainError, ServiceUnavailable
 
 router = APIRouter(tags=["operations"])
@@ -25,10 +25,7 @@ async def readyz(request: Request) -> Response:
     """Anyone may ask whether the gateway is ready; only an operator learns which backend is
     down or draining (their URLs are internal)."""
     problems: list[str] = []
-    try:
-        async with request.app.state.sessionmaker() as session:
-            await session.execute(text("SELECT 1"))
-    except Exception:  # noqa: BLE001 - any failure means "not ready", and says so
+    if not await readiness.database_answers(request.app.state.sessionmaker):
         problems.append("the database does not answer")
     await request.app.state.probe_backends()
     backends = request.app.state.backend_health()

@@ -23,7 +23,6 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -195,7 +194,7 @@ class McpEndpoint:
         state = self.app.state
         new_uploads: list[Upload] = []
         async with state.sessionmaker() as session:
-            if await session.get(Template, name) is None:
+            if not await templates.exists(session, name):
                 raise NotFound(f"There is no tool {name!r}; list_templates shows the templates.")
             try:
                 made, subs = await doors.submit(
@@ -275,4 +274,4 @@ class McpEndpoint:
 
 
 async def _templates(session: AsyncSession) -> list[Template]:
-    return list((await session.execute(select(Template).order_by(Template.name))).scalars().all())
+    return await templates.all_by_name(session)

@@ -15,12 +15,11 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 
 from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep, authorize
 from app.api.schemas import PROBLEMS
 from app.config import Settings
-from app.db.models import Job, Output
+from app.domain import jobs
 from app.domain.conversions import converted
 from app.domain.errors import NotFound
 from app.storage.base import RangeNotSatisfiable, Storage
@@ -98,19 +97,13 @@ async def get_output(
     ] = 85,
 ) -> Response:
     signed = signer.verify(job_id, output_id, expires, signature)
-    stmt = (
-        select(Output)
-        .join(Job, Job.id == Output.job_id)
-        .where(Output.id == output_id, Output.job_id == job_id)
-    )
+    owner = None
     if not signed:
         principal = await authorize(
             request, session, settings, credentials.credentials if credentials else None
         )
-        stmt = stmt.where(Job.user_id == principal.user_id)
-    output = (await session.execute(stmt)).scalar_one_or_none()
-    if output is None:
-        raise NotFound(f"There is no output {output_id!r} of job {job_id!r}.")
+        owner = principal.user_id
+    output = await jobs.find_output(session, job_id, output_id, user_id=owner)
     # The request is answered from storage alone: no database connection is held while it streams.
     await session.close()
 

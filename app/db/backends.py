@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ACTIVE, Backend, Job
+from app.db.pages import After, newest_first
 from app.db.types import utcnow
 
 
@@ -70,3 +71,10 @@ async def orphaned_jobs(session: AsyncSession, known_urls: list[str]) -> list[Jo
     if known_urls:
         stmt = stmt.where(Job.backend.not_in(known_urls))
     return list((await session.execute(stmt)).scalars())
+
+
+async def page(session: AsyncSession, *, limit: int, after: After | None) -> tuple[list[Backend], str | None]:
+    """The pool, newest first."""
+    return await newest_first(
+        session, select(Backend), at=Backend.added_at, key=Backend.id, limit=limit, after=after
+    )

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import jobs as repo
-from app.db.cursor import encode_cursor
 
 # The statuses, for callers above the database layer (one definition: app/db/models.py).
 from app.db.models import ACTIVE as ACTIVE
@@ -222,7 +221,7 @@ async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
     LimitExceeded, and nothing is added. Call in the transaction that spent the request's token
     (see app/domain/quotas.py for why)."""
     await check_job_quotas(session, principal)
-    session.add(job)
+    repo.add(session, job)
     # Its first event (`queued`): a /v1/ws subscriber hears of the new job.
     await created(session, job)
     return job
@@ -253,6 +252,26 @@ async def outputs_for(session: AsyncSession, job_ids: list[str]) -> dict[str, li
 async def queue_position(session: AsyncSession, job: Job) -> int | None:
     """How many jobs run or wait ahead of a queued one (capped); None once it left the queue."""
     return await repo.queue_position(session, job)
+
+
+async def find_output(session: AsyncSession, job_id: str, output_id: str, *, user_id: str | None) -> Output:
+    """An output of a job (only of `user_id`'s jobs, unless None: a signed URL names it); NotFound."""
+    output = await repo.get_output(session, job_id, output_id, user_id=user_id)
+    if output is None:
+        raise NotFound(f"There is no output {output_id!r} of job {job_id!r}.")
+    return output
+
+
+async def labeled_page(
+    session: AsyncSession, user_id: str, labels: dict[str, str], *, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """A page of the user's jobs carrying each of `labels` in their metadata, newest first."""
+    return await repo.list_with_labels(session, user_id, labels, limit=limit, after=after_cursor(cursor))
+
+
+async def load_workflow(session: AsyncSession, job: Job) -> None:
+    """Load the job's (deferred) graph onto the row if it is not there yet."""
+    await repo.load_workflow(session, job)
 
 
 async def find_with_workflow(
@@ -287,14 +306,15 @@ async def list_views(
                 errors=[{"field": "status", "message": f"unknown status {status!r}"}],
             )
     after = after_cursor(cursor)
-    jobs, more = await repo.list_jobs(session, user_id=user_id, statuses=statuses, limit=limit, after=after)
+    jobs, next_cursor = await repo.list_jobs(
+        session, user_id=user_id, statuses=statuses, limit=limit, after=after
+    )
     outputs = await repo.outputs_for(session, [j.id for j in jobs])
     items = [
         job_view(j, outputs[j.id], signer, queue_position=await repo.queue_position(session, j)) for j in jobs
     ]
     if with_owner:
         items = [{**item, "user_id": job.user_id} for item, job in zip(items, jobs, strict=True)]
-    next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None
     return {"items": items, "next_cursor": next_cursor}
 
 
@@ -306,7 +326,7 @@ async def cancel_job(session: AsyncSession, job: Job, signer: UrlSigner) -> Job:
     """Cancel a job the caller may cancel (its owner's, or any for an admin); 409 if it has ended."""
     canceled = await mark_canceled(session, job.id)
     if canceled is None:
-        await session.refresh(job)
+        await repo.reread(session, job)
         raise Conflict(
             f"The job is already {job.status}; it cannot be canceled.",
             job=await view(session, job, signer),

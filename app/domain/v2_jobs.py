@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import v2_idempotency
 from app.db.models import Asset, Job
 from app.domain import assets
 from app.domain.errors import Forbidden, ValidationFailed
@@ -33,6 +34,24 @@ _UI_KEYS = ("nodes", "links")
 # Label keys are looked up inside the JSON column (SQLite's and PostgreSQL's JSON paths): a plain
 # alphabet keeps a key the same thing in both.
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,%d}$" % MAX_METADATA_KEY)
+
+
+class KeyReused(Exception):
+    """The submit's Idempotency-Key was already used (keys are single-use)."""
+
+
+async def check_key_unused(session: AsyncSession, user_id: str, key: str) -> None:
+    if await v2_idempotency.used(session, user_id, key):
+        raise KeyReused
+
+
+async def take_key(session: AsyncSession, user_id: str, key: str, job_id: str) -> None:
+    """Bind the key to the job in the submit's transaction; KeyReused when a concurrent request
+    bound it first (the caller rolls back)."""
+    try:
+        await v2_idempotency.take(session, user_id, key, job_id)
+    except v2_idempotency.KeyTaken:
+        raise KeyReused from None
 
 
 def check_metadata(metadata: Any) -> dict[str, str]:

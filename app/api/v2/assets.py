@@ -124,8 +124,7 @@ async def delete_asset(
     asset_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep
 ) -> Response:
     item = await assets.get_owned(session, principal.user_id, asset_id)
-    key = item.storage_key
-    await session.delete(item)
+    key = await assets.delete(session, item)
     await session.commit()
     await storage.delete(key)
     return Response(status_code=204)
@@ -148,9 +147,9 @@ async def content(
     item: Asset | Output | None = None
     if expires is not None and signature is not None:
         if signer.verify(views.ASSET_SIGNING_SCOPE, asset_id, expires, signature):
-            item = await session.get(Asset, asset_id)
+            item = await assets.find(session, asset_id)
         else:
-            output = await session.get(Output, asset_id)
+            output = await assets.find_output(session, asset_id)
             if output is not None and signer.verify(output.job_id, output.id, expires, signature):
                 item = output
     if item is None:
