@@ -14,8 +14,9 @@ from fastapi import Depends, FastAPI
 from app import log_redaction
 from app.api import (
     admin,
-    backends,
-    events,
+    admin_backends,
+    events_sse,
+    events_ws,
     generate,
     health,
     input_checks,
@@ -26,7 +27,6 @@ from app.api import (
     problems,
     templates,
     uploads,
-    ws,
 )
 from app.api.limits import BodySizeLimit
 from app.api.live_slots import LiveSlots
@@ -42,12 +42,12 @@ from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
 from app.domain import queue_metrics
-from app.domain.backends import pool_urls, register_configured_backends
-from app.domain.event_log import EventLog
-from app.domain.event_relay import EventRelay
-from app.domain.events import EventBus
+from app.domain.backend_registry import pool_urls, register_configured_backends
+from app.domain.events.bus import EventBus
+from app.domain.events.log import EventLog
+from app.domain.events.publish import Notifier
+from app.domain.events.relay import EventRelay
 from app.domain.fetch import make_fetcher
-from app.domain.notify import Notifier
 from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
@@ -256,12 +256,12 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         jobs,
         outputs,
         uploads,
-        events,
-        ws,
+        events_sse,
+        events_ws,
         templates,
         me,
         admin,
-        backends,
+        admin_backends,
         health,
         openai_images,
     ):

@@ -13,7 +13,7 @@ from app.api.ratelimit import set_ratelimit_headers
 from app.config import Settings
 from app.domain import ratelimit
 from app.domain.errors import Forbidden
-from app.domain.events import EventBus
+from app.domain.events.bus import EventBus
 from app.domain.users import Principal, authenticate
 from app.domain.webhook_secrets import SecretBox
 from app.net.ssrf import OutboundGuard

@@ -23,7 +23,7 @@ from app.api.deps import charge, charge_refused
 from app.db.models import Job, Output, Upload
 from app.domain import jobs
 from app.domain.errors import DomainError, LimitExceeded
-from app.domain.events import JobEvent, Subscription
+from app.domain.events.bus import JobEvent, Subscription
 from app.domain.users import Principal
 from app.domain.waiting import until_ended
 

@@ -4,14 +4,14 @@ Every event gets the next value of its job's counter (`jobs.event_seq`), taken b
 the job row, so a job's events are numbered in the order their transactions commit, on every
 replica. Status and output events are written by the job's transitions, in the transition's own
 transaction (app/domain/transitions.py appends them), so the log never disagrees with the row.
-Progress events are written in batches by app/domain/event_log.py. This module stores events; their
+Progress events are written in batches by app/domain/events/log.py. This module stores events; their
 public shape is app/domain/views.py's.
 
 Events written in a session are also kept in `session.info` and handed, once the transaction
 committed, to the callback the session factory was configured with (`deliver_after_commit`):
 that is how live subscribers hear about them without reading the log back.
 On PostgreSQL each event is also announced with NOTIFY (transactional: sent at commit), so that
-the other replicas can read it from the log (app/domain/event_relay.py).
+the other replicas can read it from the log (app/domain/events/relay.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, event, func, insert, select, text, update
+from sqlalchemy import case, delete, event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -139,15 +139,6 @@ async def by_ids(session: AsyncSession, keys: Sequence[tuple[str, int]]) -> list
         for ev, user_id in rows.all()
         if (ev.job_id, ev.seq) in wanted
     ]
-
-
-async def max_seq(session: AsyncSession, job_id: str) -> int:
-    return int(
-        (
-            await session.execute(select(func.coalesce(Job.event_seq, 0)).where(Job.id == job_id))
-        ).scalar_one_or_none()
-        or 0
-    )
 
 
 def deliver_after_commit(

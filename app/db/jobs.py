@@ -286,7 +286,7 @@ async def expire_outputs(session: AsyncSession, job_ids: Sequence[str]) -> None:
     """Delete the jobs' output rows and their logged events, and mark the outputs expired."""
     await session.execute(delete(Output).where(Output.job_id.in_(job_ids)))
     # The logged events name the outputs just deleted: a client resuming such a job gets
-    # its current status (the tombstone) instead, see app/domain/live.py.
+    # its current status (the tombstone) instead, see app/domain/events/live.py.
     await session.execute(delete(JobEvent).where(JobEvent.job_id.in_(job_ids)))
     await session.execute(
         update(Job)

@@ -197,10 +197,6 @@ async def attempts_of(session: AsyncSession, delivery_ids: Sequence[str]) -> dic
     return result
 
 
-async def get_delivery(session: AsyncSession, delivery_id: str) -> WebhookDelivery | None:
-    return await session.get(WebhookDelivery, delivery_id)
-
-
 async def redeliver(session: AsyncSession, delivery_id: str) -> WebhookDelivery | None:
     """Due now again, with a fresh round of attempts (what was attempted stays recorded)."""
     now = utcnow()

@@ -28,7 +28,7 @@ from app.dispatch.pool import BackendPool
 from app.dispatch.scheduler import FairScheduler
 from app.dispatch.tracker import DispatchContext, Tracker
 from app.domain import transitions
-from app.domain.notify import Notifier
+from app.domain.events.publish import Notifier
 from app.metrics import Metrics
 from app.storage.base import Storage
 

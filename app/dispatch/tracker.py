@@ -40,7 +40,7 @@ from app.dispatch.backend import BackendLink, InFlight, OutputSpec
 from app.dispatch.capabilities import Capabilities
 from app.dispatch.collector import OutputTooLarge, collect
 from app.domain import transitions
-from app.domain.notify import Notifier
+from app.domain.events.publish import Notifier
 from app.metrics import Metrics
 from app.storage.base import Storage
 
@@ -110,7 +110,7 @@ class Tracker:
             case Status(queue_remaining=remaining):
                 link.queue_remaining = remaining
             case ExecutionStart(prompt_id=pid) if (flight := link.job_of(pid)) is not None:
-                flight.started_at = flight.last_progress_persist = time.monotonic()
+                flight.last_progress_persist = time.monotonic()
                 if flight.timeout is not None:
                     flight.deadline = time.time() + flight.timeout
                 self.ctx.spawn(
@@ -424,7 +424,7 @@ class Tracker:
                     await self.ctx.storage.delete(out.storage_key)
         link.forget(pid)
         if done is not None:
-            self.ctx.notifier.publish(done, outputs, new_outputs=outputs)
+            self.ctx.notifier.publish(done)
 
     # ---- reconciliation --------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 `status` first (`{status, queue_position}`), then `progress`, `preview` (base64) and `output`
 frames, and the terminal `status` last, after every output. Built on the same follower as the /v1
-stream (app/domain/live.py). No `id:` lines: the v2 stream carries no cursor (the SDK re-reads the
+stream (app/domain/events/live.py). No `id:` lines: the v2 stream carries no cursor (the SDK re-reads the
 job instead of resuming)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from app.api.deps import BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDe
 from app.api.v2 import views
 from app.domain import jobs
 from app.domain.errors import Unauthorized
-from app.domain.live import JobFollower
+from app.domain.events.live import JobFollower
 from app.domain.users import authenticate
 from app.domain.v2_errors import V2Error
 

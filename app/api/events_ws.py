@@ -25,7 +25,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from app.domain.errors import DomainError, Forbidden, LimitExceeded, Unauthorized
-from app.domain.live import frame
+from app.domain.events.live import frame
 from app.domain.users import Principal, authenticate
 from app.domain.views import v2_only
 
