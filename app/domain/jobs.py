@@ -20,10 +20,11 @@ from app.db import jobs as repo
 from app.db.models import ACTIVE as ACTIVE
 from app.db.models import JOB_STATUSES, Job, Output
 from app.db.models import TERMINAL as TERMINAL
-from app.domain import uploads
+from app.domain import staged_inputs, uploads
 from app.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.domain.pages import after_cursor
 from app.domain.quotas import check_job_quotas
+from app.domain.staged_inputs import StagedInput
 from app.domain.templates import get_document
 from app.domain.transitions import created, mark_canceled
 from app.domain.uploads import UrlFetcher, resolve_images
@@ -83,17 +84,8 @@ async def _raw_inputs(
                 f"{field} names no upload of yours.",
                 errors=[{"field": field, "node_id": node_id, "message": "unknown upload"}],
             ) from None
-        inputs.append(
-            {
-                "param": f"{node_id}_{input_name}",
-                "upload_id": upload.id,
-                "storage_key": upload.storage_key,
-                "content_type": upload.content_type,
-                "binds": [[node_id, input_name]],
-                "mask_of": None,
-            }
-        )
-    return inputs
+        inputs.append(StagedInput.of(f"{node_id}_{input_name}", upload, [(node_id, input_name)]))
+    return staged_inputs.stored(inputs)
 
 
 async def build(

@@ -23,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import uploads as repo
 from app.db.models import Upload
+from app.domain import staged_inputs
 from app.domain.errors import NotFound, PayloadTooLarge, QuotaExceeded, ValidationFailed
+from app.domain.staged_inputs import StagedInput
 from app.domain.views import rfc3339
 from app.storage.base import Storage
 from app.storage.images import NotAnImage, inspect_image
@@ -199,7 +201,7 @@ async def resolve_images(
     add to the session with the job, or to delete from storage if the request fails after all. Another user's upload id answers exactly
     like an unknown one.
     """
-    inputs: list[dict[str, Any]] = []
+    inputs: list[StagedInput] = []
     for name, (binds, mask_of) in image_params.items():
         value = params.get(name)
         if not isinstance(value, str):
@@ -223,19 +225,8 @@ async def resolve_images(
                     name, "names no upload of yours (give an upload id, an https:// URL or a data: URI)"
                 ) from None
         params[name] = upload.id
-        inputs.append(
-            {
-                "param": name,
-                "upload_id": upload.id,
-                "storage_key": upload.storage_key,
-                "content_type": upload.content_type,
-                "binds": [list(b) for b in binds],
-                "mask_of": mask_of,
-            }
-        )
-    # Masks are staged after the image they apply to.
-    inputs.sort(key=lambda i: i["mask_of"] is not None)
-    return inputs
+        inputs.append(StagedInput.of(name, upload, binds, mask_of))
+    return staged_inputs.stored(inputs)
 
 
 async def _store_input(

@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import v2_idempotency
 from app.db.models import Asset, Job
-from app.domain import assets
+from app.domain import assets, staged_inputs
 from app.domain.errors import Forbidden, ValidationFailed
+from app.domain.staged_inputs import StagedInput
 from app.domain.users import Principal
 from app.domain.v2_errors import V2Error
 from app.domain.workflows import check_raw_workflow, upload_inputs
@@ -141,17 +142,8 @@ async def _resolve(
             # Replaced by the staged file's name at each dispatch; until then, the name its owner knows.
             node["inputs"][name] = asset.file_path
             del checked[node_id]["inputs"][name]
-            inputs.append(
-                {
-                    "param": f"{node_id}_{name}",
-                    "upload_id": asset.id,
-                    "storage_key": asset.storage_key,
-                    "content_type": asset.content_type,
-                    "binds": [[node_id, name]],
-                    "mask_of": None,
-                }
-            )
-    return stored, checked, inputs
+            inputs.append(StagedInput.of(f"{node_id}_{name}", asset, [(node_id, name)]))
+    return stored, checked, staged_inputs.stored(inputs)
 
 
 async def build(
