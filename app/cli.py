@@ -179,11 +179,11 @@ def list_backends() -> None:
 @cli.command("add-backend")
 def add_backend(url: str) -> None:
     """Add a ComfyUI server to the pool; running gateways start using it on their next poll."""
-    from app.domain import backends
+    from app.domain import backend_registry
     from app.domain.errors import DomainError
 
     async def work(session):  # noqa: ANN001, ANN202
-        return await backends.add_backend(session, url)
+        return await backend_registry.add_backend(session, url)
 
     try:
         row = asyncio.run(_with_session(get_settings(), work))

@@ -23,6 +23,18 @@ def _split_csv(value: object) -> object:
     return value
 
 
+#: The range of each numeric per-user limit, the one definition: the deployment's defaults
+#: (GATEWAY_DEFAULT_<NAME>) and a user's own values (app/domain/limits.py) are checked against it.
+LIMIT_RANGES: dict[str, dict[str, int]] = {
+    "max_queued": {"ge": 1, "le": 1_000_000},
+    "max_running": {"ge": 1, "le": 10_000},
+    "rate_per_minute": {"ge": 1, "le": 1_000_000},
+    "jobs_per_day": {"ge": 1, "le": 100_000_000},
+    "max_priority": {"ge": 0, "le": 1_000_000},
+    "weight": {"ge": 1, "le": 100},
+}
+
+
 class Settings(BaseSettings):
     # Errors name the setting but never echo its value: several settings are secrets.
     model_config = SettingsConfigDict(
@@ -85,16 +97,16 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
 
     # --- per-user defaults ------------------------------------------------------------------
-    # The same ranges as a user's own limits (app/domain/limits.py). A limit of 0 is not allowed:
+    # LIMIT_RANGES, as a user's own limits (app/domain/limits.py). A limit of 0 is not allowed:
     # to stop a user, disable it.
-    default_max_queued: int = Field(default=100, ge=1, le=1_000_000)
-    default_max_running: int = Field(default=4, ge=1, le=10_000)
-    default_rate_per_minute: int = Field(default=120, ge=1, le=1_000_000)
-    default_jobs_per_day: int = Field(default=5000, ge=1, le=100_000_000)
-    default_max_priority: int = Field(default=0, ge=0, le=1_000_000)
+    default_max_queued: int = Field(default=100, **LIMIT_RANGES["max_queued"])
+    default_max_running: int = Field(default=4, **LIMIT_RANGES["max_running"])
+    default_rate_per_minute: int = Field(default=120, **LIMIT_RANGES["rate_per_minute"])
+    default_jobs_per_day: int = Field(default=5000, **LIMIT_RANGES["jobs_per_day"])
+    default_max_priority: int = Field(default=0, **LIMIT_RANGES["max_priority"])
     default_allow_raw_workflows: bool = False
     # A user's share in fair scheduling, relative to the other users with queued work.
-    default_weight: int = Field(default=1, ge=1, le=100)
+    default_weight: int = Field(default=1, **LIMIT_RANGES["weight"])
 
     # --- raw workflows ----------------------------------------------------------------------
     # Node classes a raw workflow may not use. The default: the stock nodes that read or write

@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import log_redaction
 from app.api import (
     admin,
-    backends,
-    events,
+    admin_backends,
+    events_sse,
+    events_ws,
     generate,
     health,
     input_checks,
@@ -27,7 +28,6 @@ from app.api import (
     problems,
     templates,
     uploads,
-    ws,
 )
 from app.api.limits import BodySizeLimit
 from app.api.live_slots import LiveSlots
@@ -43,12 +43,12 @@ from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
-from app.domain.backends import pool_urls, register_configured_backends
-from app.domain.event_log import EventLog
-from app.domain.event_relay import EventRelay
-from app.domain.events import EventBus
+from app.domain.backend_registry import pool_urls, register_configured_backends
+from app.domain.events.bus import EventBus
+from app.domain.events.log import EventLog
+from app.domain.events.publish import Notifier
+from app.domain.events.relay import EventRelay
 from app.domain.fetch import make_fetcher
-from app.domain.notify import Notifier
 from app.domain.queue_metrics import JobGauges
 from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
@@ -119,12 +119,12 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         jobs,
         outputs,
         uploads,
-        events,
-        ws,
+        events_sse,
+        events_ws,
         templates,
         me,
         admin,
-        backends,
+        admin_backends,
         health,
         openai_images,
     ):

@@ -23,8 +23,7 @@ from app.api.schemas import (
     WebhookDeliveryList,
     WebhookDeliveryOut,
 )
-from app.db import jobs as repo
-from app.domain import jobs, users, webhooks
+from app.domain import jobs, transitions, users, webhooks
 from app.domain.retention import purge_job
 from app.domain.views import rfc3339
 
@@ -160,8 +159,8 @@ async def delete_any_job(
     A queued or running job is canceled first (its subscribers hear so) and taken off its backend.
     204; 404 if there is no such job."""
     job = await jobs.get_any(session, job_id)
-    if job.status in repo.ACTIVE:
-        canceled = await repo.mark_canceled(session, job.id)
+    if job.status in jobs.ACTIVE:
+        canceled = await transitions.mark_canceled(session, job.id)
         await session.commit()
         if canceled is not None:
             job = canceled

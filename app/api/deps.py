@@ -15,7 +15,7 @@ from app.api.state import GatewayState
 from app.config import Settings
 from app.domain import ratelimit
 from app.domain.errors import Forbidden
-from app.domain.events import EventBus
+from app.domain.events.bus import EventBus
 from app.domain.users import Principal, authenticate
 from app.domain.webhook_secrets import SecretBox
 from app.net.ssrf import OutboundGuard

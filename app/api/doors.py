@@ -21,11 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api import deps
 from app.api.deps import charge, charge_refused
-from app.db import jobs as repo
 from app.db.models import Job, Output, Upload
 from app.domain import jobs
 from app.domain.errors import DomainError, LimitExceeded
-from app.domain.events import JobEvent, Subscription
+from app.domain.events.bus import JobEvent, Subscription
 from app.domain.users import Principal
 from app.domain.waiting import until_ended
 
@@ -121,7 +120,7 @@ async def ended_jobs(
 ) -> tuple[list[Job], dict[str, list[Output]]]:
     """The jobs as they are now (read again), and their outputs."""
     found = [await jobs.get_owned(session, principal, job_id, fresh=True) for job_id in job_ids]
-    return found, await repo.outputs_for(session, job_ids)
+    return found, await jobs.outputs_for(session, job_ids)
 
 
 async def read_output(request: Request, output: Output) -> bytes:

@@ -27,7 +27,7 @@ from app.config import Settings
 from app.db.models import Upload
 from app.domain import idempotency, jobs, webhooks
 from app.domain.errors import DomainError, LimitExceeded
-from app.domain.events import EventBus
+from app.domain.events.bus import EventBus
 from app.domain.users import Principal
 from app.domain.waiting import parse_prefer_wait, until_ended
 from app.net.ssrf import OutboundGuard

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from app.api import deps
 from app.api.operator import is_operator, require_operator
 from app.api.problems import problem_response
 from app.api.schemas import PROBLEMS
+from app.domain import readiness
 from app.domain.errors import PROBLEM_BASE, DomainError, ServiceUnavailable
 
 router = APIRouter(tags=["operations"])
@@ -27,10 +27,7 @@ async def readyz(request: Request) -> Response:
     down or draining (their URLs are internal)."""
     state = deps.state(request)
     problems: list[str] = []
-    try:
-        async with state.sessionmaker() as session:
-            await session.execute(text("SELECT 1"))
-    except Exception:  # noqa: BLE001 - any failure means "not ready", and says so
+    if not await readiness.database_answers(state.sessionmaker):
         problems.append("the database does not answer")
     # A loop that died (and is being restarted, or gave up) does work nothing else does.
     stopped = [h.name for h in (loop.health for loop in state.loops) if not h.ok]

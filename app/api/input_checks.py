@@ -53,7 +53,7 @@ JsonObject = Annotated[dict[str, Any], BeforeValidator(check)]
 async def url_params(connection: HTTPConnection) -> None:
     scope = connection.scope
     if scope["type"] != "http":
-        return  # WebSocket handshakes answer with frames of their own (app/api/ws.py)
+        return  # WebSocket handshakes answer with frames of their own (app/api/events_ws.py)
     # Nearly every request has no NUL at all: settled from the raw bytes, nothing parsed.
     if (
         b"%00" not in scope.get("query_string", b"")

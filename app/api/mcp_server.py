@@ -23,7 +23,6 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -32,7 +31,6 @@ from app.api import doors
 from app.api.deps import charge
 from app.api.problems import problem_response
 from app.api.state import GatewayState
-from app.db import jobs as repo
 from app.db.models import Job, Output, Template, Upload
 from app.domain import jobs, templates
 from app.domain.errors import DomainError, NotFound, ValidationFailed
@@ -201,7 +199,7 @@ class McpEndpoint:
         state = self._state()
         new_uploads: list[Upload] = []
         async with state.sessionmaker() as session:
-            if await session.get(Template, name) is None:
+            if not await templates.exists(session, name):
                 raise NotFound(f"There is no tool {name!r}; list_templates shows the templates.")
             try:
                 made, subs = await doors.submit(
@@ -248,7 +246,7 @@ class McpEndpoint:
                     type="text", text=f"Job {job.id} succeeded with {len(view['outputs'])} output(s)."
                 )
             )
-            for output in (await repo.outputs_for(session, [job.id]))[job.id]:
+            for output in (await jobs.outputs_for(session, [job.id]))[job.id]:
                 content.append(await self._output_content(request, output))
         elif job.status in jobs.TERMINAL:
             error = (job.error or {}).get("message", "")
@@ -281,4 +279,4 @@ class McpEndpoint:
 
 
 async def _templates(session: AsyncSession) -> list[Template]:
-    return list((await session.execute(select(Template).order_by(Template.name))).scalars().all())
+    return await templates.all_by_name(session)

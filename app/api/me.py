@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter
 
 from app.api.deps import PrincipalDep, SecretBoxDep, SessionDep, SettingsDep
 from app.api.schemas import PROBLEMS, MeOut, WebhookSecretOut
-from app.db import usage
-from app.db.types import utcnow
-from app.domain import ratelimit, webhook_secrets
+from app.domain import quotas, ratelimit, webhook_secrets
 from app.domain.views import rfc3339
 
 router = APIRouter(tags=["account"])
@@ -18,8 +16,10 @@ router = APIRouter(tags=["account"])
 
 @router.get("/v1/me", response_model=MeOut, responses=PROBLEMS)
 async def me(session: SessionDep, principal: PrincipalDep) -> dict:
-    counts = await usage.status_counts(session, principal.user_id)
-    jobs_today = await usage.created_since(session, principal.user_id, utcnow() - timedelta(hours=24))
+    counts = await quotas.status_counts(session, principal.user_id)
+    jobs_today = await quotas.created_since(
+        session, principal.user_id, datetime.now(UTC) - timedelta(hours=24)
+    )
     remaining = (
         None
         if principal.unlimited

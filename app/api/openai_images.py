@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -32,7 +31,7 @@ from app.api.input_checks import RequestModel
 from app.api.openai_errors import OPENAI_ERRORS, ImagesFailed, OpenAIRoute
 from app.config import Settings
 from app.db.models import Template, Upload
-from app.domain import uploads
+from app.domain import templates, uploads
 from app.domain.errors import DomainError, NotFound, PayloadTooLarge, ValidationFailed
 from app.domain.users import Principal
 from app.storage.signing import UrlSigner
@@ -109,7 +108,7 @@ _IMAGES_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def _models(session: AsyncSession) -> list[tuple[Template, TemplateDocument]]:
-    rows = (await session.execute(select(Template).order_by(Template.name))).scalars().all()
+    rows = await templates.all_by_name(session)
     docs = [(row, TemplateDocument.model_validate(row.document)) for row in rows]
     return [(row, doc) for row, doc in docs if doc.openai is not None]
 
@@ -124,7 +123,7 @@ def _model_view(row: Template) -> dict[str, Any]:
 
 
 async def _model(session: AsyncSession, name: str) -> tuple[TemplateDocument, OpenAIMapping]:
-    row = await session.get(Template, name)
+    row = await templates.find(session, name)
     doc = TemplateDocument.model_validate(row.document) if row is not None else None
     if doc is None or doc.openai is None:
         raise NotFound(
@@ -148,9 +147,7 @@ async def list_models(session: SessionDep, principal: PrincipalDep) -> dict:
 @router.get("/v1/models/{model}", response_model=ModelOut, responses=OPENAI_ERRORS, summary="One model")
 async def get_model(model: str, session: SessionDep, principal: PrincipalDep) -> dict:
     await _model(session, model)
-    row = await session.get(Template, model)
-    assert row is not None
-    return _model_view(row)
+    return _model_view(await templates.get_row(session, model))
 
 
 # ---- images ------------------------------------------------------------------------------------
@@ -470,6 +467,6 @@ async def _store(
             f"The {field}: {exc.detail}", errors=[{"field": field, "message": exc.detail}]
         ) from None
     new_uploads.append(upload)
-    session.add(upload)
+    uploads.add(session, upload)
     await session.flush()
     return upload.id

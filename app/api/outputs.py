@@ -15,16 +15,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 
 from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep, authorize
 from app.api.schemas import PROBLEMS
 from app.config import Settings
-from app.db.models import Job, Output
+from app.domain import jobs
 from app.domain.conversions import converted
 from app.domain.errors import NotFound
-from app.storage.local import LocalStorage
-from app.storage.s3 import RangeNotSatisfiable, S3Storage
+from app.storage.base import RangeNotSatisfiable, Storage
 
 router = APIRouter(tags=["outputs"])
 _bearer = HTTPBearer(auto_error=False)
@@ -99,19 +97,13 @@ async def get_output(
     ] = 85,
 ) -> Response:
     signed = signer.verify(job_id, output_id, expires, signature)
-    stmt = (
-        select(Output)
-        .join(Job, Job.id == Output.job_id)
-        .where(Output.id == output_id, Output.job_id == job_id)
-    )
+    owner = None
     if not signed:
         principal = await authorize(
             request, session, settings, credentials.credentials if credentials else None
         )
-        stmt = stmt.where(Job.user_id == principal.user_id)
-    output = (await session.execute(stmt)).scalar_one_or_none()
-    if output is None:
-        raise NotFound(f"There is no output {output_id!r} of job {job_id!r}.")
+        owner = principal.user_id
+    output = await jobs.find_output(session, job_id, output_id, user_id=owner)
     # The request is answered from storage alone: no database connection is held while it streams.
     await session.close()
 
@@ -139,23 +131,29 @@ async def get_output(
         return Response(
             status_code=304, headers={k: v for k, v in headers.items() if k != "Content-Disposition"}
         )
-    if isinstance(storage, S3Storage):
-        return await _from_s3(storage, settings, request, key, content_type, headers)
-    assert isinstance(storage, LocalStorage)
-    path = storage.path_for(key)
-    if not path.is_file():
-        raise NotFound("The output's file is no longer stored.")
-    return FileResponse(path, media_type=content_type, headers=headers)
+    gone = NotFound("The output's file is no longer stored.")
+    return await serve_stored(storage, settings, request, key, content_type, headers, etag=etag, gone=gone)
 
 
-async def _from_s3(
-    storage: S3Storage,
+async def serve_stored(
+    storage: Storage,
     settings: Settings,
     request: Request,
     key: str,
     content_type: str,
     headers: dict[str, str],
+    *,
+    etag: str,
+    gone: Exception,
 ) -> Response:
+    """The stored bytes as the storage can best serve them: a local file (Range by the web server),
+    a redirect to a presigned URL (GATEWAY_S3_SERVE=redirect), or streamed through the gateway."""
+    path = storage.local_path(key)
+    if path is not None:
+        if not path.is_file():
+            raise gone
+        return FileResponse(path, media_type=content_type, headers=headers)
+    headers = {**headers, "ETag": etag}
     if settings.s3_serve == "redirect":
         url = await storage.presigned_url(
             key,
@@ -163,15 +161,16 @@ async def _from_s3(
             disposition=headers["Content-Disposition"],
             expires=settings.s3_presign_seconds,
         )
-        # The presigned URL expires soon, so the redirect itself must not be cached; the client
-        # sends its Range header on to the bucket, which answers it.
-        return RedirectResponse(
-            url, status_code=307, headers={"Cache-Control": "private, no-store", "ETag": headers["ETag"]}
-        )
+        if url is not None:
+            # The presigned URL expires soon, so the redirect itself must not be cached; the client
+            # sends its Range header on to the bucket, which answers it.
+            return RedirectResponse(
+                url, status_code=307, headers={"Cache-Control": "private, no-store", "ETag": etag}
+            )
     try:
         obj = await storage.get_range(key, request.headers.get("range"))
     except FileNotFoundError:
-        raise NotFound("The output's file is no longer stored.") from None
+        raise gone from None
     except RangeNotSatisfiable as exc:
         return Response(status_code=416, headers={"Content-Range": f"bytes */{exc.size}"})
     return StreamingResponse(

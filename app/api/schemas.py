@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from app.api.input_checks import RequestModel
 from app.domain.limits import Limits
 
+# The job's public shape is defined once, with the functions that build it from the row.
+from app.domain.views import JobError as JobError
+from app.domain.views import JobOut as JobOut
+from app.domain.views import OutputOut as OutputOut
+from app.domain.views import Progress as Progress
+
 WebhookEvent = Literal["job.running", "job.succeeded", "job.failed", "job.canceled"]
 
 
@@ -51,69 +57,6 @@ class GenerateRequest(RequestModel):
         gt=0,
         description="This job's time limit once it runs; it can only shorten the template's, and may not exceed the "
         "server's maximum. Past it the job is interrupted on its backend and fails with error type `timeout`.",
-    )
-
-
-class Progress(BaseModel):
-    # ComfyUI counts steps in integers; a node may report fractions. Whole numbers stay integers.
-    value: int | float
-    max: int | float
-    node: str | None = None
-
-
-class OutputOut(BaseModel):
-    id: str
-    node_id: str
-    kind: str = Field(description="The key ComfyUI listed it under: images, gifs, audio, text, ...")
-    filename: str
-    content_type: str
-    size: int
-    sha256: str
-    url: str
-
-
-class JobError(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: str = Field(
-        description="`invalid_workflow` (ComfyUI refused the graph; `node_errors` says why), `execution_error` "
-        "(a node failed), `timeout` (the job's deadline passed), `backend_lost` (its backends kept losing it; "
-        "attempts exhausted), `interrupted` (interrupted on its backend by someone else), `output_missing` "
-        "(ComfyUI listed an output it did not serve), `unsupported_workflow` (no registered backend has the "
-        "nodes or models it needs; `missing` lists them), `input_missing` (an input image was deleted before it "
-        "ran), `staging_failed` (the backend refused an input image), `output_too_large` (its outputs came to more "
-        "than GATEWAY_MAX_JOB_OUTPUT_BYTES; none were kept), `internal_error` (the gateway hit an unexpected "
-        "error while handling this job; the message is generic, the server log has the details)."
-    )
-    message: str
-    node_id: str | None = None
-    node_type: str | None = None
-
-
-class JobOut(BaseModel):
-    id: str
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
-    template: str | None
-    params: dict[str, Any]
-    priority: int
-    metadata: dict[str, Any]
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    queue_position: int | None = Field(
-        description="Queued jobs that will start before this one (those already on a backend first, then by "
-        "priority and age), counted up to 1000: a job further back reads 1000. Null once it runs."
-    )
-    waiting_reason: str | None = Field(
-        default=None,
-        description="Why a queued job is not dispatched yet, e.g. no healthy backend has a node it needs.",
-    )
-    progress: Progress | None
-    outputs: list[OutputOut]
-    error: JobError | None
-    attempts: int
-    outputs_expired_at: str | None = Field(
-        default=None, description="When retention deleted the job's output files (`outputs` is then empty)."
     )
 
 

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.api.live_slots import LiveSlots
 from app.config import Settings
-from app.domain.event_log import EventLog
-from app.domain.event_relay import EventRelay
-from app.domain.events import EventBus
+from app.domain.events.bus import EventBus
+from app.domain.events.log import EventLog
+from app.domain.events.relay import EventRelay
 from app.domain.retention import RetentionService
 from app.domain.uploads import UrlFetcher
 from app.domain.webhook_secrets import SecretBox

@@ -59,7 +59,7 @@ async def create_upload(
         if file.size is not None and file.size > settings.max_upload_bytes:
             raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.")
         upload = await uploads.store(session, storage, settings, principal.user_id, file.filename, file.file)
-        session.add(upload)
+        uploads.add(session, upload)
         try:
             await session.commit()
         except BaseException:

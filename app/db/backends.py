@@ -8,10 +8,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Backend, Job
+from app.db.models import ACTIVE, Backend, Job
+from app.db.pages import After, newest_first
 from app.db.types import utcnow
-
-ACTIVE_JOB = ("queued", "running")
 
 
 async def all_backends(session: AsyncSession) -> list[Backend]:
@@ -58,7 +57,7 @@ async def delete_backend(session: AsyncSession, backend_id: str) -> None:
 
 async def jobs_on(session: AsyncSession, url: str, *, limit: int = 100) -> tuple[int, list[str]]:
     """How many unfinished jobs are handed to the backend, and the ids of the oldest of them."""
-    where = (Job.backend == url, Job.status.in_(ACTIVE_JOB))
+    where = (Job.backend == url, Job.status.in_(ACTIVE))
     count = (await session.execute(select(func.count()).select_from(Job).where(*where))).scalar_one()
     ids = (
         await session.execute(select(Job.id).where(*where).order_by(Job.dispatched_at, Job.id).limit(limit))
@@ -68,7 +67,14 @@ async def jobs_on(session: AsyncSession, url: str, *, limit: int = 100) -> tuple
 
 async def orphaned_jobs(session: AsyncSession, known_urls: list[str]) -> list[Job]:
     """Unfinished jobs handed to a backend that is not registered (any more)."""
-    stmt = select(Job).where(Job.status.in_(ACTIVE_JOB), Job.backend.is_not(None))
+    stmt = select(Job).where(Job.status.in_(ACTIVE), Job.backend.is_not(None))
     if known_urls:
         stmt = stmt.where(Job.backend.not_in(known_urls))
     return list((await session.execute(stmt)).scalars())
+
+
+async def page(session: AsyncSession, *, limit: int, after: After | None) -> tuple[list[Backend], str | None]:
+    """The pool, newest first."""
+    return await newest_first(
+        session, select(Backend), at=Backend.added_at, key=Backend.id, limit=limit, after=after
+    )

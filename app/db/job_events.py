@@ -3,14 +3,15 @@
 Every event gets the next value of its job's counter (`jobs.event_seq`), taken by an UPDATE of
 the job row, so a job's events are numbered in the order their transactions commit, on every
 replica. Status and output events are written by the job's transitions, in the transition's own
-transaction (`record_transition`, called from app/db/jobs.py), so the log never disagrees with
-the row. Progress events are written in batches by app/domain/event_log.py.
+transaction (app/domain/transitions.py appends them), so the log never disagrees with the row.
+Progress events are written in batches by app/domain/events/log.py. This module stores events; their
+public shape is app/domain/views.py's.
 
 Events written in a session are also kept in `session.info` and handed, once the transaction
 committed, to the callback the session factory was configured with (`deliver_after_commit`):
 that is how live subscribers hear about them without reading the log back.
 On PostgreSQL each event is also announced with NOTIFY (transactional: sent at commit), so that
-the other replicas can read it from the log (app/domain/event_relay.py).
+the other replicas can read it from the log (app/domain/events/relay.py).
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, event, func, insert, select, text, update
+from sqlalchemy import case, delete, event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from app.db.models import Job, JobEvent, Output
+from app.db.models import ACTIVE, Job, JobEvent
 from app.db.types import utcnow
 
 log = logging.getLogger("app.events")
 
-ACTIVE = ("queued", "running")
 #: The PostgreSQL channel on which committed events are announced.
 CHANNEL = "gateway_job_events"
 _PENDING = "pending_job_events"
@@ -46,47 +46,7 @@ class LoggedEvent:
     data: dict[str, Any]
 
 
-def job_snapshot(job: Job, outputs: Sequence[Output]) -> dict[str, Any]:
-    """The job's public fields as stored in a `status` event. Output URLs are signed, and so
-    expire; they are added when the event is sent (app/domain/views.py), never stored."""
-    return {
-        "id": job.id,
-        "status": job.status,
-        "template": job.template,
-        "params": job.params,
-        "priority": job.priority,
-        "metadata": job.meta,
-        "created_at": _rfc3339(job.created_at),
-        "started_at": _rfc3339(job.started_at),
-        "finished_at": _rfc3339(job.finished_at),
-        "waiting_reason": job.waiting_reason,
-        "progress": job.progress,
-        "outputs": [output_snapshot(o) for o in outputs],
-        "error": job.error,
-        "attempts": job.attempts,
-        # Set when retention deleted the job's output files; `outputs` is then empty.
-        "outputs_expired_at": _rfc3339(job.outputs_expired_at),
-    }
-
-
-def output_snapshot(output: Output) -> dict[str, Any]:
-    return {
-        "id": output.id,
-        "job_id": output.job_id,
-        "node_id": output.node_id,
-        "kind": output.kind,
-        "filename": output.filename,
-        "content_type": output.content_type,
-        "size": output.size,
-        "sha256": output.sha256,
-    }
-
-
-def _rfc3339(value: Any) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-async def _write(session: AsyncSession, events: list[LoggedEvent]) -> None:
+async def append(session: AsyncSession, events: list[LoggedEvent]) -> None:
     """Insert events (one statement) and, on PostgreSQL, announce them (one more)."""
     now = utcnow()
     await session.execute(
@@ -104,27 +64,6 @@ async def _write(session: AsyncSession, events: list[LoggedEvent]) -> None:
             {"channel": CHANNEL, "payloads": [f"{origin}|{e.job_id}|{e.user_id}|{e.seq}" for e in events]},
         )
     session.info.setdefault(_PENDING, []).extend(events)
-
-
-async def record_created(session: AsyncSession, job: Job) -> None:
-    """Log a new job's first status (event 1), in the transaction that inserts it."""
-    job.event_seq = 1
-    await session.flush()
-    await _write(session, [LoggedEvent(job.id, job.user_id, 1, "status", job_snapshot(job, []))])
-
-
-async def record_transition(session: AsyncSession, job: Job, outputs: Sequence[Output] = ()) -> None:
-    """Log a job's new status (and its new `outputs` first), in the transition's transaction, under
-    the ids its UPDATE took (they end at `job.event_seq`). Called by app/db/jobs.py for every status
-    change."""
-    last = job.event_seq
-    first = last - len(outputs)
-    events = [
-        LoggedEvent(job.id, job.user_id, first + i, "output", output_snapshot(out))
-        for i, out in enumerate(outputs)
-    ]
-    events.append(LoggedEvent(job.id, job.user_id, last, "status", job_snapshot(job, outputs)))
-    await _write(session, events)
 
 
 async def record_progress(
@@ -155,7 +94,7 @@ async def record_progress(
         next_seq[job_id] = seq + 1
         events.append(LoggedEvent(job_id, user_id, seq, "progress", data))
     if events:
-        await _write(session, events)
+        await append(session, events)
         # The bound: of a job's progress, only events among its last `keep` ids stay.
         await session.execute(
             delete(JobEvent)
@@ -200,15 +139,6 @@ async def by_ids(session: AsyncSession, keys: Sequence[tuple[str, int]]) -> list
         for ev, user_id in rows.all()
         if (ev.job_id, ev.seq) in wanted
     ]
-
-
-async def max_seq(session: AsyncSession, job_id: str) -> int:
-    return int(
-        (
-            await session.execute(select(func.coalesce(Job.event_seq, 0)).where(Job.id == job_id))
-        ).scalar_one_or_none()
-        or 0
-    )
 
 
 def deliver_after_commit(

@@ -1,7 +1,9 @@
 """Job rows: every state change is a conditional UPDATE, so that a restart, a late WebSocket message
 or a second dispatcher can never move a job backwards or send it twice.
 
-Each function returns whether it changed the row; callers commit.
+Each function returns the changed row, or None when its condition did not hold; callers commit.
+A function that changes `status` is called only by app/domain/transitions.py, which writes the
+transition's events and webhook deliveries in the same transaction.
 """
 
 from __future__ import annotations
@@ -10,16 +12,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from app.db import job_events, queue, webhooks
-from app.db.models import Job, Output
+from app.db import queue
+from app.db.models import ACTIVE, TERMINAL, Job, JobEvent, Output
+from app.db.pages import After, newest_first
 from app.db.types import utcnow
-
-ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "canceled")
 
 
 async def get_job(
@@ -47,10 +47,6 @@ async def get_jobs(session: AsyncSession, job_ids: Sequence[str]) -> list[Job]:
     return list((await session.execute(select(Job).where(Job.id.in_(job_ids)))).scalars())
 
 
-async def get_job_by_prompt(session: AsyncSession, prompt_id: str) -> Job | None:
-    return (await session.execute(select(Job).where(Job.prompt_id == prompt_id))).scalar_one_or_none()
-
-
 async def outputs_for(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, list[Output]]:
     result: dict[str, list[Output]] = {job_id: [] for job_id in job_ids}
     if not job_ids:
@@ -69,20 +65,52 @@ async def list_jobs(
     user_id: str | None,
     statuses: Sequence[str] | None,
     limit: int,
-    after: tuple[datetime, str] | None,
-) -> tuple[list[Job], bool]:
-    """Newest first; returns the page and whether there is more."""
+    after: After | None,
+) -> tuple[list[Job], str | None]:
+    """Newest first; the page and the cursor of the next one."""
     stmt = select(Job)
     if user_id is not None:
         stmt = stmt.where(Job.user_id == user_id)
     if statuses:
         stmt = stmt.where(Job.status.in_(statuses))
-    if after is not None:
-        created, job_id = after
-        stmt = stmt.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
-    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    jobs = list((await session.execute(stmt)).scalars())
-    return jobs[:limit], len(jobs) > limit
+    return await newest_first(session, stmt, at=Job.created_at, key=Job.id, limit=limit, after=after)
+
+
+async def list_with_labels(
+    session: AsyncSession, user_id: str, labels: dict[str, str], *, limit: int, after: After | None
+) -> tuple[list[Job], str | None]:
+    """A user's jobs whose metadata has each of `labels`, newest first, with their graphs (the
+    progress of /api/v2 counts their nodes)."""
+    stmt = select(Job).where(Job.user_id == user_id).options(undefer(Job.workflow))
+    for key, value in labels.items():
+        stmt = stmt.where(Job.meta[key].as_string() == value)
+    return await newest_first(session, stmt, at=Job.created_at, key=Job.id, limit=limit, after=after)
+
+
+def add(session: AsyncSession, job: Job) -> None:
+    """A new job in the transaction (the caller flushes or commits)."""
+    session.add(job)
+
+
+async def reread(session: AsyncSession, job: Job) -> None:
+    """The row as the database holds it now."""
+    await session.refresh(job)
+
+
+async def load_workflow(session: AsyncSession, job: Job) -> None:
+    """Load the job's graph if the row came without it (deferred: a transition's row leaves it out)."""
+    if "workflow" in inspect(job).unloaded:
+        await session.refresh(job, ["workflow"])
+
+
+async def get_output(
+    session: AsyncSession, job_id: str, output_id: str, *, user_id: str | None
+) -> Output | None:
+    """An output of a job; with `user_id`, only if the job is that user's."""
+    stmt = select(Output).where(Output.id == output_id, Output.job_id == job_id)
+    if user_id is not None:
+        stmt = stmt.join(Job, Job.id == Output.job_id).where(Job.user_id == user_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 # The jobs ahead of a queued one, counted without scanning the queue (app/db/queue.py).
@@ -103,7 +131,9 @@ async def _update(
     """One conditional UPDATE; the changed row comes back (RETURNING), or None if nothing matched.
 
     A status change also takes the ids of its events (`outputs`' events, then the status) in the
-    same UPDATE: the row lock orders a job's events on every replica, with no second statement."""
+    same UPDATE: the row lock orders a job's events on every replica, with no second statement.
+    The events themselves, and the webhook outbox rows, are written under those ids by the
+    transition step that called this (app/domain/transitions.py), in the same transaction."""
     values.setdefault("updated_at", utcnow())
     if "status" in values:
         values["event_seq"] = Job.event_seq + len(outputs) + 1
@@ -117,13 +147,7 @@ async def _update(
         # session (synchronize_session) would only cost time.
         .execution_options(synchronize_session=False, populate_existing=True)
     )
-    job = (await session.execute(stmt)).scalars().first()
-    if job is not None and "status" in values:
-        # Both in this transition's transaction: the event log (Last-Event-ID, live subscribers)
-        # and the webhook outbox hear of every status change exactly when it commits.
-        await job_events.record_transition(session, job, outputs)
-        await webhooks.on_transition(session, job)
-    return job
+    return (await session.execute(stmt)).scalars().first()
 
 
 async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> Job | None:
@@ -235,3 +259,37 @@ async def cleanup_done(session: AsyncSession, job_id: str) -> Job | None:
 
 async def set_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> Job | None:
     return await _update(session, job_id, [Job.status.in_(ACTIVE)], progress=progress)
+
+
+# ---- deletion and retention --------------------------------------------------------------------
+
+
+async def delete_job(session: AsyncSession, job_id: str, *, with_events: bool) -> None:
+    """Delete the job's row and its outputs' rows (and, `with_events`, its logged events)."""
+    await session.execute(delete(Output).where(Output.job_id == job_id))
+    if with_events:
+        await session.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+    await session.execute(delete(Job).where(Job.id == job_id))
+
+
+async def finished_before(session: AsyncSession, cutoff: datetime, limit: int) -> list[str]:
+    """Up to `limit` jobs that ended before `cutoff` and still have their outputs."""
+    stmt = (
+        select(Job.id)
+        .where(Job.status.in_(TERMINAL), Job.finished_at < cutoff, Job.outputs_expired_at.is_(None))
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def expire_outputs(session: AsyncSession, job_ids: Sequence[str]) -> None:
+    """Delete the jobs' output rows and their logged events, and mark the outputs expired."""
+    await session.execute(delete(Output).where(Output.job_id.in_(job_ids)))
+    # The logged events name the outputs just deleted: a client resuming such a job gets
+    # its current status (the tombstone) instead, see app/domain/events/live.py.
+    await session.execute(delete(JobEvent).where(JobEvent.job_id.in_(job_ids)))
+    await session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.outputs_expired_at.is_(None))
+        .values(outputs_expired_at=utcnow())
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
@@ -77,6 +77,14 @@ class Template(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+#: A job's statuses, the one definition (the API contract's `status`). A job moves forward only:
+#: queued -> running -> one of TERMINAL (queued may also end directly, or go back from running).
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+ACTIVE: tuple[JobStatus, ...] = ("queued", "running")
+TERMINAL: tuple[JobStatus, ...] = ("succeeded", "failed", "canceled")
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -92,7 +100,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    # queued | running | succeeded | failed | canceled
+    # One of JOB_STATUSES.
     status: Mapped[str] = mapped_column(String(16), default="queued")
     template: Mapped[str | None] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

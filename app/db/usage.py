@@ -98,3 +98,9 @@ async def recent_run_seconds(session: AsyncSession, user_id: str, limit: int = 2
         .limit(limit)
     )
     return [(finished - started).total_seconds() for started, finished in (await session.execute(stmt)).all()]
+
+
+async def nonzero_counts(session: AsyncSession) -> list[tuple[str, str, int]]:
+    """Every (state, user id, count) that is not zero: the deployment's queue and running gauges."""
+    rows = await session.execute(select(JobCount.state, JobCount.user_id, JobCount.n).where(JobCount.n > 0))
+    return [(state, user_id, n) for state, user_id, n in rows.all()]

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Job, WebhookAttempt, WebhookDelivery, WebhookSecret
+from app.db.pages import After, newest_first
 from app.db.types import utcnow
 
 # The event a transition into each status announces.
@@ -196,10 +197,6 @@ async def attempts_of(session: AsyncSession, delivery_ids: Sequence[str]) -> dic
     return result
 
 
-async def get_delivery(session: AsyncSession, delivery_id: str) -> WebhookDelivery | None:
-    return await session.get(WebhookDelivery, delivery_id)
-
-
 async def redeliver(session: AsyncSession, delivery_id: str) -> WebhookDelivery | None:
     """Due now again, with a fresh round of attempts (what was attempted stays recorded)."""
     now = utcnow()
@@ -272,3 +269,13 @@ async def add_secret(
     session.add(secret)
     await session.flush()
     return secret
+
+
+async def deliveries_page(
+    session: AsyncSession, job_id: str, *, limit: int, after: After | None
+) -> tuple[list[WebhookDelivery], str | None]:
+    """A job's deliveries, newest first."""
+    stmt = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+    return await newest_first(
+        session, stmt, at=WebhookDelivery.created_at, key=WebhookDelivery.id, limit=limit, after=after
+    )

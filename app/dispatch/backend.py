@@ -38,7 +38,6 @@ class InFlight:
     user_id: str
     # The job's time limit once it runs (its template's, bounded by the server's maximum).
     timeout: float | None = None
-    started_at: float | None = None
     last_progress_persist: float = 0.0
     # The last progress seen: the row's writes are coalesced, so the final transition writes it.
     progress: dict[str, Any] | None = None

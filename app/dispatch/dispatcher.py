@@ -27,7 +27,8 @@ from app.dispatch.capabilities import checkpoint_of
 from app.dispatch.pool import BackendPool
 from app.dispatch.scheduler import FairScheduler
 from app.dispatch.tracker import DispatchContext, Tracker
-from app.domain.notify import Notifier
+from app.domain import transitions
+from app.domain.events.publish import Notifier
 from app.loops import Backoff, Loop
 from app.metrics import Metrics
 from app.storage.base import Storage
@@ -126,7 +127,7 @@ class Dispatcher(Loop, BackendPool):
             return
         async with self._sessionmaker() as session:
             for _, item in items:
-                await repo.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
+                await transitions.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
             await session.commit()
         for link, item in items:
             link.drop_prepared(item.prompt_id)
@@ -294,12 +295,14 @@ class Dispatcher(Loop, BackendPool):
                     else:
                         self.scheduler.give_back(job.user_id)
                 failed = [
-                    await repo.mark_failed(
+                    await transitions.mark_failed(
                         session, job_id, error=job_errors.unsupported(reasons), prompt_id=None
                     )
                     for job_id, reasons in unrunnable.items()
                 ] + [
-                    await repo.mark_failed(session, job_id, error=job_errors.internal_error(), prompt_id=None)
+                    await transitions.mark_failed(
+                        session, job_id, error=job_errors.internal_error(), prompt_id=None
+                    )
                     for job_id in dict.fromkeys(broken)
                 ]
                 # Written only when it changes: a job waiting for hours costs one write. (Entries of
@@ -385,7 +388,7 @@ class Dispatcher(Loop, BackendPool):
                 if flight.deadline is None or now < flight.deadline:
                     continue
                 async with self._sessionmaker() as session:
-                    job = await repo.mark_failed(
+                    job = await transitions.mark_failed(
                         session,
                         flight.job_id,
                         error=job_errors.timeout(flight.timeout or 0),

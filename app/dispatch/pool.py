@@ -22,11 +22,11 @@ from app.comfy.errors import ComfyError
 from app.comfy.websocket import ComfyWebSocket
 from app.config import Settings
 from app.db import backends as backends_repo
-from app.db import jobs as repo
 from app.db.state import get_or_create
 from app.dispatch.backend import BackendLink
 from app.dispatch.capabilities import models_by_kind
 from app.dispatch.tracker import DispatchContext, Tracker
+from app.domain import transitions
 from app.domain.views import rfc3339
 
 log = logging.getLogger("app.dispatch")
@@ -184,7 +184,9 @@ class BackendPool:
                         "job %s was on %s, which is not registered: back to the queue", job.id, job.backend
                     )
                     changed.append(
-                        await repo.unclaim(session, job.id, prompt_id=job.prompt_id, count_attempt=False)
+                        await transitions.unclaim(
+                            session, job.id, prompt_id=job.prompt_id, count_attempt=False
+                        )
                     )
             await session.commit()
         # Subscribers hear of it from the event log (the unclaim logged a `status` event).

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import queue
+from app.db import users as users_repo
 from app.db.models import Job, User
 from app.domain.users import BOOTSTRAP_ADMIN_ID, effective_limits
 
@@ -49,7 +49,7 @@ class FairScheduler:
         waiting, in_flight = await queue.active_counts(session)
         if not waiting:
             return []
-        users = {u.id: u for u in (await session.execute(select(User).where(User.id.in_(waiting)))).scalars()}
+        users = await users_repo.by_ids(session, waiting)
 
         # How many of its jobs each user may start now. How many it has waiting is not counted
         # (that would scan the queue); a user whose jobs run out gives the turns back below.

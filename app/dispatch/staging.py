@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from app.comfy.client import ComfyClient
+from app.domain.staged_inputs import StagedInput
 from app.storage.base import Storage
 from app.storage.images import EXTENSIONS
 
@@ -36,23 +37,23 @@ def staged_name(job_id: str, param: str, content_type: str) -> str:
 async def stage(
     client: ComfyClient, storage: Storage, job_id: str, workflow: dict[str, Any], inputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Upload every input to the backend and return the workflow with their names bound.
+    """Upload every input (`jobs.inputs`, app/domain/staged_inputs.py) to the backend and return the
+    workflow with their names bound.
 
     Raises InputMissing, or the client's errors (BackendUnavailable: nothing was queued)."""
     workflow = copy.deepcopy(workflow)
     names: dict[str, str] = {}
-    for item in inputs:
-        param, key = item["param"], item["storage_key"]
+    for item in map(StagedInput.from_json, inputs):
+        param, key, mask_of = item.param, item.storage_key, item.mask_of
         if not await storage.exists(key):
             raise InputMissing(param)
-        name = staged_name(job_id, param, item.get("content_type", "image/png"))
-        mask_of = item.get("mask_of")
+        name = staged_name(job_id, param, item.content_type)
         # Streamed from storage: an input is never held whole in memory.
         uploaded = await client.upload_image(
             storage.read_stream(key),
             name,
             overwrite=True,
-            content_type=item.get("content_type"),
+            content_type=item.content_type,
             # /upload/mask writes the original image with this mask's alpha under the mask's name.
             mask=mask_of in names,
             original_ref={"filename": names[mask_of], "subfolder": "", "type": "input"}
@@ -60,7 +61,7 @@ async def stage(
             else None,
         )
         names[param] = uploaded.name if not uploaded.subfolder else f"{uploaded.subfolder}/{uploaded.name}"
-        for node_id, input_name in item["binds"]:
+        for node_id, input_name in item.binds:
             node = workflow.get(node_id)
             if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
                 node["inputs"][input_name] = names[param]

@@ -39,7 +39,8 @@ from app.dispatch import job_errors
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec
 from app.dispatch.capabilities import Capabilities
 from app.dispatch.collector import OutputTooLarge, collect
-from app.domain.notify import Notifier
+from app.domain import transitions
+from app.domain.events.publish import Notifier
 from app.metrics import Metrics
 from app.storage.base import Storage
 
@@ -109,7 +110,7 @@ class Tracker:
             case Status(queue_remaining=remaining):
                 link.queue_remaining = remaining
             case ExecutionStart(prompt_id=pid) if (flight := link.job_of(pid)) is not None:
-                flight.started_at = flight.last_progress_persist = time.monotonic()
+                flight.last_progress_persist = time.monotonic()
                 if flight.timeout is not None:
                     flight.deadline = time.time() + flight.timeout
                 self.ctx.spawn(
@@ -263,7 +264,7 @@ class Tracker:
         if flight is None or pid is None:
             return
         async with self.ctx.sessionmaker() as session:
-            job = await repo.mark_running(session, flight.job_id, prompt_id=pid)
+            job = await transitions.mark_running(session, flight.job_id, prompt_id=pid)
             await session.commit()
             if job is None:
                 current = await repo.get_job(session, flight.job_id)
@@ -303,7 +304,7 @@ class Tracker:
             return
         await self.ctx.notifier.settle(flight.job_id)
         async with self.ctx.sessionmaker() as session:
-            job = await repo.mark_failed(
+            job = await transitions.mark_failed(
                 session, flight.job_id, error=error, prompt_id=pid, progress=flight.progress
             )
             await session.commit()
@@ -411,7 +412,7 @@ class Tracker:
         await self.ctx.notifier.settle(job.id)
         async with self.ctx.sessionmaker() as session:
             session.add_all(outputs)
-            done = await repo.mark_succeeded(
+            done = await transitions.mark_succeeded(
                 session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress
             )
             if done is not None:
@@ -423,7 +424,7 @@ class Tracker:
                     await self.ctx.storage.delete(out.storage_key)
         link.forget(pid)
         if done is not None:
-            self.ctx.notifier.publish(done, outputs, new_outputs=outputs)
+            self.ctx.notifier.publish(done)
 
     # ---- reconciliation --------------------------------------------------------------------
 
@@ -497,11 +498,13 @@ class Tracker:
                 link.forget(pid)
                 return
             if count_attempt and job.attempts >= self.ctx.settings.max_attempts:
-                changed = await repo.mark_failed(
+                changed = await transitions.mark_failed(
                     session, job.id, error=job_errors.backend_lost(job.attempts), prompt_id=pid
                 )
             else:
-                changed = await repo.unclaim(session, job.id, prompt_id=pid, count_attempt=count_attempt)
+                changed = await transitions.unclaim(
+                    session, job.id, prompt_id=pid, count_attempt=count_attempt
+                )
             await session.commit()
         link.forget(pid)
         self.ctx.wake()

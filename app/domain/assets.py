@@ -15,12 +15,12 @@ from typing import Any, BinaryIO
 
 import anyio
 from blake3 import blake3
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.db.models import Asset, Job, Output
+from app.db import assets as repo
+from app.db.models import Asset, Output
 from app.domain.errors import PayloadTooLarge
 from app.domain.v2_errors import V2Error
 from app.storage.base import Storage
@@ -67,9 +67,7 @@ def _content_type(fh: BinaryIO, claimed: str | None, max_pixels: int) -> str:
 
 
 async def by_hash(session: AsyncSession, user_id: str, digest: str) -> Asset | None:
-    return (
-        await session.execute(select(Asset).where(Asset.user_id == user_id, Asset.hash == digest))
-    ).scalar_one_or_none()
+    return await repo.by_hash(session, user_id, digest)
 
 
 async def store(
@@ -118,7 +116,7 @@ async def store(
         size=obj.size,
         storage_key=key,
     )
-    session.add(asset)
+    repo.add(session, asset)
     try:
         await session.commit()
     except IntegrityError:
@@ -138,29 +136,30 @@ async def store(
 async def get_owned(session: AsyncSession, user_id: str, asset_id: str) -> Asset | Output:
     """The user's asset: an upload, or an output of one of the user's jobs (outputs are assets)."""
     if _UUID_RE.match(asset_id or ""):
-        asset = (
-            await session.execute(select(Asset).where(Asset.id == asset_id, Asset.user_id == user_id))
-        ).scalar_one_or_none()
+        asset = await repo.get_owned(session, user_id, asset_id)
         if asset is not None:
             return asset
-        output = (
-            await session.execute(
-                select(Output)
-                .join(Job, Job.id == Output.job_id)
-                .where(Output.id == asset_id, Job.user_id == user_id)
-            )
-        ).scalar_one_or_none()
+        output = await repo.owned_output(session, user_id, asset_id)
         if output is not None:
             return output
     raise V2Error(404, "not_found", f"There is no asset {asset_id!r}.")
 
 
 async def by_file_path(session: AsyncSession, user_id: str, file_path: str) -> Asset | None:
-    return (
-        await session.execute(
-            select(Asset)
-            .where(Asset.user_id == user_id, Asset.file_path == file_path)
-            .order_by(Asset.created_at.desc(), Asset.id)
-            .limit(1)
-        )
-    ).scalar_one_or_none()
+    return await repo.by_file_path(session, user_id, file_path)
+
+
+async def find(session: AsyncSession, asset_id: str) -> Asset | None:
+    """Any user's asset (a signed URL names it)."""
+    return await repo.get(session, asset_id)
+
+
+async def find_output(session: AsyncSession, output_id: str) -> Output | None:
+    """Any user's output (a signed URL names it)."""
+    return await repo.get_output(session, output_id)
+
+
+async def delete(session: AsyncSession, item: Asset | Output) -> str:
+    """Delete the row (the caller commits, then deletes the bytes under the returned key)."""
+    await repo.delete(session, item)
+    return item.storage_key

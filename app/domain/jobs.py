@@ -14,15 +14,19 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.db import job_events
 from app.db import jobs as repo
-from app.db.cursor import encode_cursor
-from app.db.models import Job
-from app.domain import uploads
+
+# The statuses, for callers above the database layer (one definition: app/db/models.py).
+from app.db.models import ACTIVE as ACTIVE
+from app.db.models import JOB_STATUSES, Job, Output
+from app.db.models import TERMINAL as TERMINAL
+from app.domain import staged_inputs, uploads
 from app.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.domain.pages import after_cursor
 from app.domain.quotas import check_job_quotas
+from app.domain.staged_inputs import StagedInput
 from app.domain.templates import get_document
+from app.domain.transitions import created, mark_canceled
 from app.domain.uploads import UrlFetcher, resolve_images
 from app.domain.users import Principal
 from app.domain.views import job_view
@@ -30,9 +34,6 @@ from app.domain.workflows import check_raw_workflow, upload_refs
 from app.storage.base import Storage
 from app.storage.signing import UrlSigner
 from app.templates import ParamsInvalid, output_nodes, render, resolve_params
-
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL = repo.TERMINAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +84,8 @@ async def _raw_inputs(
                 f"{field} names no upload of yours.",
                 errors=[{"field": field, "node_id": node_id, "message": "unknown upload"}],
             ) from None
-        inputs.append(
-            {
-                "param": f"{node_id}_{input_name}",
-                "upload_id": upload.id,
-                "storage_key": upload.storage_key,
-                "content_type": upload.content_type,
-                "binds": [[node_id, input_name]],
-                "mask_of": None,
-            }
-        )
-    return inputs
+        inputs.append(StagedInput.of(f"{node_id}_{input_name}", upload, [(node_id, input_name)]))
+    return staged_inputs.stored(inputs)
 
 
 async def build(
@@ -221,9 +213,9 @@ async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
     LimitExceeded, and nothing is added. Call in the transaction that spent the request's token
     (see app/domain/quotas.py for why)."""
     await check_job_quotas(session, principal)
-    session.add(job)
+    repo.add(session, job)
     # Its first event (`queued`): a /v1/ws subscriber hears of the new job.
-    await job_events.record_created(session, job)
+    await created(session, job)
     return job
 
 
@@ -242,6 +234,43 @@ async def get_any(session: AsyncSession, job_id: str, *, fresh: bool = False) ->
     if job is None:
         raise NotFound(f"There is no job {job_id!r}.")
     return job
+
+
+async def outputs_for(session: AsyncSession, job_ids: list[str]) -> dict[str, list[Output]]:
+    """Each job's outputs, in the order they were stored."""
+    return await repo.outputs_for(session, job_ids)
+
+
+async def queue_position(session: AsyncSession, job: Job) -> int | None:
+    """How many jobs run or wait ahead of a queued one (capped); None once it left the queue."""
+    return await repo.queue_position(session, job)
+
+
+async def find_output(session: AsyncSession, job_id: str, output_id: str, *, user_id: str | None) -> Output:
+    """An output of a job (only of `user_id`'s jobs, unless None: a signed URL names it); NotFound."""
+    output = await repo.get_output(session, job_id, output_id, user_id=user_id)
+    if output is None:
+        raise NotFound(f"There is no output {output_id!r} of job {job_id!r}.")
+    return output
+
+
+async def labeled_page(
+    session: AsyncSession, user_id: str, labels: dict[str, str], *, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """A page of the user's jobs carrying each of `labels` in their metadata, newest first."""
+    return await repo.list_with_labels(session, user_id, labels, limit=limit, after=after_cursor(cursor))
+
+
+async def load_workflow(session: AsyncSession, job: Job) -> None:
+    """Load the job's (deferred) graph onto the row if it is not there yet."""
+    await repo.load_workflow(session, job)
+
+
+async def find_with_workflow(
+    session: AsyncSession, user_id: str, job_id: str, *, fresh: bool = False
+) -> Job | None:
+    """A user's job with its (deferred) graph loaded, or None."""
+    return await repo.get_job(session, job_id, user_id=user_id, fresh=fresh, with_workflow=True)
 
 
 async def view(session: AsyncSession, job: Job, signer: UrlSigner, *, new: bool = False) -> dict[str, Any]:
@@ -263,20 +292,21 @@ async def list_views(
     """A page of jobs, newest first: one user's, or everyone's (`user_id=None`, for admins, who also
     see each job's owner with `with_owner`)."""
     for status in statuses or ():
-        if status not in STATUSES:
+        if status not in JOB_STATUSES:
             raise ValidationFailed(
-                f"Unknown status {status!r}; use one of {', '.join(STATUSES)}.",
+                f"Unknown status {status!r}; use one of {', '.join(JOB_STATUSES)}.",
                 errors=[{"field": "status", "message": f"unknown status {status!r}"}],
             )
     after = after_cursor(cursor)
-    jobs, more = await repo.list_jobs(session, user_id=user_id, statuses=statuses, limit=limit, after=after)
+    jobs, next_cursor = await repo.list_jobs(
+        session, user_id=user_id, statuses=statuses, limit=limit, after=after
+    )
     outputs = await repo.outputs_for(session, [j.id for j in jobs])
     items = [
         job_view(j, outputs[j.id], signer, queue_position=await repo.queue_position(session, j)) for j in jobs
     ]
     if with_owner:
         items = [{**item, "user_id": job.user_id} for item, job in zip(items, jobs, strict=True)]
-    next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None
     return {"items": items, "next_cursor": next_cursor}
 
 
@@ -286,9 +316,9 @@ async def cancel(session: AsyncSession, principal: Principal, job_id: str, signe
 
 async def cancel_job(session: AsyncSession, job: Job, signer: UrlSigner) -> Job:
     """Cancel a job the caller may cancel (its owner's, or any for an admin); 409 if it has ended."""
-    canceled = await repo.mark_canceled(session, job.id)
+    canceled = await mark_canceled(session, job.id)
     if canceled is None:
-        await session.refresh(job)
+        await repo.reread(session, job)
         raise Conflict(
             f"The job is already {job.status}; it cannot be canceled.",
             job=await view(session, job, signer),

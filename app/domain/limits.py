@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from app.config import Settings
+from app.config import LIMIT_RANGES, Settings
 
 LIMIT_NAMES = (
     "max_queued",
@@ -27,35 +27,38 @@ LIMIT_NAMES = (
 class Limits(BaseModel):
     """A user's own limits. Each member is optional: absent (or null) means the deployment's default.
 
-    The ranges match the settings' (app/config.py). None may be 0: to stop a user, disable it.
+    The ranges are the settings' (app/config.py LIMIT_RANGES). None may be 0: to stop a user, disable it.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     max_queued: Annotated[
         StrictInt | None,
-        Field(ge=1, le=1_000_000, description="Most jobs waiting to run at once (429 `max_queued`)."),
+        Field(
+            **LIMIT_RANGES["max_queued"], description="Most jobs waiting to run at once (429 `max_queued`)."
+        ),
     ] = None
     max_running: Annotated[
-        StrictInt | None, Field(ge=1, le=10_000, description="Most jobs running at once, over all backends.")
+        StrictInt | None,
+        Field(**LIMIT_RANGES["max_running"], description="Most jobs running at once, over all backends."),
     ] = None
     rate_per_minute: Annotated[
         StrictInt | None,
         Field(
-            ge=1,
-            le=1_000_000,
+            **LIMIT_RANGES["rate_per_minute"],
             description="Requests a minute on any route, and the burst (429 `rate_per_minute`).",
         ),
     ] = None
     jobs_per_day: Annotated[
         StrictInt | None,
-        Field(ge=1, le=100_000_000, description="Jobs created in any 24 hours (429 `jobs_per_day`)."),
+        Field(
+            **LIMIT_RANGES["jobs_per_day"], description="Jobs created in any 24 hours (429 `jobs_per_day`)."
+        ),
     ] = None
     max_priority: Annotated[
         StrictInt | None,
         Field(
-            ge=0,
-            le=1_000_000,
+            **LIMIT_RANGES["max_priority"],
             description="Highest `priority` the user's jobs get; a higher one asked for is capped at it.",
         ),
     ] = None
@@ -65,8 +68,7 @@ class Limits(BaseModel):
     weight: Annotated[
         StrictInt | None,
         Field(
-            ge=1,
-            le=100,
+            **LIMIT_RANGES["weight"],
             description="The user's share in fair scheduling, relative to other users with work.",
         ),
     ] = None

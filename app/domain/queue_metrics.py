@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import usage
-from app.db.models import JobCount
 from app.db.types import utcnow
 from app.loops import Backoff, Loop
 from app.metrics import Metrics
@@ -24,9 +22,7 @@ log = logging.getLogger("app.metrics")
 
 async def refresh(sessionmaker: async_sessionmaker[AsyncSession], metrics: Metrics) -> None:
     async with sessionmaker() as session:
-        rows = (
-            await session.execute(select(JobCount.state, JobCount.user_id, JobCount.n).where(JobCount.n > 0))
-        ).all()
+        rows = await usage.nonzero_counts(session)
         # Per-hour creation counters older than any quota window (24 h) are of no more use. A new
         # hour makes at most one a user old: a write once an hour is enough, not one per refresh.
         hour = int(utcnow().timestamp()) // 3600

@@ -108,3 +108,13 @@ async def check_job_quotas(
 
     if over:
         raise over[retries.index(max(retries))]
+
+
+async def status_counts(session: AsyncSession, user_id: str) -> dict[str, int]:
+    """The user's jobs queued and running now (GET /v1/me's usage)."""
+    return await usage.status_counts(session, user_id)
+
+
+async def created_since(session: AsyncSession, user_id: str, since: datetime) -> int:
+    """How many jobs the user created since `since`."""
+    return await usage.created_since(session, user_id, since)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import jobs as repo
-from app.db.models import Job, JobEvent, Output, Upload
+from app.db import uploads as uploads_repo
+from app.db.models import TERMINAL, Job
 from app.db.types import utcnow
 from app.domain.errors import Conflict, NotFound
 from app.domain.users import Principal
@@ -36,13 +36,12 @@ async def delete_job(session: AsyncSession, principal: Principal, job_id: str) -
     job = await repo.get_job(session, job_id, user_id=None if principal.is_admin else principal.user_id)
     if job is None:
         raise NotFound(f"There is no job {job_id!r}.")
-    if job.status not in repo.TERMINAL or job.cancel_requested:
+    if job.status not in TERMINAL or job.cancel_requested:
         raise Conflict(
             f"The job is {job.status}{' and still being taken off its backend' if job.cancel_requested else ''}; "
             "only a finished job can be deleted (cancel it first).",
         )
-    await session.execute(delete(Output).where(Output.job_id == job.id))
-    await session.execute(delete(Job).where(Job.id == job.id))
+    await repo.delete_job(session, job.id, with_events=False)
     return f"{job.id}/"
 
 
@@ -50,9 +49,7 @@ async def purge_job(session: AsyncSession, job: Job) -> str:
     """An admin's delete of any job, finished or not (an unfinished one is canceled and taken off its
     backend first, see app/api/admin.py): the row, its outputs and its logged events (the caller
     commits, then deletes the files under the returned prefix)."""
-    await session.execute(delete(Output).where(Output.job_id == job.id))
-    await session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
-    await session.execute(delete(Job).where(Job.id == job.id))
+    await repo.delete_job(session, job.id, with_events=True)
     return f"{job.id}/"
 
 
@@ -90,30 +87,10 @@ class RetentionService(Loop):
 
     async def _expire_outputs(self, cutoff: datetime) -> list[str]:
         async with self._sessionmaker() as session:
-            ids = list(
-                (
-                    await session.execute(
-                        select(Job.id)
-                        .where(
-                            Job.status.in_(repo.TERMINAL),
-                            Job.finished_at < cutoff,
-                            Job.outputs_expired_at.is_(None),
-                        )
-                        .limit(BATCH)
-                    )
-                ).scalars()
-            )
+            ids = await repo.finished_before(session, cutoff, BATCH)
             if not ids:
                 return []
-            await session.execute(delete(Output).where(Output.job_id.in_(ids)))
-            # The logged events name the outputs just deleted: a client resuming such a job gets
-            # its current status (the tombstone) instead, see app/domain/live.py.
-            await session.execute(delete(JobEvent).where(JobEvent.job_id.in_(ids)))
-            await session.execute(
-                update(Job)
-                .where(Job.id.in_(ids), Job.outputs_expired_at.is_(None))
-                .values(outputs_expired_at=utcnow())
-            )
+            await repo.expire_outputs(session, ids)
             await session.commit()
         for job_id in ids:
             await self._storage.delete_prefix(f"{job_id}/")
@@ -121,15 +98,11 @@ class RetentionService(Loop):
 
     async def _expire_uploads(self, cutoff: datetime) -> list[str]:
         async with self._sessionmaker() as session:
-            rows = (
-                await session.execute(
-                    select(Upload.id, Upload.storage_key).where(Upload.created_at < cutoff).limit(BATCH)
-                )
-            ).all()
+            rows = await uploads_repo.created_before(session, cutoff, BATCH)
             if not rows:
                 return []
-            await session.execute(delete(Upload).where(Upload.id.in_([r.id for r in rows])))
+            await uploads_repo.delete_ids(session, [upload_id for upload_id, _ in rows])
             await session.commit()
-        for row in rows:
-            await self._storage.delete(row.storage_key)
-        return [r.id for r in rows]
+        for _, key in rows:
+            await self._storage.delete(key)
+        return [upload_id for upload_id, _ in rows]

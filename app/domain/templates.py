@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import GatewayState, Template
-from app.db.types import utcnow
+from app.db import templates as repo
+from app.db.models import Template
 from app.domain.errors import NotFound, ValidationFailed
 from app.domain.json_values import sanitized
-from app.domain.pages import newest_first
+from app.domain.pages import after_cursor
 from app.templates import (
     TemplateDocument,
     TemplateInvalid,
@@ -24,29 +23,18 @@ from app.templates import (
     validate_name,
 )
 
-#: A built-in an operator deleted is marked in gateway_state, so the next start does not bring it back.
-_DELETED = "deleted_builtin_template:"
-
 
 async def sync_builtins(session: AsyncSession) -> None:
     """Insert or refresh the built-in templates; one an operator replaced (builtin=False) is left
     alone, and one an operator deleted stays deleted."""
-    deleted = {
-        key[len(_DELETED) :]
-        for key in (
-            await session.execute(select(GatewayState.key).where(GatewayState.key.startswith(_DELETED)))
-        ).scalars()
-    }
+    deleted = await repo.deleted_builtins(session)
     for name, doc in load_builtin().items():
         if name in deleted:
             continue
         data = doc.to_dict()
-        row = await session.get(Template, name)
-        if row is None:
-            session.add(Template(name=name, document=data, builtin=True))
-        elif row.builtin and row.document != data:
-            row.document = data
-    await session.flush()
+        row = await repo.get(session, name)
+        if row is None or (row.builtin and row.document != data):
+            await repo.put(session, name, data, builtin=True)
 
 
 def parse_document(data: Any) -> TemplateDocument:
@@ -69,11 +57,28 @@ def stored_document(data: dict[str, Any]) -> TemplateDocument:
     return TemplateDocument.model_validate(sanitized(data))
 
 
-async def get_document(session: AsyncSession, name: str) -> TemplateDocument:
-    row = await session.get(Template, name)
+async def get_row(session: AsyncSession, name: str) -> Template:
+    row = await repo.get(session, name)
     if row is None:
         raise NotFound(f"There is no template named {name!r}.")
-    return stored_document(row.document)
+    return row
+
+
+async def find(session: AsyncSession, name: str) -> Template | None:
+    return await repo.get(session, name)
+
+
+async def exists(session: AsyncSession, name: str) -> bool:
+    return await repo.get(session, name) is not None
+
+
+async def get_document(session: AsyncSession, name: str) -> TemplateDocument:
+    return stored_document((await get_row(session, name)).document)
+
+
+async def all_by_name(session: AsyncSession) -> list[Template]:
+    """Every template, by name (the MCP tools, the OpenAI models)."""
+    return await repo.all_by_name(session)
 
 
 def _capped(schema: dict[str, Any], max_string_length: int | None) -> dict[str, Any]:
@@ -104,9 +109,7 @@ async def list_page(
     session: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[Template], str | None]:
     """Newest first, like every list of the API."""
-    return await newest_first(
-        session, select(Template), at=Template.created_at, key=Template.name, limit=limit, cursor=cursor
-    )
+    return await repo.page(session, limit=limit, after=after_cursor(cursor))
 
 
 async def put_template(
@@ -121,26 +124,13 @@ async def put_template(
         raise ValidationFailed("The template does not fit its workflow.", errors=exc.errors) from None
     stored = doc.to_dict()
     # Registered again after a delete: the operator's from now on.
-    marker = await session.get(GatewayState, _DELETED + name)
-    if marker is not None:
-        await session.delete(marker)
-    row = await session.get(Template, name)
-    created = row is None
-    if row is None:
-        row = Template(name=name, document=stored, builtin=False)
-        session.add(row)
-    else:
-        row.document = stored
-        row.builtin = False
-    await session.flush()
-    return row, created
+    await repo.unmark_builtin_deleted(session, name)
+    created = await repo.put(session, name, stored, builtin=False)
+    return await get_row(session, name), created
 
 
 async def delete_template(session: AsyncSession, name: str) -> None:
-    row = await session.get(Template, name)
-    if row is None:
+    if not await repo.delete(session, name):
         raise NotFound(f"There is no template named {name!r}.")
-    await session.delete(row)
-    if name in load_builtin() and await session.get(GatewayState, _DELETED + name) is None:
-        session.add(GatewayState(key=_DELETED + name, value=utcnow().isoformat()))
-    await session.flush()
+    if name in load_builtin():
+        await repo.mark_builtin_deleted(session, name)

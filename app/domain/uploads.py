@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, BinaryIO
 
 import anyio
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import uploads as repo
 from app.db.models import Upload
+from app.domain import staged_inputs
 from app.domain.errors import NotFound, PayloadTooLarge, QuotaExceeded, ValidationFailed
+from app.domain.staged_inputs import StagedInput
 from app.domain.views import rfc3339
 from app.storage.base import Storage
 from app.storage.images import NotAnImage, inspect_image
@@ -72,12 +74,8 @@ async def _file_chunks(fh: BinaryIO) -> AsyncIterator[bytes]:
 
 async def _usage(session: AsyncSession, user_id: str, pending: Sequence[Upload]) -> tuple[int, int]:
     """The user's stored uploads (count, bytes), with `pending` ones of this request not yet committed."""
-    count, size = (
-        await session.execute(
-            select(func.count(), func.coalesce(func.sum(Upload.size), 0)).where(Upload.user_id == user_id)
-        )
-    ).one()
-    return int(count) + len(pending), int(size) + sum(u.size for u in pending)
+    count, size = await repo.totals(session, user_id)
+    return count + len(pending), size + sum(u.size for u in pending)
 
 
 def _over_quota(limit: str, quota: int, used: int, what: str) -> QuotaExceeded:
@@ -142,12 +140,15 @@ async def store(
     return upload
 
 
+def add(session: AsyncSession, upload: Upload) -> None:
+    """Keep a stored upload's row in the request's transaction (the caller commits)."""
+    repo.add(session, upload)
+
+
 async def get_owned(session: AsyncSession, user_id: str, upload_id: str) -> Upload:
     upload = None
     if _UUID_RE.match(upload_id):
-        upload = (
-            await session.execute(select(Upload).where(Upload.id == upload_id, Upload.user_id == user_id))
-        ).scalar_one_or_none()
+        upload = await repo.get_owned(session, user_id, upload_id)
     if upload is None:
         raise NotFound(f"There is no upload {upload_id!r}.")
     return upload
@@ -157,7 +158,7 @@ async def delete(session: AsyncSession, user_id: str, upload_id: str) -> str:
     """Delete the row (the caller commits, then deletes the file under the returned key). Jobs that
     still need it to be staged fail with `input_missing` when they are dispatched."""
     upload = await get_owned(session, user_id, upload_id)
-    await session.delete(upload)
+    await repo.delete_row(session, upload)
     return upload.storage_key
 
 
@@ -200,7 +201,7 @@ async def resolve_images(
     add to the session with the job, or to delete from storage if the request fails after all. Another user's upload id answers exactly
     like an unknown one.
     """
-    inputs: list[dict[str, Any]] = []
+    inputs: list[StagedInput] = []
     for name, (binds, mask_of) in image_params.items():
         value = params.get(name)
         if not isinstance(value, str):
@@ -224,19 +225,8 @@ async def resolve_images(
                     name, "names no upload of yours (give an upload id, an https:// URL or a data: URI)"
                 ) from None
         params[name] = upload.id
-        inputs.append(
-            {
-                "param": name,
-                "upload_id": upload.id,
-                "storage_key": upload.storage_key,
-                "content_type": upload.content_type,
-                "binds": [list(b) for b in binds],
-                "mask_of": mask_of,
-            }
-        )
-    # Masks are staged after the image they apply to.
-    inputs.sort(key=lambda i: i["mask_of"] is not None)
-    return inputs
+        inputs.append(StagedInput.of(name, upload, binds, mask_of))
+    return staged_inputs.stored(inputs)
 
 
 async def _store_input(

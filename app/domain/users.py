@@ -10,18 +10,18 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import ratelimit as buckets
+from app.db import users as repo
 from app.db.models import ApiKey, User
 from app.db.types import utcnow
 from app.domain import limits as limits_
 from app.domain.errors import Conflict, NotFound, Unauthorized
 from app.domain.keys import generate_key, hash_key, key_hint, same_secret
 from app.domain.limits import LIMIT_NAMES
-from app.domain.pages import newest_first
+from app.domain.pages import after_cursor
 from app.domain.views import rfc3339
 
 # The row that owns what the bootstrap key (GATEWAY_ADMIN_API_KEY) does.
@@ -47,9 +47,8 @@ def effective_limits(user: User, settings: Settings) -> dict[str, Any]:
 
 
 async def ensure_bootstrap_admin(session: AsyncSession) -> None:
-    if await session.get(User, BOOTSTRAP_ADMIN_ID) is None:
-        session.add(User(id=BOOTSTRAP_ADMIN_ID, name="admin", is_admin=True, limits={}))
-        await session.flush()
+    if await repo.get(session, BOOTSTRAP_ADMIN_ID) is None:
+        await repo.add(session, User(id=BOOTSTRAP_ADMIN_ID, name="admin", is_admin=True, limits={}))
 
 
 async def create_user(
@@ -57,8 +56,7 @@ async def create_user(
 ) -> User:
     own = {k: v for k, v in (limits or {}).items() if v is not None}
     user = User(id=str(uuid.uuid4()), name=name, is_admin=is_admin, disabled=False, limits=own)
-    session.add(user)
-    await session.flush()
+    await repo.add(session, user)
     return user
 
 
@@ -68,8 +66,7 @@ async def create_key(session: AsyncSession, user: User, *, name: str | None = No
     row = ApiKey(
         id=str(uuid.uuid4()), user_id=user.id, name=name, key_hash=hash_key(secret), hint=key_hint(secret)
     )
-    session.add(row)
-    await session.flush()
+    await repo.add(session, row)
     return row, secret
 
 
@@ -79,15 +76,11 @@ async def authenticate(session: AsyncSession, key: str | None, settings: Setting
     if settings.admin_api_key and same_secret(key, settings.admin_api_key):
         return Principal(BOOTSTRAP_ADMIN_ID, "admin", True, {}, unlimited=True)
     digest = hash_key(key)
-    row = (
-        await session.execute(
-            select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.key_hash == digest)
-        )
-    ).first()
+    found = await repo.key_and_user(session, digest)
     # The lookup is by hash; the constant-time comparison guards against any timing in the index.
-    if row is None or not same_secret(row.ApiKey.key_hash, digest):
+    if found is None or not same_secret(found[0].key_hash, digest):
         raise Unauthorized("The API key is not valid.")
-    api_key, user = row.ApiKey, row.User
+    api_key, user = found
     if api_key.revoked_at is not None:
         raise Unauthorized("The API key has been revoked.")
     if user.disabled:
@@ -124,7 +117,7 @@ def key_view(key: ApiKey) -> dict[str, Any]:
 
 
 async def get_user(session: AsyncSession, user_id: str) -> User:
-    user = await session.get(User, user_id)
+    user = await repo.get(session, user_id)
     if user is None:
         raise NotFound(f"There is no user {user_id!r}.")
     return user
@@ -133,9 +126,7 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
 async def list_users(
     session: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[User], str | None]:
-    return await newest_first(
-        session, select(User), at=User.created_at, key=User.id, limit=limit, cursor=cursor
-    )
+    return await repo.page(session, limit=limit, after=after_cursor(cursor))
 
 
 async def update_user(
@@ -171,16 +162,13 @@ async def list_keys(
     session: AsyncSession, user_id: str, *, limit: int, cursor: str | None
 ) -> tuple[list[ApiKey], str | None]:
     await get_user(session, user_id)
-    stmt = select(ApiKey).where(ApiKey.user_id == user_id)
-    return await newest_first(session, stmt, at=ApiKey.created_at, key=ApiKey.id, limit=limit, cursor=cursor)
+    return await repo.keys_page(session, user_id, limit=limit, after=after_cursor(cursor))
 
 
 async def revoke_key(session: AsyncSession, user_id: str, key_id: str) -> ApiKey:
     """Revoke a key of the user (again: nothing changes). Refused from the key's next request."""
     await get_user(session, user_id)
-    key = (
-        await session.execute(select(ApiKey).where(ApiKey.id == key_id, ApiKey.user_id == user_id))
-    ).scalar_one_or_none()
+    key = await repo.get_key(session, user_id, key_id)
     if key is None:
         raise NotFound(f"User {user_id!r} has no key {key_id!r}.")
     if key.revoked_at is None:

@@ -18,9 +18,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import v2_idempotency
 from app.db.models import Asset, Job
-from app.domain import assets
+from app.domain import assets, staged_inputs
 from app.domain.errors import Forbidden, ValidationFailed
+from app.domain.staged_inputs import StagedInput
 from app.domain.users import Principal
 from app.domain.v2_errors import V2Error
 from app.domain.workflows import check_raw_workflow, upload_inputs
@@ -33,6 +35,24 @@ _UI_KEYS = ("nodes", "links")
 # Label keys are looked up inside the JSON column (SQLite's and PostgreSQL's JSON paths): a plain
 # alphabet keeps a key the same thing in both.
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,%d}$" % MAX_METADATA_KEY)
+
+
+class KeyReused(Exception):
+    """The submit's Idempotency-Key was already used (keys are single-use)."""
+
+
+async def check_key_unused(session: AsyncSession, user_id: str, key: str) -> None:
+    if await v2_idempotency.used(session, user_id, key):
+        raise KeyReused
+
+
+async def take_key(session: AsyncSession, user_id: str, key: str, job_id: str) -> None:
+    """Bind the key to the job in the submit's transaction; KeyReused when a concurrent request
+    bound it first (the caller rolls back)."""
+    try:
+        await v2_idempotency.take(session, user_id, key, job_id)
+    except v2_idempotency.KeyTaken:
+        raise KeyReused from None
 
 
 def check_metadata(metadata: Any) -> dict[str, str]:
@@ -122,17 +142,8 @@ async def _resolve(
             # Replaced by the staged file's name at each dispatch; until then, the name its owner knows.
             node["inputs"][name] = asset.file_path
             del checked[node_id]["inputs"][name]
-            inputs.append(
-                {
-                    "param": f"{node_id}_{name}",
-                    "upload_id": asset.id,
-                    "storage_key": asset.storage_key,
-                    "content_type": asset.content_type,
-                    "binds": [[node_id, name]],
-                    "mask_of": None,
-                }
-            )
-    return stored, checked, inputs
+            inputs.append(StagedInput.of(f"{node_id}_{name}", asset, [(node_id, name)]))
+    return stored, checked, staged_inputs.stored(inputs)
 
 
 async def build(

@@ -11,7 +11,7 @@ import asyncio
 import time
 
 from app.domain.errors import ValidationFailed
-from app.domain.events import Subscription
+from app.domain.events.bus import Subscription
 
 
 def parse_prefer_wait(header: str | None, maximum: int) -> int | None:

@@ -6,14 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import webhooks as repo
 from app.db.models import WebhookAttempt, WebhookDelivery
 from app.db.webhooks import DEFAULT_EVENTS, EVENTS
 from app.domain.errors import NotFound, ValidationFailed
-from app.domain.pages import newest_first
+from app.domain.pages import after_cursor
 from app.domain.views import rfc3339
 from app.net.ssrf import OutboundGuard, UnsafeUrl
 
@@ -76,9 +75,8 @@ async def deliveries_view(
     session: AsyncSession, job_id: str, *, limit: int = 20, cursor: str | None = None
 ) -> dict[str, Any]:
     """A page of a job's deliveries, newest first, each with its attempts. The caller checked ownership."""
-    stmt = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
-    deliveries, next_cursor = await newest_first(
-        session, stmt, at=WebhookDelivery.created_at, key=WebhookDelivery.id, limit=limit, cursor=cursor
+    deliveries, next_cursor = await repo.deliveries_page(
+        session, job_id, limit=limit, after=after_cursor(cursor)
     )
     attempts = await repo.attempts_of(session, [d.id for d in deliveries])
     return {"items": [delivery_view(d, attempts[d.id]) for d in deliveries], "next_cursor": next_cursor}

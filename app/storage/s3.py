@@ -10,29 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from app.storage.base import StoredObject
+from app.storage.base import RangedObject, RangeNotSatisfiable, StoredObject
 
-
-@dataclass(frozen=True, slots=True)
-class RangedObject:
-    """A GET of (part of) an object: S3's status (200, 206), headers to pass on, and the body."""
-
-    status: int
-    headers: dict[str, str]
-    body: AsyncIterator[bytes]
-
-
-class RangeNotSatisfiable(Exception):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.size = size
+__all__ = ["RangeNotSatisfiable", "S3Storage"]
 
 
 class S3Storage:
@@ -153,6 +140,9 @@ class S3Storage:
         return True
 
     # ---- serving -----------------------------------------------------------------------------
+
+    def local_path(self, key: str) -> Path | None:
+        return None
 
     async def presigned_url(self, key: str, *, content_type: str, disposition: str, expires: int) -> str:
         """A short-lived GET URL; the object's type and file name are set on the response."""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import websockets
 
-from app.domain import events as live_bus
+from app.domain.events import bus as live_bus
 from comfy_emulator import Emulator
 from tests.integration.conftest import Gateway, SseEvent, metric_sum
 

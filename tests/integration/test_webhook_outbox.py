@@ -17,6 +17,7 @@ from app.db import webhooks as repo
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.models import Job, User, WebhookAttempt, WebhookDelivery
 from app.db.types import utcnow
+from app.domain import transitions
 
 
 @pytest.fixture
@@ -69,19 +70,19 @@ async def rows(maker: async_sessionmaker[AsyncSession], job_id: str) -> list[tup
 async def test_a_delivery_exists_exactly_when_the_transition_committed(maker) -> None:  # noqa: ANN001
     job_id, prompt_id = await dispatched_job(maker, ["job.running", "job.succeeded"])
     async with maker() as session:
-        assert await jobs_repo.mark_running(session, job_id, prompt_id=prompt_id) is not None
+        assert await transitions.mark_running(session, job_id, prompt_id=prompt_id) is not None
         await session.rollback()  # the transition did not happen: neither did its delivery
     assert await rows(maker, job_id) == []
 
     async with maker() as session:
-        await jobs_repo.mark_running(session, job_id, prompt_id=prompt_id)
+        await transitions.mark_running(session, job_id, prompt_id=prompt_id)
         await session.commit()
     # The backend lost it; it runs again elsewhere: still one job.running delivery.
     async with maker() as session:
-        await jobs_repo.unclaim(session, job_id, prompt_id=prompt_id, count_attempt=True)
+        await transitions.unclaim(session, job_id, prompt_id=prompt_id, count_attempt=True)
         await jobs_repo.claim(session, job_id, backend="http://c", prompt_id="p2")
-        await jobs_repo.mark_running(session, job_id, prompt_id="p2")
-        await jobs_repo.mark_succeeded(session, job_id, prompt_id="p2")
+        await transitions.mark_running(session, job_id, prompt_id="p2")
+        await transitions.mark_succeeded(session, job_id, prompt_id="p2")
         await session.commit()
     assert await rows(maker, job_id) == [("job.running", "pending"), ("job.succeeded", "pending")]
 
@@ -90,13 +91,13 @@ async def test_a_job_that_ended_before_it_was_seen_running_is_announced_running_
     job_id, prompt_id = await dispatched_job(maker, ["job.running", "job.succeeded"])
     async with maker() as session:
         # The prompt ended before its start was seen: queued -> succeeded in one step.
-        await jobs_repo.mark_succeeded(session, job_id, prompt_id=prompt_id)
+        await transitions.mark_succeeded(session, job_id, prompt_id=prompt_id)
         await session.commit()
     assert sorted(await rows(maker, job_id)) == [("job.running", "pending"), ("job.succeeded", "pending")]
     # A job canceled before it started never ran: no job.running.
     other, _ = await dispatched_job(maker, ["job.running", "job.canceled"])
     async with maker() as session:
-        await jobs_repo.mark_canceled(session, other)
+        await transitions.mark_canceled(session, other)
         await session.commit()
     assert await rows(maker, other) == [("job.canceled", "pending")]
 
@@ -104,7 +105,7 @@ async def test_a_job_that_ended_before_it_was_seen_running_is_announced_running_
 async def test_a_lease_keeps_other_senders_off_until_it_expires(maker) -> None:  # noqa: ANN001
     job_id, _ = await dispatched_job(maker)
     async with maker() as session:
-        await jobs_repo.mark_canceled(session, job_id)
+        await transitions.mark_canceled(session, job_id)
         await session.commit()
 
     async with maker() as session:
@@ -144,7 +145,7 @@ async def test_concurrent_senders_claim_disjoint_deliveries(db_url: str, maker) 
     for _ in range(12):
         job_id, _ = await dispatched_job(maker)
         async with maker() as session:
-            await jobs_repo.mark_canceled(session, job_id)
+            await transitions.mark_canceled(session, job_id)
             await session.commit()
     # Two replicas: two engines, claiming at the same time, a few at a time.
     engines = [create_engine(db_url), create_engine(db_url)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ConfigDict, Field
 from starlette.datastructures import UploadFile
@@ -14,14 +13,12 @@ from starlette.formparsers import MultiPartException
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep, SignerDep, StorageDep, authorize
 from app.api.input_checks import RequestModel
-from app.api.outputs import _from_s3, content_disposition
+from app.api.outputs import content_disposition, serve_stored
 from app.api.v2 import views
 from app.db.models import Asset, Output
 from app.domain import assets
 from app.domain.errors import PayloadTooLarge
 from app.domain.v2_errors import V2Error
-from app.storage.local import LocalStorage
-from app.storage.s3 import S3Storage
 
 router = APIRouter(prefix="/api/v2", tags=["v2"])
 _bearer = HTTPBearer(auto_error=False)
@@ -127,8 +124,7 @@ async def delete_asset(
     asset_id: str, session: SessionDep, principal: PrincipalDep, storage: StorageDep
 ) -> Response:
     item = await assets.get_owned(session, principal.user_id, asset_id)
-    key = item.storage_key
-    await session.delete(item)
+    key = await assets.delete(session, item)
     await session.commit()
     await storage.delete(key)
     return Response(status_code=204)
@@ -151,9 +147,9 @@ async def content(
     item: Asset | Output | None = None
     if expires is not None and signature is not None:
         if signer.verify(views.ASSET_SIGNING_SCOPE, asset_id, expires, signature):
-            item = await session.get(Asset, asset_id)
+            item = await assets.find(session, asset_id)
         else:
-            output = await session.get(Output, asset_id)
+            output = await assets.find_output(session, asset_id)
             if output is not None and signer.verify(output.job_id, output.id, expires, signature):
                 item = output
     if item is None:
@@ -172,12 +168,7 @@ async def content(
         # Bytes whose type the client named: never rendered as a page of the gateway's origin.
         headers["Content-Disposition"] = content_disposition(name).replace("inline", "attachment", 1)
         headers["Content-Security-Policy"] = "sandbox"
-    if isinstance(storage, S3Storage):
-        return await _from_s3(
-            storage, settings, request, item.storage_key, ctype, {**headers, "ETag": f'"{item.id}"'}
-        )
-    assert isinstance(storage, LocalStorage)
-    path = storage.path_for(item.storage_key)
-    if not path.is_file():
-        raise V2Error(404, "not_found", "The asset's bytes are no longer stored.")
-    return FileResponse(path, media_type=ctype, headers=headers)
+    gone = V2Error(404, "not_found", "The asset's bytes are no longer stored.")
+    return await serve_stored(
+        storage, settings, request, item.storage_key, ctype, headers, etag=f'"{item.id}"', gone=gone
+    )

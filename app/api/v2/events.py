@@ -2,7 +2,7 @@
 
 `status` first (`{status, queue_position}`), then `progress`, `preview` (base64) and `output`
 frames, and the terminal `status` last, after every output. Built on the same follower as the /v1
-stream (app/domain/live.py). No `id:` lines: the v2 stream carries no cursor (the SDK re-reads the
+stream (app/domain/events/live.py). No `id:` lines: the v2 stream carries no cursor (the SDK re-reads the
 job instead of resuming)."""
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from app.api import deps
 from app.api.deps import BusDep, PrincipalDep, SessionDep, SettingsDep, SignerDep
 from app.api.v2 import views
-from app.db import jobs as repo
-from app.db.jobs import TERMINAL
+from app.domain import jobs
 from app.domain.errors import Unauthorized
-from app.domain.live import JobFollower
+from app.domain.events.live import JobFollower
 from app.domain.users import authenticate
 from app.domain.v2_errors import V2Error
 
@@ -44,7 +43,7 @@ async def job_events(
     settings: SettingsDep,
     bus: BusDep,
 ) -> EventSourceResponse:
-    job = await repo.get_job(session, job_id, user_id=principal.user_id, with_workflow=True)
+    job = await jobs.find_with_workflow(session, principal.user_id, job_id)
     if job is None:
         raise V2Error(404, "not_found", f"There is no job {job_id!r}.")
     workflow = job.workflow or {}
@@ -80,7 +79,7 @@ async def job_events(
             data = ev.data
             if ev.event == "status":
                 status = views.status_of(data["status"], data.get("outputs_expired_at") is not None)
-                if data["status"] in TERMINAL:
+                if data["status"] in jobs.TERMINAL:
                     # Outputs before the end, also for a job that had ended before the stream began.
                     for out in data.get("outputs") or ():
                         if (frame := output(out, sent)) is not None:

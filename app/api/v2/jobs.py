@@ -7,10 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import ConfigDict
-from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import undefer
 
 from app.api import deps
 from app.api.deps import (
@@ -25,11 +22,9 @@ from app.api.deps import (
 from app.api.input_checks import RequestModel
 from app.api.v2 import views
 from app.config import Settings
-from app.db import jobs as repo
-from app.db.models import Job, V2IdempotencyKey
+from app.db.models import Job
 from app.domain import idempotency, jobs, v2_jobs
 from app.domain.errors import Conflict, DomainError, LimitExceeded, ValidationFailed
-from app.domain.pages import newest_first
 from app.domain.users import Principal
 from app.domain.v2_errors import V2Error
 from app.storage.signing import UrlSigner
@@ -58,22 +53,21 @@ async def _view(
     *,
     new: bool = False,
 ) -> dict:
-    if "workflow" in inspect(job).unloaded:
-        # The graph is deferred (a transition's row leaves it out); progress counts its nodes.
-        await session.refresh(job, ["workflow"])
-    outputs = [] if new else (await repo.outputs_for(session, [job.id]))[job.id]
+    # Progress counts the graph's nodes.
+    await jobs.load_workflow(session, job)
+    outputs = [] if new else (await jobs.outputs_for(session, [job.id]))[job.id]
     return views.job_view(
         job,
         outputs,
         base=views.base_url(request, settings),
         signer=signer,
         settings=settings,
-        queue_position=await repo.queue_position(session, job),
+        queue_position=await jobs.queue_position(session, job),
     )
 
 
 async def _owned(session: AsyncSession, principal: Principal, job_id: str, *, fresh: bool = False) -> Job:
-    job = await repo.get_job(session, job_id, user_id=principal.user_id, fresh=fresh, with_workflow=True)
+    job = await jobs.find_with_workflow(session, principal.user_id, job_id, fresh=fresh)
     if job is None:
         raise V2Error(404, "not_found", f"There is no job {job_id!r}.")
     return job
@@ -92,8 +86,7 @@ async def submit(
     try:
         if idempotency_key is not None:
             idempotency.check_key(idempotency_key)
-            if await session.get(V2IdempotencyKey, (principal.user_id, idempotency_key)) is not None:
-                raise _reused()
+            await v2_jobs.check_key_unused(session, principal.user_id, idempotency_key)
         metadata = v2_jobs.check_metadata(body.metadata)
         job = await v2_jobs.build(
             session,
@@ -103,6 +96,9 @@ async def submit(
             settings,
             deps.state(request).dispatcher.object_info(),
         )
+    except v2_jobs.KeyReused:
+        await charge_refused(request, session, principal)
+        raise _reused() from None
     except DomainError:
         await charge_refused(request, session, principal)
         raise
@@ -111,12 +107,12 @@ async def submit(
         await charge(request, session, principal)
         await jobs.enqueue(session, principal, job)
         if idempotency_key is not None:
-            session.add(V2IdempotencyKey(user_id=principal.user_id, key=idempotency_key, job_id=job.id))
+            await v2_jobs.take_key(session, principal.user_id, idempotency_key, job.id)
         await session.commit()
     except LimitExceeded:
         await session.commit()  # the token stays spent; no job
         raise
-    except IntegrityError:
+    except v2_jobs.KeyReused:
         # The same key, in a request that got there first.
         await session.rollback()
         raise _reused() from None
@@ -165,12 +161,9 @@ async def list_jobs(
                 field=f"metadata[{key[:80]}]",
             )
     # The graph counts the nodes of each job's progress.
-    stmt = select(Job).where(Job.user_id == principal.user_id).options(undefer(Job.workflow))
-    for key, value in filters.items():
-        stmt = stmt.where(Job.meta[key].as_string() == value)
     try:
-        rows, next_cursor = await newest_first(
-            session, stmt, at=Job.created_at, key=Job.id, limit=limit, cursor=cursor
+        rows, next_cursor = await jobs.labeled_page(
+            session, principal.user_id, filters, limit=limit, cursor=cursor
         )
     except ValidationFailed:
         raise V2Error(422, "invalid_cursor", "The cursor is not one this API sent.", field="cursor") from None

@@ -9,10 +9,8 @@ from typing import Any
 from fastapi import Request
 
 from app.config import Settings
-from app.db.job_events import output_snapshot
 from app.db.models import Asset, Job, Output
-from app.db.types import utcnow
-from app.domain.views import rfc3339
+from app.domain.views import output_snapshot, rfc3339
 from app.storage.signing import UrlSigner
 
 # Jobs are kept until retention deletes their outputs; with retention off they are kept for good,
@@ -54,7 +52,7 @@ def _output_type(kind: str, content_type: str) -> str:
 
 
 def output_view(snapshot: dict[str, Any], base: str, signer: UrlSigner) -> dict[str, Any]:
-    """An output as v2 shows it, from its stored snapshot (app/db/job_events.py `output_snapshot`)."""
+    """An output as v2 shows it, from its stored snapshot (app/domain/views.py `output_snapshot`)."""
     expires, signature = signer.sign(snapshot["job_id"], snapshot["id"])
     return {
         "id": snapshot["id"],
@@ -141,7 +139,7 @@ def _ms(start: datetime | None, end: datetime | None) -> int | None:
 def expires_at(job: Job, settings: Settings) -> str:
     if not settings.retention_days:
         return rfc3339(NEVER) or ""
-    return rfc3339((job.finished_at or utcnow()) + timedelta(days=settings.retention_days)) or ""
+    return rfc3339((job.finished_at or datetime.now(UTC)) + timedelta(days=settings.retention_days)) or ""
 
 
 def job_urls(base: str, job_id: str) -> dict[str, str]:

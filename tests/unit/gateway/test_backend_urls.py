@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.domain.backends import normalize_url
+from app.domain.backend_registry import normalize_url
 from app.domain.errors import ValidationFailed
 
 

@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketState
 
 from app.api import deps
 from app.domain.errors import DomainError, Forbidden, LimitExceeded, Unauthorized
-from app.domain.live import frame
+from app.domain.events.live import frame
 from app.domain.users import Principal, authenticate
 from app.domain.views import v2_only
 

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import job_events
 from app.db.engine import is_sqlite, normalize_url
-from app.domain.event_log import EventLog
-from app.domain.events import EventBus
+from app.domain.events.bus import EventBus
+from app.domain.events.log import EventLog
 from app.loops import Backoff, Loop
 
 log = logging.getLogger("app.events")

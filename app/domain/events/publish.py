@@ -1,29 +1,28 @@
 """What the dispatcher tells the rest of the gateway about its jobs.
 
 Status and output events need no call here: the transitions log them, and the event log
-publishes them once their transaction committed (app/domain/event_log.py). Progress and previews
+publishes them once their transaction committed (app/domain/events/log.py). Progress and previews
 come from the backend's socket and go through here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from app.db.jobs import TERMINAL
-from app.db.models import Job, Output
-from app.domain.event_log import EventLog
+from app.db.models import TERMINAL, Job
+from app.domain.events.log import EventLog
 from app.metrics import Metrics
 
 
 class Notifier:
+    """The dispatcher's one outlet: it needs these five calls, not the event log and the metrics
+    registry themselves (so its tests can hand it a recorder, and the log can change alone)."""
+
     def __init__(self, events: EventLog, metrics: Metrics) -> None:
         self._events = events
         self._metrics = metrics
 
-    def publish(
-        self, job: Job, outputs: Sequence[Output] = (), *, new_outputs: Sequence[Output] = ()
-    ) -> None:
+    def publish(self, job: Job) -> None:
         """A transition committed (its events are already on their way): count it."""
         if job.status in TERMINAL:
             self._metrics.count_finished(job)

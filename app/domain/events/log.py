@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db import job_events
 from app.db.job_events import LoggedEvent
-from app.db.jobs import TERMINAL
-from app.domain.events import EventBus, JobEvent
+from app.db.models import TERMINAL
+from app.domain.events.bus import EventBus, JobEvent
 from app.domain.views import present_event
 from app.loops import Loop
 from app.storage.signing import UrlSigner

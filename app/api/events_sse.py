@@ -2,7 +2,7 @@
 
 The stream starts with the job as it is now (with `Last-Event-ID`: without an id, then what the
 client missed), follows its changes, and ends after the terminal status. Every event but `preview`
-has an `id:`, the event's id in the job's event log (app/domain/live.py has the ordering rules).
+has an `id:`, the event's id in the job's event log (app/domain/events/live.py has the ordering rules).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from app.api.deps import AdminDep, BusDep, PrincipalDep, SessionDep, SettingsDep
 from app.api.schemas import PROBLEMS
 from app.config import Settings
 from app.domain.errors import Unauthorized, ValidationFailed
-from app.domain.events import EventBus, JobEvent
-from app.domain.live import JobFollower
+from app.domain.events.bus import EventBus, JobEvent
+from app.domain.events.live import JobFollower
 from app.domain.users import Principal, authenticate
 from app.domain.views import v1_progress, v2_only
 from app.storage.signing import UrlSigner

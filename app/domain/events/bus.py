@@ -23,7 +23,7 @@ class JobEvent:
     terminal: bool = False
     # The event's id in the job's event log (app/db/job_events.py); None for previews (never stored).
     id: int | None = None
-    # The event as sent on the wire, encoded once for all of its subscribers (see app/api/events.py).
+    # The event as sent on the wire, encoded once for all of its subscribers (see app/api/events_sse.py).
     encoded: bytes | None = None
 
 
@@ -100,10 +100,3 @@ class EventBus:
         """Whether anyone here would get an event of this job (a preview: anyone who asked)."""
         subs = (*self._by_job.get(job_id, ()), *self._by_user.get(user_id, ()), *self._everyone)
         return any(sub.previews for sub in subs) if previews else bool(subs)
-
-    def subscriber_count(self) -> int:
-        return (
-            sum(len(s) for s in self._by_job.values())
-            + sum(len(s) for s in self._by_user.values())
-            + len(self._everyone)
-        )

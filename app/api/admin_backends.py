@@ -17,7 +17,7 @@ from app.api.deps import AdminDep, SessionDep
 from app.api.pages import Cursor, Limit
 from app.api.schemas import PROBLEMS, BackendCreate, BackendList, BackendOut
 from app.db.models import Backend
-from app.domain import backends
+from app.domain import backend_registry
 
 router = APIRouter(prefix="/v1/admin/backends", tags=["admin"])
 
@@ -28,7 +28,7 @@ async def _view(request: Request, session: AsyncSession, row: Backend) -> dict:
     # A replica that does not dispatch asks the backends itself (at most once per health period).
     await deps.state(request).dispatcher.probe_health()
     live = deps.state(request).dispatcher.backend_live(row.url)
-    return await backends.backend_view(session, row, live)
+    return await backend_registry.backend_view(session, row, live)
 
 
 def _changed(request: Request, url: str, *, draining: bool | None = None) -> None:
@@ -45,14 +45,14 @@ async def list_backends(
     cursor: Cursor = None,
 ) -> dict:
     """The pool, newest first, with each backend's health, load and capabilities."""
-    rows, next_cursor = await backends.list_backends(session, limit=limit, cursor=cursor)
+    rows, next_cursor = await backend_registry.list_backends(session, limit=limit, cursor=cursor)
     return {"items": [await _view(request, session, row) for row in rows], "next_cursor": next_cursor}
 
 
 @router.post("", status_code=201, response_model=BackendOut, responses=PROBLEMS)
 async def add_backend(request: Request, body: BackendCreate, session: SessionDep, admin: AdminDep) -> dict:
     """Register a ComfyUI server; the dispatcher starts following it at once (409 if its URL is registered)."""
-    row = await backends.add_backend(session, body.url)
+    row = await backend_registry.add_backend(session, body.url)
     await session.commit()
     _changed(request, row.url)
     return await _view(request, session, row)
@@ -60,7 +60,7 @@ async def add_backend(request: Request, body: BackendCreate, session: SessionDep
 
 @router.get("/{backend_id}", response_model=BackendOut, responses=PROBLEMS)
 async def get_backend(request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep) -> dict:
-    return await _view(request, session, await backends.get_backend(session, backend_id))
+    return await _view(request, session, await backend_registry.get_backend(session, backend_id))
 
 
 @router.post("/{backend_id}/drain", response_model=BackendOut, responses=PROBLEMS)
@@ -80,7 +80,7 @@ async def resume_backend(
 
 
 async def _set_draining(request: Request, session: AsyncSession, backend_id: str, draining: bool) -> dict:
-    row = await backends.set_draining(session, backend_id, draining)
+    row = await backend_registry.set_draining(session, backend_id, draining)
     await session.commit()
     _changed(request, row.url, draining=draining)
     return await _view(request, session, row)
@@ -91,7 +91,7 @@ async def remove_backend(
     request: Request, backend_id: BackendId, session: SessionDep, admin: AdminDep
 ) -> Response:
     """Forget a drained backend that holds no job (409 otherwise). Every replica stops following it."""
-    row = await backends.remove_backend(session, backend_id)
+    row = await backend_registry.remove_backend(session, backend_id)
     await session.commit()
     _changed(request, row.url)
     return Response(status_code=204)

@@ -11,13 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import backends as repo
 from app.db.models import Backend
 from app.domain.errors import Conflict, NotFound, ValidationFailed
-from app.domain.pages import newest_first
+from app.domain.pages import after_cursor
 from app.domain.views import rfc3339
 
 log = logging.getLogger("app.backends")
@@ -89,9 +88,7 @@ async def list_backends(
     session: AsyncSession, *, limit: int, cursor: str | None
 ) -> tuple[list[Backend], str | None]:
     """A page of the pool, newest first."""
-    return await newest_first(
-        session, select(Backend), at=Backend.added_at, key=Backend.id, limit=limit, cursor=cursor
-    )
+    return await repo.page(session, limit=limit, after=after_cursor(cursor))
 
 
 async def get_backend(session: AsyncSession, backend_id: str) -> Backend:

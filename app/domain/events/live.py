@@ -18,11 +18,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.jobs import TERMINAL
-from app.db.models import Job
+from app.db.models import TERMINAL, Job
 from app.domain import jobs
-from app.domain.event_log import EventLog
-from app.domain.events import EventBus, JobEvent, Subscription
+from app.domain.events.bus import EventBus, JobEvent, Subscription
+from app.domain.events.log import EventLog
 from app.domain.users import Principal
 from app.domain.views import v1_progress
 from app.storage.signing import UrlSigner
