@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import secrets
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -272,7 +273,7 @@ def demo(
     data = os.path.abspath("./data/demo")
     settings = Settings(
         database_url=os.environ.get("GATEWAY_DATABASE_URL", f"sqlite+aiosqlite:///{data}/gateway.db"),
-        storage_dir=os.environ.get("GATEWAY_STORAGE_DIR", f"{data}/outputs"),
+        storage_dir=Path(os.environ.get("GATEWAY_STORAGE_DIR", f"{data}/outputs")),
         comfyui_urls=[f"http://127.0.0.1:{comfy_port}"],
         admin_api_key=key,
         port=port,

@@ -35,6 +35,11 @@ LIMIT_RANGES: dict[str, dict[str, int]] = {
 }
 
 
+def _limit(name: str) -> object:
+    """The Field that bounds a default limit (Annotated, so type checkers see a plain int)."""
+    return Field(**LIMIT_RANGES[name])  # type: ignore[call-overload]
+
+
 class Settings(BaseSettings):
     # Errors name the setting but never echo its value: several settings are secrets.
     model_config = SettingsConfigDict(
@@ -99,14 +104,14 @@ class Settings(BaseSettings):
     # --- per-user defaults ------------------------------------------------------------------
     # LIMIT_RANGES, as a user's own limits (app/domain/limits.py). A limit of 0 is not allowed:
     # to stop a user, disable it.
-    default_max_queued: int = Field(default=100, **LIMIT_RANGES["max_queued"])
-    default_max_running: int = Field(default=4, **LIMIT_RANGES["max_running"])
-    default_rate_per_minute: int = Field(default=120, **LIMIT_RANGES["rate_per_minute"])
-    default_jobs_per_day: int = Field(default=5000, **LIMIT_RANGES["jobs_per_day"])
-    default_max_priority: int = Field(default=0, **LIMIT_RANGES["max_priority"])
+    default_max_queued: Annotated[int, _limit("max_queued")] = 100
+    default_max_running: Annotated[int, _limit("max_running")] = 4
+    default_rate_per_minute: Annotated[int, _limit("rate_per_minute")] = 120
+    default_jobs_per_day: Annotated[int, _limit("jobs_per_day")] = 5000
+    default_max_priority: Annotated[int, _limit("max_priority")] = 0
     default_allow_raw_workflows: bool = False
     # A user's share in fair scheduling, relative to the other users with queued work.
-    default_weight: int = Field(default=1, **LIMIT_RANGES["weight"])
+    default_weight: Annotated[int, _limit("weight")] = 1
 
     # --- raw workflows ----------------------------------------------------------------------
     # Node classes a raw workflow may not use. The default: the stock nodes that read or write

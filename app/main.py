@@ -134,7 +134,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     mcp = McpEndpoint(app)
     # A plain route (not a mount, which would redirect /mcp to /mcp/); not in the OpenAPI spec, as
     # it speaks JSON-RPC (MCP's Streamable HTTP), not REST.
-    app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+    # An ASGI app as the endpoint, which Route takes (its type names only request handlers).
+    app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)  # type: ignore[arg-type]
     app.include_router(v2_routes.router)
     return app
 

@@ -181,16 +181,16 @@ class NodeCatalog:
 
     @staticmethod
     def _with_options(info: Mapping[str, Any], input_name: str, options: list[str]) -> dict[str, Any]:
-        info = copy.deepcopy(dict(info))
+        out: dict[str, Any] = copy.deepcopy(dict(info))
         for category in ("required", "optional"):
-            conf = (info.get("input", {}).get(category) or {}).get(input_name)
+            conf = (out.get("input", {}).get(category) or {}).get(input_name)
             if conf is None:
                 continue
             if conf[0] == "COMBO":
                 conf[1]["options"] = list(options)
             else:
                 conf[0] = list(options)
-        return info
+        return out
 
     # -- lookups ------------------------------------------------------------------------------
 

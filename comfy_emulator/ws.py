@@ -47,7 +47,7 @@ class Connection:
         network does (the client sees 1006)."""
         self.closed = True
         if self.transport is not None:
-            self.transport.abort()
+            self.transport.abort()  # type: ignore[attr-defined]  # a socket transport (BaseTransport lacks it)
         if self.writer is not None:
             self.writer.cancel()
 

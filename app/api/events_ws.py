@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
@@ -160,7 +159,7 @@ async def _follow(
     async def read_until_closed() -> None:
         # Nothing is expected from the client; reading notices when it goes.
         while True:
-            message: dict[str, Any] = await websocket.receive()
+            message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
 
@@ -179,7 +178,9 @@ async def _follow(
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         checker = tasks[2]
         if checker in done and not checker.cancelled() and checker.exception() is None:
-            await _refuse(websocket, checker.result())
+            refusal = checker.result()
+            if refusal is not None:
+                await _refuse(websocket, refusal)
     finally:
         bus.unsubscribe(sub)
         for task in tasks:

@@ -14,7 +14,7 @@ user that opened it. Tool calls spend the user's request rate like API requests.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import mcp_types as types
 from fastapi import FastAPI
@@ -138,7 +138,7 @@ class McpEndpoint:
     async def _call_tool(
         self, ctx: ServerRequestContext, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        request: Request = ctx.request
+        request = cast(Request, ctx.request)
         principal: Principal = request.scope[_PRINCIPAL]
         args = dict(params.arguments or {})
         try:

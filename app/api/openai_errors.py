@@ -7,7 +7,7 @@ clients get the shape their SDKs turn into typed exceptions (404 NotFoundError, 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from fastapi import Request, Response
@@ -108,7 +108,7 @@ class OpenAIRoute(APIRoute):
     """Renders what a route raises in the OpenAI error shape. `param_names` maps a template param
     named by a domain error back to the request field that set it (e.g. width -> size)."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:

@@ -315,9 +315,9 @@ class ComfyWebSocket:
         finally:
             closer.cancel()
             self._iterating = False
-            ws, self._ws = self._ws, None
-            if ws is not None:
-                self._abort(ws)
+            last, self._ws = self._ws, None
+            if last is not None:
+                self._abort(last)
 
 
 def _describe_close(exc: ConnectionClosed) -> str:

@@ -50,7 +50,7 @@ async def take_over(session: AsyncSession, row_id: str, request_hash: str, *, st
         .values(request_hash=request_hash, created_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # an UPDATE's CursorResult
 
 
 async def attach(session: AsyncSession, row_id: str, job_id: str) -> None:

@@ -9,7 +9,9 @@ and per submit; these read only what they return, through the indexes of migrati
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, literal_column, select
+from datetime import datetime
+
+from sqlalchemy import BindParameter, ColumnElement, bindparam, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
@@ -54,7 +56,7 @@ async def next_jobs(session: AsyncSession, user_id: str, limit: int) -> list[Job
 #: client can use, and counting it would grow with the queue.
 POSITION_CAP = 1000
 
-_cap = literal_column(str(POSITION_CAP))
+_cap: ColumnElement[int] = literal_column(str(POSITION_CAP))
 _AHEAD_ON_BACKEND = select(func.count()).select_from(
     select(Job.id)
     .where(
@@ -68,7 +70,9 @@ _AHEAD_ON_BACKEND = select(func.count()).select_from(
 _ON_BACKENDS = select(func.count()).select_from(
     select(Job.id).where(Job.status == "queued", Job.backend.is_not(None)).limit(_cap).subquery()
 )
-_priority, _created, _id = bindparam("priority"), bindparam("created_at"), bindparam("job_id")
+_priority: BindParameter[int] = bindparam("priority")
+_created: BindParameter[datetime] = bindparam("created_at")
+_id: BindParameter[str] = bindparam("job_id")
 # Three ranges of ix_jobs_queue_order: higher priority; same priority, older; same age, lower id.
 _AHEAD_IN_QUEUE = select(func.count()).select_from(
     select(Job.id)
@@ -104,8 +108,8 @@ async def position(session: AsyncSession, job: Job) -> int | None:
     if job.status != "queued":
         return None
     if job.backend is not None:
-        params = {"backend": job.backend, "dispatched_at": job.dispatched_at}
-        return int((await session.execute(_AHEAD_ON_BACKEND, params)).scalar_one())
-    params = {"priority": job.priority, "created_at": job.created_at, "job_id": job.id}
+        on_backend = {"backend": job.backend, "dispatched_at": job.dispatched_at}
+        return int((await session.execute(_AHEAD_ON_BACKEND, on_backend)).scalar_one())
+    params: dict[str, object] = {"priority": job.priority, "created_at": job.created_at, "job_id": job.id}
     on_backends, ahead = (await session.execute(_AHEAD, params)).one()
     return min(POSITION_CAP, int(on_backends) + int(ahead))

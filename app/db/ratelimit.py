@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Double, bindparam, delete, select, update
+from sqlalchemy import BindParameter, Double, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -67,9 +67,9 @@ async def take(session: AsyncSession, user_id: str, *, rate_per_minute: int, now
     """
     capacity = float(rate_per_minute)
     params = {"now": float(now), "per_second": rate_per_minute / 60.0, "capacity": capacity}
-    now_p = bindparam("now", type_=Double())
-    per_second_p = bindparam("per_second", type_=Double())
-    capacity_p = bindparam("capacity", type_=Double())
+    now_p: BindParameter[float] = bindparam("now", type_=Double())
+    per_second_p: BindParameter[float] = bindparam("per_second", type_=Double())
+    capacity_p: BindParameter[float] = bindparam("capacity", type_=Double())
     available = _available(now_p, per_second_p, capacity_p)
     stmt = (
         update(RateBucket)

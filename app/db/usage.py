@@ -97,7 +97,8 @@ async def recent_run_seconds(session: AsyncSession, user_id: str, limit: int = 2
         .order_by(Job.finished_at.desc())
         .limit(limit)
     )
-    return [(finished - started).total_seconds() for started, finished in (await session.execute(stmt)).all()]
+    rows = (await session.execute(stmt)).all()
+    return [(finished - started).total_seconds() for started, finished in rows if started and finished]
 
 
 async def nonzero_counts(session: AsyncSession) -> list[tuple[str, str, int]]:

@@ -15,7 +15,7 @@ import tempfile
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -261,7 +261,8 @@ async def _fetch_input(
 ) -> Upload:
     # Spooled: small images stay in memory, larger ones go to a temporary file; the fetcher
     # stops at GATEWAY_MAX_UPLOAD_BYTES.
-    with tempfile.SpooledTemporaryFile(max_size=_CHUNK) as fh:
+    with tempfile.SpooledTemporaryFile(max_size=_CHUNK) as spooled:
+        fh = cast(BinaryIO, spooled)  # a binary file, which typeshed does not say
         try:
             await fetch_url(url, fh)
         except FetchFailed as exc:

@@ -105,7 +105,7 @@ async def _resolve(
     """(the workflow to store, a copy to check without the staged inputs, the inputs to stage)."""
     stored = copy.deepcopy(workflow)
     checked = copy.deepcopy(workflow)
-    inputs: list[dict[str, Any]] = []
+    inputs: list[StagedInput] = []
     denied, allowed = set(settings.raw_workflow_deny_nodes), set(settings.raw_workflow_allow_nodes)
     for node_id, node in stored.items():
         if not isinstance(node, dict) or not isinstance(node.get("inputs"), dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import time
@@ -208,13 +209,16 @@ class WebhookSender(Loop):
                 name=f"webhook {delivery.id}",
             )
             self._inflight.add(task)
-            task.add_done_callback(lambda t, d=delivery: self._sent(t, d))
+            task.add_done_callback(functools.partial(self._sent_callback, delivery))
             started.append(task)
         if wait and started:
             await asyncio.gather(*started, return_exceptions=True)
         if leased == min(free, BATCH):
             self.wake()  # more may be due
         return len(due)
+
+    def _sent_callback(self, delivery: WebhookDelivery, task: asyncio.Task[None]) -> None:
+        self._sent(task, delivery)
 
     def _sent(self, task: asyncio.Task[None], delivery: WebhookDelivery) -> None:
         full = len(self._holding) >= self.settings.webhook_max_inflight

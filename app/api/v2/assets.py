@@ -159,7 +159,7 @@ async def content(
         item = await assets.get_owned(session, principal.user_id, asset_id)
     await session.close()
     is_output = isinstance(item, Output)
-    name = item.filename if is_output else item.file_path
+    name = item.filename if isinstance(item, Output) else item.file_path
     ctype = item.content_type
     headers = {"Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"}
     if is_output or ctype.startswith(("image/", "video/", "audio/")):

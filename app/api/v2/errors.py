@@ -46,7 +46,7 @@ def _code_of(exc: DomainError) -> str:
         # A full queue is the one 429 a client should simply wait out (the SDK does, on
         # `queue_full` + Retry-After); the request rate and the daily quota keep their own names.
         return {"max_queued": "queue_full", "jobs_per_day": "quota_exceeded"}.get(
-            exc.extensions.get("limit"), "rate_limited"
+            str(exc.extensions.get("limit")), "rate_limited"
         )
     for cls, code in _CODES:
         if isinstance(exc, cls):

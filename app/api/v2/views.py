@@ -90,7 +90,8 @@ def progress_view(
         return None
     done = min(int(progress.get("nodes_done") or 0), total)
     node = progress.get("current_node") or progress.get("node")
-    step, steps = progress.get("value"), progress.get("max")
+    step: Any = progress.get("value")
+    steps: Any = progress.get("max")
     step_part = 0.0
     has_steps = (
         isinstance(step, int | float)

@@ -123,9 +123,9 @@ class JobFollower:
                 try:
                     # asyncio.timeout, not wait_for: no task per event for each of many streams.
                     async with asyncio.timeout(max(0.0, next_check - time.monotonic())):
-                        event = await self._sub.queue.get()
+                        got: JobEvent | None = await self._sub.queue.get()
                 except TimeoutError:
-                    event = None
+                    got = None
                 if still_allowed is not None and time.monotonic() >= next_check:
                     next_check = time.monotonic() + check_every
                     if not await still_allowed():
@@ -141,14 +141,14 @@ class JobFollower:
                         if ev.terminal:
                             return
                     continue
-                if event is None:
+                if got is None:
                     continue
-                if event.id is not None:
-                    if event.id <= self._last:
+                if got.id is not None:
+                    if got.id <= self._last:
                         continue  # already sent (read from the row or the log)
-                    self._last = event.id
-                yield event
-                if event.terminal:
+                    self._last = got.id
+                yield got
+                if got.terminal:
                     return
         finally:
             self._bus.unsubscribe(self._sub)
