@@ -31,7 +31,7 @@ from app.api.input_checks import RequestModel
 from app.api.openai_errors import OPENAI_ERRORS, ImagesFailed, OpenAIRoute
 from app.config import Settings
 from app.db.models import Template, Upload
-from app.domain import templates, uploads
+from app.domain import jobs, templates, uploads
 from app.domain.errors import DomainError, NotFound, PayloadTooLarge, ValidationFailed
 from app.domain.users import Principal
 from app.storage.signing import UrlSigner
@@ -226,7 +226,7 @@ async def _run(
         for sub in subs:
             deps.state(request).bus.unsubscribe(sub)
     found, outputs = await doors.ended_jobs(session, principal, job_ids)
-    if not ended and any(job.status not in ("succeeded", "failed", "canceled") for job in found):
+    if not ended and any(job.status not in jobs.TERMINAL for job in found):
         raise ImagesFailed(
             504,
             "timeout",
