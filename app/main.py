@@ -36,11 +36,13 @@ from app.api.v2 import routes as v2_routes
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
 from app.db import job_events
-from app.db.engine import create_engine, create_sessionmaker
+from app.db import leases as leases_repo
+from app.db.engine import create_engine, create_sessionmaker, is_sqlite
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
+from app.dispatch.leases import LeaseKeeper, lock_sqlite_dispatcher
 from app.domain import queue_metrics
 from app.domain.backends import pool_urls, register_configured_backends
 from app.domain.event_log import EventLog
@@ -73,6 +75,12 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Again: a logging configuration applied after create_app may have made new loggers.
         log_redaction.install()
+        sqlite = is_sqlite(settings.database_url)
+        # SQLite means one dispatching process: a second refuses to start, with a message that
+        # says why (several dispatching replicas share the backends through leases on PostgreSQL).
+        sqlite_lock = (
+            lock_sqlite_dispatcher(settings.database_url) if sqlite and settings.run_dispatcher else None
+        )
         if settings.auto_migrate:
             await upgrade_async(settings.database_url)
         engine = create_engine(settings.database_url)
@@ -141,13 +149,29 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
         relay = EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
         notifier = Notifier(event_log, metrics)
+        # On PostgreSQL every dispatching replica follows only the backends it leases.
+        keeper = (
+            LeaseKeeper(
+                worker_sessionmaker,
+                replica_id=replica_id,
+                lease_seconds=settings.backend_lease_seconds,
+                name=settings.replica_name,
+            )
+            if settings.run_dispatcher and not sqlite
+            else None
+        )
         dispatcher = Dispatcher(
             sessionmaker=worker_sessionmaker,
             settings=settings,
             storage=storage,
             notifier=notifier,
             metrics=metrics,
+            leases=keeper,
         )
+        if keeper is not None:
+            # A submit, a job's end or a lease given back on another replica wakes this one now.
+            relay.on_remote_event = dispatcher.wake
+            relay.channels[leases_repo.CHANNEL] = keeper.nudge
         await dispatcher.load()
 
         state = app.state
@@ -220,6 +244,8 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
             await storage.close()
             await relay.stop()
             await engine.dispose()
+            if sqlite_lock is not None:
+                sqlite_lock.close()
 
     app = FastAPI(
         title="comfy-gateway",

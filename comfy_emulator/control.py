@@ -16,7 +16,7 @@ faults they inject.
     POST /emulator/restart
     POST /emulator/set_models         {"folder": "checkpoints", "files": ["a.safetensors"]}
     POST /emulator/kill               {"revive_after": 1.5}   (answers first; SIGUSR1 also revives)
-    GET  /emulator/stats              prompts_received, executed_prompts, interrupts, websockets
+    GET  /emulator/stats              prompts_received, prompt_senders, executed_prompts, interrupts, websockets
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ def control_routes(emu: Emulator) -> web.RouteTableDef:
         return web.json_response(
             {
                 "prompts_received": emu.prompts_received,
+                "prompt_senders": emu.prompt_senders,
                 "executed_prompts": emu.executed_prompts,
                 "interrupts": emu.interrupts,
                 "websockets": list(emu.hub.sockets),

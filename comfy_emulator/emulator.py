@@ -53,6 +53,8 @@ class Emulator:
         self.state = ServerState(self)
         #: Ids of the prompts `POST /prompt` accepted, in order (kept across restarts).
         self.prompts_received: list[str] = []
+        # prompt id -> the X-Gateway-Replica header of its POST /prompt (None without one).
+        self.prompt_senders: dict[str, str | None] = {}
         #: Ids of the prompts that started executing (cached or not), in order.
         self.executed_prompts: list[str] = []
         #: The bodies of `POST /interrupt` (`{}` when there was none), in order.

@@ -101,6 +101,8 @@ def build_app(emu: Emulator) -> web.Application:
         sensitive = {k: extra_data.pop(k) for k in SENSITIVE_EXTRA_DATA_KEYS if k in extra_data}
         queue.put((number, prompt_id, prompt, extra_data, valid[2], sensitive))
         emu.prompts_received.append(prompt_id)
+        # Who sent it (a gateway replica names itself): tests check that one replica at a time does.
+        emu.prompt_senders[prompt_id] = request.headers.get("X-Gateway-Replica")
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": valid[3]})
 
     @routes.get("/prompt")

@@ -14,7 +14,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from app.db import job_events, queue, webhooks
+from app.db import job_events, leases, queue, webhooks
 from app.db.models import Job, Output
 from app.db.types import utcnow
 
@@ -105,6 +105,12 @@ async def _update(
     A status change also takes the ids of its events (`outputs`' events, then the status) in the
     same UPDATE: the row lock orders a job's events on every replica, with no second statement."""
     values.setdefault("updated_at", utcnow())
+    # A session made for a leased backend's work (app/dispatch/leases.py) changes a job only while
+    # that lease is still held at the generation its owner acted under: a replica that lost the
+    # backend (paused, cut off) can never commit a stale transition.
+    fence = session.info.get(leases.FENCE_KEY)
+    if fence is not None:
+        where = [*where, leases.holds(fence, Job.backend)]
     if "status" in values:
         values["event_seq"] = Job.event_seq + len(outputs) + 1
     stmt = (
@@ -126,12 +132,18 @@ async def _update(
     return job
 
 
-async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> Job | None:
-    """Hand a queued job to a backend. Only one dispatcher can win this."""
+async def claim(
+    session: AsyncSession, job_id: str, *, backend: str, prompt_id: str, fence: leases.Fence | None = None
+) -> Job | None:
+    """Hand a queued job to a backend. Only one dispatcher can win this; with a `fence`, only while
+    it holds the backend's lease."""
+    where = [Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False)]
+    if fence is not None:
+        where.append(leases.holds(fence, backend))
     return await _update(
         session,
         job_id,
-        [Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False)],
+        where,
         backend=backend,
         prompt_id=prompt_id,
         dispatched_at=utcnow(),
@@ -220,12 +232,17 @@ async def mark_canceled(session: AsyncSession, job_id: str) -> Job | None:
     )
 
 
-async def canceled_needing_cleanup(session: AsyncSession, limit: int = 100) -> list[Job]:
+async def canceled_needing_cleanup(
+    session: AsyncSession, limit: int = 100, backends: Sequence[str] | None = None
+) -> list[Job]:
+    """`backends`: only those on these backends (None: on any)."""
     stmt = (
         select(Job)
         .where(Job.status == "canceled", Job.cancel_requested.is_(True), Job.backend.is_not(None))
         .limit(limit)
     )
+    if backends is not None:
+        stmt = stmt.where(Job.backend.in_(backends))
     return list((await session.execute(stmt)).scalars())
 
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.comfy.errors import BackendUnavailable, ComfyError, PromptRejected
@@ -24,6 +25,7 @@ from app.db.models import Job
 from app.dispatch import job_errors, staging
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec, Prepared
 from app.dispatch.capabilities import checkpoint_of
+from app.dispatch.leases import LeaseKeeper
 from app.dispatch.pool import BackendPool
 from app.dispatch.scheduler import FairScheduler
 from app.dispatch.tracker import DispatchContext, Tracker
@@ -33,6 +35,11 @@ from app.storage.base import Storage
 
 # Jobs claimed in reserve per backend beyond its in-flight slots.
 PREPARE_AHEAD = 1
+
+# With several dispatching replicas, one replica at a time picks and claims (a transaction-scoped
+# advisory lock): the per-user in-flight counts it reads stay true until its claims commit, so
+# `max_running` holds exactly across replicas. Any constant: it only has to be the same everywhere.
+_CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(7140514)")
 
 log = logging.getLogger("app.dispatch")
 
@@ -46,8 +53,12 @@ class Dispatcher(BackendPool):
         storage: Storage,
         notifier: Notifier,
         metrics: Metrics,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.settings = settings
+        # Several dispatching replicas (PostgreSQL): only the backends whose lease this replica
+        # holds are in `links` (app/dispatch/leases.py). None: this process follows every backend.
+        self.leases = leases
         self._sessionmaker = sessionmaker
         self._wake_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -82,16 +93,23 @@ class Dispatcher(BackendPool):
     # ---- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._load_inflight()
-        self._started = True
-        for link in self.links:
-            self._start_link(link)
+        if self.leases is not None:
+            # Backends join `links` as their leases are taken (take_backend).
+            self._started = True
+            await self.leases.start(self)
+        else:
+            await self._load_inflight()
+            self._started = True
+            for link in self.links:
+                self._start_link(link)
         self._main = asyncio.create_task(self.run(), name="dispatcher")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking work; what is in flight stays recorded and is reconciled on the next start."""
         self._stopping = True
         self.wake()
+        if self.leases is not None:
+            await self.leases.stop()
         if self._main is not None:
             self._main.cancel()
         for link in self.links:
@@ -110,6 +128,9 @@ class Dispatcher(BackendPool):
         await self._return_prepared()
         for link in self.links:
             await link.client.aclose()
+        if self.leases is not None:
+            # After the reserves went back under the leases' fences: the others take over at once.
+            await self.leases.release_all()
 
     async def _return_prepared(self, links: list[BackendLink] | None = None) -> None:
         """Jobs claimed in reserve were never sent: back to the queue, no attempt counted, and
@@ -117,10 +138,11 @@ class Dispatcher(BackendPool):
         items = [(link, item) for link in (self.links if links is None else links) for item in link.prepared]
         if not items:
             return
-        async with self._sessionmaker() as session:
-            for _, item in items:
-                await repo.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
-            await session.commit()
+        for link in {link for link, _ in items}:
+            async with self.ctx.session(link) as session:
+                for _, item in (pair for pair in items if pair[0] is link):
+                    await repo.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
+                await session.commit()
         for link, item in items:
             link.drop_prepared(item.prompt_id)
             self.scheduler.give_back(item.user_id)
@@ -162,10 +184,11 @@ class Dispatcher(BackendPool):
             except TimeoutError:
                 pass
 
-    async def _load_inflight(self) -> None:
-        """Rebuild what is on each backend from the rows: the database is the truth after a restart."""
+    async def _load_inflight(self, backend: str | None = None) -> None:
+        """Rebuild what is on each backend (or on one) from the rows: the database is the truth
+        after a restart, and after a takeover."""
         async with self._sessionmaker() as session:
-            jobs = await repo.in_flight(session)
+            jobs = await repo.in_flight(session, backend=backend)
         for job in jobs:
             link = self._by_url.get(job.backend or "")
             if link is not None and job.prompt_id:
@@ -230,6 +253,7 @@ class Dispatcher(BackendPool):
             link
             for link in self.links
             if link.healthy
+            and link.may_act()
             and not link.needs_reconcile
             and link.capabilities is not None
             and not link.draining
@@ -280,6 +304,8 @@ class Dispatcher(BackendPool):
 
         if sum(want.values()):
             async with self._sessionmaker() as session:
+                if self.leases is not None:
+                    await session.execute(_CLAIM_LOCK)
                 for job in await self.scheduler.pick(session, sum(want.values()), accept=placeable):
                     try:
                         url = self._route(job, ready, want, missing)
@@ -299,7 +325,13 @@ class Dispatcher(BackendPool):
                         url = None
                     if (
                         url
-                        and await repo.claim(session, job.id, backend=url, prompt_id=item.prompt_id)
+                        and await repo.claim(
+                            session,
+                            job.id,
+                            backend=url,
+                            prompt_id=item.prompt_id,
+                            fence=self._by_url[url].fence,
+                        )
                         is not None
                     ):
                         want[url] -= 1
@@ -361,7 +393,11 @@ class Dispatcher(BackendPool):
         """Jobs on a backend that has been unreachable past the grace period go to the others."""
         now = time.monotonic()
         for link in self.links:
-            if link.down_since is None or now - link.down_since < self.settings.failover_grace_seconds:
+            if (
+                link.down_since is None
+                or now - link.down_since < self.settings.failover_grace_seconds
+                or not link.may_act()
+            ):
                 continue
             await self._return_prepared([link])
             for pid, flight in list(link.inflight.items()):
@@ -395,9 +431,9 @@ class Dispatcher(BackendPool):
                             "ignored an interrupt", self.settings.backend_retry_seconds * 10
                         )
                     continue
-                if flight.deadline is None or now < flight.deadline:
+                if flight.deadline is None or now < flight.deadline or not link.may_act():
                     continue
-                async with self._sessionmaker() as session:
+                async with self.ctx.session(link) as session:
                     job = await repo.mark_failed(
                         session,
                         flight.job_id,
@@ -471,6 +507,11 @@ class Dispatcher(BackendPool):
             link.release(prompt_id)
             link.submitting.discard(prompt_id)
             return
+        if not link.may_act():
+            # The lease was lost before it was sent: its claim is the new owner's to reconcile.
+            link.release(prompt_id)
+            link.submitting.discard(prompt_id)
+            return
         link.last_checkpoint = checkpoint_of(item.workflow) or link.last_checkpoint
         workflow = item.workflow
         try:
@@ -497,6 +538,10 @@ class Dispatcher(BackendPool):
             link.submitting.discard(prompt_id)
             await self.tracker.fail(link, prompt_id, job_errors.staging_failed(str(exc)))
             return
+        if not link.may_act():
+            link.release(prompt_id)
+            link.submitting.discard(prompt_id)
+            return
         try:
             await link.client.queue_prompt(workflow, prompt_id=prompt_id, client_id=link.client_id)
         except PromptRejected as exc:
@@ -517,7 +562,7 @@ class Dispatcher(BackendPool):
             return
         link.submitting.discard(prompt_id)
         link.mark_reachable()
-        if prompt_id not in link.inflight:
+        if prompt_id not in link.inflight and link.may_act():
             # Given up while its POST was under way (e.g. deleted by an admin): nothing follows
             # it, so it must not run. (A prompt that already ended is not harmed by this.)
             try:
@@ -530,12 +575,16 @@ class Dispatcher(BackendPool):
 
     async def _cleanup_cancels(self) -> None:
         """Take canceled jobs off their backends: delete from its queue, and interrupt it by prompt id."""
+        # With leases, only this replica's backends: the others' owners clean theirs.
+        owned = None if self.leases is None else [link.url for link in self.links]
         async with self._sessionmaker() as session:
-            jobs = await repo.canceled_needing_cleanup(session)
+            jobs = await repo.canceled_needing_cleanup(session, backends=owned)
         for job in jobs:
             link = self._by_url.get(job.backend or "")
+            if link is None and self.leases is not None and job.backend in self._registered:
+                continue  # another replica's backend: its owner takes the prompt off
             if link is not None and not link.drop_prepared(job.prompt_id or ""):
-                if not link.healthy or job.prompt_id in link.submitting:
+                if not link.healthy or job.prompt_id in link.submitting or not link.may_act():
                     continue
                 try:
                     await link.client.delete_from_queue([job.prompt_id])
@@ -568,7 +617,7 @@ class Dispatcher(BackendPool):
         row is gone the cleanup of cancels has nothing to find. Best effort: a backend that does not
         answer may still run it, unfollowed."""
         link = self._by_url.get(job.backend or "")
-        if link is None or not job.prompt_id or link.drop_prepared(job.prompt_id):
+        if link is None or not job.prompt_id or link.drop_prepared(job.prompt_id) or not link.may_act():
             return
         try:
             await link.client.delete_from_queue([job.prompt_id])
