@@ -267,6 +267,7 @@ class Dispatcher(BackendPool):
         sending = [self._send(self._by_url[url], items) for url, items in sends.items()]
 
         want = {link.url: link.free_slots(cap) + max(0, PREPARE_AHEAD - len(link.prepared)) for link in ready}
+        fences = {link.url: link.fence for link in ready}
         claimed: dict[str, list[Prepared]] = defaultdict(list)
         unrunnable: dict[str, list[str]] = {}
         waiting: dict[str, str] = {}
@@ -330,7 +331,7 @@ class Dispatcher(BackendPool):
                             job.id,
                             backend=url,
                             prompt_id=item.prompt_id,
-                            fence=self._by_url[url].fence,
+                            fence=fences[url],
                         )
                         is not None
                     ):
@@ -362,7 +363,12 @@ class Dispatcher(BackendPool):
                 if job is not None:
                     self.ctx.notifier.publish(job)
         for url, items in claimed.items():
-            link = self._by_url[url]
+            link = self._by_url.get(url)
+            if link is None:
+                # Its lease was lost during the round: the claims are the next owner's to reconcile.
+                for item in items:
+                    self.scheduler.give_back(item.user_id)
+                continue
             for item in items:
                 flight = InFlight(item.job_id, item.user_id, timeout=item.timeout, outputs=item.outputs)
                 if link.free_slots(cap) and not link.draining:

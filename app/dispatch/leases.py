@@ -77,6 +77,7 @@ class LeaseKeeper:
         self._nudge = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._transfer: asyncio.Task[None] | None = None
         self._stopping = False
 
     # ---- the small interface the pool uses -------------------------------------------------
@@ -98,7 +99,9 @@ class LeaseKeeper:
         others hear of this replica at once, to hand it its share."""
         self._owner = owner
         try:
-            await asyncio.wait_for(self.round(), timeout=max(self.every, 1.0))
+            await self.round()
+            if self._transfer is not None:
+                await self._transfer
             async with self._sessionmaker() as session:
                 await repo.announce(session)
                 await session.commit()
@@ -109,9 +112,10 @@ class LeaseKeeper:
     async def stop(self) -> None:
         """Stop taking leases; the pool lets its backends go, then `release_all` gives them back."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._transfer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
 
@@ -134,7 +138,7 @@ class LeaseKeeper:
         while not self._stopping:
             self._nudge.clear()
             try:
-                await asyncio.wait_for(self.round(), timeout=max(self.every, 1.0))
+                await self.round()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away: leases run out
@@ -149,14 +153,10 @@ class LeaseKeeper:
         """Heartbeat, renew, read the leases, then give back or take to reach this replica's share."""
         assert self._owner is not None
         sent = time.monotonic()
-        async with self._sessionmaker() as session:
-            live = await repo.heartbeat(session, self.replica_id, self.name, self.ttl)
-            await repo.sync_rows(session)
-            state = {u: (f.generation, self._owner.backend_is_healthy(u)) for u, f in self.held.items()}
-            kept = await repo.renew(session, self.replica_id, state, self.ttl)
-            await session.commit()
-            snapshot = await repo.all_leases(session)
-            await session.commit()
+        state = {u: (f.generation, self._owner.backend_is_healthy(u)) for u, f in self.held.items()}
+        # Bounded: a database that stopped answering must not hold the loop (the timer revokes
+        # the leases anyway); the pool's own work below is not cut short.
+        live, kept, snapshot = await asyncio.wait_for(self._renew(state), timeout=self.ttl)
         for url in list(self.held):
             if url in kept:
                 self._trusted[url] = sent + self.ttl * TRUSTED
@@ -166,14 +166,39 @@ class LeaseKeeper:
         self.snapshot, self.live_replicas = snapshot, live
         if self.replica_id not in live:
             return
+        if self._transfer is not None and not self._transfer.done():
+            return  # the last round's hand-overs are still under way
         share = self._share(len(snapshot), live)
-        if len(self.held) > share:
-            for url in sorted(self.held)[share:]:
+        give = sorted(self.held)[share:]
+        free = [url for url, row in sorted(snapshot.items()) if not row.live and url not in self.held]
+        take = free[: max(0, share - len(self.held))]
+        if give or take:
+            # On a task of its own: letting a backend go or picking one up takes the pool a while
+            # (sockets, reconciliation), and renewals must not wait for it.
+            self._transfer = asyncio.create_task(self._hand_over(give, take), name="lease transfer")
+
+    async def _hand_over(self, give: list[str], take: list[str]) -> None:
+        try:
+            for url in give:
                 await self._give_back(url)
-        elif len(self.held) < share:
-            free = [url for url, row in sorted(snapshot.items()) if not row.live and url not in self.held]
-            for url in free[: share - len(self.held)]:
+            for url in take:
                 await self._take(url)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.warning("backend leases: hand-over failed (%s: %s)", type(exc).__name__, exc)
+
+    async def _renew(
+        self, state: dict[str, tuple[int, bool]]
+    ) -> tuple[list[str], set[str], dict[str, LeaseRow]]:
+        async with self._sessionmaker() as session:
+            live = await repo.heartbeat(session, self.replica_id, self.name, self.ttl)
+            await repo.sync_rows(session)
+            kept = await repo.renew(session, self.replica_id, state, self.ttl)
+            await session.commit()
+            snapshot = await repo.all_leases(session)
+            await session.commit()
+        return live, kept, snapshot
 
     def _share(self, backends: int, live: list[str]) -> int:
         """Backends split evenly; the first replicas (by id) take one more when it does not divide."""
@@ -183,9 +208,7 @@ class LeaseKeeper:
     async def _take(self, url: str) -> None:
         assert self._owner is not None
         sent = time.monotonic()
-        async with self._sessionmaker() as session:
-            generation = await repo.acquire(session, url, self.replica_id, self.name, self.ttl)
-            await session.commit()
+        generation = await asyncio.wait_for(self._acquire(url), timeout=self.ttl)
         if generation is None:
             return  # another replica was quicker
         fence = Fence(self.replica_id, generation)
@@ -195,6 +218,12 @@ class LeaseKeeper:
         log.info("backend %s: lease taken (generation %d)", url, generation)
         if not await self._owner.take_backend(url, fence):
             await self._give_back(url)
+
+    async def _acquire(self, url: str) -> int | None:
+        async with self._sessionmaker() as session:
+            generation = await repo.acquire(session, url, self.replica_id, self.name, self.ttl)
+            await session.commit()
+        return generation
 
     async def _give_back(self, url: str) -> None:
         """Over this replica's share (another replica joined): stop following it, then free it."""

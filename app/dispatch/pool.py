@@ -240,8 +240,11 @@ class BackendPool:
         assert self.leases is not None
         async with self._sessionmaker() as session:
             row = await backends_repo.by_url(session, url)
-        if row is None or url in self._by_url:
-            return row is not None
+        if row is None:
+            return False
+        if url in self._by_url:
+            # Still there from a lease lost a moment ago: that one goes first.
+            await self._let_go(self._by_url[url], graceful=False)
         link = await self._add_link(url, row.id, draining=row.state == "draining")
         link.fence = fence
         keeper = self.leases
@@ -264,18 +267,22 @@ class BackendPool:
         """The lease ran out: stop acting on the backend at once (`may_act` is already false)."""
         link = self._by_url.get(url)
         if link is not None:
+            # Out of the pool now, so that no round uses it and a new lease builds a new link.
+            self._detach(link)
             self._spawn(self._let_go(link, graceful=False), f"let go {url}")
 
     def backend_is_healthy(self, url: str) -> bool:
         link = self._by_url.get(url)
         return link is not None and link.healthy
 
-    async def _let_go(self, link: BackendLink, *, graceful: bool) -> None:
-        if self._by_url.get(link.url) is not link:
-            return
-        self.links.remove(link)
-        del self._by_url[link.url]
+    def _detach(self, link: BackendLink) -> None:
         link.may_act = _never
+        if self._by_url.get(link.url) is link:
+            self.links.remove(link)
+            del self._by_url[link.url]
+
+    async def _let_go(self, link: BackendLink, *, graceful: bool) -> None:
+        self._detach(link)
         if graceful:
             # The lease is still held: reserves go back to the queue, collections under way finish.
             await self._return_prepared([link])

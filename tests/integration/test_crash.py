@@ -28,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+async def start(env: dict[str, str], port: int, log: Path, deadline_seconds: float = 30) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         env=env,
@@ -36,7 +36,7 @@ async def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + deadline_seconds
     async with httpx.AsyncClient() as client:
         while True:
             try:
