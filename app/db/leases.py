@@ -93,6 +93,16 @@ async def leave(session: AsyncSession, replica: str) -> None:
 
 async def sync_rows(session: AsyncSession) -> None:
     """One lease row per registered backend, none for a backend that left the pool."""
+    missing = await session.execute(
+        text(
+            "SELECT (SELECT count(*) FROM backends b WHERE NOT EXISTS "
+            "(SELECT 1 FROM backend_leases l WHERE l.backend = b.url)) + "
+            "(SELECT count(*) FROM backend_leases l WHERE NOT EXISTS "
+            "(SELECT 1 FROM backends b WHERE b.url = l.backend))"
+        )
+    )
+    if not missing.scalar_one():
+        return  # the usual case: a read, and no row locked
     await session.execute(
         text(
             "INSERT INTO backend_leases (backend, generation, healthy) "

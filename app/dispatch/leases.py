@@ -137,6 +137,7 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while not self._stopping:
             self._nudge.clear()
+            began = time.monotonic()
             try:
                 await self.round()
             except asyncio.CancelledError:
@@ -144,8 +145,12 @@ class LeaseKeeper:
             except Exception as exc:  # noqa: BLE001 - the database may be away: leases run out
                 log.warning("backend leases: round failed (%s: %s)", type(exc).__name__, exc)
             self._expire()
+            # Rounds start every quarter of the lease whatever they took: a slow database must
+            # not stretch the time between renewals.
             try:
-                await asyncio.wait_for(self._nudge.wait(), timeout=self.every)
+                await asyncio.wait_for(
+                    self._nudge.wait(), timeout=max(0.0, began + self.every - time.monotonic())
+                )
             except TimeoutError:
                 pass
 
@@ -192,9 +197,11 @@ class LeaseKeeper:
         self, state: dict[str, tuple[int, bool]]
     ) -> tuple[list[str], set[str], dict[str, LeaseRow]]:
         async with self._sessionmaker() as session:
+            # The renewal first, alone in its transaction: it is what must not wait.
+            kept = await repo.renew(session, self.replica_id, state, self.ttl)
+            await session.commit()
             live = await repo.heartbeat(session, self.replica_id, self.name, self.ttl)
             await repo.sync_rows(session)
-            kept = await repo.renew(session, self.replica_id, state, self.ttl)
             await session.commit()
             snapshot = await repo.all_leases(session)
             await session.commit()

@@ -32,7 +32,7 @@ from tests.integration.replicas import (
     wait_for,
 )
 
-LEASE = 4.0
+LEASE = 5.0
 
 
 @pytest.fixture
@@ -108,8 +108,8 @@ async def test_kill_9_of_one_replica_of_three_loses_no_job_and_runs_none_twice(
     await wait_for(taken_over, "the dead replica's backends taken over", timeout=30, every=0.05)
     takeover = time.monotonic() - killed_at
     # Its lease runs out (LEASE), and a survivor takes it at its next round (a quarter of LEASE);
-    # one more second for a loaded machine.
-    assert takeover <= LEASE * 1.25 + 1.0, takeover
+    # two more seconds for a loaded machine.
+    assert takeover <= LEASE * 1.25 + 2.0, takeover
 
     done = await finals(survivor, ids, timeout=180)
     assert all(job["status"] == "succeeded" for job in done.values()), Counter(
