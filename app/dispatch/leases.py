@@ -78,6 +78,7 @@ class LeaseKeeper:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._transfer: asyncio.Task[None] | None = None
+        self._rounds = 0
         self._stopping = False
 
     # ---- the small interface the pool uses -------------------------------------------------
@@ -95,19 +96,22 @@ class LeaseKeeper:
         self._nudge.set()
 
     async def start(self, owner: Owner) -> None:
-        """Join: the first round runs now (a lone replica starts with every backend), and the
-        others hear of this replica at once, to hand it its share."""
+        """Join: renewals start now, and this returns once the first round's hand-overs are done
+        (a lone replica starts with every backend); the others hear of this replica at once, to
+        hand it its share."""
         self._owner = owner
+        self._task = asyncio.create_task(self._run(), name="backend leases")
+        deadline = time.monotonic() + 3 * self.ttl
+        while time.monotonic() < deadline and (  # noqa: ASYNC110 - two conditions, polled
+            self._rounds == 0 or (self._transfer is not None and not self._transfer.done())
+        ):
+            await asyncio.sleep(0.02)
         try:
-            await self.round()
-            if self._transfer is not None:
-                await self._transfer
             async with self._sessionmaker() as session:
                 await repo.announce(session)
                 await session.commit()
-        except Exception as exc:  # noqa: BLE001 - the loop tries again
-            log.warning("backend leases: first round failed (%s: %s)", type(exc).__name__, exc)
-        self._task = asyncio.create_task(self._run(), name="backend leases")
+        except Exception as exc:  # noqa: BLE001 - they find this replica at their next round
+            log.warning("backend leases: announcing this replica failed (%s: %s)", type(exc).__name__, exc)
 
     async def stop(self) -> None:
         """Stop taking leases; the pool lets its backends go, then `release_all` gives them back."""
@@ -144,6 +148,7 @@ class LeaseKeeper:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away: leases run out
                 log.warning("backend leases: round failed (%s: %s)", type(exc).__name__, exc)
+            self._rounds += 1
             self._expire()
             # Rounds start every quarter of the lease whatever they took: a slow database must
             # not stretch the time between renewals.
@@ -162,7 +167,9 @@ class LeaseKeeper:
         # Bounded: a database that stopped answering must not hold the loop (the timer revokes
         # the leases anyway); the pool's own work below is not cut short.
         live, kept, snapshot = await asyncio.wait_for(self._renew(state), timeout=self.ttl)
-        for url in list(self.held):
+        for url in state:
+            if self.held.get(url, None) is None or self.held[url].generation != state[url][0]:
+                continue  # given back or taken again meanwhile (a hand-over runs beside the rounds)
             if url in kept:
                 self._trusted[url] = sent + self.ttl * TRUSTED
             else:

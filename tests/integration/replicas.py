@@ -83,7 +83,8 @@ async def start_replica(
     env = replica_env(db_url, backends, storage or tmp_path / "outputs", name, lease)
     # Generous: several processes start at once on a machine that may be busy.
     proc = await start(env, port, log, deadline_seconds=90)
-    return Replica(name, proc, f"http://127.0.0.1:{port}", log)
+    replica = Replica(name, proc, f"http://127.0.0.1:{port}", log)
+    return replica
 
 
 async def start_backends(n: int, step_seconds: float = 0.01) -> list[Emulator]:

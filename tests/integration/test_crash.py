@@ -45,7 +45,9 @@ async def start(env: dict[str, str], port: int, log: Path, deadline_seconds: flo
             except httpx.HTTPError:
                 pass
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            if time.monotonic() >= deadline:
+                proc.kill()  # it must not outlive the test
+                raise AssertionError(log.read_text()[-3000:])
             await asyncio.sleep(0.1)
 
 

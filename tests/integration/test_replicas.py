@@ -34,6 +34,9 @@ from tests.integration.replicas import (
 
 LEASE = 5.0
 
+# Real processes, started several at a time, and jobs by the hundred: more than the default.
+pytestmark = pytest.mark.timeout(300)
+
 
 @pytest.fixture
 def pg_url(request: pytest.FixtureRequest) -> str:
