@@ -276,6 +276,12 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # Run the dispatcher in this process. Off for an API-only replica.
     run_dispatcher: bool = True
+    # PostgreSQL, several dispatching replicas: each backend is followed by one replica at a time,
+    # through a lease renewed every quarter of this; a replica that dies (or loses the database)
+    # has its backends taken over by the others after at most this long (plus one renewal).
+    backend_lease_seconds: float = Field(default=10.0, ge=1.0, le=300.0)
+    # How this replica is named in the admin view's leases (default: host:pid).
+    replica_name: str | None = Field(default=None, max_length=200)
     # Serve the browser console at /console (static files; it uses the public API with the key
     # typed into it). Off for a gateway that should answer API routes only.
     console_enabled: bool = True

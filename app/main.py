@@ -38,11 +38,13 @@ from app.api.v2 import routes as v2_routes
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
 from app.db import job_events
+from app.db import leases as leases_repo
 from app.db.engine import create_engine, create_sessionmaker, is_sqlite
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
+from app.dispatch.leases import LeaseKeeper, lock_sqlite_dispatcher
 from app.domain.backend_registry import pool_urls, register_configured_backends
 from app.domain.events.bus import EventBus
 from app.domain.events.log import EventLog
@@ -146,6 +148,12 @@ async def running_gateway(
 ) -> AsyncIterator[GatewayState]:
     """Everything the gateway runs on, its loops started, as one typed state; all of it stopped and
     closed after, each part before what it still needs."""
+    sqlite = is_sqlite(settings.database_url)
+    # SQLite means one dispatching process: a second refuses to start, with a message that says
+    # why (several dispatching replicas share the backends through leases on PostgreSQL).
+    sqlite_lock = (
+        lock_sqlite_dispatcher(settings.database_url) if sqlite and settings.run_dispatcher else None
+    )
     if settings.auto_migrate:
         await upgrade_async(settings.database_url)
     engine = create_engine(settings.database_url)
@@ -187,6 +195,8 @@ async def running_gateway(
         await storage.close()
         await state.event_relay.stop()
         await engine.dispose()
+        if sqlite_lock is not None:
+            sqlite_lock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,13 +248,29 @@ def _wire(
         job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
     relay = EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
     notifier = Notifier(event_log, metrics)
+    # On PostgreSQL every dispatching replica follows only the backends it leases.
+    keeper = (
+        LeaseKeeper(
+            worker_sessionmaker,
+            replica_id=replica_id,
+            lease_seconds=settings.backend_lease_seconds,
+            name=settings.replica_name,
+        )
+        if settings.run_dispatcher and not is_sqlite(settings.database_url)
+        else None
+    )
     dispatcher = Dispatcher(
         sessionmaker=worker_sessionmaker,
         settings=settings,
         storage=storage,
         notifier=notifier,
         metrics=metrics,
+        leases=keeper,
     )
+    if keeper is not None:
+        # A submit, a job's end or a lease given back on another replica wakes this one now.
+        relay.on_remote_event = dispatcher.wake
+        relay.channels[leases_repo.CHANNEL] = keeper.nudge
     retention = RetentionService(worker_sessionmaker, storage, settings)
     gauges = JobGauges(sessionmaker, metrics, settings.metrics_refresh_seconds)
     fetch_url = make_fetcher(

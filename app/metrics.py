@@ -58,6 +58,12 @@ class Metrics:
             ["backend"],
             registry=self.registry,
         )
+        self.backend_owned = Gauge(
+            "gateway_backend_owned",
+            "1 for each backend whose lease this replica holds (several dispatching replicas on PostgreSQL)",
+            ["backend"],
+            registry=self.registry,
+        )
         self.live_lagged = Counter(
             "gateway_live_subscribers_lagged_total",
             "Live streams that fell behind and dropped events, then resynchronised: scope job (SSE) or user (/v1/ws)",

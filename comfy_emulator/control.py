@@ -16,7 +16,7 @@ faults they inject.
     POST /emulator/restart
     POST /emulator/set_models         {"folder": "checkpoints", "files": ["a.safetensors"]}
     POST /emulator/kill               {"revive_after": 1.5}   (answers first; SIGUSR1 also revives)
-    GET  /emulator/stats              prompts_received, executed_prompts, interrupts, websockets
+    GET  /emulator/stats              prompts_received, prompt_senders, executed_prompts, interrupts, websockets
 """
 
 from __future__ import annotations
@@ -162,6 +162,7 @@ def control_routes(emu: Controlled) -> web.RouteTableDef:
         return web.json_response(
             {
                 "prompts_received": parts.prompts_received,
+                "prompt_senders": parts.prompt_senders,
                 "executed_prompts": parts.executed_prompts,
                 "interrupts": parts.interrupts,
                 "websockets": list(parts.hub.sockets),

@@ -73,6 +73,10 @@ class Emulator:
         return self.parts.faults
 
     @property
+    def prompt_senders(self) -> dict[str, str | None]:
+        return self.parts.prompt_senders
+
+    @property
     def prompts_received(self) -> list[str]:
         """Ids of the prompts `POST /prompt` accepted, in order (kept across restarts)."""
         return self.parts.prompts_received

@@ -29,6 +29,8 @@ class Parts:
     faults: Faults
     #: Ids of the prompts `POST /prompt` accepted, in order (kept across restarts).
     prompts_received: list[str] = field(default_factory=list)
+    # prompt id -> the X-Gateway-Replica header of its POST /prompt (None without one).
+    prompt_senders: dict[str, str | None] = field(default_factory=dict)
     #: Ids of the prompts that started executing (cached or not), in order.
     executed_prompts: list[str] = field(default_factory=list)
     #: The bodies of `POST /interrupt` (`{}` when there was none), in order.

@@ -275,6 +275,17 @@ class BackendCapabilities(BaseModel):
     refreshed_at: str | None = Field(description="When its /object_info was last read (RFC 3339).")
 
 
+class BackendLeaseOut(BaseModel):
+    owner: str | None = Field(description="The owning replica's id (random per process start).")
+    owner_name: str | None = Field(description="Its name: GATEWAY_REPLICA_NAME, or host:pid.")
+    generation: int = Field(
+        description="Grows at every takeover; transitions under an older one are refused."
+    )
+    acquired_at: str | None
+    heartbeat_at: str | None = Field(description="Its last renewal (RFC 3339, the database's clock).")
+    expires_at: str | None = Field(description="When others may take it unless renewed first.")
+
+
 class BackendOut(BaseModel):
     id: str = Field(description="Opaque id (a UUID), stable for the backend's life in the pool.")
     url: str
@@ -289,6 +300,11 @@ class BackendOut(BaseModel):
     load: BackendLoad
     jobs: BackendJobs
     capabilities: BackendCapabilities | None = Field(description="Null until its /object_info was read.")
+    lease: BackendLeaseOut | None = Field(
+        default=None,
+        description="Which dispatching replica follows it (PostgreSQL; null on SQLite, where one process"
+        " dispatches). `owner` is null while no replica holds it.",
+    )
 
 
 class BackendList(BaseModel):

@@ -66,7 +66,9 @@ class ComfyClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 20,
         trust_env: bool = False,
+        headers: dict[str, str] | None = None,
     ):
+        """`headers`: sent with every request."""
         self.base_url = base_url.rstrip("/")
         # trust_env=False by default: ComfyUI backends are usually on a private network, and a
         # stray HTTP(S)_PROXY in the gateway's environment must not reroute them.
@@ -77,6 +79,7 @@ class ComfyClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             trust_env=trust_env,
             follow_redirects=False,
+            headers=headers,
         )
 
     async def aclose(self) -> None:

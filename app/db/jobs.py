@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
-from app.db import queue
+from app.db import leases, queue
 from app.db.models import ACTIVE, TERMINAL, Job, JobEvent, Output
 from app.db.pages import After, newest_first
 from app.db.types import utcnow
@@ -135,6 +135,12 @@ async def _update(
     The events themselves, and the webhook outbox rows, are written under those ids by the
     transition step that called this (app/domain/transitions.py), in the same transaction."""
     values.setdefault("updated_at", utcnow())
+    # A session made for a leased backend's work (app/dispatch/leases.py) changes a job only while
+    # that lease is still held at the generation its owner acted under: a replica that lost the
+    # backend (paused, cut off) can never commit a stale transition.
+    fence = session.info.get(leases.FENCE_KEY)
+    if fence is not None:
+        where = [*where, leases.holds(fence, Job.backend)]
     if "status" in values:
         values["event_seq"] = Job.event_seq + len(outputs) + 1
     stmt = (
@@ -150,12 +156,18 @@ async def _update(
     return (await session.execute(stmt)).scalars().first()
 
 
-async def claim(session: AsyncSession, job_id: str, *, backend: str, prompt_id: str) -> Job | None:
-    """Hand a queued job to a backend. Only one dispatcher can win this."""
+async def claim(
+    session: AsyncSession, job_id: str, *, backend: str, prompt_id: str, fence: leases.Fence | None = None
+) -> Job | None:
+    """Hand a queued job to a backend. Only one dispatcher can win this; with a `fence`, only while
+    it holds the backend's lease."""
+    where = [Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False)]
+    if fence is not None:
+        where.append(leases.holds(fence, backend))
     return await _update(
         session,
         job_id,
-        [Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False)],
+        where,
         backend=backend,
         prompt_id=prompt_id,
         dispatched_at=utcnow(),
@@ -244,12 +256,17 @@ async def mark_canceled(session: AsyncSession, job_id: str) -> Job | None:
     )
 
 
-async def canceled_needing_cleanup(session: AsyncSession, limit: int = 100) -> list[Job]:
+async def canceled_needing_cleanup(
+    session: AsyncSession, limit: int = 100, backends: Sequence[str] | None = None
+) -> list[Job]:
+    """`backends`: only those on these backends (None: on any)."""
     stmt = (
         select(Job)
         .where(Job.status == "canceled", Job.cancel_requested.is_(True), Job.backend.is_not(None))
         .limit(limit)
     )
+    if backends is not None:
+        stmt = stmt.where(Job.backend.in_(backends))
     return list((await session.execute(stmt)).scalars())
 
 

@@ -373,3 +373,37 @@ class V2IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GatewayReplica(Base):
+    """A gateway process that dispatches (PostgreSQL only): its heartbeat says it is alive, and the
+    live ones share the backends evenly (app/dispatch/leases.py). Times are the database's clock."""
+
+    __tablename__ = "gateway_replicas"
+
+    # Random per process start: a restarted replica is a new one.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # host:pid, for people reading the admin view.
+    name: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BackendLease(Base):
+    """Which replica follows a backend (PostgreSQL only): at most one at a time. `generation`
+    grows at every acquisition, and every job transition of a dispatched job is conditional on
+    its backend's lease still being held at the generation its owner acted under (the fence)."""
+
+    __tablename__ = "backend_leases"
+
+    # The backend's URL, as `jobs.backend` names it.
+    backend: Mapped[str] = mapped_column(String(500), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    owner_name: Mapped[str | None] = mapped_column(String(200))
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    acquired_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    # The owner's view of the backend's health, so that every replica can answer readiness.
+    healthy: Mapped[bool] = mapped_column(Boolean, default=False)

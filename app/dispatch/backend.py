@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from app.comfy.client import ComfyClient
 from app.comfy.websocket import ComfyWebSocket
+from app.db.leases import Fence
 from app.db.types import utcnow
 from app.dispatch.capabilities import Capabilities
 
@@ -126,6 +128,11 @@ class BackendLink:
     health_since: datetime = field(default_factory=utcnow)
     # The socket, health and capability tasks of this backend: stopped when it is removed.
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Several dispatching replicas (PostgreSQL): the lease this replica follows the backend under
+    # (its job transitions are conditional on it), and whether it still holds it now. Asked right
+    # before every call that acts on the backend. Without leases: None, and always true.
+    fence: Fence | None = None
+    may_act: Callable[[], bool] = field(default=lambda: True)
 
     @property
     def healthy(self) -> bool:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.comfy.errors import BackendUnavailable, ComfyError, PromptRejected
@@ -24,6 +25,7 @@ from app.db.models import Job
 from app.dispatch import job_errors, staging
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec, Prepared
 from app.dispatch.capabilities import checkpoint_of
+from app.dispatch.leases import LeaseKeeper
 from app.dispatch.pool import BackendPool
 from app.dispatch.scheduler import FairScheduler
 from app.dispatch.tracker import DispatchContext, Tracker
@@ -35,6 +37,11 @@ from app.storage.base import Storage
 
 # Jobs claimed in reserve per backend beyond its in-flight slots.
 PREPARE_AHEAD = 1
+
+# With several dispatching replicas, one replica at a time picks and claims (a transaction-scoped
+# advisory lock): the per-user in-flight counts it reads stay true until its claims commit, so
+# `max_running` holds exactly across replicas. Any constant: it only has to be the same everywhere.
+_CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(7140514)")
 
 log = logging.getLogger("app.dispatch")
 
@@ -52,6 +59,7 @@ class Dispatcher(Loop, BackendPool):
         storage: Storage,
         notifier: Notifier,
         metrics: Metrics,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         poll = settings.dispatch_poll_seconds
         super().__init__(
@@ -62,6 +70,9 @@ class Dispatcher(Loop, BackendPool):
             logger=log,
         )
         self.settings = settings
+        # Several dispatching replicas (PostgreSQL): only the backends whose lease this replica
+        # holds are in `links` (app/dispatch/leases.py). None: this process follows every backend.
+        self.leases = leases
         self._sessionmaker = sessionmaker
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -93,16 +104,24 @@ class Dispatcher(Loop, BackendPool):
     # ---- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._load_inflight()
-        self._started = True
-        for link in self.links:
-            self._start_link(link)
+        if self.leases is not None:
+            # Backends join `links` as their leases are taken (take_backend).
+            self._started = True
+            await self.leases.start(self)
+        else:
+            await self._load_inflight()
+            self._started = True
+            for link in self.links:
+                self._start_link(link)
         await super().start()
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop taking work; what is in flight stays recorded and is reconciled on the next start.
-        Bounded: the round and the backends' tasks get `timeout` seconds (5 by default)."""
+        Bounded: the round and the backends' tasks get `timeout` seconds (5 by default). Leases are
+        handed back at once, so that other replicas take the backends without waiting for expiry."""
         grace = self.stop_timeout if timeout is None else timeout
+        if self.leases is not None:
+            await self.leases.stop()
         await super().stop(grace)
         for link in self.links:
             await link.ws.close()
@@ -118,6 +137,9 @@ class Dispatcher(Loop, BackendPool):
         await self._return_prepared()
         for link in self.links:
             await link.client.aclose()
+        if self.leases is not None:
+            # After the reserves went back under the leases' fences: the others take over at once.
+            await self.leases.release_all()
 
     async def _return_prepared(self, links: list[BackendLink] | None = None) -> None:
         """Jobs claimed in reserve were never sent: back to the queue, no attempt counted, and
@@ -125,10 +147,13 @@ class Dispatcher(Loop, BackendPool):
         items = [(link, item) for link in (self.links if links is None else links) for item in link.prepared]
         if not items:
             return
-        async with self._sessionmaker() as session:
-            for _, item in items:
-                await transitions.unclaim(session, item.job_id, prompt_id=item.prompt_id, count_attempt=False)
-            await session.commit()
+        for link in {link for link, _ in items}:
+            async with self.ctx.session(link) as session:
+                for _, item in (pair for pair in items if pair[0] is link):
+                    await transitions.unclaim(
+                        session, item.job_id, prompt_id=item.prompt_id, count_attempt=False
+                    )
+                await session.commit()
         for link, item in items:
             link.drop_prepared(item.prompt_id)
             self.scheduler.give_back(item.user_id)
@@ -150,10 +175,11 @@ class Dispatcher(Loop, BackendPool):
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def _load_inflight(self) -> None:
-        """Rebuild what is on each backend from the rows: the database is the truth after a restart."""
+    async def _load_inflight(self, backend: str | None = None) -> None:
+        """Rebuild what is on each backend (or on one) from the rows: the database is the truth
+        after a restart, and after a takeover."""
         async with self._sessionmaker() as session:
-            jobs = await repo.in_flight(session)
+            jobs = await repo.in_flight(session, backend=backend)
         for job in jobs:
             link = self._by_url.get(job.backend or "")
             if link is not None and job.prompt_id:
@@ -218,6 +244,7 @@ class Dispatcher(Loop, BackendPool):
             link
             for link in self.links
             if link.healthy
+            and link.may_act()
             and not link.needs_reconcile
             and link.capabilities is not None
             and not link.draining
@@ -231,6 +258,7 @@ class Dispatcher(Loop, BackendPool):
         sending = [self._send(self._by_url[url], items) for url, items in sends.items()]
 
         want = {link.url: link.free_slots(cap) + max(0, PREPARE_AHEAD - len(link.prepared)) for link in ready}
+        fences = {link.url: link.fence for link in ready}
         claimed: dict[str, list[Prepared]] = defaultdict(list)
         unrunnable: dict[str, list[str]] = {}
         waiting: dict[str, str] = {}
@@ -268,6 +296,8 @@ class Dispatcher(Loop, BackendPool):
 
         if sum(want.values()):
             async with self._sessionmaker() as session:
+                if self.leases is not None:
+                    await session.execute(_CLAIM_LOCK)
                 for job in await self.scheduler.pick(session, sum(want.values()), accept=placeable):
                     try:
                         url = self._route(job, ready, want, missing)
@@ -287,7 +317,13 @@ class Dispatcher(Loop, BackendPool):
                         url = None
                     if (
                         url
-                        and await repo.claim(session, job.id, backend=url, prompt_id=item.prompt_id)
+                        and await repo.claim(
+                            session,
+                            job.id,
+                            backend=url,
+                            prompt_id=item.prompt_id,
+                            fence=fences[url],
+                        )
                         is not None
                     ):
                         want[url] -= 1
@@ -320,7 +356,12 @@ class Dispatcher(Loop, BackendPool):
                 if job is not None:
                     self.ctx.notifier.publish(job)
         for url, items in claimed.items():
-            link = self._by_url[url]
+            link = self._by_url.get(url)
+            if link is None:
+                # Its lease was lost during the round: the claims are the next owner's to reconcile.
+                for item in items:
+                    self.scheduler.give_back(item.user_id)
+                continue
             for item in items:
                 flight = InFlight(item.job_id, item.user_id, timeout=item.timeout, outputs=item.outputs)
                 if link.free_slots(cap) and not link.draining:
@@ -351,7 +392,11 @@ class Dispatcher(Loop, BackendPool):
         """Jobs on a backend that has been unreachable past the grace period go to the others."""
         now = time.monotonic()
         for link in self.links:
-            if link.down_since is None or now - link.down_since < self.settings.failover_grace_seconds:
+            if (
+                link.down_since is None
+                or now - link.down_since < self.settings.failover_grace_seconds
+                or not link.may_act()
+            ):
                 continue
             await self._return_prepared([link])
             for pid, flight in list(link.inflight.items()):
@@ -385,9 +430,9 @@ class Dispatcher(Loop, BackendPool):
                             "ignored an interrupt", self.settings.backend_retry_seconds * 10
                         )
                     continue
-                if flight.deadline is None or now < flight.deadline:
+                if flight.deadline is None or now < flight.deadline or not link.may_act():
                     continue
-                async with self._sessionmaker() as session:
+                async with self.ctx.session(link) as session:
                     job = await transitions.mark_failed(
                         session,
                         flight.job_id,
@@ -461,6 +506,11 @@ class Dispatcher(Loop, BackendPool):
             link.release(prompt_id)
             link.submitting.discard(prompt_id)
             return
+        if not link.may_act():
+            # The lease was lost before it was sent: its claim is the new owner's to reconcile.
+            link.release(prompt_id)
+            link.submitting.discard(prompt_id)
+            return
         link.last_checkpoint = checkpoint_of(item.workflow) or link.last_checkpoint
         workflow = item.workflow
         try:
@@ -487,6 +537,10 @@ class Dispatcher(Loop, BackendPool):
             link.submitting.discard(prompt_id)
             await self.tracker.fail(link, prompt_id, job_errors.staging_failed(str(exc)))
             return
+        if not link.may_act():
+            link.release(prompt_id)
+            link.submitting.discard(prompt_id)
+            return
         try:
             await link.client.queue_prompt(workflow, prompt_id=prompt_id, client_id=link.client_id)
         except PromptRejected as exc:
@@ -507,7 +561,7 @@ class Dispatcher(Loop, BackendPool):
             return
         link.submitting.discard(prompt_id)
         link.mark_reachable()
-        if prompt_id not in link.inflight:
+        if prompt_id not in link.inflight and link.may_act():
             # Given up while its POST was under way (e.g. deleted by an admin): nothing follows
             # it, so it must not run. (A prompt that already ended is not harmed by this.)
             try:
@@ -520,12 +574,16 @@ class Dispatcher(Loop, BackendPool):
 
     async def _cleanup_cancels(self) -> None:
         """Take canceled jobs off their backends: delete from its queue, and interrupt it by prompt id."""
+        # With leases, only this replica's backends: the others' owners clean theirs.
+        owned = None if self.leases is None else [link.url for link in self.links]
         async with self._sessionmaker() as session:
-            jobs = await repo.canceled_needing_cleanup(session)
+            jobs = await repo.canceled_needing_cleanup(session, backends=owned)
         for job in jobs:
             link = self._by_url.get(job.backend or "")
+            if link is None and self.leases is not None and job.backend in self._registered:
+                continue  # another replica's backend: its owner takes the prompt off
             if link is not None and not link.drop_prepared(job.prompt_id or ""):
-                if not link.healthy or job.prompt_id in link.submitting:
+                if not link.healthy or job.prompt_id in link.submitting or not link.may_act():
                     continue
                 try:
                     await link.client.delete_from_queue([job.prompt_id])
@@ -558,7 +616,7 @@ class Dispatcher(Loop, BackendPool):
         row is gone the cleanup of cancels has nothing to find. Best effort: a backend that does not
         answer may still run it, unfollowed."""
         link = self._by_url.get(job.backend or "")
-        if link is None or not job.prompt_id or link.drop_prepared(job.prompt_id):
+        if link is None or not job.prompt_id or link.drop_prepared(job.prompt_id) or not link.may_act():
             return
         try:
             await link.client.delete_from_queue([job.prompt_id])

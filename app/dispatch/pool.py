@@ -22,9 +22,11 @@ from app.comfy.errors import ComfyError
 from app.comfy.websocket import ComfyWebSocket
 from app.config import Settings
 from app.db import backends as backends_repo
+from app.db.leases import Fence
 from app.db.state import get_or_create
 from app.dispatch.backend import BackendLink
 from app.dispatch.capabilities import models_by_kind
+from app.dispatch.leases import LeaseKeeper
 from app.dispatch.tracker import DispatchContext, Tracker
 from app.domain import transitions
 from app.domain.views import rfc3339
@@ -34,6 +36,10 @@ log = logging.getLogger("app.dispatch")
 
 #: How long probe_health waits for a backend's answer.
 PROBE_TIMEOUT = 3.0
+
+
+def _never() -> bool:
+    return False
 
 
 class BackendPool:
@@ -52,6 +58,10 @@ class BackendPool:
     _local_changes: int = 0
     # When probe_health last asked the backends (monotonic).
     _probed_at: float = float("-inf")
+    # The backends' URLs as the table had them at the last read.
+    _registered: frozenset[str] = frozenset()
+    # Set with several dispatching replicas: `links` holds only the backends this replica leases.
+    leases: LeaseKeeper | None = None
 
     def wake(self) -> None:
         raise NotImplementedError
@@ -62,8 +72,14 @@ class BackendPool:
     async def _return_prepared(self, links: list[BackendLink] | None = None) -> None:
         raise NotImplementedError
 
+    async def _load_inflight(self, backend: str | None = None) -> None:
+        raise NotImplementedError
+
     async def load(self) -> None:
-        """Build a link per registered backend (without following them yet)."""
+        """Build a link per registered backend (without following them yet). With leases, links
+        are built as leases are taken instead."""
+        if self.leases is not None:
+            return
         async with self._sessionmaker() as session:
             rows = await backends_repo.all_backends(session)
         for row in rows:
@@ -79,7 +95,12 @@ class BackendPool:
         link = BackendLink(
             url=url,
             client_id=client_id,
-            client=ComfyClient(url, timeout=settings.backend_timeout_seconds),
+            client=ComfyClient(
+                url,
+                timeout=settings.backend_timeout_seconds,
+                # Which replica sent a prompt, for ComfyUI's access log (and the tests' emulator).
+                headers=None if self.leases is None else {"X-Gateway-Replica": self.leases.name},
+            ),
             ws=ComfyWebSocket(
                 url,
                 client_id,
@@ -153,11 +174,14 @@ class BackendPool:
         seen = self._local_changes
         async with self._sessionmaker() as session:
             rows = {row.url: row for row in await backends_repo.all_backends(session)}
+        self._registered = frozenset(rows)
         for link in list(self.links):
             if link.url not in rows:
                 await self._remove_link(link)
         for url, row in rows.items():
             link = self._by_url.get(url)
+            if link is None and self.leases is not None:
+                continue  # followed once its lease is taken (take_backend)
             if link is None:
                 link = await self._add_link(url, row.id, draining=row.state == "draining")
                 if self._started:
@@ -172,7 +196,9 @@ class BackendPool:
         """Jobs handed to a backend that is no longer registered (removed in a race with a claim,
         or dropped from GATEWAY_COMFYUI_URLS) go back to the queue: nobody would follow them."""
         async with self._sessionmaker() as session:
-            candidates = await backends_repo.orphaned_jobs(session, [link.url for link in self.links])
+            candidates = await backends_repo.orphaned_jobs(
+                session, sorted(self._registered | {link.url for link in self.links})
+            )
             if not candidates:
                 return
             # Read the table again after the jobs: a backend registered in between is not an orphan.
@@ -207,6 +233,88 @@ class BackendPool:
         self._next_sync = 0.0
         self.wake()
 
+    # ---- ownership (several dispatching replicas; app/dispatch/leases.py) --------------------
+
+    async def take_backend(self, url: str, fence: Fence) -> bool:
+        """This replica now holds the backend's lease: follow it, and reconcile the prompts the
+        rows say are on it (from its /queue and /history), as after a restart. False when the
+        backend is not registered (any more)."""
+        assert self.leases is not None
+        async with self._sessionmaker() as session:
+            row = await backends_repo.by_url(session, url)
+        if row is None:
+            return False
+        if url in self._by_url:
+            # Still there from a lease lost a moment ago: that one goes first.
+            await self._let_go(self._by_url[url], graceful=False)
+        link = await self._add_link(url, row.id, draining=row.state == "draining")
+        link.fence = fence
+        keeper = self.leases
+        link.may_act = lambda: keeper.valid(url, fence)
+        await self._load_inflight(url)
+        link.needs_reconcile = True
+        self._start_link(link)
+        self.ctx.metrics.backend_owned.labels(url).set(1)
+        self.wake()
+        return True
+
+    async def drop_backend(self, url: str) -> None:
+        """Give a backend up while its lease is still held (another replica joined): what was
+        claimed in reserve goes back to the queue, and the rest is the next owner's to reconcile."""
+        link = self._by_url.get(url)
+        if link is not None:
+            await self._let_go(link, graceful=True)
+
+    def lease_lost(self, url: str) -> None:
+        """The lease ran out: stop acting on the backend at once (`may_act` is already false)."""
+        link = self._by_url.get(url)
+        if link is not None:
+            # Out of the pool now, so that no round uses it and a new lease builds a new link.
+            self._detach(link)
+            self._spawn(self._let_go(link, graceful=False), f"let go {url}")
+
+    def backend_is_healthy(self, url: str) -> bool:
+        link = self._by_url.get(url)
+        return link is not None and link.healthy
+
+    def _detach(self, link: BackendLink) -> None:
+        link.may_act = _never
+        if self._by_url.get(link.url) is link:
+            self.links.remove(link)
+            del self._by_url[link.url]
+
+    async def _let_go(self, link: BackendLink, *, graceful: bool) -> None:
+        self._detach(link)
+        if graceful:
+            # The lease is still held: reserves go back to the queue, collections under way finish.
+            await self._return_prepared([link])
+            deadline = time.monotonic() + self.settings.backend_timeout_seconds
+            while link.collecting and time.monotonic() < deadline:  # noqa: ASYNC110 - a set, not an event
+                await asyncio.sleep(0.05)
+        if link.fence is not None:
+            # From here on nothing of this link commits: the next owner decides for its jobs.
+            link.fence = Fence(link.fence.owner, -1)
+        link.prepared.clear()
+        # Its socket first: ComfyUI's messages must go to the new owner's socket only.
+        await link.ws.close()
+        for task in link.tasks:
+            task.cancel()
+        await asyncio.gather(*link.tasks, return_exceptions=True)
+        link.inflight.clear()
+        link.slots.clear()
+        link.submitting.clear()
+        await link.client.aclose()
+        for gauge in (
+            self.ctx.metrics.backend_up,
+            self.ctx.metrics.backend_inflight,
+            self.ctx.metrics.backend_owned,
+        ):
+            try:
+                gauge.remove(link.url)
+            except KeyError:
+                pass
+        log.info("backend %s: no longer followed by this replica", link.url)
+
     async def _check_health_forever(self, link: BackendLink) -> None:
         while not self._stopping:
             await self.tracker.check_health(link)
@@ -229,7 +337,13 @@ class BackendPool:
                 await asyncio.sleep(min(period, self.settings.health_check_seconds))
 
     def backend_health(self) -> dict[str, bool]:
-        return {link.url: link.healthy for link in self.links}
+        health = {link.url: link.healthy for link in self.links}
+        if self.leases is not None:
+            # The others' backends as their owners last reported them in the lease rows.
+            for url, row in self.leases.snapshot.items():
+                if url in self._registered:
+                    health.setdefault(url, row.live and row.healthy)
+        return health
 
     async def probe_health(self) -> None:
         """Make `backend_health` current on a replica that does not dispatch.

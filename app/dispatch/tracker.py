@@ -33,6 +33,7 @@ from app.comfy.models import HistoryEntry
 from app.comfy.websocket import Connected, Disconnected
 from app.config import Settings
 from app.db import jobs as repo
+from app.db.leases import FENCE_KEY
 from app.db.models import Job
 from app.db.types import utcnow
 from app.dispatch import job_errors
@@ -56,6 +57,13 @@ class DispatchContext:
     metrics: Metrics
     spawn: Callable[[Coroutine[Any, Any, Any], str], None]
     wake: Callable[[], None]
+
+    def session(self, link: BackendLink) -> AsyncSession:
+        """A session for the transitions of a backend's jobs: under its lease's fence, if leased
+        (each transition then commits only while the lease is still held at that generation)."""
+        if link.fence is None:
+            return self.sessionmaker()
+        return self.sessionmaker(info={FENCE_KEY: link.fence})
 
 
 class Tracker:
@@ -252,7 +260,7 @@ class Tracker:
             link.needs_reconcile = True
             self.ctx.wake()
             return
-        if stop:
+        if stop and link.may_act():
             try:
                 await link.client.delete_from_queue([pid])
                 await link.client.interrupt(pid)
@@ -263,12 +271,12 @@ class Tracker:
         flight = link.job_of(pid)
         if flight is None or pid is None:
             return
-        async with self.ctx.sessionmaker() as session:
+        async with self.ctx.session(link) as session:
             job = await transitions.mark_running(session, flight.job_id, prompt_id=pid)
             await session.commit()
             if job is None:
                 current = await repo.get_job(session, flight.job_id)
-                if current is not None and current.status == "canceled":
+                if current is not None and current.status == "canceled" and link.may_act():
                     # Canceled while its POST was under way: stop it now.
                     await link.client.interrupt(pid)
                 return
@@ -303,7 +311,7 @@ class Tracker:
         if flight is None or pid is None:
             return
         await self.ctx.notifier.settle(flight.job_id)
-        async with self.ctx.sessionmaker() as session:
+        async with self.ctx.session(link) as session:
             job = await transitions.mark_failed(
                 session, flight.job_id, error=error, prompt_id=pid, progress=flight.progress
             )
@@ -317,7 +325,7 @@ class Tracker:
         flight = link.job_of(pid)
         if flight is None or pid is None:
             return
-        async with self.ctx.sessionmaker() as session:
+        async with self.ctx.session(link) as session:
             job = await repo.get_job(session, flight.job_id)
             if job is not None and job.status == "canceled":
                 # Our own cancel: nothing more to tell the backend.
@@ -410,7 +418,7 @@ class Tracker:
             await self.fail(link, pid, job_errors.output_missing(str(exc)))
             return
         await self.ctx.notifier.settle(job.id)
-        async with self.ctx.sessionmaker() as session:
+        async with self.ctx.session(link) as session:
             session.add_all(outputs)
             done = await transitions.mark_succeeded(
                 session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress
@@ -434,6 +442,8 @@ class Tracker:
         /queue is read before /history: ComfyUI moves a prompt from its queue to its history
         under one lock, so a prompt absent from both is really unknown to it.
         """
+        if not link.may_act():
+            return  # the lease was lost: its new owner reconciles
         queue = await link.client.get_queue()
         running = {item.prompt_id for item in queue.running}
         pending = {item.prompt_id for item in queue.pending}
@@ -492,7 +502,7 @@ class Tracker:
     async def requeue(self, link: BackendLink, pid: str, flight: InFlight, *, count_attempt: bool) -> None:
         """The backend does not have the prompt: the job goes back to the queue, or fails when
         it has been lost too often."""
-        async with self.ctx.sessionmaker() as session:
+        async with self.ctx.session(link) as session:
             job = await repo.get_job(session, flight.job_id)
             if job is None or job.prompt_id != pid:
                 link.forget(pid)

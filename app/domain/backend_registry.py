@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import backends as repo
+from app.db import leases
 from app.db.models import Backend
 from app.domain.errors import Conflict, NotFound, ValidationFailed
 from app.domain.pages import after_cursor
@@ -136,9 +137,11 @@ async def backend_view(session: AsyncSession, row: Backend, live: Mapping[str, A
     this process's dispatcher knows of it (on an API-only replica, what its last probe found; None
     before the first poll or probe)."""
     count, ids = await repo.jobs_on(session, row.url, limit=MAX_LISTED_JOBS)
+    lease = await leases.lease_of(session, row.url) if session.bind.dialect.name == "postgresql" else None
     live = live or {}
     health = live.get("health") or {
-        "status": "unknown",
+        # Another replica follows it: its health as that owner last reported it.
+        "status": ("up" if lease.healthy else "down") if lease is not None and lease.live else "unknown",
         "since": None,
         "last_error": None,
         "connected": False,
@@ -156,4 +159,14 @@ async def backend_view(session: AsyncSession, row: Backend, live: Mapping[str, A
         },
         "jobs": {"count": count, "ids": ids},
         "capabilities": live.get("capabilities"),
+        "lease": None
+        if lease is None
+        else {
+            "owner": lease.owner if lease.live else None,
+            "owner_name": lease.owner_name if lease.live else None,
+            "generation": lease.generation,
+            "acquired_at": rfc3339(lease.acquired_at) if lease.live else None,
+            "heartbeat_at": rfc3339(lease.heartbeat_at) if lease.live else None,
+            "expires_at": rfc3339(lease.expires_at) if lease.live else None,
+        },
     }

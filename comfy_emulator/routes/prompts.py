@@ -66,6 +66,8 @@ def _submit_route(table: web.RouteTableDef, process: Process) -> None:
         sensitive = {k: extra_data.pop(k) for k in SENSITIVE_EXTRA_DATA_KEYS if k in extra_data}
         queue.put((number, prompt_id, prompt, extra_data, valid[2], sensitive))
         parts.prompts_received.append(prompt_id)
+        # Who sent it (a gateway replica names itself): tests check that one replica at a time does.
+        parts.prompt_senders[prompt_id] = request.headers.get("X-Gateway-Replica")
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": valid[3]})
 
 

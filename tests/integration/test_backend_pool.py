@@ -278,31 +278,42 @@ async def test_an_added_backend_survives_a_restart_with_its_client_id(
 
 
 async def test_another_replica_follows_a_backend_added_through_this_one(
-    three_backends, make_settings, gateway_factory
+    three_backends, make_settings, gateway_factory, db_url: str
 ) -> None:  # noqa: ANN001
     a, b, _ = three_backends
+    sqlite = db_url.startswith("sqlite")
     one = await gateway_factory(make_settings(comfyui_urls=[a.base_url]))
-    two = await gateway_factory(make_settings(comfyui_urls=[a.base_url]))
+    # SQLite means one dispatching process; on PostgreSQL both dispatch and share the backends.
+    two = await gateway_factory(make_settings(comfyui_urls=[a.base_url], run_dispatcher=not sqlite))
     await one.wait_ready()
-    await two.wait_ready()
     assert (
         await one.http.post("/v1/admin/backends", json={"url": b.base_url}, headers=one.admin)
     ).status_code == 201
-    # Replica two learns of it from the table, and its own dispatcher connects to it.
+    # Replica two learns of it from the table.
     view = await two.wait_backend(b.base_url, is_up)
     assert view["source"] == "admin"
-    # Both replicas hold a socket to it (with the one shared client id, so ComfyUI counts one client).
+    # Exactly one replica follows it: one socket, with the backend's one client id.
+    dispatching = [one] if sqlite else [one, two]
     deadline = time.monotonic() + 20
-    while len(b.hub.connections) < 2:
-        assert time.monotonic() < deadline, "replica one never connected to the new backend"
+    while (
+        len(owners := [g for g in dispatching if b.base_url in {link.url for link in g.dispatcher.links}])
+        != 1
+    ):
+        assert time.monotonic() < deadline, "no replica (or two) follows the new backend"
+        await asyncio.sleep(0.05)
+    [owner] = owners
+    other = two if owner is one else one
+    while len(b.hub.connections) != 1:
+        assert time.monotonic() < deadline, "the new backend never got its one socket"
         await asyncio.sleep(0.05)
 
-    # A drain through replica two stops replica one sending there too.
-    await two.http.post(f"/v1/admin/backends/{view['id']}/drain", headers=two.admin)
+    # A drain through the replica that does not follow it stops the owner sending there.
+    await other.http.post(f"/v1/admin/backends/{view['id']}/drain", headers=other.admin)
     deadline = time.monotonic() + 20
-    while not next(link for link in one.dispatcher.links if link.url == b.base_url).draining:
-        assert time.monotonic() < deadline, "replica one never saw the drain"
+    while not next(link for link in owner.dispatcher.links if link.url == b.base_url).draining:
+        assert time.monotonic() < deadline, "the owner never saw the drain"
         await asyncio.sleep(0.05)
+    assert len(b.hub.connections) == 1
 
 
 async def test_a_model_file_added_to_a_running_backend_becomes_routable(

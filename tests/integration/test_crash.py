@@ -22,7 +22,7 @@ from tests.ports import free_port
 ROOT = Path(__file__).parents[2]
 
 
-async def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+async def start(env: dict[str, str], port: int, log: Path, deadline_seconds: float = 30) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         env=env,
@@ -30,7 +30,7 @@ async def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + deadline_seconds
     async with httpx.AsyncClient() as client:
         while True:
             try:
@@ -39,7 +39,9 @@ async def start(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
             except httpx.HTTPError:
                 pass
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            if time.monotonic() >= deadline:
+                proc.kill()  # it must not outlive the test
+                raise AssertionError(log.read_text()[-3000:])
             await asyncio.sleep(0.1)
 
 

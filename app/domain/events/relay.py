@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -54,6 +55,11 @@ class EventRelay(Loop):
         self._wanted: list[tuple[str, int]] = []
         self._flushing: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
+        # Called for every event another replica logged (a submit, a job's end): the dispatcher
+        # of a replica that shares the backends wakes at once, whoever took the request.
+        self.on_remote_event: Callable[[], None] | None = None
+        # Other channels listened to on the same connection: name -> callback.
+        self.channels: dict[str, Callable[..., None]] = {}
 
     async def start(self) -> None:
         if is_sqlite(self._url):
@@ -82,6 +88,8 @@ class EventRelay(Loop):
         try:
             conn = await asyncpg.connect(self._dsn())
             await conn.add_listener(job_events.CHANNEL, self._on_notify)
+            for channel, callback in self.channels.items():
+                await conn.add_listener(channel, callback)
             self.listening.set()
             while not conn.is_closed():
                 # asyncpg delivers notifications on its own; this only notices a lost connection.
@@ -101,7 +109,11 @@ class EventRelay(Loop):
         if parsed is None:
             return
         origin, job_id, user_id, seq = parsed
-        if origin == self._origin or not self._bus.listening(job_id, user_id):
+        if origin == self._origin:
+            return
+        if self.on_remote_event is not None:
+            self.on_remote_event()
+        if not self._bus.listening(job_id, user_id):
             return
         self._wanted.append((job_id, seq))
         if self._flushing is None or self._flushing.done():
