@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from ._multipart import MultipartForm
+from ._wire import Answer, Streamed, Wire
 from .errors import BackendUnavailable, ComfyError, NotFound, PromptRejected
 from .models import (
     HistoryEntry,
@@ -54,8 +55,10 @@ class ComfyClient:
     """A typed async client for ComfyUI's HTTP API.
 
     `base_url` is the server root (`http://host:8188`, or a path prefix behind a proxy).
-    `transport` lets tests plug in `httpx.MockTransport`; `max_connections` bounds the pool
-    (ignored when a transport is given). One client can be shared by many tasks.
+    Requests go over aiohttp (app/comfy/_wire.py: the same requests and errors at a fraction of
+    httpx's CPU). `transport` lets tests plug in `httpx.MockTransport` instead (requests then go
+    through httpx); `max_connections` bounds the pool (ignored when a transport is given). One
+    client can be shared by many tasks.
     """
 
     def __init__(
@@ -81,8 +84,15 @@ class ComfyClient:
             follow_redirects=False,
             headers=headers,
         )
+        self._wire = (
+            None
+            if transport is not None
+            else Wire(self.base_url, timeout=timeout, max_connections=max_connections, trust_env=trust_env)
+        )
 
     async def aclose(self) -> None:
+        if self._wire is not None:
+            await self._wire.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> ComfyClient:
@@ -97,8 +107,11 @@ class ComfyClient:
     # ----------------------------------------------------------------------------------------
     # Plumbing
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response | Answer:
+        """An answer with httpx.Response's `status_code`, `headers`, `text` and `json()`."""
         try:
+            if self._wire is not None:
+                return await self._wire.request(method, path, **kwargs)
             return await self._http.request(method, path, **kwargs)
         except httpx.UnsupportedProtocol as exc:
             raise ComfyError(f"{method} {path}: {exc}") from exc  # misconfigured base_url
@@ -113,7 +126,9 @@ class ComfyClient:
             raise BackendUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _raise_for_status(resp: httpx.Response, what: str, text: str | None = None) -> None:
+    def _raise_for_status(
+        resp: httpx.Response | Answer | Streamed, what: str, text: str | None = None
+    ) -> None:
         status = resp.status_code
         if status < 400:
             return
@@ -128,7 +143,7 @@ class ComfyClient:
         raise ComfyError(message, status_code=status, body=body)
 
     @staticmethod
-    def _json(resp: httpx.Response, what: str) -> Any:
+    def _json(resp: httpx.Response | Answer, what: str) -> Any:
         try:
             return resp.json()
         except ValueError as exc:
@@ -179,7 +194,7 @@ class ComfyClient:
             raise BackendUnavailable(f"POST /prompt: unexpected answer: {_snippet(resp.text)}") from exc
 
     @staticmethod
-    def _prompt_rejected(resp: httpx.Response) -> PromptRejected:
+    def _prompt_rejected(resp: httpx.Response | Answer) -> PromptRejected:
         """Build the error from ComfyUI's body (`{"error": {...}, "node_errors": {...}}`).
         Older ComfyUI versions sent `error` as a string and `node_errors` as a list; a proxy may
         send plain text. All of them still reject the prompt, so all become PromptRejected."""
@@ -263,9 +278,13 @@ class ComfyClient:
         Raises `NotFound` on 404 when entering. The connection is released on exit.
         """
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        request = self._http.build_request("GET", "/view", params=params)
         try:
-            resp = await self._http.send(request, stream=True)
+            if self._wire is not None:
+                resp: Any = await self._wire.stream("GET", "/view", params=params)
+            else:
+                resp = await self._http.send(
+                    self._http.build_request("GET", "/view", params=params), stream=True
+                )
         except httpx.TimeoutException as exc:
             raise BackendUnavailable(f"GET /view: timed out ({_type_name(exc)})") from exc
         except httpx.TransportError as exc:
@@ -356,7 +375,7 @@ def _type_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def _read_limited(resp: httpx.Response, limit: int = _ERROR_BODY_LIMIT) -> str:
+async def _read_limited(resp: httpx.Response | Streamed, limit: int = _ERROR_BODY_LIMIT) -> str:
     """Read at most `limit` bytes of an error body (it is only for the message)."""
     buf = bytearray()
     try:

@@ -8,6 +8,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from .sqlite_inline import inline_creator
+
 
 def normalize_url(url: str) -> str:
     """Accept the URLs people paste (postgres://, postgresql://, sqlite://) and pick the async driver."""
@@ -44,7 +46,9 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
             pool_size=1,
             max_overflow=0,
             pool_timeout=60,
-            connect_args={"timeout": 30},
+            # Statements run on the loop's thread (app/db/sqlite_inline.py): no thread hop per
+            # call. Waiting for another process's write lock (up to 30 s) happens in a thread.
+            async_creator=inline_creator(url, {"timeout": 30}),
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -54,7 +58,6 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         return engine

@@ -46,11 +46,16 @@ class LoggedEvent:
     data: dict[str, Any]
 
 
+# A Core INSERT of the table, built once: the ORM's bulk-insert path (it maps each dict onto the
+# mapped class first) cost more than the statement.
+_INSERT_EVENTS = insert(JobEvent.__table__)
+
+
 async def append(session: AsyncSession, events: list[LoggedEvent]) -> None:
     """Insert events (one statement) and, on PostgreSQL, announce them (one more)."""
     now = utcnow()
     await session.execute(
-        insert(JobEvent),
+        _INSERT_EVENTS,
         [
             {"job_id": e.job_id, "seq": e.seq, "event": e.event, "data": e.data, "created_at": now}
             for e in events

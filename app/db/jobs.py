@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, inspect, select, update
+from sqlalchemy import Integer, bindparam, delete, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
@@ -125,35 +125,71 @@ async def in_flight(session: AsyncSession, backend: str | None = None) -> list[J
     return list((await session.execute(stmt)).scalars())
 
 
-async def _update(
-    session: AsyncSession, job_id: str, where: Sequence[Any], *, outputs: Sequence[Output] = (), **values: Any
-) -> Job | None:
-    """One conditional UPDATE; the changed row comes back (RETURNING), or None if nothing matched.
+# Transitions are conditional UPDATEs built once, with bound parameters (named `p_...`: a
+# parameter named like a column would be taken as a value to SET): building the statement and its
+# cache key for every call cost more CPU than running it.
+_JOB_ID = bindparam("p_job_id", type_=Job.__table__.c.id.type)
+_NOW = bindparam("p_now", type_=Job.__table__.c.updated_at.type)
+_PROMPT_ID = bindparam("p_prompt_id", type_=Job.__table__.c.prompt_id.type)
+_PROGRESS = bindparam("p_progress", type_=Job.__table__.c.progress.type)
+_N_EVENTS = bindparam("p_n_events", type_=Integer())
+_BACKEND = bindparam("p_backend", type_=Job.__table__.c.backend.type)
+_statements: dict[tuple[Any, ...], Any] = {}
 
-    A status change also takes the ids of its events (`outputs`' events, then the status) in the
-    same UPDATE: the row lock orders a job's events on every replica, with no second statement.
-    The events themselves, and the webhook outbox rows, are written under those ids by the
-    transition step that called this (app/domain/transitions.py), in the same transaction."""
-    values.setdefault("updated_at", utcnow())
+
+def _statement(key: tuple[Any, ...], where: Sequence[Any], **values: Any) -> Any:
+    """The UPDATE of one job (`p_job_id`) under `where`, RETURNING the changed row; built on first
+    use. A status change also takes the ids of its events (`p_n_events`: its outputs' and its own)
+    in the same UPDATE: the row lock orders a job's events on every replica, with no second
+    statement."""
+    stmt = _statements.get(key)
+    if stmt is None:
+        values.setdefault("updated_at", _NOW)
+        if "status" in values:
+            values["event_seq"] = Job.event_seq + _N_EVENTS
+        stmt = _statements[key] = (
+            update(Job)
+            .where(Job.id == _JOB_ID, *where)
+            .values(**values)
+            .returning(Job)
+            # The returned row is the new state: it overwrites an object the session already
+            # holds (populate_existing), so evaluating the WHERE clause in Python against objects
+            # in the session (synchronize_session) would only cost time.
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+    return stmt
+
+
+async def _update(
+    session: AsyncSession, stmt: Any, params: dict[str, Any], *, outputs: Sequence[Output] = ()
+) -> Job | None:
+    """Run one of the statements above; the changed row comes back, or None if nothing matched.
+    The events of a status change, and its webhook outbox rows, are written under the ids the UPDATE
+    took by the transition step that called this (app/domain/transitions.py), in the same
+    transaction."""
+    if "p_n_events" in params:
+        params["p_n_events"] = len(outputs) + 1
+    params.setdefault("p_now", utcnow())
     # A session made for a leased backend's work (app/dispatch/leases.py) changes a job only while
     # that lease is still held at the generation its owner acted under: a replica that lost the
     # backend (paused, cut off) can never commit a stale transition.
     fence = session.info.get(leases.FENCE_KEY)
     if fence is not None:
-        where = [*where, leases.holds(fence, Job.backend)]
-    if "status" in values:
-        values["event_seq"] = Job.event_seq + len(outputs) + 1
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, *where)
-        .values(**values)
-        .returning(Job)
-        # The returned row is the new state: it overwrites an object the session already holds
-        # (populate_existing), so evaluating the WHERE clause in Python against objects in the
-        # session (synchronize_session) would only cost time.
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    return (await session.execute(stmt)).scalars().first()
+        stmt = _fenced(stmt, Job.backend)
+        params.update(leases.fence_params(fence))
+    return (await session.execute(stmt, params)).scalars().first()
+
+
+_fenced_statements: dict[int, Any] = {}
+
+
+def _fenced(stmt: Any, backend: Any) -> Any:
+    """`stmt` under the lease fence of `backend` (bound as `p_fence_*`); built once per statement
+    (the statements above live as long as the process, so their id is a stable key)."""
+    fenced = _fenced_statements.get(id(stmt))
+    if fenced is None:
+        fenced = _fenced_statements[id(stmt)] = stmt.where(leases.holds_bound(backend))
+    return fenced
 
 
 async def claim(
@@ -161,28 +197,29 @@ async def claim(
 ) -> Job | None:
     """Hand a queued job to a backend. Only one dispatcher can win this; with a `fence`, only while
     it holds the backend's lease."""
-    where = [Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False)]
-    if fence is not None:
-        where.append(leases.holds(fence, backend))
-    return await _update(
-        session,
-        job_id,
-        where,
-        backend=backend,
-        prompt_id=prompt_id,
-        dispatched_at=utcnow(),
+    stmt = _statement(
+        ("claim",),
+        [Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False)],
+        backend=_BACKEND,
+        prompt_id=_PROMPT_ID,
+        dispatched_at=_NOW,
         attempts=Job.attempts + 1,
         waiting_reason=None,
     )
+    params = {"p_job_id": job_id, "p_backend": backend, "p_prompt_id": prompt_id}
+    if fence is not None:
+        stmt = _fenced(stmt, _BACKEND)
+        params.update(leases.fence_params(fence))
+    return await _update(session, stmt, params)
 
 
 async def set_waiting_reason(session: AsyncSession, job_id: str, reason: str | None) -> Job | None:
-    return await _update(
-        session,
-        job_id,
+    stmt = _statement(
+        ("waiting",),
         [Job.status == "queued", Job.backend.is_(None)],
-        waiting_reason=reason[:500] if reason else None,
+        waiting_reason=bindparam("p_reason", type_=Job.__table__.c.waiting_reason.type),
     )
+    return await _update(session, stmt, {"p_job_id": job_id, "p_reason": reason[:500] if reason else None})
 
 
 async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_attempt: bool) -> Job | None:
@@ -190,19 +227,23 @@ async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_a
     values: dict[str, Any] = {"backend": None, "prompt_id": None, "dispatched_at": None, "progress": None}
     if not count_attempt:
         values["attempts"] = Job.attempts - 1
-    return await _update(
-        session, job_id, [Job.prompt_id == prompt_id, Job.status.in_(ACTIVE)], status="queued", **values
+    stmt = _statement(
+        ("unclaim", count_attempt),
+        [Job.prompt_id == _PROMPT_ID, Job.status.in_(ACTIVE)],
+        status="queued",
+        **values,
     )
+    return await _update(session, stmt, {"p_job_id": job_id, "p_prompt_id": prompt_id, "p_n_events": 1})
 
 
 async def mark_running(session: AsyncSession, job_id: str, *, prompt_id: str) -> Job | None:
-    return await _update(
-        session,
-        job_id,
-        [Job.prompt_id == prompt_id, Job.status == "queued"],
+    stmt = _statement(
+        ("running",),
+        [Job.prompt_id == _PROMPT_ID, Job.status == "queued"],
         status="running",
-        started_at=utcnow(),
+        started_at=_NOW,
     )
+    return await _update(session, stmt, {"p_job_id": job_id, "p_prompt_id": prompt_id, "p_n_events": 1})
 
 
 async def mark_succeeded(
@@ -215,18 +256,19 @@ async def mark_succeeded(
 ) -> Job | None:
     """`outputs`: the rows the caller added to this session for the job, logged before its status.
     `progress`: the last progress seen, when the row may hold an older one."""
-    now = utcnow()
-    return await _update(
-        session,
-        job_id,
-        [Job.prompt_id == prompt_id, Job.status.in_(ACTIVE)],
-        outputs=outputs,
+    stmt = _statement(
+        ("succeeded", progress is not None),
+        [Job.prompt_id == _PROMPT_ID, Job.status.in_(ACTIVE)],
         status="succeeded",
-        finished_at=now,
+        finished_at=_NOW,
         # A job that ran from cache never sent execution_start; it still started.
-        started_at=func.coalesce(Job.started_at, now),
-        **({"progress": progress} if progress is not None else {}),
+        started_at=func.coalesce(Job.started_at, _NOW),
+        **({"progress": _PROGRESS} if progress is not None else {}),
     )
+    params = {"p_job_id": job_id, "p_prompt_id": prompt_id, "p_n_events": 1}
+    if progress is not None:
+        params["p_progress"] = progress
+    return await _update(session, stmt, params, outputs=outputs)
 
 
 async def mark_failed(
@@ -238,22 +280,33 @@ async def mark_failed(
     progress: dict[str, Any] | None = None,
 ) -> Job | None:
     where: list[Any] = [Job.status.in_(ACTIVE)]
+    params: dict[str, Any] = {"p_job_id": job_id, "p_error": error, "p_n_events": 1}
     if prompt_id is not None:
-        where.append(Job.prompt_id == prompt_id)
-    extra = {"progress": progress} if progress is not None else {}
-    return await _update(session, job_id, where, status="failed", finished_at=utcnow(), error=error, **extra)
+        where.append(Job.prompt_id == _PROMPT_ID)
+        params["p_prompt_id"] = prompt_id
+    if progress is not None:
+        params["p_progress"] = progress
+    stmt = _statement(
+        ("failed", prompt_id is not None, progress is not None),
+        where,
+        status="failed",
+        finished_at=_NOW,
+        error=bindparam("p_error", type_=Job.__table__.c.error.type),
+        **({"progress": _PROGRESS} if progress is not None else {}),
+    )
+    return await _update(session, stmt, params)
 
 
 async def mark_canceled(session: AsyncSession, job_id: str) -> Job | None:
     """Cancel a job that has not ended. `cancel_requested` stays set until the backend has been told."""
-    return await _update(
-        session,
-        job_id,
+    stmt = _statement(
+        ("canceled",),
         [Job.status.in_(ACTIVE)],
         status="canceled",
-        finished_at=utcnow(),
+        finished_at=_NOW,
         cancel_requested=Job.backend.is_not(None),
     )
+    return await _update(session, stmt, {"p_job_id": job_id, "p_n_events": 1})
 
 
 async def canceled_needing_cleanup(
@@ -271,11 +324,13 @@ async def canceled_needing_cleanup(
 
 
 async def cleanup_done(session: AsyncSession, job_id: str) -> Job | None:
-    return await _update(session, job_id, [Job.cancel_requested.is_(True)], cancel_requested=False)
+    stmt = _statement(("cleaned",), [Job.cancel_requested.is_(True)], cancel_requested=False)
+    return await _update(session, stmt, {"p_job_id": job_id})
 
 
 async def set_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> Job | None:
-    return await _update(session, job_id, [Job.status.in_(ACTIVE)], progress=progress)
+    stmt = _statement(("progress",), [Job.status.in_(ACTIVE)], progress=_PROGRESS)
+    return await _update(session, stmt, {"p_job_id": job_id, "p_progress": progress})
 
 
 # ---- deletion and retention --------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, literal, select, text
+from sqlalchemy import bindparam, exists, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import BackendLease
@@ -48,6 +48,29 @@ def holds(fence: Fence, backend: Any) -> Any:
         )
         .with_for_update(read=True)
     )
+
+
+_FENCE_OWNER = bindparam("p_fence_owner", type_=BackendLease.__table__.c.owner.type)
+_FENCE_GENERATION = bindparam("p_fence_generation", type_=BackendLease.__table__.c.generation.type)
+
+
+def holds_bound(backend: Any) -> Any:
+    """`holds`, with the fence as bound parameters (`fence_params`): for statements built once."""
+    lease = BackendLease.__table__.c
+    return exists(
+        select(literal(1))
+        .where(
+            lease.backend == backend,
+            lease.owner == _FENCE_OWNER,
+            lease.generation == _FENCE_GENERATION,
+            lease.expires_at > func.clock_timestamp(),
+        )
+        .with_for_update(read=True)
+    )
+
+
+def fence_params(fence: Fence) -> dict[str, Any]:
+    return {"p_fence_owner": fence.owner, "p_fence_generation": fence.generation}
 
 
 @dataclass(frozen=True, slots=True)

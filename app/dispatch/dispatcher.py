@@ -573,32 +573,42 @@ class Dispatcher(Loop, BackendPool):
     # ---- cancels ---------------------------------------------------------------------------
 
     async def _cleanup_cancels(self) -> None:
-        """Take canceled jobs off their backends: delete from its queue, and interrupt it by prompt id."""
-        # With leases, only this replica's backends: the others' owners clean theirs.
+        """Take canceled jobs off their backends: delete from its queue, and interrupt it by prompt id.
+
+        All of a backend's deletes go before any of its interrupts: an interrupt lets the backend
+        start its next pending prompt, which must not be another canceled one still queued there.
+        With leases, only this replica's backends: the others' owners clean theirs."""
         owned = None if self.leases is None else [link.url for link in self.links]
         async with self._sessionmaker() as session:
             jobs = await repo.canceled_needing_cleanup(session, backends=owned)
+        groups: dict[str, tuple[BackendLink, list[Job]]] = {}
         for job in jobs:
             link = self._by_url.get(job.backend or "")
             if link is None and self.leases is not None and job.backend in self._registered:
                 continue  # another replica's backend: its owner takes the prompt off
-            if link is not None and not link.drop_prepared(job.prompt_id or ""):
-                if not link.healthy or job.prompt_id in link.submitting or not link.may_act():
-                    continue
-                try:
-                    await link.client.delete_from_queue([job.prompt_id])
-                    await link.client.interrupt(job.prompt_id)
-                except BackendUnavailable as exc:
-                    link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
-                    continue
-                except Exception:  # noqa: BLE001 - not transient: trying every round would not help
-                    log.exception(
-                        "job %s: taking canceled prompt %s off %s failed", job.id, job.prompt_id, link.url
-                    )
+            if link is None or link.drop_prepared(job.prompt_id or ""):
+                await self._cleanup_done(job)
+            elif link.healthy and job.prompt_id not in link.submitting and link.may_act():
+                groups.setdefault(link.url, (link, []))[1].append(job)
+        for link, group in groups.values():
+            pids = [job.prompt_id or "" for job in group]
+            try:
+                await link.client.delete_from_queue(pids)
+                for pid in pids:
+                    await link.client.interrupt(pid)
+            except BackendUnavailable as exc:
+                link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+                continue
+            except Exception:  # noqa: BLE001 - not transient: trying every round would not help
+                log.exception("taking canceled prompts %s off %s failed", pids, link.url)
+            for job in group:
                 link.forget(job.prompt_id)
-            async with self._sessionmaker() as session:
-                await repo.cleanup_done(session, job.id)
-                await session.commit()
+                await self._cleanup_done(job)
+
+    async def _cleanup_done(self, job: Job) -> None:
+        async with self._sessionmaker() as session:
+            await repo.cleanup_done(session, job.id)
+            await session.commit()
 
     async def job_canceled(self, job: Job) -> None:
         """Called after an API cancel committed: clean up on the backend now."""
