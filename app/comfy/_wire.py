@@ -105,8 +105,18 @@ class Wire:
     use because aiohttp binds it to the running loop. `timeout` bounds connecting and each wait
     for data, as httpx's did; nothing bounds a whole exchange (a long /view keeps streaming)."""
 
-    def __init__(self, base_url: str, *, timeout: float, max_connections: int, trust_env: bool) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        max_connections: int,
+        trust_env: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self._base = base_url
+        # Sent with every request (e.g. the replica's name), as httpx's client `headers`.
+        self._headers = dict(headers or {})
         self._scheme_ok = base_url.startswith(("http://", "https://"))
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
@@ -122,6 +132,7 @@ class Wire:
                 auto_decompress=True,
                 trust_env=self._trust_env,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                headers=self._headers,
                 timeout=self._timeout,
             )
         return self._session

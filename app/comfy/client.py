@@ -87,7 +87,13 @@ class ComfyClient:
         self._wire = (
             None
             if transport is not None
-            else Wire(self.base_url, timeout=timeout, max_connections=max_connections, trust_env=trust_env)
+            else Wire(
+                self.base_url,
+                timeout=timeout,
+                max_connections=max_connections,
+                trust_env=trust_env,
+                headers=headers,
+            )
         )
 
     async def aclose(self) -> None:
