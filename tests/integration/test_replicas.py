@@ -296,7 +296,9 @@ async def test_a_joining_replica_gets_a_share_and_a_leaving_one_hands_over_at_on
 async def test_max_running_and_fairness_hold_across_replicas(
     pg_url: str, tmp_path: Path, cleanup: list
 ) -> None:
-    emus = await start_backends(4, step_seconds=0.01)
+    # Jobs of about a second: alice's backlog (120 jobs on 8 slots) takes about 15 s, so whether
+    # bob's five wait behind it does not depend on how fast the gateway is.
+    emus = await start_backends(4, step_seconds=0.1)
     cleanup.extend(emus)
     urls = [e.base_url for e in emus]
     reps = await replicas_up(pg_url, urls, tmp_path, ["r1", "r2", "r3"], cleanup, lease=LEASE)
