@@ -67,6 +67,21 @@ from app.webhooks.sender import WebhookSender
 log = logging.getLogger("app")
 
 
+#: The OpenAPI description: live events over WebSocket are not in the spec, so they are told here.
+_DESCRIPTION = (
+    "A multi-user, durable API gateway in front of ComfyUI servers.\n\n"
+    "**Live events over WebSocket** (not listed below: OpenAPI has no WebSocket routes): "
+    "`GET /v1/ws` streams the events of all of the caller's jobs as JSON text frames "
+    '`{"event", "job_id", "id", "data"}`: `status`, `progress`, `output` (the SSE route\'s events, with '
+    "the same per-job `id`), `preview` with `?previews=true`; every user's jobs with `?all=true` (admins). "
+    "The key comes as `?api_key=`, "
+    '`Authorization: Bearer`, or the first frame (`{"api_key": "..."}` or the key alone). The server '
+    'first sends `{"event": "subscribed"}`; a bad key gets an `error` frame (a problem) and close code '
+    "1008; a user over its cap of live connections an `error` frame and 1013; a client too slow to keep "
+    "up gets a `lagged` frame (re-read its jobs)."
+)
+
+
 def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver | None = None) -> FastAPI:
     """`outbound_resolver` replaces DNS for outbound URLs (webhooks): for tests of what a host name
     resolves to at send time."""
@@ -89,21 +104,17 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     app = FastAPI(
         title="comfy-gateway",
         version="0.1.0",
-        description=(
-            "A multi-user, durable API gateway in front of ComfyUI servers.\n\n"
-            "**Live events over WebSocket** (not listed below: OpenAPI has no WebSocket routes): "
-            "`GET /v1/ws` streams the events of all of the caller's jobs as JSON text frames "
-            '`{"event", "job_id", "id", "data"}`: `status`, `progress`, `output` (the SSE route\'s events, with '
-            "the same per-job `id`), `preview` with `?previews=true`; every user's jobs with `?all=true` (admins). "
-            "The key comes as `?api_key=`, "
-            '`Authorization: Bearer`, or the first frame (`{"api_key": "..."}` or the key alone). The server '
-            'first sends `{"event": "subscribed"}`; a bad key gets an `error` frame (a problem) and close code '
-            "1008; a user over its cap of live connections an `error` frame and 1013; a client too slow to keep "
-            "up gets a `lagged` frame (re-read its jobs)."
-        ),
+        description=_DESCRIPTION,
         lifespan=lifespan,
         dependencies=[Depends(input_checks.url_params)],
     )
+    _add_middleware(app, settings)
+    mcp = _add_routes(app, settings)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
+    """The bounds on request bodies (per path where uploads are larger), and the rate-limit headers."""
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
@@ -115,6 +126,10 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
         },
     )
     app.add_middleware(RateLimitHeaders)
+
+
+def _add_routes(app: FastAPI, settings: Settings) -> McpEndpoint:
+    """The routers, the problem handlers and the MCP endpoint (returned: the lifespan runs it)."""
     problems.install(app)
     for module in (
         generate,
@@ -139,7 +154,7 @@ def create_app(settings: Settings | None = None, *, outbound_resolver: Resolver 
     # An ASGI app as the endpoint, which Route takes (its type names only request handlers).
     app.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)  # type: ignore[arg-type]
     app.include_router(v2_routes.router)
-    return app
+    return mcp
 
 
 @asynccontextmanager
@@ -220,13 +235,7 @@ def _wire(
     metrics = Metrics()
     signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
     bus = EventBus(on_lag=lambda sub: metrics.live_lagged.labels(sub.scope).inc())
-    # The backends stay closed to users' URLs whatever the allow-list covers (ComfyUI has no
-    # per-user authorization); read at each check, since admins change the pool at run time.
-    guard = OutboundGuard(
-        settings.outbound_allowlist,
-        resolver=outbound_resolver,
-        forbidden=lambda: pool_urls(guard_sessionmaker, settings.comfyui_urls),
-    )
+    guard = _outbound_guard(settings, guard_sessionmaker, outbound_resolver)
     secret_box = SecretBox(settings.webhook_secret_key or secret)
     # The sender shares the API's connections, not the dispatcher's: receivers' pace must
     # never hold up the loop that keeps the GPUs busy.
@@ -239,14 +248,7 @@ def _wire(
         metrics=metrics,
     )
     event_log = EventLog(worker_sessionmaker, signer, bus, settings)
-    # Tells this replica's own event announcements (PostgreSQL NOTIFY) from the others'.
-    replica_id = uuid.uuid4().hex
-    for maker in (sessionmaker, worker_sessionmaker):
-        # Sessions that commit a job transition with a webhook wake the sender at once, and events
-        # logged in a transaction reach this process's subscribers when it commits.
-        maker.configure(info={WAKE_KEY: webhook_sender.wake})
-        job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
-    relay = EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
+    relay = _wire_events(settings, sessionmaker, worker_sessionmaker, bus, event_log, webhook_sender)
     notifier = Notifier(event_log, metrics)
     # On PostgreSQL every dispatching replica follows only the backends it leases.
     keeper = (
@@ -295,6 +297,40 @@ def _wire(
         loops=_loops_to_run(settings, event_log, relay, dispatcher, retention, webhook_sender, gauges),
     )
     return _Parts(state, dispatcher, gauges)
+
+
+def _outbound_guard(
+    settings: Settings,
+    guard_sessionmaker: async_sessionmaker[AsyncSession],
+    outbound_resolver: Resolver | None,
+) -> OutboundGuard:
+    # The backends stay closed to users' URLs whatever the allow-list covers (ComfyUI has no
+    # per-user authorization); read at each check, since admins change the pool at run time.
+    return OutboundGuard(
+        settings.outbound_allowlist,
+        resolver=outbound_resolver,
+        forbidden=lambda: pool_urls(guard_sessionmaker, settings.comfyui_urls),
+    )
+
+
+def _wire_events(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    worker_sessionmaker: async_sessionmaker[AsyncSession],
+    bus: EventBus,
+    event_log: EventLog,
+    webhook_sender: WebhookSender,
+) -> EventRelay:
+    """Hook the sessions' commits to the webhook sender and the event log; returns the relay that
+    brings other replicas' events to this one."""
+    # Tells this replica's own event announcements (PostgreSQL NOTIFY) from the others'.
+    replica_id = uuid.uuid4().hex
+    for maker in (sessionmaker, worker_sessionmaker):
+        # Sessions that commit a job transition with a webhook wake the sender at once, and events
+        # logged in a transaction reach this process's subscribers when it commits.
+        maker.configure(info={WAKE_KEY: webhook_sender.wake})
+        job_events.deliver_after_commit(maker, event_log.deliver, origin=replica_id)
+    return EventRelay(settings.database_url, worker_sessionmaker, event_log, bus, origin=replica_id)
 
 
 def _loops_to_run(

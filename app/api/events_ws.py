@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketState
 
 from app.api import deps
 from app.domain.errors import DomainError, Forbidden, LimitExceeded, Unauthorized
+from app.domain.events.bus import Subscription
 from app.domain.events.live import frame
 from app.domain.users import Principal, authenticate
 from app.domain.views import v2_only
@@ -123,6 +124,7 @@ async def live_events(
 async def _follow(
     websocket: WebSocket, principal: Principal, key: str | None, previews: bool, *, everyone: bool
 ) -> None:
+    """Stream the events until the client goes or its key stops being good for them."""
     state = deps.state(websocket)
     bus = state.bus
     sub = (
@@ -130,50 +132,14 @@ async def _follow(
         if everyone
         else bus.subscribe_user(principal.user_id, previews=previews)
     )
-    last: dict[str, int] = {}
-
-    async def send_events() -> None:
-        await websocket.send_text(
-            json.dumps(
-                {"event": "subscribed", "job_id": None, "id": None, "data": {"user_id": principal.user_id}}
-            )
+    tasks = [
+        asyncio.create_task(c)
+        for c in (
+            _send_events(websocket, sub, principal.user_id),
+            _read_until_closed(websocket),
+            _keep_checking_key(websocket, key, everyone, state.settings.live_auth_check_seconds),
         )
-        while True:
-            event = await sub.queue.get()
-            if sub.overflowed:
-                sub.overflowed = False
-                await websocket.send_text(
-                    json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}})
-                )
-            if event is None or v2_only(event.event, event.data):
-                continue
-            if event.id is not None:
-                # The same event can reach us twice (this replica's commit and a relay); send it once.
-                if event.id <= last.get(event.job_id, 0):
-                    continue
-                last[event.job_id] = event.id
-                if event.terminal:
-                    last.pop(event.job_id, None)
-            await websocket.send_text(json.dumps(frame(event), separators=(",", ":")))
-
-    async def read_until_closed() -> None:
-        # Nothing is expected from the client; reading notices when it goes.
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-
-    async def keep_checking_key() -> DomainError:
-        while True:
-            await asyncio.sleep(state.settings.live_auth_check_seconds)
-            try:
-                again = await _authenticate(websocket, key)
-            except Unauthorized as exc:
-                return exc
-            if everyone and not again.is_admin:
-                return Forbidden("Your admin rights were taken away: all=true is for admins.")
-
-    tasks = [asyncio.create_task(c) for c in (send_events(), read_until_closed(), keep_checking_key())]
+    ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         checker = tasks[2]
@@ -186,3 +152,47 @@ async def _follow(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _send_events(websocket: WebSocket, sub: Subscription, user_id: str) -> None:
+    await websocket.send_text(
+        json.dumps({"event": "subscribed", "job_id": None, "id": None, "data": {"user_id": user_id}})
+    )
+    last: dict[str, int] = {}
+    while True:
+        event = await sub.queue.get()
+        if sub.overflowed:
+            sub.overflowed = False
+            await websocket.send_text(json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}}))
+        if event is None or v2_only(event.event, event.data):
+            continue
+        if event.id is not None:
+            # The same event can reach us twice (this replica's commit and a relay); send it once.
+            if event.id <= last.get(event.job_id, 0):
+                continue
+            last[event.job_id] = event.id
+            if event.terminal:
+                last.pop(event.job_id, None)
+        await websocket.send_text(json.dumps(frame(event), separators=(",", ":")))
+
+
+async def _read_until_closed(websocket: WebSocket) -> None:
+    # Nothing is expected from the client; reading notices when it goes.
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+async def _keep_checking_key(
+    websocket: WebSocket, key: str | None, everyone: bool, every: float
+) -> DomainError:
+    """Check the key again every `every` seconds; returns the refusal once it is no longer good."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            again = await _authenticate(websocket, key)
+        except Unauthorized as exc:
+            return exc
+        if everyone and not again.is_admin:
+            return Forbidden("Your admin rights were taken away: all=true is for admins.")

@@ -24,7 +24,7 @@ from app.api.deps import (
 )
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
 from app.config import Settings
-from app.db.models import Upload
+from app.db.models import Job, Upload
 from app.domain import idempotency, jobs, webhooks
 from app.domain.errors import DomainError, LimitExceeded
 from app.domain.events.bus import EventBus
@@ -122,18 +122,12 @@ async def _generate(
     idempotency_key: str | None,
     prefer: str | None,
 ) -> dict:
+    """Claim the key and build the job; store it in one short transaction; answer (or wait, then answer)."""
     claim = idempotency.Claim()
     try:
         wait = parse_prefer_wait(prefer, settings.max_wait_seconds)
         if idempotency_key is not None:
-            idempotency.check_key(idempotency_key)
-            claim = await idempotency.claim(
-                session,
-                principal.user_id,
-                idempotency_key,
-                idempotency.request_hash(body.model_dump(mode="json")),
-                settings,
-            )
+            claim = await _claim_key(session, principal, settings, body, idempotency_key)
         if claim.replay_job_id is not None:
             await charge(request, session, principal)
             await session.commit()
@@ -141,28 +135,7 @@ async def _generate(
             return await _answer(
                 request, response, session, signer, principal, claim.replay_job_id, wait, replay=True
             )
-        webhook = None
-        if body.webhook is not None:
-            webhook = await webhooks.accept(guard, body.webhook.url, body.webhook.events)
-        job = await jobs.build(
-            session,
-            principal,
-            jobs.GenerateInput(
-                template=body.template,
-                workflow=body.workflow,
-                params=body.params,
-                priority=body.priority,
-                metadata=body.metadata,
-                timeout_seconds=body.timeout_seconds,
-                webhook=webhook,
-            ),
-            settings,
-            # A backend's node definitions, when one is connected, tell which inputs name server files.
-            object_info=deps.state(request).dispatcher.object_info(),
-            storage=storage,
-            new_uploads=new_uploads,
-            fetch_url=deps.state(request).fetch_url,
-        )
+        job = await _build_job(body, request, session, principal, settings, storage, guard, new_uploads)
     except DomainError:
         # A refused request counts against the rate too (or is answered 429 if over it); its key is free again.
         await session.rollback()
@@ -170,6 +143,70 @@ async def _generate(
         await charge(request, session, principal)
         await session.commit()
         raise
+    await _add_job(request, session, principal, job, new_uploads, claim)
+    return await _commit_and_answer(
+        request, response, session, principal, signer, bus, job, new_uploads, wait
+    )
+
+
+async def _claim_key(
+    session: AsyncSession, principal: Principal, settings: Settings, body: GenerateRequest, key: str
+) -> idempotency.Claim:
+    idempotency.check_key(key)
+    return await idempotency.claim(
+        session,
+        principal.user_id,
+        key,
+        idempotency.request_hash(body.model_dump(mode="json")),
+        settings,
+    )
+
+
+async def _build_job(
+    body: GenerateRequest,
+    request: Request,
+    session: AsyncSession,
+    principal: Principal,
+    settings: Settings,
+    storage: Storage,
+    guard: OutboundGuard,
+    new_uploads: list[Upload],
+) -> Job:
+    """The request checked and rendered into a job row (not yet added to the session)."""
+    webhook = None
+    if body.webhook is not None:
+        webhook = await webhooks.accept(guard, body.webhook.url, body.webhook.events)
+    state = deps.state(request)
+    return await jobs.build(
+        session,
+        principal,
+        jobs.GenerateInput(
+            template=body.template,
+            workflow=body.workflow,
+            params=body.params,
+            priority=body.priority,
+            metadata=body.metadata,
+            timeout_seconds=body.timeout_seconds,
+            webhook=webhook,
+        ),
+        settings,
+        # A backend's node definitions, when one is connected, tell which inputs name server files.
+        object_info=state.dispatcher.object_info(),
+        storage=storage,
+        new_uploads=new_uploads,
+        fetch_url=state.fetch_url,
+    )
+
+
+async def _add_job(
+    request: Request,
+    session: AsyncSession,
+    principal: Principal,
+    job: Job,
+    new_uploads: list[Upload],
+    claim: idempotency.Claim,
+) -> None:
+    """Spend the request's token, check the quotas and add the job, its uploads and its key (not committed)."""
     # One short transaction from here: the request's token, the quotas, the row. The token's UPDATE
     # locks the user's bucket row until the commit, so a user's concurrent submits (on any
     # replica) count and insert one after the other and never overshoot a quota.
@@ -182,6 +219,20 @@ async def _generate(
         await idempotency.release(session, claim)
         await session.commit()  # the token stays spent; no job; the key is free again
         raise
+
+
+async def _commit_and_answer(
+    request: Request,
+    response: Response,
+    session: AsyncSession,
+    principal: Principal,
+    signer: UrlSigner,
+    bus: EventBus,
+    job: Job,
+    new_uploads: list[Upload],
+    wait: int | None,
+) -> dict:
+    """Commit the job, wake the dispatcher, and answer 202 at once or when the job ends within `wait`."""
     # Subscribed before the commit: a job that ends at once still wakes its waiter.
     sub = bus.subscribe_job(job.id) if wait else None
     try:
@@ -190,10 +241,9 @@ async def _generate(
         await session.commit()
         new_uploads.clear()
         # After the commit, never before: the dispatcher must find the row when it wakes.
-        deps.state(request).dispatcher.job_submitted(principal.user_id)
-        deps.state(request).metrics.jobs_submitted.labels(
-            job.template or "(workflow)", principal.user_id
-        ).inc()
+        state = deps.state(request)
+        state.dispatcher.job_submitted(principal.user_id)
+        state.metrics.jobs_submitted.labels(job.template or "(workflow)", principal.user_id).inc()
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         if sub is None:
             return await jobs.view(session, job, signer, new=True)

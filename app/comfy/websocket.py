@@ -228,8 +228,8 @@ class ComfyWebSocket:
         return parse_text(raw) if isinstance(raw, str) else parse_binary(raw)
 
     async def events(self) -> AsyncIterator[Event]:
-        """Connect, reconnect and yield events until `close()`. Never raises because of the
-        network or of a bad frame."""
+        """Connect, reconnect and yield events until `close()`. Never raises because of the network or
+        of a bad frame. The per-message loop stays inline (no sub-generator): one hop per message."""
         if self._iterating:
             raise RuntimeError("ComfyWebSocket.events() is already being iterated")
         self._iterating = True
@@ -241,20 +241,11 @@ class ComfyWebSocket:
             while not self._closed:
                 attempts += 1
                 try:
-                    ws = await self._until_closed(self._connect(), closer)
+                    ws = await self._connect_or_back_off(closer, failures + 1)
                 except _Closed:
                     return
-                except Exception as exc:  # noqa: BLE001 - refused, DNS, handshake, timeout, ...
+                if ws is None:
                     failures += 1
-                    delay = self._backoff(failures)
-                    logger.debug(
-                        "ComfyUI ws %s: connect failed (%s: %s), retry in %.2fs",
-                        self.url,
-                        type(exc).__name__,
-                        exc,
-                        delay,
-                    )
-                    await self._sleep(delay, closer)
                     continue
                 if self._closed:
                     await self._close_politely(ws)
@@ -263,22 +254,9 @@ class ComfyWebSocket:
                 opened_at = asyncio.get_running_loop().time()
                 reason: str | None = None
                 try:
-                    if self.send_feature_flags:
-                        await ws.send(json.dumps({"type": "feature_flags", "data": self.feature_flags}))
-                    # ComfyUI's first frame is `status` with the socket's `sid`: wait for it, so
-                    # that Connected can carry it. A connection that dies before saying anything
-                    # counts as a failed attempt, not as Connected + Disconnected.
-                    first: Message | None = None
-                    try:
-                        raw = await self._until_closed(ws.recv(), closer, timeout=self.first_message_timeout)
-                        first = self._parse(raw)
-                    except TimeoutError:
-                        pass
-                    sid = first.sid if isinstance(first, Status) and first.sid else None
-                    self.sid = sid
+                    first = await self._first_message(ws, closer)
                     connections += 1
-                    logger.info("ComfyUI ws %s: connected (sid=%s, attempt %d)", self.url, sid, attempts)
-                    yield Connected(sid=sid, attempt=attempts, is_reconnect=connections > 1)
+                    yield self._connected(first, attempts, connections)
                     attempts = 0
                     if first is not None:
                         yield first
@@ -296,12 +274,7 @@ class ComfyWebSocket:
                 except Exception as exc:  # noqa: BLE001 - anything else on this connection
                     reason = f"{type(exc).__name__}: {exc}"
                 finally:
-                    if self._ws is ws:
-                        self._ws = None
-                    if reason is not None and reason.startswith("stalled"):
-                        self._abort(ws)
-                    else:
-                        await self._close_politely(ws)
+                    await self._release(ws, reason)
                 if self._closed:
                     return
                 lived = asyncio.get_running_loop().time() - opened_at
@@ -313,11 +286,64 @@ class ComfyWebSocket:
                     logger.debug("ComfyUI ws %s: dropped before its first message (%s)", self.url, reason)
                 await self._sleep(self._backoff(failures), closer)
         finally:
-            closer.cancel()
-            self._iterating = False
-            last, self._ws = self._ws, None
-            if last is not None:
-                self._abort(last)
+            self._end_iteration(closer)
+
+    async def _connect_or_back_off(
+        self, closer: asyncio.Future[Any], failures: int
+    ) -> ClientConnection | None:
+        """A new connection; or, if connecting fails, None after the backoff for the `failures`-th
+        consecutive failure. Raises `_Closed` on close()."""
+        try:
+            return await self._until_closed(self._connect(), closer)
+        except _Closed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - refused, DNS, handshake, timeout, ...
+            delay = self._backoff(failures)
+            logger.debug(
+                "ComfyUI ws %s: connect failed (%s: %s), retry in %.2fs",
+                self.url,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+            await self._sleep(delay, closer)
+            return None
+
+    async def _first_message(self, ws: ClientConnection, closer: asyncio.Future[Any]) -> Message | None:
+        """Send our feature flags, then wait for the server's first frame (None if it says nothing in time)."""
+        if self.send_feature_flags:
+            await ws.send(json.dumps({"type": "feature_flags", "data": self.feature_flags}))
+        # ComfyUI's first frame is `status` with the socket's `sid`: wait for it, so
+        # that Connected can carry it. A connection that dies before saying anything
+        # counts as a failed attempt, not as Connected + Disconnected.
+        try:
+            raw = await self._until_closed(ws.recv(), closer, timeout=self.first_message_timeout)
+        except TimeoutError:
+            return None
+        return self._parse(raw)
+
+    def _connected(self, first: Message | None, attempts: int, connections: int) -> Connected:
+        """Note the socket's `sid` (from ComfyUI's first `status` frame) and announce the connection."""
+        sid = first.sid if isinstance(first, Status) and first.sid else None
+        self.sid = sid
+        logger.info("ComfyUI ws %s: connected (sid=%s, attempt %d)", self.url, sid, attempts)
+        return Connected(sid=sid, attempt=attempts, is_reconnect=connections > 1)
+
+    async def _release(self, ws: ClientConnection, reason: str | None) -> None:
+        """Forget a connection that ended: a stalled one is dropped, any other closed politely."""
+        if self._ws is ws:
+            self._ws = None
+        if reason is not None and reason.startswith("stalled"):
+            self._abort(ws)
+        else:
+            await self._close_politely(ws)
+
+    def _end_iteration(self, closer: asyncio.Future[Any]) -> None:
+        closer.cancel()
+        self._iterating = False
+        last, self._ws = self._ws, None
+        if last is not None:
+            self._abort(last)
 
 
 def _describe_close(exc: ConnectionClosed) -> str:

@@ -11,7 +11,7 @@ holds across backends and replicas) is never exceeded.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,9 +50,18 @@ class FairScheduler:
         if not waiting:
             return []
         users = await users_repo.by_ids(session, waiting)
+        capacity = self._capacity(users, waiting, in_flight, n)
+        if not capacity:
+            return []
+        self._level(capacity)
+        return await self._take_turns(session, capacity, in_flight, n, accept)
 
-        # How many of its jobs each user may start now. How many it has waiting is not counted
-        # (that would scan the queue); a user whose jobs run out gives the turns back below.
+    def _capacity(
+        self, users: Mapping[str, User], waiting: Iterable[str], in_flight: Mapping[str, int], n: int
+    ) -> dict[str, int]:
+        """How many of its jobs each user may start now (users who may start none left out); their
+        weights noted. How many it has waiting is not counted (that would scan the queue); a user
+        whose jobs run out gives the turns back in `_take_turns`."""
         capacity: dict[str, int] = {}
         for user_id in waiting:
             user = users.get(user_id)
@@ -67,19 +76,27 @@ class FairScheduler:
             if cap > 0:
                 capacity[user_id] = cap
                 self._weights[user_id] = _weight(user, self.settings)
-        if not capacity:
-            return []
+        return capacity
 
-        # A user who was idle joins at the level of the least-served active user: no credit is
-        # hoarded while away, and no one is punished for having been busy before.
+    def _level(self, capacity: Mapping[str, int]) -> None:
+        """A user who was idle joins at the level of the least-served active user: no credit is
+        hoarded while away, and no one is punished for having been busy before."""
         known = [self._vtime[u] for u in capacity if u in self._vtime]
         floor = min(known) if known else 0.0
         for user_id in capacity:
             self._vtime[user_id] = max(self._vtime.get(user_id, floor), floor)
 
-        # Each turn goes to the user with the lowest virtual time; a user's next jobs are read the
-        # first time it gets a turn, and a user whose jobs run out (or none of whose jobs can be
-        # placed now) drops out without costing anyone a slot.
+    async def _take_turns(
+        self,
+        session: AsyncSession,
+        capacity: dict[str, int],
+        in_flight: Mapping[str, int],
+        n: int,
+        accept: Callable[[Job], bool] | None,
+    ) -> list[Job]:
+        """Each turn goes to the user with the lowest virtual time; a user's next jobs are read the
+        first time it gets a turn, and a user whose jobs run out (or none of whose jobs can be
+        placed now) drops out without costing anyone a slot."""
         taken: dict[str, int] = defaultdict(int)
         jobs_of: dict[str, list[Job]] = {}
         ordered: list[Job] = []

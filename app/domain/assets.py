@@ -91,18 +91,7 @@ async def store(
     hasher = blake3()
     obj = await storage.write_stream(key, _hashed_chunks(fh, hasher))
     digest = "blake3:" + hasher.hexdigest()
-    if obj.size > settings.max_upload_bytes:
-        await storage.delete(key)
-        raise PayloadTooLarge(f"The file is larger than {settings.max_upload_bytes} bytes.")
-    if expected_hash is not None and expected_hash != digest:
-        await storage.delete(key)
-        raise V2Error(
-            409,
-            "hash_mismatch",
-            "The bytes received do not have the expected_hash.",
-            expected=expected_hash,
-            actual=digest,
-        )
+    await _check_received(storage, key, obj.size, settings.max_upload_bytes, digest, expected_hash)
     existing = await by_hash(session, user_id, digest)
     if existing is not None:
         await storage.delete(key)
@@ -116,6 +105,31 @@ async def store(
         size=obj.size,
         storage_key=key,
     )
+    return await _commit_new(session, storage, asset)
+
+
+async def _check_received(
+    storage: Storage, key: str, size: int, max_bytes: int, digest: str, expected_hash: str | None
+) -> None:
+    """The stored bytes are within the size limit and have the expected hash; if not, they are deleted."""
+    if size > max_bytes:
+        await storage.delete(key)
+        raise PayloadTooLarge(f"The file is larger than {max_bytes} bytes.")
+    if expected_hash is not None and expected_hash != digest:
+        await storage.delete(key)
+        raise V2Error(
+            409,
+            "hash_mismatch",
+            "The bytes received do not have the expected_hash.",
+            expected=expected_hash,
+            actual=digest,
+        )
+
+
+async def _commit_new(session: AsyncSession, storage: Storage, asset: Asset) -> tuple[Asset, bool]:
+    """Commit the new asset's row; if the same bytes won a race meanwhile, that asset (and the file is deleted)."""
+    # Read before the commit: after a rollback the row's attributes are not to be loaded again.
+    key, user_id, digest = asset.storage_key, asset.user_id, asset.hash
     repo.add(session, asset)
     try:
         await session.commit()

@@ -9,7 +9,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -88,6 +88,17 @@ async def _raw_inputs(
     return staged_inputs.stored(inputs)
 
 
+class _Graph(NamedTuple):
+    """What a request renders to: the workflow to run and what goes with it on the job."""
+
+    workflow: dict[str, Any]
+    params: dict[str, Any]
+    output_nodes: list[str]
+    inputs: list[dict[str, Any]]
+    timeout_seconds: float | None
+    keep_temp: bool
+
+
 async def build(
     session: AsyncSession,
     principal: Principal,
@@ -104,7 +115,38 @@ async def build(
     which nodes of a template are output nodes.
     Image params given as data: URIs or URLs are stored as the caller's uploads in `storage`
     (appended to `new_uploads`: the caller adds them with the job, or deletes their files)."""
-    inputs: list[dict[str, Any]] = []
+    priority = _check_request(principal, req, settings)
+    if req.template is not None:
+        graph = await _from_template(
+            session, principal, req, req.template, settings, object_info, storage, new_uploads, fetch_url
+        )
+    else:
+        assert req.workflow is not None
+        graph = await _from_raw_workflow(session, principal, req, req.workflow, settings, object_info)
+    return Job(
+        id=str(uuid.uuid4()),
+        user_id=principal.user_id,
+        status="queued",
+        template=req.template,
+        params=graph.params,
+        workflow=graph.workflow,
+        output_nodes=graph.output_nodes,
+        inputs=graph.inputs,
+        keep_temp=graph.keep_temp,
+        priority=priority,
+        meta=req.metadata,
+        attempts=0,
+        cancel_requested=False,
+        timeout_seconds=min(limits)
+        if (limits := [t for t in (graph.timeout_seconds, req.timeout_seconds) if t])
+        else None,
+        webhook_url=req.webhook[0] if req.webhook else None,
+        webhook_events=req.webhook[1] if req.webhook else None,
+    )
+
+
+def _check_request(principal: Principal, req: GenerateInput, settings: Settings) -> int:
+    """The checks that need no template or graph; returns the priority the job gets."""
     if (req.template is None) == (req.workflow is None):
         raise ValidationFailed(
             "Send either 'template' (with 'params') or 'workflow', not both and not neither.",
@@ -121,90 +163,101 @@ async def build(
             f"metadata is larger than {settings.max_metadata_bytes} bytes.",
             errors=[{"field": "metadata", "message": "too large"}],
         )
-
     if req.timeout_seconds is not None and req.timeout_seconds > settings.max_job_seconds:
         raise ValidationFailed(
             f"timeout_seconds is above this server's maximum of {settings.max_job_seconds:g} s.",
             errors=[{"field": "timeout_seconds", "message": f"at most {settings.max_job_seconds:g}"}],
         )
-    timeout_seconds: float | None = None
-    keep_temp = False
-    if req.template is not None:
-        try:
-            doc = await get_document(session, req.template)
-        except NotFound as exc:
-            raise ValidationFailed(
-                exc.detail, errors=[{"field": "template", "message": "no such template"}]
-            ) from None
-        _check_string_lengths(doc, req.params, settings.max_param_string_length)
-        try:
-            resolved = resolve_params(doc, req.params)
-        except ParamsInvalid as exc:
-            raise ValidationFailed(
-                "Some params are not valid for template "
-                + repr(req.template)
-                + ": "
-                + ", ".join(sorted({str(e["param"]) for e in exc.errors if e.get("param")}))
-                + ".",
-                errors=exc.errors,
-            ) from None
-        image_params = {
-            name: (spec.binds(), spec.mask_of) for name, spec in doc.params.items() if spec.type == "image"
-        }
-        if image_params and any(name in resolved for name in image_params):
-            if storage is None:
-                raise ValidationFailed(
-                    "Image params are not accepted here.",
-                    errors=[{"field": "params", "message": "no storage"}],
-                )
-            inputs = await resolve_images(
-                session,
-                storage,
-                settings,
-                principal.user_id,
-                image_params,
-                resolved,
-                new_uploads if new_uploads is not None else [],
-                fetch_url,
-            )
-        workflow = render(doc, resolved)
-        # A backend's node definitions say which custom nodes are output nodes too (e.g. a video
-        # combiner): without them only the stock output classes would be collected.
-        nodes = output_nodes(doc, object_info)
-        timeout_seconds = doc.timeout_seconds
-        keep_temp = doc.keep_temp
-    else:
-        assert req.workflow is not None
-        if not (principal.unlimited or principal.is_admin or principal.limits.get("allow_raw_workflows")):
-            raise Forbidden("Your account may not send raw workflows; use a template.")
-        if req.params:
-            raise ValidationFailed(
-                "'params' go with a template, not a raw workflow.",
-                errors=[{"field": "params", "message": "not allowed with workflow"}],
-            )
-        nodes = check_raw_workflow(req.workflow, settings, object_info)
-        workflow, resolved = req.workflow, {}
-        inputs = await _raw_inputs(session, principal, upload_refs(req.workflow, object_info))
+    return priority
 
-    return Job(
-        id=str(uuid.uuid4()),
-        user_id=principal.user_id,
-        status="queued",
-        template=req.template,
+
+async def _from_template(
+    session: AsyncSession,
+    principal: Principal,
+    req: GenerateInput,
+    template: str,
+    settings: Settings,
+    object_info: Mapping[str, Any] | None,
+    storage: Storage | None,
+    new_uploads: list[Any] | None,
+    fetch_url: UrlFetcher | None,
+) -> _Graph:
+    """A template rendered with the request's params (image params stored as the caller's uploads)."""
+    try:
+        doc = await get_document(session, template)
+    except NotFound as exc:
+        raise ValidationFailed(
+            exc.detail, errors=[{"field": "template", "message": "no such template"}]
+        ) from None
+    _check_string_lengths(doc, req.params, settings.max_param_string_length)
+    try:
+        resolved = resolve_params(doc, req.params)
+    except ParamsInvalid as exc:
+        raise ValidationFailed(
+            "Some params are not valid for template "
+            + repr(template)
+            + ": "
+            + ", ".join(sorted({str(e["param"]) for e in exc.errors if e.get("param")}))
+            + ".",
+            errors=exc.errors,
+        ) from None
+    inputs: list[dict[str, Any]] = []
+    image_params = {
+        name: (spec.binds(), spec.mask_of) for name, spec in doc.params.items() if spec.type == "image"
+    }
+    if image_params and any(name in resolved for name in image_params):
+        if storage is None:
+            raise ValidationFailed(
+                "Image params are not accepted here.",
+                errors=[{"field": "params", "message": "no storage"}],
+            )
+        inputs = await resolve_images(
+            session,
+            storage,
+            settings,
+            principal.user_id,
+            image_params,
+            resolved,
+            new_uploads if new_uploads is not None else [],
+            fetch_url,
+        )
+    # A backend's node definitions say which custom nodes are output nodes too (e.g. a video
+    # combiner): without them only the stock output classes would be collected.
+    return _Graph(
+        workflow=render(doc, resolved),
         params=resolved,
+        output_nodes=output_nodes(doc, object_info),
+        inputs=inputs,
+        timeout_seconds=doc.timeout_seconds,
+        keep_temp=doc.keep_temp,
+    )
+
+
+async def _from_raw_workflow(
+    session: AsyncSession,
+    principal: Principal,
+    req: GenerateInput,
+    workflow: dict[str, Any],
+    settings: Settings,
+    object_info: Mapping[str, Any] | None,
+) -> _Graph:
+    """A raw workflow, checked, with its `upload:<id>` references staged (if the account may send one)."""
+    if not (principal.unlimited or principal.is_admin or principal.limits.get("allow_raw_workflows")):
+        raise Forbidden("Your account may not send raw workflows; use a template.")
+    if req.params:
+        raise ValidationFailed(
+            "'params' go with a template, not a raw workflow.",
+            errors=[{"field": "params", "message": "not allowed with workflow"}],
+        )
+    nodes = check_raw_workflow(workflow, settings, object_info)
+    inputs = await _raw_inputs(session, principal, upload_refs(workflow, object_info))
+    return _Graph(
         workflow=workflow,
+        params={},
         output_nodes=nodes,
         inputs=inputs,
-        keep_temp=keep_temp,
-        priority=priority,
-        meta=req.metadata,
-        attempts=0,
-        cancel_requested=False,
-        timeout_seconds=min(limits)
-        if (limits := [t for t in (timeout_seconds, req.timeout_seconds) if t])
-        else None,
-        webhook_url=req.webhook[0] if req.webhook else None,
-        webhook_events=req.webhook[1] if req.webhook else None,
+        timeout_seconds=None,
+        keep_temp=False,
     )
 
 

@@ -134,23 +134,7 @@ def check_raw_workflow(
     """Raise ValidationFailed if the graph may not run here; returns its output node ids ([] = every
     output node, decided from ComfyUI's history when the job ends: which nodes are outputs is known
     only from a backend's /object_info)."""
-    if not workflow:
-        raise ValidationFailed("The workflow is empty.", errors=[{"field": "workflow", "message": "empty"}])
-    if len(workflow) > settings.max_workflow_nodes:
-        raise ValidationFailed(
-            f"The workflow has {len(workflow)} nodes; at most {settings.max_workflow_nodes} are accepted.",
-            errors=[{"field": "workflow", "message": f"more than {settings.max_workflow_nodes} nodes"}],
-        )
-    shape = [
-        {"field": f"workflow.{node_id}", "message": "a node needs a string class_type and an inputs object"}
-        for node_id, node in workflow.items()
-        if not isinstance(node, dict)
-        or not isinstance(node.get("class_type"), str)
-        or not isinstance(node.get("inputs"), dict)
-    ]
-    if shape:
-        raise ValidationFailed("The workflow is not in ComfyUI's API format.", errors=shape)
-
+    _check_size_and_shape(workflow, settings)
     denied, allowed = set(settings.raw_workflow_deny_nodes), set(settings.raw_workflow_allow_nodes)
     errors: list[dict[str, str]] = []
     for node_id, node in workflow.items():
@@ -168,47 +152,90 @@ def check_raw_workflow(
         # A file input may only name a file the gateway stages for this job: `upload:<id>` of one
         # of the caller's uploads, in an input that loads an image. A plain file name (which could
         # be any user's file in ComfyUI's shared input folder) or a link is refused.
-        images = image_inputs(class_type, object_info)
         files = upload_inputs(class_type, object_info)
-        # Any node, known or not (custom nodes take free-text paths: VHS_LoadVideoPath...), may
-        # not be given a server path; file inputs are checked below, and a combo's own choices
-        # are ComfyUI's to check.
-        for name, value in sorted(node["inputs"].items()):
-            if (
-                name not in files
-                and isinstance(value, str)
-                and looks_like_path(value)
-                and value not in _combo_options(class_type, name, object_info)
-            ):
-                errors.append(
-                    _node_error(
-                        node_id,
-                        class_type,
-                        f"inputs.{name}",
-                        f"input {name!r} of {class_type!r} looks like a path on the server (absolute, "
-                        "drive, home, file: or '..'); raw workflows cannot name server paths",
-                    )
-                )
-        for name in sorted(files & set(node["inputs"])):
-            value = node["inputs"][name]
-            if name in images and isinstance(value, str) and value.startswith(UPLOAD_REF):
-                continue
-            hint = (
-                f'give one of your uploads as "{UPLOAD_REF}<upload id>"'
-                if name in images
-                else "raw workflows cannot use server files of this kind"
-            )
-            errors.append(
-                _node_error(
-                    node_id,
-                    class_type,
-                    f"inputs.{name}",
-                    f"input {name!r} of {class_type!r} names a file on the ComfyUI server; {hint}",
-                )
-            )
+        _check_server_paths(errors, node_id, class_type, node["inputs"], files, object_info)
+        _check_file_inputs(
+            errors, node_id, class_type, node["inputs"], files, image_inputs(class_type, object_info)
+        )
     if errors:
         named = ", ".join(f"{e['node_id']} ({e['class_type']})" for e in errors)
         raise ValidationFailed(
             f"The workflow uses nodes or inputs this gateway refuses: {named}.", errors=errors
         )
     return []
+
+
+def _check_size_and_shape(workflow: dict[str, Any], settings: Settings) -> None:
+    """Not empty, not over GATEWAY_MAX_WORKFLOW_NODES, and every node in ComfyUI's API format."""
+    if not workflow:
+        raise ValidationFailed("The workflow is empty.", errors=[{"field": "workflow", "message": "empty"}])
+    if len(workflow) > settings.max_workflow_nodes:
+        raise ValidationFailed(
+            f"The workflow has {len(workflow)} nodes; at most {settings.max_workflow_nodes} are accepted.",
+            errors=[{"field": "workflow", "message": f"more than {settings.max_workflow_nodes} nodes"}],
+        )
+    shape = [
+        {"field": f"workflow.{node_id}", "message": "a node needs a string class_type and an inputs object"}
+        for node_id, node in workflow.items()
+        if not isinstance(node, dict)
+        or not isinstance(node.get("class_type"), str)
+        or not isinstance(node.get("inputs"), dict)
+    ]
+    if shape:
+        raise ValidationFailed("The workflow is not in ComfyUI's API format.", errors=shape)
+
+
+def _check_server_paths(
+    errors: list[dict[str, str]],
+    node_id: str,
+    class_type: str,
+    inputs: dict[str, Any],
+    files: frozenset[str],
+    object_info: Mapping[str, Any] | None,
+) -> None:
+    """Any node, known or not (custom nodes take free-text paths: VHS_LoadVideoPath...), may not be
+    given a server path; file inputs are checked apart, and a combo's own choices are ComfyUI's to check."""
+    for name, value in sorted(inputs.items()):
+        if (
+            name not in files
+            and isinstance(value, str)
+            and looks_like_path(value)
+            and value not in _combo_options(class_type, name, object_info)
+        ):
+            errors.append(
+                _node_error(
+                    node_id,
+                    class_type,
+                    f"inputs.{name}",
+                    f"input {name!r} of {class_type!r} looks like a path on the server (absolute, "
+                    "drive, home, file: or '..'); raw workflows cannot name server paths",
+                )
+            )
+
+
+def _check_file_inputs(
+    errors: list[dict[str, str]],
+    node_id: str,
+    class_type: str,
+    inputs: dict[str, Any],
+    files: frozenset[str],
+    images: frozenset[str],
+) -> None:
+    """A file input must be an image input given as `upload:<id>`."""
+    for name in sorted(files & set(inputs)):
+        value = inputs[name]
+        if name in images and isinstance(value, str) and value.startswith(UPLOAD_REF):
+            continue
+        hint = (
+            f'give one of your uploads as "{UPLOAD_REF}<upload id>"'
+            if name in images
+            else "raw workflows cannot use server files of this kind"
+        )
+        errors.append(
+            _node_error(
+                node_id,
+                class_type,
+                f"inputs.{name}",
+                f"input {name!r} of {class_type!r} names a file on the ComfyUI server; {hint}",
+            )
+        )

@@ -7,7 +7,7 @@ inputs they declare, and which nodes are output nodes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ._values import json_type_name
@@ -104,123 +104,133 @@ def check_template(
     """
     if not isinstance(doc, TemplateDocument):
         doc = parse_template(dict(doc))
-    errors: list[dict[str, str]] = []
-    workflow = doc.workflow
     link_types = _link_types(object_info) if object_info is not None else set()
+    problems = [
+        *_graph_problems(doc.workflow, object_info),
+        *_bind_problems(doc, object_info, link_types),
+        *_output_problems(doc, object_info),
+    ]
+    if problems:
+        raise TemplateInvalid([{"field": field, "message": message} for field, message in problems])
 
-    def err(field: str, message: str) -> None:
-        errors.append({"field": field, "message": message})
 
-    # --- the graph itself -----------------------------------------------------------------------
+#: One problem found by a check: the field it is about, and what is wrong.
+_Problem = tuple[str, str]
+
+
+def _graph_problems(workflow: Mapping[str, Any], object_info: Mapping[str, Any] | None) -> Iterator[_Problem]:
+    """Every node is an object with a known ``class_type`` and an ``inputs`` object whose links hold."""
     for node_id, node in workflow.items():
         where = f"workflow.{node_id}"
         if not isinstance(node, Mapping):
-            err(where, f"a node must be an object with 'class_type' and 'inputs', got {json_type_name(node)}")
+            yield (
+                where,
+                f"a node must be an object with 'class_type' and 'inputs', got {json_type_name(node)}",
+            )
             continue
         class_type = node.get("class_type")
         if not isinstance(class_type, str) or not class_type:
-            err(f"{where}.class_type", "every node needs a non-empty string 'class_type'")
+            yield f"{where}.class_type", "every node needs a non-empty string 'class_type'"
         elif object_info is not None and _class_info(object_info, class_type) is None:
-            err(f"{where}.class_type", f"unknown node class {class_type!r}: the server does not have it")
+            yield f"{where}.class_type", f"unknown node class {class_type!r}: the server does not have it"
         inputs = node.get("inputs")
         if not isinstance(inputs, Mapping):
-            err(f"{where}.inputs", "every node needs an 'inputs' object")
+            yield f"{where}.inputs", "every node needs an 'inputs' object"
             continue
-        cinfo = _class_info(object_info, class_type)
+        checks_outputs = _class_info(object_info, class_type) is not None
         for input_name, value in inputs.items():
-            if not is_link(value):
-                continue
-            if not _is_valid_link(value):
-                err(
-                    f"{where}.inputs.{input_name}",
-                    f"a link must be [node id, output index], got {value!r}",
-                )
-            elif value[0] not in workflow:
-                err(
-                    f"{where}.inputs.{input_name}",
-                    f"links to node {value[0]!r}, which is not in the workflow",
-                )
-            elif cinfo is not None:
-                src = workflow[value[0]]
-                src_info = (
-                    _class_info(object_info, src.get("class_type")) if isinstance(src, Mapping) else None
-                )
-                outs = src_info.get("output") if src_info is not None else None
-                if isinstance(outs, list) and value[1] >= len(outs):
-                    err(
-                        f"{where}.inputs.{input_name}",
-                        f"links to output {value[1]} of node {value[0]!r}, which has {len(outs)} output(s)",
-                    )
+            if is_link(value):
+                problem = _link_problem(workflow, object_info, value, checks_outputs)
+                if problem is not None:
+                    yield f"{where}.inputs.{input_name}", problem
 
-    # --- binds ----------------------------------------------------------------------------------
+
+def _link_problem(
+    workflow: Mapping[str, Any], object_info: Mapping[str, Any] | None, value: Any, checks_outputs: bool
+) -> str | None:
+    """What is wrong with the link ``value``; its output index is checked only when ``checks_outputs``."""
+    if not _is_valid_link(value):
+        return f"a link must be [node id, output index], got {value!r}"
+    if value[0] not in workflow:
+        return f"links to node {value[0]!r}, which is not in the workflow"
+    if not checks_outputs:
+        return None
+    src = workflow[value[0]]
+    src_info = _class_info(object_info, src.get("class_type")) if isinstance(src, Mapping) else None
+    outs = src_info.get("output") if src_info is not None else None
+    if isinstance(outs, list) and value[1] >= len(outs):
+        return f"links to output {value[1]} of node {value[0]!r}, which has {len(outs)} output(s)"
+    return None
+
+
+def _bind_problems(
+    doc: TemplateDocument, object_info: Mapping[str, Any] | None, link_types: set[str]
+) -> Iterator[_Problem]:
+    """Every bind names an input its node has, that holds a value (not a link or a socket)."""
     for pname, spec in doc.params.items():
         for i, bind in enumerate(spec.bind):
-            field = f"params.{pname}.bind[{i}]"
-            node_id, input_name = parse_bind(bind)
-            node = workflow.get(node_id)
-            if node is None:
-                err(field, f"{bind!r}: node {node_id!r} is not in the workflow")
-                continue
-            if not isinstance(node, Mapping) or not isinstance(node.get("inputs"), Mapping):
-                err(field, f"{bind!r}: node {node_id!r} is malformed (see workflow.{node_id})")
-                continue
-            inputs = node["inputs"]
-            class_type = node.get("class_type")
-            cinfo = _class_info(object_info, class_type)
-            if input_name in inputs:
-                if is_link(inputs[input_name]):
-                    err(
-                        field,
-                        f"{bind!r}: input {input_name!r} of node {node_id!r} holds a link "
-                        f"{inputs[input_name]!r}; a param cannot replace a link (it would cut the "
-                        "graph). Bind the input of the node the link comes from instead",
-                    )
-                continue
-            declared = declared_inputs(cinfo) if cinfo is not None else {}
-            if input_name in declared:
-                socket = _declared_as_link(declared[input_name], link_types)
-                if socket is not None:
-                    err(
-                        field,
-                        f"{bind!r}: input {input_name!r} of {class_type} takes a link of type "
-                        f"{socket}, not a value",
-                    )
-                continue
-            known = sorted(set(inputs) | set(declared))
-            err(
-                field,
-                f"{bind!r}: node {node_id!r} ({class_type}) has no input {input_name!r}"
-                + (f"; its inputs are: {', '.join(known)}" if known else ""),
+            problem = _bind_problem(doc.workflow, object_info, link_types, bind)
+            if problem is not None:
+                yield f"params.{pname}.bind[{i}]", problem
+
+
+def _bind_problem(
+    workflow: Mapping[str, Any], object_info: Mapping[str, Any] | None, link_types: set[str], bind: str
+) -> str | None:
+    node_id, input_name = parse_bind(bind)
+    node = workflow.get(node_id)
+    if node is None:
+        return f"{bind!r}: node {node_id!r} is not in the workflow"
+    if not isinstance(node, Mapping) or not isinstance(node.get("inputs"), Mapping):
+        return f"{bind!r}: node {node_id!r} is malformed (see workflow.{node_id})"
+    inputs = node["inputs"]
+    class_type = node.get("class_type")
+    if input_name in inputs:
+        if is_link(inputs[input_name]):
+            return (
+                f"{bind!r}: input {input_name!r} of node {node_id!r} holds a link "
+                f"{inputs[input_name]!r}; a param cannot replace a link (it would cut the "
+                "graph). Bind the input of the node the link comes from instead"
             )
+        return None
+    cinfo = _class_info(object_info, class_type)
+    declared = declared_inputs(cinfo) if cinfo is not None else {}
+    if input_name in declared:
+        socket = _declared_as_link(declared[input_name], link_types)
+        if socket is not None:
+            return (
+                f"{bind!r}: input {input_name!r} of {class_type} takes a link of type {socket}, not a value"
+            )
+        return None
+    known = sorted(set(inputs) | set(declared))
+    return f"{bind!r}: node {node_id!r} ({class_type}) has no input {input_name!r}" + (
+        f"; its inputs are: {', '.join(known)}" if known else ""
+    )
 
-    # --- outputs --------------------------------------------------------------------------------
-    if doc.outputs is not None:
-        for i, node_id in enumerate(doc.outputs):
-            node = workflow.get(node_id)
-            if node is None:
-                err(f"outputs[{i}]", f"node {node_id!r} is not in the workflow")
-                continue
-            if object_info is not None and isinstance(node, Mapping):
-                cinfo = _class_info(object_info, node.get("class_type"))
-                if cinfo is not None and not is_output_class(cinfo):
-                    err(
-                        f"outputs[{i}]",
-                        f"node {node_id!r} ({node.get('class_type')}) is not an output node, so it "
-                        "has no files to return",
-                    )
 
-    if object_info is not None:
-        has_output = any(
-            isinstance(node, Mapping)
-            and (cinfo := _class_info(object_info, node.get("class_type"))) is not None
-            and is_output_class(cinfo)
-            for node in workflow.values()
+def _output_problems(doc: TemplateDocument, object_info: Mapping[str, Any] | None) -> Iterator[_Problem]:
+    """Every listed output is a workflow node (an output node, with ``object_info``), and one exists."""
+    workflow = doc.workflow
+    for i, node_id in enumerate(doc.outputs or ()):
+        node = workflow.get(node_id)
+        if node is None:
+            yield f"outputs[{i}]", f"node {node_id!r} is not in the workflow"
+            continue
+        if object_info is not None and isinstance(node, Mapping):
+            cinfo = _class_info(object_info, node.get("class_type"))
+            if cinfo is not None and not is_output_class(cinfo):
+                yield (
+                    f"outputs[{i}]",
+                    f"node {node_id!r} ({node.get('class_type')}) is not an output node, so it "
+                    "has no files to return",
+                )
+    if object_info is not None and not any(
+        isinstance(node, Mapping)
+        and (cinfo := _class_info(object_info, node.get("class_type"))) is not None
+        and is_output_class(cinfo)
+        for node in workflow.values()
+    ):
+        yield (
+            "workflow",
+            "the workflow has no output node (such as SaveImage); ComfyUI refuses a prompt without one",
         )
-        if not has_output:
-            err(
-                "workflow",
-                "the workflow has no output node (such as SaveImage); ComfyUI refuses a prompt without one",
-            )
-
-    if errors:
-        raise TemplateInvalid(errors)

@@ -176,14 +176,7 @@ class WebhookSender(Loop):
             if not due:
                 return 0
             leased = len(due)
-            kept, over = [], []
-            for delivery in due:
-                if per_user[delivery.user_id] < share:
-                    per_user[delivery.user_id] += 1
-                    kept.append(delivery)
-                else:
-                    over.append(delivery.id)
-            due = kept
+            due, over = _within_shares(due, per_user, share)
             self._holding.update((d.id, d.user_id) for d in due)
             try:
                 if over:
@@ -199,6 +192,21 @@ class WebhookSender(Loop):
         except BaseException:
             await self._let_go([d.id for d in due])
             raise
+        started = self._start_attempts(due, bodies, secrets, lease_end)
+        if wait and started:
+            await asyncio.gather(*started, return_exceptions=True)
+        if leased == min(free, BATCH):
+            self.wake()  # more may be due
+        return len(due)
+
+    def _start_attempts(
+        self,
+        due: list[WebhookDelivery],
+        bodies: dict[str, str],
+        secrets: dict[str, list[str]],
+        lease_end: float,
+    ) -> list[asyncio.Task[None]]:
+        """One task per leased delivery whose job is still there; the others are let go of."""
         started = []
         for delivery in due:
             if delivery.id not in bodies:
@@ -211,11 +219,7 @@ class WebhookSender(Loop):
             self._inflight.add(task)
             task.add_done_callback(functools.partial(self._sent_callback, delivery))
             started.append(task)
-        if wait and started:
-            await asyncio.gather(*started, return_exceptions=True)
-        if leased == min(free, BATCH):
-            self.wake()  # more may be due
-        return len(due)
+        return started
 
     def _sent_callback(self, delivery: WebhookDelivery, task: asyncio.Task[None]) -> None:
         self._sent(task, delivery)
@@ -387,3 +391,18 @@ class WebhookSender(Loop):
         except Exception as exc:  # noqa: BLE001 - whatever a URL or a receiver does, it is one failed attempt
             log.warning("webhook %s: unexpected error sending", delivery.id, exc_info=True)
             return Outcome(error=SEND_FAILED, detail=type(exc).__name__)
+
+
+def _within_shares(
+    due: list[WebhookDelivery], per_user: Counter[str], share: int
+) -> tuple[list[WebhookDelivery], list[str]]:
+    """The deliveries that fit their user's share of sending slots (counted into `per_user`), and
+    the ids of those past it."""
+    kept, over = [], []
+    for delivery in due:
+        if per_user[delivery.user_id] < share:
+            per_user[delivery.user_id] += 1
+            kept.append(delivery)
+        else:
+            over.append(delivery.id)
+    return kept, over
