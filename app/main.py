@@ -248,31 +248,14 @@ def _wire(
         metrics=metrics,
     )
     event_log = EventLog(worker_sessionmaker, signer, bus, settings)
-    relay = _wire_events(settings, sessionmaker, worker_sessionmaker, bus, event_log, webhook_sender)
-    notifier = Notifier(event_log, metrics)
-    # On PostgreSQL every dispatching replica follows only the backends it leases.
-    keeper = (
-        LeaseKeeper(
-            worker_sessionmaker,
-            replica_id=replica_id,
-            lease_seconds=settings.backend_lease_seconds,
-            name=settings.replica_name,
-        )
-        if settings.run_dispatcher and not is_sqlite(settings.database_url)
-        else None
+    # Names this replica: its own event announcements (PostgreSQL NOTIFY) and its leases.
+    replica_id = uuid.uuid4().hex
+    relay = _wire_events(
+        settings, sessionmaker, worker_sessionmaker, bus, event_log, webhook_sender, replica_id
     )
-    dispatcher = Dispatcher(
-        sessionmaker=worker_sessionmaker,
-        settings=settings,
-        storage=storage,
-        notifier=notifier,
-        metrics=metrics,
-        leases=keeper,
+    dispatcher = _dispatcher(
+        settings, worker_sessionmaker, storage, Notifier(event_log, metrics), metrics, relay, replica_id
     )
-    if keeper is not None:
-        # A submit, a job's end or a lease given back on another replica wakes this one now.
-        relay.on_remote_event = dispatcher.wake
-        relay.channels[leases_repo.CHANNEL] = keeper.nudge
     retention = RetentionService(worker_sessionmaker, storage, settings)
     gauges = JobGauges(sessionmaker, metrics, settings.metrics_refresh_seconds)
     fetch_url = make_fetcher(
@@ -313,6 +296,42 @@ def _outbound_guard(
     )
 
 
+def _dispatcher(
+    settings: Settings,
+    worker_sessionmaker: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    notifier: Notifier,
+    metrics: Metrics,
+    relay: EventRelay,
+    replica_id: str,
+) -> Dispatcher:
+    """The dispatcher, and on PostgreSQL its lease keeper: every dispatching replica follows only
+    the backends it leases."""
+    keeper = (
+        LeaseKeeper(
+            worker_sessionmaker,
+            replica_id=replica_id,
+            lease_seconds=settings.backend_lease_seconds,
+            name=settings.replica_name,
+        )
+        if settings.run_dispatcher and not is_sqlite(settings.database_url)
+        else None
+    )
+    dispatcher = Dispatcher(
+        sessionmaker=worker_sessionmaker,
+        settings=settings,
+        storage=storage,
+        notifier=notifier,
+        metrics=metrics,
+        leases=keeper,
+    )
+    if keeper is not None:
+        # A submit, a job's end or a lease given back on another replica wakes this one now.
+        relay.on_remote_event = dispatcher.wake
+        relay.channels[leases_repo.CHANNEL] = keeper.nudge
+    return dispatcher
+
+
 def _wire_events(
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -320,11 +339,10 @@ def _wire_events(
     bus: EventBus,
     event_log: EventLog,
     webhook_sender: WebhookSender,
+    replica_id: str,
 ) -> EventRelay:
     """Hook the sessions' commits to the webhook sender and the event log; returns the relay that
-    brings other replicas' events to this one."""
-    # Tells this replica's own event announcements (PostgreSQL NOTIFY) from the others'.
-    replica_id = uuid.uuid4().hex
+    brings other replicas' events to this one (`replica_id` tells this replica's own NOTIFYs)."""
     for maker in (sessionmaker, worker_sessionmaker):
         # Sessions that commit a job transition with a webhook wake the sender at once, and events
         # logged in a transaction reach this process's subscribers when it commits.

@@ -138,7 +138,7 @@ class ComfyClient:
         status = resp.status_code
         if status < 400:
             return
-        body = text if text is not None else resp.text
+        body = text if text is not None else getattr(resp, "text", "")  # a Streamed answer passes its text
         message = f"{what}: HTTP {status}"
         if body:
             message += f": {_snippet(body)}"

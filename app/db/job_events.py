@@ -48,7 +48,7 @@ class LoggedEvent:
 
 # A Core INSERT of the table, built once: the ORM's bulk-insert path (it maps each dict onto the
 # mapped class first) cost more than the statement.
-_INSERT_EVENTS = insert(JobEvent.__table__)
+_INSERT_EVENTS = insert(JobEvent.__table__)  # type: ignore[arg-type]  # a Table
 
 
 async def append(session: AsyncSession, events: list[LoggedEvent]) -> None:

@@ -238,6 +238,6 @@ def inline_creator(url: str, connect_args: dict[str, Any]) -> Callable[[], Any]:
     gate = _gates.setdefault(os.path.realpath(database) if database != ":memory:" else database, _Gate())
 
     async def connect() -> InlineConnection:
-        return InlineConnection(sqlite3.connect(*cargs, **cparams), gate, busy_seconds)
+        return InlineConnection(sqlite3.connect(*cargs, **cparams), gate, busy_seconds)  # type: ignore[call-overload]  # SQLAlchemy's connect args
 
     return connect

@@ -352,26 +352,26 @@ class Dispatcher(Loop, BackendPool):
                 await session.commit()
             for item in (i for items in claimed.values() for i in items):
                 self._waiting.pop(item.job_id, None)
-            for job in failed:
-                if job is not None:
-                    self.ctx.notifier.publish(job)
+            for ended in failed:
+                if ended is not None:
+                    self.ctx.notifier.publish(ended)
         for url, items in claimed.items():
-            link = self._by_url.get(url)
-            if link is None:
+            owner = self._by_url.get(url)
+            if owner is None:
                 # Its lease was lost during the round: the claims are the next owner's to reconcile.
                 for item in items:
                     self.scheduler.give_back(item.user_id)
                 continue
             for item in items:
                 flight = InFlight(item.job_id, item.user_id, timeout=item.timeout, outputs=item.outputs)
-                if link.free_slots(cap) and not link.draining:
-                    link.track(item.prompt_id, flight)
-                    link.submitting.add(item.prompt_id)
+                if owner.free_slots(cap) and not owner.draining:
+                    owner.track(item.prompt_id, flight)
+                    owner.submitting.add(item.prompt_id)
                     sends[url].append(item)
-                    sending.append(self._send(link, [item]))
+                    sending.append(self._send(owner, [item]))
                 else:
-                    link.prepare(item, flight)
-            self.ctx.metrics.backend_inflight.labels(url).set(len(link.slots))
+                    owner.prepare(item, flight)
+            self.ctx.metrics.backend_inflight.labels(url).set(len(owner.slots))
         waiting_for = [task for task in sending if task is not None]
         if waiting_for:
             await asyncio.gather(*waiting_for)
@@ -602,7 +602,7 @@ class Dispatcher(Loop, BackendPool):
             except Exception:  # noqa: BLE001 - not transient: trying every round would not help
                 log.exception("taking canceled prompts %s off %s failed", pids, link.url)
             for job in group:
-                link.forget(job.prompt_id)
+                link.forget(job.prompt_id or "")
                 await self._cleanup_done(job)
 
     async def _cleanup_done(self, job: Job) -> None:

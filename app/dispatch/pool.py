@@ -179,18 +179,18 @@ class BackendPool:
             if link.url not in rows:
                 await self._remove_link(link)
         for url, row in rows.items():
-            link = self._by_url.get(url)
-            if link is None and self.leases is not None:
+            known = self._by_url.get(url)
+            if known is None and self.leases is not None:
                 continue  # followed once its lease is taken (take_backend)
-            if link is None:
-                link = await self._add_link(url, row.id, draining=row.state == "draining")
+            if known is None:
+                known = await self._add_link(url, row.id, draining=row.state == "draining")
                 if self._started:
-                    self._start_link(link)
+                    self._start_link(known)
                 log.info("backend %s joined the pool", url)
             # A drain or resume applied here after this read began is newer than what was read:
             # applying the read would undo it for a moment and let a job onto a drained backend.
-            if link.draining_stamp <= seen:
-                link.draining = row.state == "draining"
+            if known.draining_stamp <= seen:
+                known.draining = row.state == "draining"
 
     async def _requeue_orphans(self) -> None:
         """Jobs handed to a backend that is no longer registered (removed in a race with a claim,
@@ -216,9 +216,9 @@ class BackendPool:
                     )
             await session.commit()
         # Subscribers hear of it from the event log (the unclaim logged a `status` event).
-        for job in changed:
-            if job is not None:
-                self.ctx.notifier.publish(job)
+        for unclaimed in changed:
+            if unclaimed is not None:
+                self.ctx.notifier.publish(unclaimed)
         if changed:
             self.wake()
 

@@ -55,7 +55,7 @@ class DispatchContext:
     storage: Storage
     notifier: Notifier
     metrics: Metrics
-    spawn: Callable[[Coroutine[Any, Any, Any], str], None]
+    spawn: Callable[[Coroutine[Any, Any, Any], str], object]
     wake: Callable[[], None]
 
     def session(self, link: BackendLink) -> AsyncSession:
@@ -467,15 +467,15 @@ class Tracker:
         # be recorded) or a reconnect meanwhile keeps it asked for.
         link.needs_reconcile = False
         for job in jobs:
-            pid = job.prompt_id
-            if pid is None or pid in link.submitting:
+            job_pid = job.prompt_id
+            if job_pid is None or job_pid in link.submitting:
                 continue
             try:
-                await self._reconcile_one(link, job, pid, running, pending)
+                await self._reconcile_one(link, job, job_pid, running, pending)
             except BackendUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - one job must not stop the backend's reconciliation
-                await self.fail_unexpected(link, pid, "reconciling it", exc, stop=True)
+                await self.fail_unexpected(link, job_pid, "reconciling it", exc, stop=True)
         # It answered: whatever its socket does, it is not down, and its jobs stay with it.
         link.down_since = None
 

@@ -137,7 +137,8 @@ async def backend_view(session: AsyncSession, row: Backend, live: Mapping[str, A
     this process's dispatcher knows of it (on an API-only replica, what its last probe found; None
     before the first poll or probe)."""
     count, ids = await repo.jobs_on(session, row.url, limit=MAX_LISTED_JOBS)
-    lease = await leases.lease_of(session, row.url) if session.bind.dialect.name == "postgresql" else None
+    on_pg = session.bind is not None and session.bind.dialect.name == "postgresql"
+    lease = await leases.lease_of(session, row.url) if on_pg else None
     live = live or {}
     health = live.get("health") or {
         # Another replica follows it: its health as that owner last reported it.
