@@ -41,7 +41,7 @@ from app.db import job_events
 from app.db import leases as leases_repo
 from app.db.engine import create_engine, create_sessionmaker, is_sqlite
 from app.db.migrate import upgrade_async
-from app.db.state import get_or_create
+from app.db.state import get_or_create, lock_startup
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
 from app.dispatch.leases import LeaseKeeper, lock_sqlite_dispatcher
@@ -380,6 +380,7 @@ async def _prepare_database(settings: Settings, sessionmaker: async_sessionmaker
     """The rows the gateway needs before it serves: the bootstrap admin, the built-in templates, the
     configured backends; returns the URL signing secret."""
     async with sessionmaker() as session:
+        await lock_startup(session)
         await ensure_bootstrap_admin(session)
         await sync_builtins(session)
         await session.commit()
@@ -397,6 +398,7 @@ async def _prepare_database(settings: Settings, sessionmaker: async_sessionmaker
     # The pool is the `backends` table: GATEWAY_COMFYUI_URLS is registered in it, beside the
     # backends admins added (which survive a restart that way).
     async with sessionmaker() as session:
+        await lock_startup(session)
         # Only a process that dispatches prunes: an API-only replica started without the
         # setting must not take the others' backends out of the pool.
         await register_configured_backends(session, settings.comfyui_urls, prune=settings.run_dispatcher)

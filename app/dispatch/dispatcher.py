@@ -15,13 +15,13 @@ from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.comfy.errors import BackendUnavailable, ComfyError, PromptRejected
 from app.config import Settings
 from app.db import jobs as repo
 from app.db.models import Job
+from app.db.state import lock_claims
 from app.dispatch import job_errors, staging
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec, Prepared
 from app.dispatch.capabilities import checkpoint_of
@@ -41,7 +41,6 @@ PREPARE_AHEAD = 1
 # With several dispatching replicas, one replica at a time picks and claims (a transaction-scoped
 # advisory lock): the per-user in-flight counts it reads stay true until its claims commit, so
 # `max_running` holds exactly across replicas. Any constant: it only has to be the same everywhere.
-_CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(7140514)")
 
 log = logging.getLogger("app.dispatch")
 
@@ -297,7 +296,7 @@ class Dispatcher(Loop, BackendPool):
         if sum(want.values()):
             async with self._sessionmaker() as session:
                 if self.leases is not None:
-                    await session.execute(_CLAIM_LOCK)
+                    await lock_claims(session)
                 for job in await self.scheduler.pick(session, sum(want.values()), accept=placeable):
                     try:
                         url = self._route(job, ready, want, missing)
