@@ -182,8 +182,11 @@ class Loop:
 
     @staticmethod
     async def _sleep_unless_stopped(event: asyncio.Event, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set (a wake), and a cancelled loop must end.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await event.wait()
 
     def _start_task(self) -> None:
         self._restart = None

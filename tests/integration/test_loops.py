@@ -64,8 +64,14 @@ async def test_a_dispatcher_killed_from_outside_is_restarted_and_readyz_says_so_
     dispatcher = gateway.dispatcher
     # Long enough to see the gap from here; the default is GATEWAY_DISPATCH_POLL_SECONDS.
     dispatcher.backoff = Backoff(initial=2.0, cap=2.0)
-    assert dispatcher._task is not None
-    dispatcher._task.cancel()  # as a bug elsewhere could
+    killed = dispatcher._task
+    assert killed is not None
+    killed.cancel()  # as a bug elsewhere could
+    for _ in range(200):  # the cancellation lands at the task's next await
+        if killed.done():
+            break
+        await asyncio.sleep(0.01)
+    assert killed.cancelled()
 
     down = await gateway.http.get("/readyz")
     assert down.status_code == 503
