@@ -79,6 +79,7 @@ class Dispatcher(Loop, BackendPool):
         self.links: list[BackendLink] = []
         self._by_url: dict[str, BackendLink] = {}
         self._next_sync = 0.0
+        self._peer_capabilities = {}
         self.ctx = DispatchContext(
             sessionmaker=sessionmaker,
             settings=settings,
@@ -285,6 +286,8 @@ class Dispatcher(Loop, BackendPool):
         def _placeable(job: Job) -> bool:
             if any(missing(link, job) == [] for link in ready):
                 return True
+            if self.leases is not None and self.peers_can_run(job.workflow):
+                return False  # another replica's backend can: that replica picks it
             self._note_unrunnable(job, unrunnable, missing)
             if job.id not in unrunnable:
                 lacking = min((missing(link, job) or [] for link in ready), key=len, default=[])
@@ -474,11 +477,14 @@ class Dispatcher(Loop, BackendPool):
     def _note_unrunnable(
         self, job: Job, unrunnable: dict[str, list[str]], missing: Callable[..., list[str] | None]
     ) -> None:
-        """A job that every backend we know the capabilities of lacks something for fails now;
-        one that waits for a backend that is down or not yet known stays queued."""
-        if any(link.capabilities is None for link in self.links):
+        """A job that every registered backend lacks something for fails now (the other replicas'
+        backends as their owners recorded them); one that waits for a backend whose capabilities
+        are not known yet stays queued."""
+        everywhere = self.capabilities_everywhere()
+        if not everywhere:
             return
-        reasons = [missing(link, job) or [] for link in self.links]
+        own = [missing(link, job) or [] for link in self.links]
+        reasons = own + [caps.missing(job.workflow) for caps in everywhere[len(self.links) :]]
         if all(reasons):
             unrunnable[job.id] = min(reasons, key=len)
 
@@ -578,6 +584,8 @@ class Dispatcher(Loop, BackendPool):
         start its next pending prompt, which must not be another canceled one still queued there.
         With leases, only this replica's backends: the others' owners clean theirs."""
         owned = None if self.leases is None else [link.url for link in self.links]
+        if self.leases is not None:
+            await self._take_off_deleted()
         async with self._sessionmaker() as session:
             jobs = await repo.canceled_needing_cleanup(session, backends=owned)
         groups: dict[str, tuple[BackendLink, list[Job]]] = {}
@@ -603,6 +611,41 @@ class Dispatcher(Loop, BackendPool):
             for job in group:
                 link.forget(job.prompt_id or "")
                 await self._cleanup_done(job)
+
+    async def _take_off_deleted(self) -> None:
+        """Jobs an admin deleted through another replica while they were on this replica's
+        backends: that replica does not follow them, and with the row gone no cancel is left to
+        find, so their prompts are taken off here and their slots freed."""
+        followed: dict[str, tuple[BackendLink, str]] = {}
+        for link in self.links:
+            reserved = {item.prompt_id for item in link.prepared}
+            for pid, flight in link.inflight.items():
+                if pid in link.collecting or (pid in link.submitting and pid not in reserved):
+                    continue  # its collection or POST ends first; the next scan sees it
+                followed[flight.job_id] = (link, pid)
+        if not followed:
+            return
+        async with self._sessionmaker() as session:
+            present = await repo.existing_ids(session, list(followed))
+        groups: dict[str, tuple[BackendLink, list[str]]] = {}
+        for job_id, (link, pid) in followed.items():
+            if job_id not in present and not link.drop_prepared(pid) and link.may_act():
+                groups.setdefault(link.url, (link, []))[1].append(pid)
+        for link, pids in groups.values():
+            # All deletes before any interrupt, as for cancels (see _cleanup_cancels).
+            try:
+                await link.client.delete_from_queue(pids)
+                for pid in pids:
+                    await link.client.interrupt(pid)
+            except BackendUnavailable as exc:
+                link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+                continue
+            except ComfyError as exc:
+                log.warning("taking the prompts of deleted jobs %s off %s failed: %s", pids, link.url, exc)
+            log.info("jobs deleted through another replica: prompts %s taken off %s", pids, link.url)
+            for pid in pids:
+                link.forget(pid)
+            self.wake()
 
     async def _cleanup_done(self, job: Job) -> None:
         async with self._sessionmaker() as session:

@@ -32,6 +32,7 @@ from app.comfy.messages import (
 from app.comfy.models import HistoryEntry
 from app.comfy.websocket import Connected, Disconnected
 from app.config import Settings
+from app.db import backends as backends_repo
 from app.db import jobs as repo
 from app.db.leases import FENCE_KEY
 from app.db.models import Job
@@ -216,11 +217,27 @@ class Tracker:
         link.object_info = info
         link.capabilities = Capabilities.from_object_info(info)
         link.capabilities_at = utcnow()
+        await self._record_capabilities(link, link.capabilities)
         # A backend's node definitions are hundreds of thousands of long-lived objects: out of the
         # garbage collector's sight, full collections do not pause every live stream to walk them
         # (50 backends' definitions: 0.3 s per full collection; bench/sse.py showed the pauses).
         gc.freeze()
         self.ctx.wake()
+
+    async def _record_capabilities(self, link: BackendLink, caps: Capabilities) -> None:
+        """Into the backends table when they changed: replicas that do not follow this backend
+        read them there, to tell a job that can run nowhere from one that waits for a backend."""
+        digest = caps.digest()
+        if digest == link.capabilities_digest or not link.may_act():
+            return
+        try:
+            async with self.ctx.sessionmaker() as session:
+                await backends_repo.publish_capabilities(session, link.url, digest, caps.to_json())
+                await session.commit()
+        except Exception as exc:  # noqa: BLE001 - this replica routes with them anyway; retried at the next read
+            log.warning("recording the capabilities of %s failed: %s", link.url, exc)
+            return
+        link.capabilities_digest = digest
 
     # ---- transitions -----------------------------------------------------------------------
 
