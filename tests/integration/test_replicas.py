@@ -135,6 +135,10 @@ async def test_kill_9_of_one_replica_of_three_loses_no_job_and_runs_none_twice(
     # Any replica serves any output, whoever collected it (one shared volume).
     out = done[ids[0]]["outputs"][0]["url"]
     assert (await survivor.http.get(out)).status_code == 200
+    # Busy as they were, the survivors kept renewing their own leases throughout.
+    for replica in reps:
+        if replica is not victim:
+            assert "lease lost" not in replica.log.read_text(), replica.name
 
 
 async def test_a_replica_paused_past_its_lease_acts_no_more_when_it_resumes(
