@@ -176,7 +176,9 @@ async def throughput(
 
 
 async def latency(db: str, url: str, tmp: Path, lease: float, n: int) -> tuple[float, float]:
-    a, b = await asyncio.gather(*(start_replica(db, [url], tmp, f"l{i}", lease=lease) for i in range(2)))
+    a, b = await asyncio.gather(
+        *(start_replica(db, [url], tmp, f"l{i}", lease=lease, env=DEFAULTS) for i in range(2))
+    )
     try:
         await wait_for(lambda: _owned(a, url), "an owner for the backend", timeout=60)
         owner_name = (await owners(a))[url]
