@@ -329,8 +329,18 @@ def _dispatcher(
         leases=keeper,
     )
     if keeper is not None:
-        # A submit, a job's end or a lease given back on another replica wakes this one now.
-        relay.on_remote_event = dispatcher.wake
+        # A submit, a job's end or a lease given back on another replica wakes this one now; a
+        # job submitted there is a submit here too (a newcomer's job takes the next free slot
+        # rather than one behind the jobs this replica claimed in reserve). A job given back to
+        # the queue (not its first event) only wakes: its reserves returned everywhere would
+        # be given back in turn, and so on.
+        def remote_event(event: job_events.Announced) -> None:
+            if event.waking_status == "queued" and event.seq == 1:
+                dispatcher.job_submitted(event.user_id)
+            else:
+                dispatcher.wake()
+
+        relay.on_remote_event = remote_event
         relay.channels[leases_repo.CHANNEL] = keeper.nudge
     return dispatcher
 

@@ -234,7 +234,7 @@ async def _commit_and_answer(
 ) -> dict:
     """Commit the job, wake the dispatcher, and answer 202 at once or when the job ends within `wait`."""
     # Subscribed before the commit: a job that ends at once still wakes its waiter.
-    sub = bus.subscribe_job(job.id) if wait else None
+    sub = bus.subscribe_job(job.id, statuses_only=True) if wait else None
     try:
         # Commit before reading anything back: on SQLite a write transaction holds the database's
         # only write lock, and reads done inside it would make the dispatcher wait for that lock.
@@ -271,7 +271,7 @@ async def _answer(
     waits for the original job too."""
     bus = deps.state(request).bus
     if wait:
-        sub = bus.subscribe_job(job_id)
+        sub = bus.subscribe_job(job_id, statuses_only=True)
         try:
             job = await jobs.get_owned(session, principal, job_id, fresh=True)
             if job.status not in jobs.TERMINAL:

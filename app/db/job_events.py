@@ -68,7 +68,9 @@ async def append(session: AsyncSession, events: list[LoggedEvent]) -> None:
             text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
             {
                 "channel": CHANNEL,
-                "payloads": [f"{origin}|{e.job_id}|{e.user_id}|{e.seq}|{int(_wakes(e))}" for e in events],
+                "payloads": [
+                    f"{origin}|{e.job_id}|{e.user_id}|{e.seq}|{_waking_status(e)}|{e.event}" for e in events
+                ],
             },
         )
     session.info.setdefault(_PENDING, []).extend(events)
@@ -179,14 +181,30 @@ def _after_rollback(session: Session, previous_transaction: Any) -> None:
 _WAKING = frozenset({"queued", "succeeded", "failed", "canceled"})
 
 
-def _wakes(event: LoggedEvent) -> bool:
-    return event.event == "status" and event.data.get("status") in _WAKING
+def _waking_status(event: LoggedEvent) -> str:
+    status = event.data.get("status") if event.event == "status" else None
+    return status if status in _WAKING else ""
 
 
-def payload_of(raw: str) -> tuple[str, str, str, int, bool] | None:
-    """(origin, job id, user id, seq, whether it should wake the dispatchers) from a NOTIFY
-    payload; None if malformed. A payload of four fields (a replica of an earlier version) wakes."""
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """An event as another replica announced it (NOTIFY): enough to decide whether to read it."""
+
+    origin: str
+    job_id: str
+    user_id: str
+    seq: int
+    # The job's new status when it may give a dispatcher work (see _WAKING), else None.
+    waking_status: str | None
+    # status | progress | output
+    event: str
+
+
+def payload_of(raw: str) -> Announced | None:
+    """The announcement in a NOTIFY payload; None if malformed. A payload of four fields (from a
+    replica of an earlier version) is taken for a job queued."""
     parts = raw.split("|")
-    if len(parts) not in (4, 5) or not parts[3].isdigit():
+    if len(parts) not in (4, 6) or not parts[3].isdigit():
         return None
-    return parts[0], parts[1], parts[2], int(parts[3]), parts[4:] != ["0"]
+    status, event = (parts[4] or None, parts[5]) if len(parts) == 6 else ("queued", "status")
+    return Announced(parts[0], parts[1], parts[2], int(parts[3]), status, event)

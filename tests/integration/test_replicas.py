@@ -330,29 +330,69 @@ async def test_max_running_and_fairness_hold_across_replicas(
     try:
         # The capped user's jobs come in through every replica; each replica dispatches.
         capped_ids = [await submit(reps[i % 3], capped, steps=10) for i in range(15)]
-        backlog = [await submit(reps[i % 3], alice, steps=10) for i in range(120)]
+        # At once, eight at a time: the backlog must be there before it drains.
+        gate = asyncio.Semaphore(8)
+
+        async def one(i: int) -> str:
+            async with gate:
+                return await submit(reps[i % 3], alice, steps=10)
+
+        backlog = list(await asyncio.gather(*(one(i) for i in range(120))))
         await wait_for(lambda: _count_dispatched(maker, alice_id, 10), "alice's backlog running", timeout=30)
         bob_ids = [await submit(reps[i % 3], bob, steps=10) for i in range(5)]
         bob_done = await finals(reps[1], bob_ids, timeout=60)
+        await finals(reps[2], capped_ids + backlog, timeout=180)
+        # From the rows' own times (not when this test got to ask, which a loaded machine delays):
+        # how much of alice's backlog was still to be claimed when bob submitted, and how much of
+        # it was claimed between bob's first submit and the end of his last job.
         async with maker() as session:
-            waiting = (
+            bob_came, bob_ended = (
                 await session.execute(
-                    select(func.count()).where(Job.user_id == alice_id, Job.dispatched_at.is_(None))
+                    select(func.min(Job.created_at), func.max(Job.finished_at)).where(Job.id.in_(bob_ids))
+                )
+            ).one()
+            alice_claimed = select(func.count()).where(Job.user_id == alice_id)
+            remaining = (
+                await session.execute(alice_claimed.where(Job.dispatched_at > bob_came))
+            ).scalar_one()
+            overtook = (
+                await session.execute(
+                    alice_claimed.where(Job.dispatched_at > bob_came, Job.dispatched_at <= bob_ended)
                 )
             ).scalar_one()
-        await finals(reps[2], capped_ids + backlog, timeout=180)
     finally:
         stop.set()
         await sampler
         await engine.dispose()
     assert all(j["status"] == "succeeded" for j in bob_done.values())
-    # Bob's five went through while most of alice's backlog was still waiting: not behind it.
-    assert waiting > 60, waiting
+    # Bob's five went through while most of alice's backlog was still waiting, not behind it:
+    # in his time about a slot's worth of her jobs were claimed (her turns alternate with his),
+    # not the whole of what she had queued.
+    assert remaining >= 80, f"the backlog drained before bob came ({remaining} left): nothing to measure"
+    assert overtook <= 40, (overtook, remaining, await _timeline(pg_url, bob_ids))
     # The cap held at every sample, across three replicas dispatching at once, and was used.
     assert max(samples) == 2, Counter(samples)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+
+
+async def _timeline(db_url: str, ids: list[str]) -> list[tuple]:
+    """Each job's backend and its times (s after the first was created), for a failure's message."""
+    engine = create_engine(db_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            rows = (await session.execute(select(Job).where(Job.id.in_(ids)))).scalars().all()
+    finally:
+        await engine.dispose()
+    t0 = min(j.created_at for j in rows)
+
+    def at(t: object) -> float | None:
+        return None if t is None else round((t - t0).total_seconds(), 2)  # type: ignore[operator]
+
+    return [
+        (j.backend, at(j.created_at), at(j.dispatched_at), at(j.started_at), at(j.finished_at)) for j in rows
+    ]
 
 
 async def _count_done(db_url: str, ids: list[str], n: int) -> bool:

@@ -43,6 +43,9 @@ class Subscription:
     overflowed: bool = False
     # Only subscribers that asked get `preview` events (images, large).
     previews: bool = False
+    # A waiter for a job's end (`Prefer: wait`): only status events are queued for it, and another
+    # replica's progress and outputs are not read from the log for it (app/domain/events/relay.py).
+    statuses_only: bool = False
 
 
 class EventBus:
@@ -54,8 +57,10 @@ class EventBus:
         # Admins following every user's jobs (`/v1/ws?all=true`).
         self._everyone: set[Subscription] = set()
 
-    def subscribe_job(self, job_id: str, *, previews: bool = False) -> Subscription:
-        sub = Subscription("job", job_id, previews=previews)
+    def subscribe_job(
+        self, job_id: str, *, previews: bool = False, statuses_only: bool = False
+    ) -> Subscription:
+        sub = Subscription("job", job_id, previews=previews, statuses_only=statuses_only)
         self._by_job[job_id].add(sub)
         return sub
 
@@ -87,7 +92,7 @@ class EventBus:
             *self._by_user.get(event.user_id, ()),
             *self._everyone,
         ):
-            if preview and not sub.previews:
+            if (preview and not sub.previews) or (sub.statuses_only and event.event != "status"):
                 continue
             try:
                 sub.queue.put_nowait(event)
@@ -96,7 +101,12 @@ class EventBus:
                     self._on_lag(sub)
                 sub.overflowed = True
 
-    def listening(self, job_id: str, user_id: str, *, previews: bool = False) -> bool:
-        """Whether anyone here would get an event of this job (a preview: anyone who asked)."""
+    def listening(self, job_id: str, user_id: str, *, previews: bool = False, event: str = "status") -> bool:
+        """Whether anyone here would get an event of this kind of this job (a preview: anyone who
+        asked; progress and outputs: anyone but the waiters for its end)."""
         subs = (*self._by_job.get(job_id, ()), *self._by_user.get(user_id, ()), *self._everyone)
-        return any(sub.previews for sub in subs) if previews else bool(subs)
+        if previews:
+            return any(sub.previews for sub in subs)
+        if event != "status":
+            return any(not sub.statuses_only for sub in subs)
+        return bool(subs)

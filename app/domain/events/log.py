@@ -173,7 +173,7 @@ class EventLog(Loop):
     def node_started(self, job_id: str, user_id: str, data: dict[str, Any]) -> None:
         """A node started (its progress for /api/v2, whose node counts move with it): live only, like
         a preview, so the logged events and their ids stay /v1's."""
-        if self._bus.listening(job_id, user_id):
+        if self._bus.listening(job_id, user_id, event="progress"):
             self._bus.publish(JobEvent(job_id, user_id, "progress", data))
 
     # ---- previews ------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class EventRelay(Loop):
         # Called for the events another replica logged that may give a dispatcher work (a job
         # queued, a job's end): the dispatcher of a replica that shares the backends wakes at
         # once, whoever took the request.
-        self.on_remote_event: Callable[[], None] | None = None
+        self.on_remote_event: Callable[[job_events.Announced], None] | None = None
         # Other channels listened to on the same connection: name -> callback.
         self.channels: dict[str, Callable[..., None]] = {}
 
@@ -109,14 +109,13 @@ class EventRelay(Loop):
         parsed = job_events.payload_of(payload)
         if parsed is None:
             return
-        origin, job_id, user_id, seq, wakes = parsed
-        if origin == self._origin:
+        if parsed.origin == self._origin:
             return
-        if wakes and self.on_remote_event is not None:
-            self.on_remote_event()
-        if not self._bus.listening(job_id, user_id):
+        if parsed.waking_status is not None and self.on_remote_event is not None:
+            self.on_remote_event(parsed)
+        if not self._bus.listening(parsed.job_id, parsed.user_id, event=parsed.event):
             return
-        self._wanted.append((job_id, seq))
+        self._wanted.append((parsed.job_id, parsed.seq))
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush(), name="event relay read")
 
