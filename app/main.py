@@ -39,6 +39,7 @@ from app.config import Settings, get_settings
 from app.console.routes import router as console_router
 from app.db import job_events
 from app.db import leases as leases_repo
+from app.db import users as users_repo
 from app.db.engine import create_engine, create_sessionmaker, is_sqlite
 from app.db.migrate import upgrade_async
 from app.db.state import get_or_create, lock_startup
@@ -51,6 +52,7 @@ from app.domain.events.log import EventLog
 from app.domain.events.publish import Notifier
 from app.domain.events.relay import EventRelay
 from app.domain.fetch import make_fetcher
+from app.domain.principal_cache import PrincipalCache
 from app.domain.queue_metrics import JobGauges
 from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
@@ -261,6 +263,10 @@ def _wire(
     fetch_url = make_fetcher(
         guard, max_bytes=settings.max_upload_bytes, timeout=settings.url_fetch_timeout_seconds
     )
+    principals = PrincipalCache(settings.auth_cache_seconds)
+    # Other replicas' changes to keys and users (PostgreSQL); missed ones while not listening.
+    relay.channels[users_repo.CHANGED_CHANNEL] = principals.forget_all
+    relay.on_listening.append(principals.forget_all)
     state = GatewayState(
         settings=settings,
         sessionmaker=sessionmaker,
@@ -277,6 +283,7 @@ def _wire(
         fetch_url=fetch_url,
         retention=retention,
         event_relay=relay,
+        principals=principals,
         loops=_loops_to_run(settings, event_log, relay, dispatcher, retention, webhook_sender, gauges),
     )
     return _Parts(state, dispatcher, gauges)

@@ -17,6 +17,7 @@ from app.config import Settings
 from app.domain.events.bus import EventBus
 from app.domain.events.log import EventLog
 from app.domain.events.relay import EventRelay
+from app.domain.principal_cache import PrincipalCache
 from app.domain.retention import RetentionService
 from app.domain.uploads import UrlFetcher
 from app.domain.webhook_secrets import SecretBox
@@ -80,5 +81,7 @@ class GatewayState:
     fetch_url: UrlFetcher
     retention: RetentionService
     event_relay: EventRelay
+    # Valid API keys' callers; the admin routes forget them after a change commits.
+    principals: PrincipalCache
     # The loops this process runs, in the order they started: /readyz fails while one is down.
     loops: tuple[Loop, ...] = ()
