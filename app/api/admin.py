@@ -71,7 +71,7 @@ async def update_user(
     )
     await session.commit()
     # After the commit, never before: a request reading the user meanwhile would cache the old row.
-    deps.state(request).principals.forget_all()
+    deps.state(request).forget_cached()
     return users.user_view(user, settings)
 
 
@@ -99,7 +99,7 @@ async def revoke_key(
 ) -> Response:
     await users.revoke_key(session, user_id, key_id)
     await session.commit()
-    deps.state(request).principals.forget_all()  # after the commit (see update_user)
+    deps.state(request).forget_cached()  # after the commit (see update_user)
     return Response(status_code=204)
 
 

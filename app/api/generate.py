@@ -195,6 +195,7 @@ async def _build_job(
         storage=storage,
         new_uploads=new_uploads,
         fetch_url=state.fetch_url,
+        documents=state.templates,
     )
 
 

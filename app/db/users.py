@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import ApiKey, User
@@ -23,18 +23,6 @@ async def by_ids(session: AsyncSession, user_ids: Iterable[str]) -> dict[str, Us
 async def add(session: AsyncSession, row: User | ApiKey) -> None:
     session.add(row)
     await session.flush()
-
-
-#: Announces that a key or a user changed (PostgreSQL NOTIFY): replicas forget their cached callers.
-CHANGED_CHANNEL = "gateway_principals"
-
-
-async def announce_change(session: AsyncSession) -> None:
-    """Tell every replica, when the session's transaction commits, that a key or a user changed
-    (NOTIFY is transactional: a change rolled back announces nothing). With SQLite there is one
-    gateway process, which forgets by itself."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANGED_CHANNEL})
 
 
 async def key_and_user(session: AsyncSession, key_hash: str) -> tuple[ApiKey, User] | None:

@@ -1,7 +1,7 @@
 """Users and their keys; authentication of a bearer key; what admins do with them.
 
 Authentication reads the key and its user from the database, or from the process's cache of valid
-keys (app/domain/principal_cache.py): a revoked key or a disabled user is refused from the very next
+keys (app/domain/read_cache.py): a revoked key or a disabled user is refused from the very next
 request on the replica that made the change, and on the others once its announcement arrives
 (at most the cache's time to live if it does not).
 """
@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import changes
 from app.db import ratelimit as buckets
 from app.db import users as repo
 from app.db.models import ApiKey, User
@@ -24,7 +25,7 @@ from app.domain.errors import Conflict, NotFound, Unauthorized
 from app.domain.keys import generate_key, hash_key, key_hint, same_secret
 from app.domain.limits import LIMIT_NAMES
 from app.domain.pages import after_cursor
-from app.domain.principal_cache import PrincipalCache
+from app.domain.read_cache import ReadCache
 from app.domain.views import rfc3339
 
 # The row that owns what the bootstrap key (GATEWAY_ADMIN_API_KEY) does.
@@ -74,7 +75,7 @@ async def create_key(session: AsyncSession, user: User, *, name: str | None = No
 
 
 async def authenticate(
-    session: AsyncSession, key: str | None, settings: Settings, cache: PrincipalCache | None = None
+    session: AsyncSession, key: str | None, settings: Settings, cache: ReadCache[Principal] | None = None
 ) -> Principal:
     """The caller of a key; Unauthorized if none. With `cache`, a valid key's caller is kept there."""
     if not key:
@@ -158,7 +159,7 @@ async def update_user(
 ) -> User:
     """Change a user; `limit_changes` merge into its own limits (a null member goes back to the default).
     Takes effect from the user's next request once committed: the caller forgets its cached
-    callers after the commit (`PrincipalCache.forget_all`); other replicas hear of it."""
+    callers after the commit (`ReadCache.forget_all`); other replicas hear of it."""
     user = await get_user(session, user_id)
     if disabled and user.id == BOOTSTRAP_ADMIN_ID:
         raise Conflict("The bootstrap admin user cannot be disabled.")
@@ -175,7 +176,7 @@ async def update_user(
             await buckets.reset(session, user.id)
     user.updated_at = utcnow()
     await session.flush()
-    await repo.announce_change(session)
+    await changes.announce(session)
     return user
 
 
@@ -196,5 +197,5 @@ async def revoke_key(session: AsyncSession, user_id: str, key_id: str) -> ApiKey
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         await session.flush()
-        await repo.announce_change(session)
+        await changes.announce(session)
     return key

@@ -1,4 +1,4 @@
-from app.domain.principal_cache import PrincipalCache
+from app.domain.read_cache import ReadCache
 from app.domain.users import Principal
 
 ALICE = Principal("u1", "alice", False, {"rate_per_minute": 60})
@@ -15,7 +15,7 @@ class Clock:
 
 def test_an_entry_lives_for_its_time_to_live() -> None:
     clock = Clock()
-    cache = PrincipalCache(5.0, clock=clock)
+    cache = ReadCache(5.0, clock=clock)
     cache.put("a", ALICE, cache.generation)
     clock.now += 4.9
     assert cache.get("a") is ALICE
@@ -24,7 +24,7 @@ def test_an_entry_lives_for_its_time_to_live() -> None:
 
 
 def test_what_was_read_before_a_change_is_never_stored() -> None:
-    cache = PrincipalCache(5.0)
+    cache = ReadCache(5.0)
     cache.put("a", ALICE, cache.generation)
     generation = cache.generation  # a lookup starts reading the database ...
     cache.forget_all()  # ... a revoke commits meanwhile ...
@@ -35,7 +35,7 @@ def test_what_was_read_before_a_change_is_never_stored() -> None:
 
 
 def test_forget_all_is_a_notify_listener_and_the_cache_is_bounded() -> None:
-    cache = PrincipalCache(5.0, max_entries=2)
+    cache = ReadCache(5.0, max_entries=2)
     for digest in ("a", "b", "c"):
         cache.put(digest, ALICE, cache.generation)
     assert cache.get("a") is None and cache.get("c") is ALICE and len(cache) == 2
@@ -44,6 +44,6 @@ def test_forget_all_is_a_notify_listener_and_the_cache_is_bounded() -> None:
 
 
 def test_a_zero_time_to_live_keeps_nothing() -> None:
-    cache = PrincipalCache(0.0)
+    cache = ReadCache(0.0)
     cache.put("a", ALICE, cache.generation)
     assert cache.get("a") is None

@@ -1,7 +1,7 @@
-"""API keys' callers are cached in process (app/domain/principal_cache.py): a revoke, a disable or
-new limits still take effect at once on the replica that made them, on another replica as soon as
-the announcement arrives (PostgreSQL), and within GATEWAY_AUTH_CACHE_SECONDS for a change nothing
-announced (a CLI command on SQLite)."""
+"""API keys' callers and template documents are cached in process (app/domain/read_cache.py): a
+revoke, a disable, new limits or a new template still take effect at once on the replica that made
+them, on another replica as soon as the announcement arrives (PostgreSQL), and within
+GATEWAY_AUTH_CACHE_SECONDS for a change nothing announced (a CLI command on SQLite)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,26 @@ from tests.integration.conftest import Gateway
 BLUR = {"template": "blur", "params": {"width": 64, "height": 64}}
 PG_ONLY = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def tiny(width: int) -> dict:
+    """A template whose default width tells which version of it a job was made from."""
+    return {
+        "workflow": {
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+            },
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "tiny"}},
+        },
+        "params": {"width": {"type": "integer", "default": width, "bind": ["1.inputs.width"]}},
+        "outputs": ["9"],
+    }
+
+
+async def _width_of_a_new_job(gw: Gateway, key: dict[str, str]) -> int | None:
+    resp = await gw.generate({"template": "tiny", "params": {}}, headers=key)
+    return resp.json()["params"]["width"] if resp.status_code == 202 else None
 
 
 async def _until_status(
@@ -105,3 +125,36 @@ async def test_without_a_cache_every_request_reads_the_key(idle_gateway) -> None
     _, key = await gw.create_user("uncached")
     assert (await gw.http.get("/v1/me", headers=key)).status_code == 200
     assert len(gw.state.principals) == 0
+
+
+async def test_a_replaced_or_deleted_template_applies_from_the_next_submit(idle_gateway) -> None:  # noqa: ANN001
+    gw: Gateway = await idle_gateway(auth_cache_seconds=300)
+    _, key = await gw.create_user("templated")
+    assert (await gw.http.put("/v1/templates/tiny", json=tiny(8), headers=gw.admin)).status_code == 201
+    assert await _width_of_a_new_job(gw, key) == 8  # now cached
+    assert (await gw.http.put("/v1/templates/tiny", json=tiny(16), headers=gw.admin)).status_code == 200
+    assert await _width_of_a_new_job(gw, key) == 16
+    assert (await gw.http.delete("/v1/templates/tiny", headers=gw.admin)).status_code == 204
+    gone = await gw.generate({"template": "tiny", "params": {}}, headers=key)
+    assert gone.status_code == 422 and "tiny" in gone.text
+
+
+@PG_ONLY
+async def test_another_replica_submits_with_a_replaced_template_once_announced(
+    make_settings,  # noqa: ANN001
+    gateway_factory,  # noqa: ANN001
+) -> None:
+    settings = make_settings(
+        comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False, auth_cache_seconds=300
+    )
+    a: Gateway = await gateway_factory(settings)
+    b: Gateway = await gateway_factory(settings)
+    await asyncio.wait_for(b.state.event_relay.listening.wait(), 10)
+    _, key = await a.create_user("templated")
+    assert (await a.http.put("/v1/templates/tiny", json=tiny(8), headers=a.admin)).status_code == 201
+    assert await _width_of_a_new_job(b, key) == 8  # now cached on B
+    assert (await a.http.put("/v1/templates/tiny", json=tiny(16), headers=a.admin)).status_code == 200
+    start = time.monotonic()
+    while (width := await _width_of_a_new_job(b, key)) != 16:
+        assert width == 8 and time.monotonic() - start < 2, width
+        await asyncio.sleep(0.02)
