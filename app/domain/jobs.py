@@ -275,12 +275,11 @@ async def _from_raw_workflow(
 
 
 async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
-    """Check the user's job quotas and add the job to the session (the caller commits); over a quota:
-    LimitExceeded, and nothing is added. Call in the transaction that spent the request's token
+    """Check the user's job quotas and insert the job (the caller commits; `job` stays out of the
+    session); over a quota: LimitExceeded, and nothing is inserted. Call in the transaction that spent the request's token
     (see app/domain/quotas.py for why)."""
     await check_job_quotas(session, principal)
-    repo.add(session, job)
-    # Its first event (`queued`): a /v1/ws subscriber hears of the new job.
+    # The row, and its first event (`queued`): a /v1/ws subscriber hears of the new job.
     await created(session, job)
     return job
 
