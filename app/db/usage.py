@@ -66,7 +66,11 @@ _CREATED = select(
 
 _QUOTAS = select(
     select(func.sum(JobCount.n))
-    .where(JobCount.user_id == bindparam("user_id"), JobCount.state.in_(("queued", "dispatched")))
+    # Not IN (...): an expanding parameter is rendered again at every execution.
+    .where(
+        JobCount.user_id == bindparam("user_id"),
+        (JobCount.state == "queued") | (JobCount.state == "dispatched"),
+    )
     .scalar_subquery(),
     *_CREATED.selected_columns,
 )
