@@ -246,6 +246,11 @@ class Settings(BaseSettings):
     # The key of a live connection (SSE stream, /v1/ws) is checked again this often: a revoked key
     # or a disabled user stops receiving within this time.
     live_auth_check_seconds: float = Field(default=10.0, gt=0)
+    # A valid API key's user and limits are kept in process this long, so that a request needs no
+    # read of them; an admin's change (revoke, disable, new limits) is seen at once on the replica
+    # that made it and, on PostgreSQL, on the others as soon as it is announced; this is the bound
+    # when an announcement is missed (and for CLI changes on SQLite). 0: read on every request.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # Live connections (SSE streams and /v1/ws sockets together) one user may hold open at once,
     # counted per process; over it: 429 (SSE) or an error frame and close 1013 (/v1/ws).
     max_live_streams_per_user: int = Field(default=32, ge=1, le=100_000)

@@ -37,7 +37,7 @@ from app.api.state import GatewayState
 from app.api.v2 import routes as v2_routes
 from app.config import Settings, get_settings
 from app.console.routes import router as console_router
-from app.db import job_events
+from app.db import changes, job_events
 from app.db import leases as leases_repo
 from app.db.engine import create_engine, create_sessionmaker, is_sqlite
 from app.db.migrate import upgrade_async
@@ -52,6 +52,7 @@ from app.domain.events.publish import Notifier
 from app.domain.events.relay import EventRelay
 from app.domain.fetch import make_fetcher
 from app.domain.queue_metrics import JobGauges
+from app.domain.read_cache import ReadCache
 from app.domain.retention import RetentionService
 from app.domain.templates import sync_builtins
 from app.domain.users import ensure_bootstrap_admin
@@ -277,8 +278,14 @@ def _wire(
         fetch_url=fetch_url,
         retention=retention,
         event_relay=relay,
+        principals=ReadCache(settings.auth_cache_seconds),
+        templates=ReadCache(settings.auth_cache_seconds),
         loops=_loops_to_run(settings, event_log, relay, dispatcher, retention, webhook_sender, gauges),
     )
+    # Other replicas' changes to keys, users and templates (PostgreSQL), and whatever was
+    # announced while the relay was not listening: forget what was cached of them.
+    relay.channels[changes.CHANNEL] = state.forget_cached
+    relay.on_listening.append(state.forget_cached)
     return _Parts(state, dispatcher, gauges)
 
 

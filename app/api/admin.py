@@ -54,7 +54,12 @@ async def get_user(user_id: str, session: SessionDep, settings: SettingsDep, adm
 
 @router.patch("/users/{user_id}", response_model=UserOut, responses=PROBLEMS)
 async def update_user(
-    user_id: str, body: UserPatch, session: SessionDep, settings: SettingsDep, admin: AdminDep
+    user_id: str,
+    body: UserPatch,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    admin: AdminDep,
 ) -> dict:
     user = await users.update_user(
         session,
@@ -65,6 +70,8 @@ async def update_user(
         limit_changes=body.limits.model_dump(exclude_unset=True) if body.limits is not None else None,
     )
     await session.commit()
+    # After the commit, never before: a request reading the user meanwhile would cache the old row.
+    deps.state(request).forget_cached()
     return users.user_view(user, settings)
 
 
@@ -87,9 +94,12 @@ async def list_keys(
 
 
 @router.delete("/users/{user_id}/keys/{key_id}", status_code=204, responses=PROBLEMS)
-async def revoke_key(user_id: str, key_id: str, session: SessionDep, admin: AdminDep) -> Response:
+async def revoke_key(
+    user_id: str, key_id: str, request: Request, session: SessionDep, admin: AdminDep
+) -> Response:
     await users.revoke_key(session, user_id, key_id)
     await session.commit()
+    deps.state(request).forget_cached()  # after the commit (see update_user)
     return Response(status_code=204)
 
 

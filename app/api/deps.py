@@ -98,7 +98,7 @@ async def authorize(
 ) -> Principal:
     """Authenticate a key and spend a token of its user's rate, committed before the route runs:
     the token stays spent even if the request fails later."""
-    principal = await authenticate(session, key, settings)
+    principal = await authenticate(session, key, settings, state(request).principals)
     await charge(request, session, principal)
     await session.commit()
     return principal
@@ -114,11 +114,13 @@ async def _principal(
 
 
 async def _authenticated(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    return await authenticate(session, credentials.credentials if credentials else None, settings)
+    key = credentials.credentials if credentials else None
+    return await authenticate(session, key, settings, state(request).principals)
 
 
 # The caller, its request already counted against its rate (every route but generate).

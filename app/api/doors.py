@@ -56,6 +56,7 @@ async def submit(
                 storage=state.storage,
                 new_uploads=new_uploads,
                 fetch_url=state.fetch_url,
+                documents=state.templates,
             )
             for params in params_list
         ]

@@ -12,16 +12,7 @@ from fastapi import APIRouter, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api import deps
-from app.api.deps import (
-    BusDep,
-    GuardDep,
-    SessionDep,
-    SettingsDep,
-    SignerDep,
-    StorageDep,
-    UncountedPrincipalDep,
-    charge,
-)
+from app.api.deps import SessionDep, UncountedPrincipalDep, charge
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
 from app.config import Settings
 from app.db.models import Job, Upload
@@ -66,11 +57,6 @@ async def generate(
     response: Response,
     session: SessionDep,
     principal: UncountedPrincipalDep,
-    settings: SettingsDep,
-    signer: SignerDep,
-    bus: BusDep,
-    storage: StorageDep,
-    guard: GuardDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -84,6 +70,10 @@ async def generate(
     # Uploads made from image params given as data: URIs or URLs: stored with the job, or their
     # files deleted if no job comes of the request.
     new_uploads: list[Upload] = []
+    # The gateway's services straight from its state, not as dependencies: each dependency costs
+    # FastAPI's resolution on every submit.
+    state = deps.state(request)
+    storage = state.storage
     try:
         return await _generate(
             body,
@@ -91,11 +81,11 @@ async def generate(
             response,
             session,
             principal,
-            settings,
-            signer,
-            bus,
+            state.settings,
+            state.signer,
+            state.bus,
             storage,
-            guard,
+            state.outbound_guard,
             new_uploads,
             idempotency_key,
             prefer,
@@ -195,6 +185,7 @@ async def _build_job(
         storage=storage,
         new_uploads=new_uploads,
         fetch_url=state.fetch_url,
+        documents=state.templates,
     )
 
 

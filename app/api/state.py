@@ -17,6 +17,7 @@ from app.config import Settings
 from app.domain.events.bus import EventBus
 from app.domain.events.log import EventLog
 from app.domain.events.relay import EventRelay
+from app.domain.read_cache import ReadCache
 from app.domain.retention import RetentionService
 from app.domain.uploads import UrlFetcher
 from app.domain.webhook_secrets import SecretBox
@@ -28,6 +29,8 @@ from app.storage.signing import UrlSigner
 
 if TYPE_CHECKING:
     from app.db.models import Job
+    from app.domain.users import Principal
+    from app.templates import TemplateDocument
 
 
 class DispatcherPort(Protocol):
@@ -80,5 +83,16 @@ class GatewayState:
     fetch_url: UrlFetcher
     retention: RetentionService
     event_relay: EventRelay
+    # Valid API keys' callers, and template documents (app/domain/read_cache.py); the admin routes
+    # forget them after a change commits.
+    principals: ReadCache[Principal]
+    templates: ReadCache[TemplateDocument]
+
+    def forget_cached(self, *_: object) -> None:
+        """A key, a user or a template changed and the change committed (any arguments are
+        ignored: this is also a NOTIFY listener)."""
+        self.principals.forget_all()
+        self.templates.forget_all()
+
     # The loops this process runs, in the order they started: /readyz fails while one is down.
     loops: tuple[Loop, ...] = ()

@@ -72,12 +72,14 @@ async def put_template(
         max_string_length=settings.max_param_string_length,
     )
     await session.commit()
+    deps.state(request).forget_cached()  # after the commit: see app/domain/read_cache.py
     response.status_code = 201 if created else 200
     return view
 
 
 @router.delete("/v1/templates/{name}", status_code=204, responses=PROBLEMS)
-async def delete_template(name: str, session: SessionDep, admin: AdminDep) -> Response:
+async def delete_template(name: str, request: Request, session: SessionDep, admin: AdminDep) -> Response:
     await templates.delete_template(session, name)
     await session.commit()
+    deps.state(request).forget_cached()  # after the commit: see app/domain/read_cache.py
     return Response(status_code=204)

@@ -8,6 +8,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from .fair_pool import FairAsyncPool
 from .sqlite_inline import inline_creator
 
 
@@ -45,6 +46,9 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
             # tries. Queueing for the single connection in asyncio instead costs microseconds.
             pool_size=1,
             max_overflow=0,
+            # First come, first served (app/db/fair_pool.py): with one connection, the default
+            # pool let newcomers overtake waiters for seconds under a burst.
+            poolclass=FairAsyncPool,
             pool_timeout=60,
             # Statements run on the loop's thread (app/db/sqlite_inline.py): no thread hop per
             # call. Waiting for another process's write lock (up to 30 s) happens in a thread.
@@ -62,7 +66,12 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
 
         return engine
     return create_async_engine(
-        url, echo=echo, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=2 * pool_size,
+        pool_pre_ping=True,
+        poolclass=FairAsyncPool,
     )
 
 

@@ -20,10 +20,11 @@ _COUNTS = select(JobCount.state, JobCount.n).where(JobCount.user_id == bindparam
 
 
 async def quota_counts(session: AsyncSession, user_id: str, since: datetime) -> tuple[int, int]:
-    """(queued jobs, jobs created after `since`) of the user. Queued counts jobs handed to a
-    backend that have not started, as the user sees them (status `queued`)."""
-    counts = await _active(session, user_id)
-    return counts.get("queued", 0) + counts.get("dispatched", 0), await created_since(session, user_id, since)
+    """(queued jobs, jobs created after `since`) of the user, in one round trip (every submit asks).
+    Queued counts jobs handed to a backend that have not started, as the user sees them (status
+    `queued`); the jobs created are counted as `created_since` does."""
+    row = (await session.execute(_QUOTAS, {"user_id": user_id, **_window(since)})).one()
+    return int(row[0] or 0), int(row[1] or 0) + int(row[2] or 0)
 
 
 async def status_counts(session: AsyncSession, user_id: str) -> dict[str, int]:
@@ -39,14 +40,14 @@ async def created_since(session: AsyncSession, user_id: str, since: datetime) ->
     """The user's jobs created after `since`: the whole hours after it from the per-hour counters
     (JobCreatedHour), and only the hour `since` falls in counted row by row, so the cost does not
     grow with how many jobs the user made that day."""
-    first_full = int(since.timestamp()) // 3600 + 1
-    boundary = datetime.fromtimestamp(first_full * 3600, UTC)
-    row = (
-        await session.execute(
-            _CREATED, {"user_id": user_id, "since": since, "boundary": boundary, "hour": first_full}
-        )
-    ).one()
+    row = (await session.execute(_CREATED, {"user_id": user_id, **_window(since)})).one()
     return int(row[0] or 0) + int(row[1] or 0)
+
+
+def _window(since: datetime) -> dict[str, object]:
+    """The parameters of _CREATED: the first whole hour after `since`, and where it starts."""
+    first_full = int(since.timestamp()) // 3600 + 1
+    return {"since": since, "boundary": datetime.fromtimestamp(first_full * 3600, UTC), "hour": first_full}
 
 
 _CREATED = select(
@@ -60,6 +61,18 @@ _CREATED = select(
         Job.created_at < bindparam("boundary"),
     )
     .scalar_subquery(),
+)
+
+
+_QUOTAS = select(
+    select(func.sum(JobCount.n))
+    # Not IN (...): an expanding parameter is rendered again at every execution.
+    .where(
+        JobCount.user_id == bindparam("user_id"),
+        (JobCount.state == "queued") | (JobCount.state == "dispatched"),
+    )
+    .scalar_subquery(),
+    *_CREATED.selected_columns,
 )
 
 

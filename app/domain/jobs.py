@@ -24,6 +24,7 @@ from app.domain import staged_inputs, uploads
 from app.domain.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.domain.pages import after_cursor
 from app.domain.quotas import check_job_quotas
+from app.domain.read_cache import ReadCache
 from app.domain.staged_inputs import StagedInput
 from app.domain.templates import get_document
 from app.domain.transitions import created, mark_canceled
@@ -33,7 +34,7 @@ from app.domain.views import job_view
 from app.domain.workflows import check_raw_workflow, upload_refs
 from app.storage.base import Storage
 from app.storage.signing import UrlSigner
-from app.templates import ParamsInvalid, output_nodes, render, resolve_params
+from app.templates import ParamsInvalid, TemplateDocument, output_nodes, render, resolve_params
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +110,27 @@ async def build(
     storage: Storage | None = None,
     new_uploads: list[Any] | None = None,
     fetch_url: UrlFetcher | None = None,
+    documents: ReadCache[TemplateDocument] | None = None,
 ) -> Job:
     """Validate a generate request and make its job (not yet added: see `enqueue`).
     `object_info` (a backend's node definitions) sharpens the checks of raw workflows and tells
     which nodes of a template are output nodes.
     Image params given as data: URIs or URLs are stored as the caller's uploads in `storage`
-    (appended to `new_uploads`: the caller adds them with the job, or deletes their files)."""
+    (appended to `new_uploads`: the caller adds them with the job, or deletes their files).
+    `documents`: the process's cache of template documents (app/domain/read_cache.py)."""
     priority = _check_request(principal, req, settings)
     if req.template is not None:
         graph = await _from_template(
-            session, principal, req, req.template, settings, object_info, storage, new_uploads, fetch_url
+            session,
+            principal,
+            req,
+            req.template,
+            settings,
+            object_info,
+            storage,
+            new_uploads,
+            fetch_url,
+            documents,
         )
     else:
         assert req.workflow is not None
@@ -181,10 +193,11 @@ async def _from_template(
     storage: Storage | None,
     new_uploads: list[Any] | None,
     fetch_url: UrlFetcher | None,
+    documents: ReadCache[TemplateDocument] | None = None,
 ) -> _Graph:
     """A template rendered with the request's params (image params stored as the caller's uploads)."""
     try:
-        doc = await get_document(session, template)
+        doc = await get_document(session, template, documents)
     except NotFound as exc:
         raise ValidationFailed(
             exc.detail, errors=[{"field": "template", "message": "no such template"}]
@@ -262,12 +275,11 @@ async def _from_raw_workflow(
 
 
 async def enqueue(session: AsyncSession, principal: Principal, job: Job) -> Job:
-    """Check the user's job quotas and add the job to the session (the caller commits); over a quota:
-    LimitExceeded, and nothing is added. Call in the transaction that spent the request's token
+    """Check the user's job quotas and insert the job (the caller commits; `job` stays out of the
+    session); over a quota: LimitExceeded, and nothing is inserted. Call in the transaction that spent the request's token
     (see app/domain/quotas.py for why)."""
     await check_job_quotas(session, principal)
-    repo.add(session, job)
-    # Its first event (`queued`): a /v1/ws subscriber hears of the new job.
+    # The row, and its first event (`queued`): a /v1/ws subscriber hears of the new job.
     await created(session, job)
     return job
 

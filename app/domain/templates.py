@@ -7,11 +7,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import changes
 from app.db import templates as repo
 from app.db.models import Template
 from app.domain.errors import NotFound, ValidationFailed
 from app.domain.json_values import sanitized
 from app.domain.pages import after_cursor
+from app.domain.read_cache import ReadCache
 from app.templates import (
     TemplateDocument,
     TemplateInvalid,
@@ -35,6 +37,8 @@ async def sync_builtins(session: AsyncSession) -> None:
         row = await repo.get(session, name)
         if row is None or (row.builtin and row.document != data):
             await repo.put(session, name, data, builtin=True)
+            # A replica starting with newer built-ins: the others must not keep the old ones.
+            await changes.announce(session)
 
 
 def parse_document(data: Any) -> TemplateDocument:
@@ -72,8 +76,19 @@ async def exists(session: AsyncSession, name: str) -> bool:
     return await repo.get(session, name) is not None
 
 
-async def get_document(session: AsyncSession, name: str) -> TemplateDocument:
-    return stored_document((await get_row(session, name)).document)
+async def get_document(
+    session: AsyncSession, name: str, cache: ReadCache[TemplateDocument] | None = None
+) -> TemplateDocument:
+    """A template's document, checked; with `cache`, kept there (the submit path: see
+    app/domain/read_cache.py). A cached document is shared: it is never changed (`render` copies)."""
+    if cache is None:
+        return stored_document((await get_row(session, name)).document)
+    doc = cache.get(name)
+    if doc is None:
+        generation = cache.generation
+        doc = stored_document((await get_row(session, name)).document)
+        cache.put(name, doc, generation)
+    return doc
 
 
 async def all_by_name(session: AsyncSession) -> list[Template]:
@@ -126,6 +141,7 @@ async def put_template(
     # Registered again after a delete: the operator's from now on.
     await repo.unmark_builtin_deleted(session, name)
     created = await repo.put(session, name, stored, builtin=False)
+    await changes.announce(session)
     return await get_row(session, name), created
 
 
@@ -134,3 +150,4 @@ async def delete_template(session: AsyncSession, name: str) -> None:
         raise NotFound(f"There is no template named {name!r}.")
     if name in load_builtin():
         await repo.mark_builtin_deleted(session, name)
+    await changes.announce(session)

@@ -22,9 +22,9 @@ from app.domain.views import job_snapshot, output_snapshot
 
 
 async def created(session: AsyncSession, job: Job) -> None:
-    """Log a new job's first status (event 1), in the transaction that inserts it."""
+    """Insert a new job's row with its first status logged (event 1), in the caller's transaction."""
     job.event_seq = 1
-    await session.flush()
+    await repo.insert_new(session, job)
     await job_events.append(session, [LoggedEvent(job.id, job.user_id, 1, "status", job_snapshot(job, []))])
 
 

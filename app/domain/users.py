@@ -1,7 +1,9 @@
 """Users and their keys; authentication of a bearer key; what admins do with them.
 
-Authentication is a database lookup on every request, so a revoked key or a disabled user is
-refused from the very next request, on every replica.
+Authentication reads the key and its user from the database, or from the process's cache of valid
+keys (app/domain/read_cache.py): a revoked key or a disabled user is refused from the very next
+request on the replica that made the change, and on the others once its announcement arrives
+(at most the cache's time to live if it does not).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.db import changes
 from app.db import ratelimit as buckets
 from app.db import users as repo
 from app.db.models import ApiKey, User
@@ -22,6 +25,7 @@ from app.domain.errors import Conflict, NotFound, Unauthorized
 from app.domain.keys import generate_key, hash_key, key_hint, same_secret
 from app.domain.limits import LIMIT_NAMES
 from app.domain.pages import after_cursor
+from app.domain.read_cache import ReadCache
 from app.domain.views import rfc3339
 
 # The row that owns what the bootstrap key (GATEWAY_ADMIN_API_KEY) does.
@@ -70,12 +74,28 @@ async def create_key(session: AsyncSession, user: User, *, name: str | None = No
     return row, secret
 
 
-async def authenticate(session: AsyncSession, key: str | None, settings: Settings) -> Principal:
+async def authenticate(
+    session: AsyncSession, key: str | None, settings: Settings, cache: ReadCache[Principal] | None = None
+) -> Principal:
+    """The caller of a key; Unauthorized if none. With `cache`, a valid key's caller is kept there."""
     if not key:
         raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
     if settings.admin_api_key and same_secret(key, settings.admin_api_key):
         return Principal(BOOTSTRAP_ADMIN_ID, "admin", True, {}, unlimited=True)
     digest = hash_key(key)
+    if cache is None:
+        return await _read_principal(session, digest, settings)
+    # Found by the digest of the key itself: a hit is the key, as the stored hash's comparison says.
+    cached = cache.get(digest)
+    if cached is not None:
+        return cached
+    generation = cache.generation
+    principal = await _read_principal(session, digest, settings)
+    cache.put(digest, principal, generation)
+    return principal
+
+
+async def _read_principal(session: AsyncSession, digest: str, settings: Settings) -> Principal:
     found = await repo.key_and_user(session, digest)
     # The lookup is by hash; the constant-time comparison guards against any timing in the index.
     if found is None or not same_secret(found[0].key_hash, digest):
@@ -138,7 +158,8 @@ async def update_user(
     limit_changes: dict[str, Any] | None = None,
 ) -> User:
     """Change a user; `limit_changes` merge into its own limits (a null member goes back to the default).
-    Takes effect from the user's next request: limits are read with the key on every request."""
+    Takes effect from the user's next request once committed: the caller forgets its cached
+    callers after the commit (`ReadCache.forget_all`); other replicas hear of it."""
     user = await get_user(session, user_id)
     if disabled and user.id == BOOTSTRAP_ADMIN_ID:
         raise Conflict("The bootstrap admin user cannot be disabled.")
@@ -155,6 +176,7 @@ async def update_user(
             await buckets.reset(session, user.id)
     user.updated_at = utcnow()
     await session.flush()
+    await changes.announce(session)
     return user
 
 
@@ -166,7 +188,8 @@ async def list_keys(
 
 
 async def revoke_key(session: AsyncSession, user_id: str, key_id: str) -> ApiKey:
-    """Revoke a key of the user (again: nothing changes). Refused from the key's next request."""
+    """Revoke a key of the user (again: nothing changes). Refused from the key's next request once
+    committed (see `update_user` for the cached callers)."""
     await get_user(session, user_id)
     key = await repo.get_key(session, user_id, key_id)
     if key is None:
@@ -174,4 +197,5 @@ async def revoke_key(session: AsyncSession, user_id: str, key_id: str) -> ApiKey
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         await session.flush()
+        await changes.announce(session)
     return key

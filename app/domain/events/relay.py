@@ -61,6 +61,8 @@ class EventRelay(Loop):
         self.on_remote_event: Callable[[job_events.Announced], None] | None = None
         # Other channels listened to on the same connection: name -> callback.
         self.channels: dict[str, Callable[..., None]] = {}
+        # Called each time listening starts: what was announced while not listening was missed.
+        self.on_listening: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         if is_sqlite(self._url):
@@ -92,6 +94,8 @@ class EventRelay(Loop):
             for channel, callback in self.channels.items():
                 await conn.add_listener(channel, callback)
             self.listening.set()
+            for callback in self.on_listening:
+                callback()
             while not conn.is_closed():
                 # asyncpg delivers notifications on its own; this only notices a lost connection.
                 await asyncio.sleep(self._reconnect)
