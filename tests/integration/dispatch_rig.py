@@ -76,7 +76,7 @@ class Rig:
         # Whose each job is (a job is only visible to its owner).
         self.owner: dict[str, dict[str, str]] = {}
         # The dispatcher's one seam for background work: queued here instead of run as tasks.
-        self.dispatcher.ctx.spawn = lambda coro, name: self.spawned.append(coro)
+        self.dispatcher.tasks.spawn = lambda coro, name: self.spawned.append(coro)  # type: ignore[method-assign]
 
     async def settle(self) -> None:
         """Run what was spawned, and what that spawned, to the end, in order."""
