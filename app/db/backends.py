@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -49,6 +50,25 @@ async def set_state(session: AsyncSession, backend_id: str, state: str) -> Backe
         update(Backend).where(Backend.id == backend_id).values(state=state, updated_at=utcnow())
     )
     return await session.get(Backend, backend_id, populate_existing=True)
+
+
+async def publish_capabilities(session: AsyncSession, url: str, digest: str, body: dict[str, Any]) -> None:
+    """Record what the backend can run, unless that is recorded already (one write per change)."""
+    await session.execute(
+        update(Backend)
+        .where(Backend.url == url, Backend.capabilities_digest.is_distinct_from(digest))
+        .values(capabilities=body, capabilities_digest=digest, capabilities_at=utcnow())
+    )
+
+
+async def capabilities_of(session: AsyncSession, urls: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Backend URL -> (digest, recorded capabilities), for those that have them."""
+    rows = await session.execute(
+        select(Backend.url, Backend.capabilities_digest, Backend.capabilities).where(
+            Backend.url.in_(urls), Backend.capabilities_digest.is_not(None)
+        )
+    )
+    return {url: (digest, body) for url, digest, body in rows if body is not None}
 
 
 async def delete_backend(session: AsyncSession, backend_id: str) -> None:

@@ -323,6 +323,13 @@ async def canceled_needing_cleanup(
     return list((await session.execute(stmt)).scalars())
 
 
+async def existing_ids(session: AsyncSession, job_ids: Sequence[str]) -> set[str]:
+    """Which of these jobs still have a row."""
+    if not job_ids:
+        return set()
+    return set((await session.execute(select(Job.id).where(Job.id.in_(job_ids)))).scalars())
+
+
 async def cleanup_done(session: AsyncSession, job_id: str) -> Job | None:
     stmt = _statement(("cleaned",), [Job.cancel_requested.is_(True)], cancel_requested=False)
     return await _update(session, stmt, {"p_job_id": job_id})

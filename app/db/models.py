@@ -309,6 +309,13 @@ class Backend(Base):
     source: Mapped[str] = mapped_column(String(16), default="admin")
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # What it can run (node classes and list choices, app/dispatch/capabilities.py), as the replica
+    # that follows it last read it: the other replicas read it only when the digest changed.
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, default=None, deferred=True, deferred_raiseload=True
+    )
+    capabilities_digest: Mapped[str | None] = mapped_column(String(64), default=None)
+    capabilities_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class JobEvent(Base):

@@ -104,6 +104,8 @@ class BackendLink:
     capabilities: Capabilities | None = None
     # When /object_info was last read (wall clock, for the admin view; monotonic, for the timer).
     capabilities_at: datetime | None = None
+    # The digest of the capabilities recorded in the backends table (for the other replicas).
+    capabilities_digest: str | None = None
     capabilities_refreshed: float = 0.0
     # The checkpoint of the last prompt sent: likely still loaded in the GPU's memory.
     last_checkpoint: str | None = None

@@ -8,6 +8,8 @@ Image inputs (LoadImage) are left out: their files are uploaded to the chosen ba
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +49,23 @@ class Capabilities:
                     if options is not None:
                         choices[(class_type, name)] = frozenset(options)
         return cls(nodes=frozenset(info), choices=choices)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON form, sorted so that equal capabilities give equal documents (see `digest`)."""
+        return {
+            "nodes": sorted(self.nodes),
+            "choices": [[c, n, sorted(v)] for (c, n), v in sorted(self.choices.items())],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Capabilities:
+        return cls(
+            nodes=frozenset(doc.get("nodes") or ()),
+            choices={(c, n): frozenset(v) for c, n, v in doc.get("choices") or ()},
+        )
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), separators=(",", ":")).encode()).hexdigest()
 
     def missing(self, workflow: Mapping[str, Any]) -> list[str]:
         """Why this backend cannot run the workflow; empty when it can."""

@@ -100,7 +100,7 @@ class Dispatcher(Loop):
         self.tasks = TaskSupervisor()
         self.scheduler = FairScheduler(settings)
         self.health_checks = BackendHealth(
-            settings=settings, metrics=metrics, tasks=self.tasks, wake=self.wake
+            sessionmaker=sessionmaker, settings=settings, metrics=metrics, tasks=self.tasks, wake=self.wake
         )
         self.tracker = Tracker(
             sessionmaker=sessionmaker,
@@ -198,7 +198,7 @@ class Dispatcher(Loop):
         Returns how many prompts were sent.
         """
         await self._return_unsendable_reserves()
-        plan = RoundPlan(self.links, self.settings.max_inflight_per_backend)
+        plan = RoundPlan(self.pool, self.settings.max_inflight_per_backend)
         sends = plan.fill_free_slots()
         sending = [self.submitter.send(self._by_url[url], items) for url, items in sends.items()]
         if plan.wanted():
@@ -379,6 +379,8 @@ class Dispatcher(Loop):
         start its next pending prompt, which must not be another canceled one still queued there.
         With leases, only this replica's backends: the others' owners clean theirs."""
         owned = None if self.leases is None else [link.url for link in self.links]
+        if self.leases is not None:
+            await self._take_off_deleted()
         async with self._sessionmaker() as session:
             jobs = await repo.canceled_needing_cleanup(session, backends=owned)
         groups: dict[str, tuple[BackendLink, list[Job]]] = {}
@@ -404,6 +406,41 @@ class Dispatcher(Loop):
             for job in group:
                 link.forget(job.prompt_id or "")
                 await self._cleanup_done(job)
+
+    async def _take_off_deleted(self) -> None:
+        """Jobs an admin deleted through another replica while they were on this replica's
+        backends: that replica does not follow them, and with the row gone no cancel is left to
+        find, so their prompts are taken off here and their slots freed."""
+        followed: dict[str, tuple[BackendLink, str]] = {}
+        for link in self.links:
+            reserved = {item.prompt_id for item in link.prepared}
+            for pid, flight in link.inflight.items():
+                if pid in link.collecting or (pid in link.submitting and pid not in reserved):
+                    continue  # its collection or POST ends first; the next scan sees it
+                followed[flight.job_id] = (link, pid)
+        if not followed:
+            return
+        async with self._sessionmaker() as session:
+            present = await repo.existing_ids(session, list(followed))
+        groups: dict[str, tuple[BackendLink, list[str]]] = {}
+        for job_id, (link, pid) in followed.items():
+            if job_id not in present and not link.drop_prepared(pid) and link.may_act():
+                groups.setdefault(link.url, (link, []))[1].append(pid)
+        for link, pids in groups.values():
+            # All deletes before any interrupt, as for cancels (see _cleanup_cancels).
+            try:
+                await link.client.delete_from_queue(pids)
+                for pid in pids:
+                    await link.client.interrupt(pid)
+            except BackendUnavailable as exc:
+                link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+                continue
+            except ComfyError as exc:
+                log.warning("taking the prompts of deleted jobs %s off %s failed: %s", pids, link.url, exc)
+            log.info("jobs deleted through another replica: prompts %s taken off %s", pids, link.url)
+            for pid in pids:
+                link.forget(pid)
+            self.wake()
 
     async def _cleanup_done(self, job: Job) -> None:
         async with self._sessionmaker() as session:

@@ -12,8 +12,11 @@ import logging
 import time
 from collections.abc import Callable
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from app.comfy.errors import ComfyError
 from app.config import Settings
+from app.db import backends as backends_repo
 from app.db.types import utcnow
 from app.dispatch.backend import BackendLink
 from app.dispatch.capabilities import Capabilities
@@ -25,9 +28,16 @@ log = logging.getLogger("app.dispatch")
 
 class BackendHealth:
     def __init__(
-        self, *, settings: Settings, metrics: Metrics, tasks: TaskSupervisor, wake: Callable[[], None]
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        metrics: Metrics,
+        tasks: TaskSupervisor,
+        wake: Callable[[], None],
     ) -> None:
         """`wake`: asks the dispatcher for a round now (a backend came back, or became usable)."""
+        self.sessionmaker = sessionmaker
         self.settings = settings
         self.metrics = metrics
         self.tasks = tasks
@@ -67,11 +77,27 @@ class BackendHealth:
         link.object_info = info
         link.capabilities = Capabilities.from_object_info(info)
         link.capabilities_at = utcnow()
+        await self._record_capabilities(link, link.capabilities)
         # A backend's node definitions are hundreds of thousands of long-lived objects: out of the
         # garbage collector's sight, full collections do not pause every live stream to walk them
         # (50 backends' definitions: 0.3 s per full collection; bench/sse.py showed the pauses).
         gc.freeze()
         self.wake()
+
+    async def _record_capabilities(self, link: BackendLink, caps: Capabilities) -> None:
+        """Into the backends table when they changed: replicas that do not follow this backend
+        read them there, to tell a job that can run nowhere from one that waits for a backend."""
+        digest = caps.digest()
+        if digest == link.capabilities_digest or not link.may_act():
+            return
+        try:
+            async with self.sessionmaker() as session:
+                await backends_repo.publish_capabilities(session, link.url, digest, caps.to_json())
+                await session.commit()
+        except Exception as exc:  # noqa: BLE001 - this replica routes with them anyway; retried at the next read
+            log.warning("recording the capabilities of %s failed: %s", link.url, exc)
+            return
+        link.capabilities_digest = digest
 
     async def check_forever(self, link: BackendLink) -> None:
         while not self.tasks.closing:

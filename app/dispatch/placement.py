@@ -14,6 +14,7 @@ from collections import defaultdict
 from app.db.models import Job
 from app.dispatch.backend import BackendLink, Prepared
 from app.dispatch.capabilities import checkpoint_of
+from app.dispatch.pool import BackendPool
 
 # Jobs claimed in reserve per backend beyond its in-flight slots.
 PREPARE_AHEAD = 1
@@ -22,10 +23,11 @@ log = logging.getLogger("app.dispatch")
 
 
 class RoundPlan:
-    def __init__(self, links: list[BackendLink], max_inflight: int) -> None:
-        """`links`: every backend this process follows (those not ready count for whether a job
-        can run at all)."""
-        self.links = links
+    def __init__(self, pool: BackendPool, max_inflight: int) -> None:
+        """`pool`: every backend this process follows (those not ready count for whether a job can
+        run at all), and, with several replicas, what the others' backends can run."""
+        self.pool = pool
+        links = self.links = pool.links
         self.cap = max_inflight
         self.ready = [
             link
@@ -87,6 +89,8 @@ class RoundPlan:
     def _placeable(self, job: Job) -> bool:
         if any(self.missing(link, job) == [] for link in self.ready):
             return True
+        if self.pool.leases is not None and self.pool.peers_can_run(job.workflow):
+            return False  # another replica's backend can: that replica picks it
         self.note_unrunnable(job)
         if job.id not in self.unrunnable:
             lacking = min((self.missing(link, job) or [] for link in self.ready), key=len, default=[])
@@ -96,11 +100,14 @@ class RoundPlan:
         return False
 
     def note_unrunnable(self, job: Job) -> None:
-        """A job that every backend we know the capabilities of lacks something for fails now;
-        one that waits for a backend that is down or not yet known stays queued."""
-        if any(link.capabilities is None for link in self.links):
+        """A job that every registered backend lacks something for fails now (the other replicas'
+        backends as their owners recorded them); one that waits for a backend whose capabilities
+        are not known yet stays queued."""
+        everywhere = self.pool.capabilities_everywhere()
+        if not everywhere:
             return
-        reasons = [self.missing(link, job) or [] for link in self.links]
+        own = [self.missing(link, job) or [] for link in self.links]
+        reasons = own + [caps.missing(job.workflow) for caps in everywhere[len(self.links) :]]
         if all(reasons):
             self.unrunnable[job.id] = min(reasons, key=len)
 

@@ -24,9 +24,10 @@ from app.config import Settings
 from app.db import backends as backends_repo
 from app.db import jobs as repo
 from app.db.leases import Fence
+from app.db.models import Backend
 from app.db.state import get_or_create
 from app.dispatch.backend import BackendLink, InFlight, OutputSpec, fenced_session, time_limit
-from app.dispatch.capabilities import models_by_kind
+from app.dispatch.capabilities import Capabilities, models_by_kind
 from app.dispatch.health import BackendHealth
 from app.dispatch.leases import LeaseKeeper
 from app.dispatch.scheduler import FairScheduler
@@ -89,6 +90,8 @@ class BackendPool:
         self._probed_at = float("-inf")
         # The backends' URLs as the table had them at the last read.
         self.registered: frozenset[str] = frozenset()
+        # The other replicas' backends: what each can run, as its owner recorded it (digest, parsed).
+        self._peer_capabilities: dict[str, tuple[str, Capabilities]] = {}
 
     # ---- life cycle ------------------------------------------------------------------------
 
@@ -252,6 +255,8 @@ class BackendPool:
         async with self._sessionmaker() as session:
             rows = {row.url: row for row in await backends_repo.all_backends(session)}
         self.registered = frozenset(rows)
+        if self.leases is not None:
+            await self._follow_peer_capabilities(rows)
         for link in list(self.links):
             if link.url not in rows:
                 await self._remove_link(link)
@@ -268,6 +273,51 @@ class BackendPool:
             # applying the read would undo it for a moment and let a job onto a drained backend.
             if known.draining_stamp <= seen:
                 known.draining = row.state == "draining"
+
+    async def _follow_peer_capabilities(self, rows: dict[str, Backend]) -> None:
+        """Load what the backends followed by other replicas can run, when their owners recorded a
+        change (the digest in the row; the document itself is read only then)."""
+        peers = self._peer_capabilities
+        for url in [u for u in peers if u not in rows or u in self.by_url]:
+            del peers[url]
+        changed = [
+            url
+            for url, row in rows.items()
+            if url not in self.by_url
+            and row.capabilities_digest is not None
+            and peers.get(url, ("", None))[0] != row.capabilities_digest
+        ]
+        if not changed:
+            return
+        async with self._sessionmaker() as session:
+            recorded = await backends_repo.capabilities_of(session, changed)
+        for url, (digest, body) in recorded.items():
+            peers[url] = (digest, Capabilities.from_json(body))
+
+    def capabilities_everywhere(self) -> list[Capabilities] | None:
+        """What every registered backend can run (this replica's and the others'), or None while
+        any of them is not known yet."""
+        everywhere: list[Capabilities] = []
+        for link in self.links:
+            if link.capabilities is None:
+                return None
+            everywhere.append(link.capabilities)
+        for url in self.registered:
+            if url in self.by_url:
+                continue
+            known = self._peer_capabilities.get(url)
+            if known is None:
+                return None
+            everywhere.append(known[1])
+        return everywhere
+
+    def peers_can_run(self, workflow: dict[str, Any]) -> bool:
+        """Whether a backend another replica follows has all the workflow needs (that replica
+        picks the job then; this one neither fails it nor says it waits)."""
+        return any(
+            url in self.registered and url not in self.by_url and not caps.missing(workflow)
+            for url, (_, caps) in self._peer_capabilities.items()
+        )
 
     async def _requeue_orphans(self) -> None:
         """Jobs handed to a backend that is no longer registered (removed in a race with a claim,

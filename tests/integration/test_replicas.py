@@ -19,6 +19,7 @@ from app.db import leases
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.models import Job, JobEvent, Output
 from app.domain.users import BOOTSTRAP_ADMIN_ID, ensure_bootstrap_admin
+from comfy_emulator import Emulator, EmulatorConfig
 from tests.conftest import _pg_exec, _pg_url
 from tests.integration.replicas import (
     Replica,
@@ -450,3 +451,81 @@ class TcpProxy:
             self._server.close()
         for writer in self._writers:
             writer.transport.abort()
+
+
+async def test_a_job_no_backend_can_run_fails_and_one_another_replicas_backend_can_run_runs_there(
+    pg_url: str, tmp_path: Path, cleanup: list
+) -> None:
+    # "plain" has checkpoint a, "full" checkpoint b; each replica follows one of them, so neither
+    # sees every backend itself: what the other's backend can run comes from the backends table.
+    plain = Emulator(EmulatorConfig(step_seconds=0.01, models={"checkpoints": ["a.safetensors"]}))
+    full = Emulator(EmulatorConfig(step_seconds=0.01, models={"checkpoints": ["b.safetensors"]}))
+    for emu in (plain, full):
+        await emu.start(host="127.0.0.1", port=0)
+        cleanup.append(emu)
+    urls = [plain.base_url, full.base_url]
+    reps = await replicas_up(pg_url, urls, tmp_path, ["r1", "r2"], cleanup, lease=LEASE)
+    await settled(reps[0], {"r1", "r2"}, 2)
+    _, user = await make_user(reps[0], "u")
+
+    def body(checkpoint: str) -> dict:
+        return {"template": "txt2img", "params": {"prompt": "x", "steps": 1, "checkpoint": checkpoint}}
+
+    async def post(replica: Replica, checkpoint: str) -> str:
+        resp = await replica.http.post("/v1/generate", json=body(checkpoint), headers=user)
+        assert resp.status_code == 202, resp.text
+        return resp.json()["id"]
+
+    # Through both replicas: each job is picked by the owner of the one backend that can run it.
+    on_a = [await post(reps[i % 2], "a.safetensors") for i in range(4)]
+    on_b = [await post(reps[i % 2], "b.safetensors") for i in range(4)]
+    nowhere = [await post(rep, "c.safetensors") for rep in reps]
+    done = await finals(reps[0], on_a + on_b + nowhere, timeout=60)
+
+    assert all(done[j]["status"] == "succeeded" and done[j]["waiting_reason"] is None for j in on_a + on_b)
+    ran_on_plain, ran_on_full = set(plain.executed_prompts), set(full.executed_prompts)
+    assert len(ran_on_plain) == 4 and len(ran_on_full) == 4
+    for job_id in nowhere:
+        job = done[job_id]
+        assert job["status"] == "failed" and job["error"]["type"] == "unsupported_workflow", job
+        assert "c.safetensors" in job["error"]["message"] and job["attempts"] == 0
+
+
+async def test_an_admin_delete_through_a_replica_that_does_not_follow_the_backend_takes_the_prompt_off(
+    pg_url: str, tmp_path: Path, cleanup: list
+) -> None:
+    [emu] = await start_backends(1, step_seconds=0.1)
+    cleanup.append(emu)
+    reps = await replicas_up(pg_url, [emu.base_url], tmp_path, ["r1", "r2"], cleanup, lease=LEASE)
+    owners = await wait_for(lambda: _one_owner(reps[0], emu.base_url), "an owner for the backend")
+    owner = next(r for r in reps if r.name == owners)
+    other = next(r for r in reps if r is not owner)
+    _, user = await make_user(other, "u")
+    # Long jobs: the first runs, the second waits in ComfyUI's own queue behind it.
+    running, pending = [await submit(other, user, steps=100) for _ in range(2)]
+
+    async def on_backend() -> bool:
+        views = [(await other.http.get(f"/v1/jobs/{j}", headers=user)).json() for j in (running, pending)]
+        return views[0]["status"] == "running" and len(emu.prompts_received) == 2
+
+    await wait_for(on_backend, "both prompts on the backend, the first running", timeout=30)
+    first, second = emu.prompts_received
+    for job_id in (pending, running):
+        resp = await other.http.delete(f"/v1/admin/jobs/{job_id}")
+        assert resp.status_code == 204, resp.text
+    # The replica that follows the backend takes them off (the one that took the request does not
+    # act on it): the running prompt is interrupted, the waiting one never runs, and the slots
+    # they held serve the next jobs.
+    await wait_for(lambda: _interrupted(emu, first), "the running prompt interrupted", timeout=10)
+    assert second not in emu.executed_prompts
+    after = [await submit(owner, user, steps=1) for _ in range(4)]
+    assert all(j["status"] == "succeeded" for j in (await finals(owner, after, timeout=20)).values())
+    assert second not in emu.executed_prompts
+
+
+async def _interrupted(emu: Emulator, prompt_id: str) -> bool:
+    return any(body.get("prompt_id") == prompt_id for body in emu.interrupts if isinstance(body, dict))
+
+
+async def _one_owner(replica: Replica, url: str) -> str | None:
+    return (await replica.owned()).get(url)
