@@ -309,7 +309,10 @@ def _dispatcher(
     the backends it leases."""
     keeper = (
         LeaseKeeper(
-            worker_sessionmaker,
+            # Connections of its own (two: a renewal and a hand-over may overlap): a renewal
+            # must never queue behind the dispatcher's and collectors' work for a connection,
+            # or a busy replica would lose its leases for want of a pooled connection.
+            create_engine(settings.database_url, pool_size=2),
             replica_id=replica_id,
             lease_seconds=settings.backend_lease_seconds,
             name=settings.replica_name,

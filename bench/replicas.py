@@ -5,8 +5,9 @@
 
 - takeover after kill -9: from the SIGKILL of a replica to the moment the admin view shows all
   of its backends held by others (median of 5; each round a fresh replica replaces the dead one);
-- jobs/s with 3 replicas vs 1, on the same emulated backends (jobs of 5 steps of 10 ms, submitted
-  through the replicas' APIs in turn, 16 at a time);
+- jobs/s with 3 replicas vs 1, on the same emulated backends (jobs of `--steps` steps of 10 ms,
+  submitted through the replicas' APIs in turn, 16 at a time, each held open with `Prefer: wait`),
+  with the replicas' CPU per job in H (one `GET /healthz` of a replica's process);
 - the added latency of a submit taken by a replica that does not own the backend: `Prefer: wait`
   round trips of one-step jobs on one backend, through its owner and through the other replica,
   interleaved (medians).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import statistics
 import sys
@@ -99,7 +101,28 @@ async def takeover(db: str, urls: list[str], tmp: Path, lease: float, rounds: in
     return times
 
 
-async def run_jobs(reps: list[Replica], user: dict, jobs: int) -> float:
+def cpu_seconds(replicas: list[Replica]) -> float:
+    """User + system CPU the replicas' processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for r in replicas:
+        fields = Path(f"/proc/{r.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+async def measure_h(replica: Replica, n: int = 2000) -> float:
+    """H: the CPU one `GET /healthz` costs the replica's process (seconds)."""
+    for _ in range(100):
+        await replica.http.get("/healthz")
+    before = cpu_seconds([replica])
+    for _ in range(n):
+        await replica.http.get("/healthz")
+    return (cpu_seconds([replica]) - before) / n
+
+
+async def run_jobs(reps: list[Replica], user: dict, jobs: int, steps: int) -> tuple[float, float]:
+    """Jobs per second, and the replicas' CPU per job (seconds)."""
     gate = asyncio.Semaphore(16)
     ids: list[str] = []
 
@@ -107,35 +130,43 @@ async def run_jobs(reps: list[Replica], user: dict, jobs: int) -> float:
         async with gate:
             r = reps[i % len(reps)]
             # Held open until the job ends (no polling: the figure is the replicas', not a poller's).
-            resp = await r.http.post("/v1/generate", json=job_body(5), headers={**user, "Prefer": "wait=60"})
+            wait = {**user, "Prefer": "wait=60"}
+            resp = await r.http.post("/v1/generate", json=job_body(steps), headers=wait)
             assert resp.status_code == 200, resp.text
             ids.append(resp.json()["id"])
 
+    cpu = cpu_seconds(reps)
     started = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(jobs)))
     elapsed = time.monotonic() - started
+    cpu = cpu_seconds(reps) - cpu
     done = await finals(reps[0], ids)
     assert all(j["status"] == "succeeded" for j in done.values())
-    return jobs / elapsed
+    return jobs / elapsed, cpu / jobs
 
 
-async def throughput(db: str, urls: list[str], tmp: Path, lease: float, jobs: int) -> tuple[float, float]:
+async def throughput(
+    db: str, urls: list[str], tmp: Path, lease: float, jobs: int, steps: int
+) -> tuple[float, tuple[float, float], tuple[float, float]]:
+    """H, then (jobs/s, CPU per job) with one replica and with three."""
     first = await start_replica(db, urls, tmp, "s0", lease=lease)
     others: list[Replica] = []
     try:
         await settle(first, {"s0"}, len(urls))
         _, user = await make_user(first, f"bench-{uuid.uuid4().hex[:6]}")
-        await run_jobs([first], user, 20)  # warm-up
-        one = await run_jobs([first], user, jobs)
+        await run_jobs([first], user, 20, steps)  # warm-up
+        h = await measure_h(first)
+        one = await run_jobs([first], user, jobs, steps)
         others = list(
             await asyncio.gather(*(start_replica(db, urls, tmp, f"s{i}", lease=lease) for i in (1, 2)))
         )
         await settle(first, {"s0", "s1", "s2"}, len(urls))
-        three = await run_jobs([first, *others], user, jobs)
+        await run_jobs([first, *others], user, 20, steps)  # warm-up
+        three = await run_jobs([first, *others], user, jobs, steps)
     finally:
         for r in [first, *others]:
             await r.stop()
-    return one, three
+    return h, one, three
 
 
 async def latency(db: str, url: str, tmp: Path, lease: float, n: int) -> tuple[float, float]:
@@ -172,6 +203,9 @@ async def main() -> None:
     parser.add_argument("--backends", type=int, default=4)
     parser.add_argument("--latency-jobs", type=int, default=20)
     parser.add_argument(
+        "--steps", type=int, nargs="+", default=[5, 50], help="sampler steps of 10 ms per job, one run each"
+    )
+    parser.add_argument(
         "--only",
         choices=["takeover", "throughput", "latency"],
         action="append",
@@ -196,11 +230,16 @@ async def main() -> None:
                     f"median {statistics.median(times):.2f} s, runs {', '.join(f'{t:.2f}' for t in times)}"
                 )
             if "throughput" in only:
-                one, three = await throughput(db, urls, Path(tmp), args.lease, args.jobs)
-                print(
-                    f"throughput, {args.jobs} jobs of 50 ms on {args.backends} backends: "
-                    f"1 replica {one:.1f} jobs/s, 3 replicas {three:.1f} jobs/s ({three / one:.2f}x)"
-                )
+                for steps in args.steps:
+                    h, (one, cpu1), (three, cpu3) = await throughput(
+                        db, urls, Path(tmp), args.lease, args.jobs, steps
+                    )
+                    print(
+                        f"throughput, {args.jobs} jobs of {steps} x 10 ms on {args.backends} backends "
+                        f"(H = {h * 1000:.2f} ms): 1 replica {one:.1f} jobs/s at {cpu1 / h:.0f} H per job, "
+                        f"3 replicas {three:.1f} jobs/s at {cpu3 / h:.0f} H per job (all three), "
+                        f"ratio {three / one:.2f}"
+                    )
             if "latency" in only:
                 own, other = await latency(db, urls[0], Path(tmp), args.lease, args.latency_jobs)
                 print(

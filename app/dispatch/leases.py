@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import leases as repo
-from app.db.engine import normalize_url
+from app.db.engine import create_sessionmaker, normalize_url
 from app.db.leases import Fence, LeaseRow
 
 log = logging.getLogger("app.dispatch.leases")
@@ -56,13 +56,15 @@ class Owner(Protocol):
 class LeaseKeeper:
     def __init__(
         self,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        engine: AsyncEngine,
         *,
         replica_id: str,
         lease_seconds: float,
         name: str | None = None,
     ) -> None:
-        self._sessionmaker = sessionmaker
+        # Its own engine, disposed by `release_all`: see app/main.py.
+        self._engine = engine
+        self._sessionmaker = create_sessionmaker(engine)
         self.replica_id = replica_id
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.ttl = lease_seconds
@@ -135,6 +137,9 @@ class LeaseKeeper:
                 await session.commit()
         except Exception:  # noqa: BLE001 - they expire by themselves then
             log.exception("giving the backend leases back failed; they expire in %.0f s", self.ttl)
+        finally:
+            # The keeper's own connections (app/main.py): nothing uses them after this.
+            await self._engine.dispose()
 
     # ---- the loop --------------------------------------------------------------------------
 

@@ -135,6 +135,10 @@ async def test_kill_9_of_one_replica_of_three_loses_no_job_and_runs_none_twice(
     # Any replica serves any output, whoever collected it (one shared volume).
     out = done[ids[0]]["outputs"][0]["url"]
     assert (await survivor.http.get(out)).status_code == 200
+    # Busy as they were, the survivors kept renewing their own leases throughout.
+    for replica in reps:
+        if replica is not victim:
+            assert "lease lost" not in replica.log.read_text(), replica.name
 
 
 async def test_a_replica_paused_past_its_lease_acts_no_more_when_it_resumes(
@@ -529,3 +533,41 @@ async def _interrupted(emu: Emulator, prompt_id: str) -> bool:
 
 async def _one_owner(replica: Replica, url: str) -> str | None:
     return (await replica.owned()).get(url)
+
+
+async def test_a_drain_and_a_removal_through_a_replica_that_does_not_own_the_backend_are_honoured(
+    pg_url: str, tmp_path: Path, cleanup: list
+) -> None:
+    emus = await start_backends(2)
+    cleanup.extend(emus)
+    by_url = {e.base_url: e for e in emus}
+    reps = await replicas_up(pg_url, list(by_url), tmp_path, ["r1", "r2"], cleanup, lease=LEASE)
+    owners = await settled(reps[0], {"r1", "r2"}, 2)
+    drained_url, kept_url = sorted(by_url)
+    owner = next(r for r in reps if r.name == owners[drained_url])
+    other = next(r for r in reps if r is not owner)
+    listing = (await other.http.get("/v1/admin/backends")).json()["items"]
+    backend_id = next(b["id"] for b in listing if b["url"] == drained_url)
+    _, user = await make_user(other, "u")
+
+    resp = await other.http.post(f"/v1/admin/backends/{backend_id}/drain")
+    assert resp.status_code == 200 and resp.json()["state"] == "draining", resp.text
+    # The owner re-reads the table at its next poll (0.2 s here): then it sends the drained
+    # backend nothing, whichever replica took the jobs.
+    await asyncio.sleep(1.0)
+    sent_before = len(by_url[drained_url].prompts_received)
+    ids = [await submit(reps[i % 2], user, steps=1) for i in range(8)]
+    assert all(j["status"] == "succeeded" for j in (await finals(owner, ids)).values())
+    assert len(by_url[drained_url].prompts_received) == sent_before
+    assert len(by_url[kept_url].prompts_received) >= 8
+
+    assert (await other.http.delete(f"/v1/admin/backends/{backend_id}")).status_code == 204
+
+    async def let_go() -> bool:
+        # The owner closed its socket to the removed backend and no replica lists it any more.
+        listed = {b["url"] for b in (await owner.http.get("/v1/admin/backends")).json()["items"]}
+        return drained_url not in listed and not by_url[drained_url].hub.sockets
+
+    await wait_for(let_go, "the removed backend let go by its owner", timeout=10)
+    more = [await submit(reps[i % 2], user, steps=1) for i in range(4)]
+    assert all(j["status"] == "succeeded" for j in (await finals(owner, more)).values())
