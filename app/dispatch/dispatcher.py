@@ -11,6 +11,8 @@ It holds its parts and runs their rounds; each part holds the others it needs, g
   (collector.py) of a prompt that ended;
 - the reconciler (reconciler.py): what a backend's /queue and /history say, when messages may
   have been missed;
+- overdue prompts (overdue.py): fail-over of a backend down too long, jobs past their deadline;
+- cancels (cancels.py): canceled and deleted jobs taken off their backends;
 - the task supervisor (tasks.py): the background tasks they all start.
 
 A job is claimed (a conditional UPDATE that sets its backend and a fresh prompt id) and the
@@ -28,15 +30,16 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.comfy.errors import BackendUnavailable, ComfyError
 from app.config import Settings
 from app.db import jobs as repo
 from app.db.models import Job
 from app.db.state import lock_claims
 from app.dispatch import job_errors
-from app.dispatch.backend import BackendLink, InFlight, OutputSpec, Prepared, fenced_session, time_limit
+from app.dispatch.backend import BackendLink, InFlight, OutputSpec, Prepared, time_limit
+from app.dispatch.cancels import CancelCleanup
 from app.dispatch.health import BackendHealth
 from app.dispatch.leases import LeaseKeeper
+from app.dispatch.overdue import Overdue
 from app.dispatch.placement import PREPARE_AHEAD, RoundPlan
 from app.dispatch.pool import BackendPool
 from app.dispatch.reconciler import Reconciler
@@ -66,10 +69,6 @@ class Dispatcher(Loop):
     # Set when a user other than the reserves' owners submits: reserves are then returned and
     # picked again, so the newcomer's job takes the next free slot.
     _reserve_stale = False
-    # Canceled jobs are looked for when this process canceled one, and once per poll for cancels
-    # made through other replicas: not on every round (a query per job otherwise).
-    _cancel_hint = True
-    _next_cancel_scan = 0.0
 
     def __init__(
         self,
@@ -96,7 +95,21 @@ class Dispatcher(Loop):
         # holds are in `links` (app/dispatch/leases.py). None: this process follows every backend.
         self.leases = leases
         self._sessionmaker = sessionmaker
-        # Every part that finds something changed asks for a round now through `wake`.
+        self._compose(sessionmaker, settings, storage, notifier, metrics, leases)
+        # The waiting_reason last written per job, so that an unchanged reason is not rewritten.
+        self._waiting: dict[str, str] = {}
+
+    def _compose(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        storage: Storage,
+        notifier: Notifier,
+        metrics: Metrics,
+        leases: LeaseKeeper | None,
+    ) -> None:
+        """Build the parts, each given the others it uses (a part is built after what it holds).
+        A part that finds something changed asks for a round now through `wake`."""
         self.tasks = TaskSupervisor()
         self.scheduler = FairScheduler(settings)
         self.health_checks = BackendHealth(
@@ -127,8 +140,16 @@ class Dispatcher(Loop):
             wake=self.wake,
             leases=leases,
         )
-        # The waiting_reason last written per job, so that an unchanged reason is not rewritten.
-        self._waiting: dict[str, str] = {}
+        self.overdue = Overdue(
+            sessionmaker=sessionmaker,
+            settings=settings,
+            notifier=notifier,
+            pool=self.pool,
+            tracker=self.tracker,
+        )
+        self.cancels = CancelCleanup(
+            sessionmaker=sessionmaker, settings=settings, pool=self.pool, wake=self.wake
+        )
 
     @property
     def links(self) -> list[BackendLink]:
@@ -182,13 +203,11 @@ class Dispatcher(Loop):
         if self.pool.sync_due(now):
             await self.pool.sync_backends()
         await self.reconciler.reconcile_due(self.links, now)
-        await self._fail_over()
+        await self.overdue.fail_over()
         sent = await self._dispatch()
-        if self._cancel_hint or now >= self._next_cancel_scan:
-            self._cancel_hint = False
-            self._next_cancel_scan = now + self.settings.dispatch_poll_seconds
-            await self._cleanup_cancels()
-        await self._enforce_deadlines()
+        if self.cancels.due(now):
+            await self.cancels.run()
+        await self.overdue.enforce_deadlines()
         return sent
 
     async def _dispatch(self) -> int:
@@ -309,169 +328,18 @@ class Dispatcher(Loop):
             self.metrics.backend_inflight.labels(url).set(len(owner.slots))
         return sending
 
-    async def _fail_over(self) -> None:
-        """Jobs on a backend that has been unreachable past the grace period go to the others."""
-        now = time.monotonic()
-        for link in self.links:
-            if (
-                link.down_since is None
-                or now - link.down_since < self.settings.failover_grace_seconds
-                or not link.may_act()
-            ):
-                continue
-            await self.pool.return_prepared([link])
-            for pid, flight in list(link.inflight.items()):
-                if pid in link.collecting:
-                    continue
-                log.warning(
-                    "backend %s down for %.0f s: job %s moves on",
-                    link.url,
-                    now - link.down_since,
-                    flight.job_id,
-                )
-                link.abandoned.add(pid)
-                link.submitting.discard(pid)
-                await self.tracker.requeue(link, pid, flight, count_attempt=True)
-
-    async def _enforce_deadlines(self) -> None:
-        """Interrupt jobs that ran past their time limit; fail them with type `timeout`."""
-        now = time.time()
-        for link in self.links:
-            for pid, flight in list(link.inflight.items()):
-                if flight.interrupt_due is not None:
-                    if now > flight.interrupt_due:
-                        # It was told to stop and did not: no more work until it proves healthy.
-                        log.error("backend %s ignored the interrupt of prompt %s", link.url, pid)
-                        flight.interrupt_due = None
-                        link.mark_unreachable(
-                            "ignored an interrupt", self.settings.backend_retry_seconds * 10
-                        )
-                    continue
-                if flight.deadline is None or now < flight.deadline or not link.may_act():
-                    continue
-                async with fenced_session(self._sessionmaker, link) as session:
-                    job = await transitions.mark_failed(
-                        session,
-                        flight.job_id,
-                        error=job_errors.timeout(flight.timeout or 0),
-                        prompt_id=pid,
-                        progress=flight.progress,
-                    )
-                    await session.commit()
-                if job is not None:
-                    self.notifier.publish(job)
-                flight.interrupt_due = now + self.settings.interrupt_grace_seconds
-                try:
-                    await link.client.interrupt(pid)
-                except ComfyError as exc:
-                    log.error("interrupting prompt %s on %s failed: %s", pid, link.url, exc)
-                    link.mark_unreachable(
-                        f"interrupt failed: {exc}", self.settings.backend_retry_seconds * 10
-                    )
-                    link.forget(pid)
-
     # ---- cancels ---------------------------------------------------------------------------
-
-    async def _cleanup_cancels(self) -> None:
-        """Take canceled jobs off their backends: delete from its queue, and interrupt it by prompt id.
-
-        All of a backend's deletes go before any of its interrupts: an interrupt lets the backend
-        start its next pending prompt, which must not be another canceled one still queued there.
-        With leases, only this replica's backends: the others' owners clean theirs."""
-        owned = None if self.leases is None else [link.url for link in self.links]
-        if self.leases is not None:
-            await self._take_off_deleted()
-        async with self._sessionmaker() as session:
-            jobs = await repo.canceled_needing_cleanup(session, backends=owned)
-        groups: dict[str, tuple[BackendLink, list[Job]]] = {}
-        for job in jobs:
-            link = self.pool.by_url.get(job.backend or "")
-            if link is None and self.leases is not None and job.backend in self.pool.registered:
-                continue  # another replica's backend: its owner takes the prompt off
-            if link is None or link.drop_prepared(job.prompt_id or ""):
-                await self._cleanup_done(job)
-            elif link.healthy and job.prompt_id not in link.submitting and link.may_act():
-                groups.setdefault(link.url, (link, []))[1].append(job)
-        for link, group in groups.values():
-            pids = [job.prompt_id or "" for job in group]
-            try:
-                await link.client.delete_from_queue(pids)
-                for pid in pids:
-                    await link.client.interrupt(pid)
-            except BackendUnavailable as exc:
-                link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
-                continue
-            except Exception:  # noqa: BLE001 - not transient: trying every round would not help
-                log.exception("taking canceled prompts %s off %s failed", pids, link.url)
-            for job in group:
-                link.forget(job.prompt_id or "")
-                await self._cleanup_done(job)
-
-    async def _take_off_deleted(self) -> None:
-        """Jobs an admin deleted through another replica while they were on this replica's
-        backends: that replica does not follow them, and with the row gone no cancel is left to
-        find, so their prompts are taken off here and their slots freed."""
-        followed: dict[str, tuple[BackendLink, str]] = {}
-        for link in self.links:
-            reserved = {item.prompt_id for item in link.prepared}
-            for pid, flight in link.inflight.items():
-                if pid in link.collecting or (pid in link.submitting and pid not in reserved):
-                    continue  # its collection or POST ends first; the next scan sees it
-                followed[flight.job_id] = (link, pid)
-        if not followed:
-            return
-        async with self._sessionmaker() as session:
-            present = await repo.existing_ids(session, list(followed))
-        groups: dict[str, tuple[BackendLink, list[str]]] = {}
-        for job_id, (link, pid) in followed.items():
-            if job_id not in present and not link.drop_prepared(pid) and link.may_act():
-                groups.setdefault(link.url, (link, []))[1].append(pid)
-        for link, pids in groups.values():
-            # All deletes before any interrupt, as for cancels (see _cleanup_cancels).
-            try:
-                await link.client.delete_from_queue(pids)
-                for pid in pids:
-                    await link.client.interrupt(pid)
-            except BackendUnavailable as exc:
-                link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
-                continue
-            except ComfyError as exc:
-                log.warning("taking the prompts of deleted jobs %s off %s failed: %s", pids, link.url, exc)
-            log.info("jobs deleted through another replica: prompts %s taken off %s", pids, link.url)
-            for pid in pids:
-                link.forget(pid)
-            self.wake()
-
-    async def _cleanup_done(self, job: Job) -> None:
-        async with self._sessionmaker() as session:
-            await repo.cleanup_done(session, job.id)
-            await session.commit()
 
     async def job_canceled(self, job: Job) -> None:
         """Called after an API cancel committed: clean up on the backend now."""
-        for link in self.links:
-            for item in list(link.prepared):
-                if item.job_id == job.id:
-                    link.drop_prepared(item.prompt_id)
+        self.cancels.canceled(job)
         # Subscribers heard of it from the event log when the cancel committed; count it here.
         self.metrics.count_finished(job)
-        self._cancel_hint = True
         self.wake()
 
     async def take_off(self, job: Job) -> None:
-        """An admin deletes a canceled job now: its prompt leaves its backend here, because once the
-        row is gone the cleanup of cancels has nothing to find. Best effort: a backend that does not
-        answer may still run it, unfollowed."""
-        link = self.pool.by_url.get(job.backend or "")
-        if link is None or not job.prompt_id or link.drop_prepared(job.prompt_id) or not link.may_act():
-            return
-        try:
-            await link.client.delete_from_queue([job.prompt_id])
-            await link.client.interrupt(job.prompt_id)
-        except ComfyError as exc:
-            log.warning("job %s: taking prompt %s off %s failed: %s", job.id, job.prompt_id, link.url, exc)
-        link.forget(job.prompt_id)
-        self.wake()
+        """An admin deletes a canceled job now (see CancelCleanup.take_off)."""
+        await self.cancels.take_off(job)
 
     # ---- the pool, for the API and the wiring ------------------------------------------------
 
