@@ -66,7 +66,10 @@ async def append(session: AsyncSession, events: list[LoggedEvent]) -> None:
         # NOTIFY is transactional: the other replicas hear of the events when they are committed.
         await session.execute(
             text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
-            {"channel": CHANNEL, "payloads": [f"{origin}|{e.job_id}|{e.user_id}|{e.seq}" for e in events]},
+            {
+                "channel": CHANNEL,
+                "payloads": [f"{origin}|{e.job_id}|{e.user_id}|{e.seq}|{int(_wakes(e))}" for e in events],
+            },
         )
     session.info.setdefault(_PENDING, []).extend(events)
 
@@ -171,9 +174,19 @@ def _after_rollback(session: Session, previous_transaction: Any) -> None:
     session.info.pop(_PENDING, None)
 
 
-def payload_of(raw: str) -> tuple[str, str, str, int] | None:
-    """(origin, job id, user id, seq) from a NOTIFY payload; None if malformed."""
+# The statuses after which a dispatcher may have work it did not have before: a job to place, or
+# a user's running job fewer (`max_running`). Running, progress and outputs change nothing for it.
+_WAKING = frozenset({"queued", "succeeded", "failed", "canceled"})
+
+
+def _wakes(event: LoggedEvent) -> bool:
+    return event.event == "status" and event.data.get("status") in _WAKING
+
+
+def payload_of(raw: str) -> tuple[str, str, str, int, bool] | None:
+    """(origin, job id, user id, seq, whether it should wake the dispatchers) from a NOTIFY
+    payload; None if malformed. A payload of four fields (a replica of an earlier version) wakes."""
     parts = raw.split("|")
-    if len(parts) != 4 or not parts[3].isdigit():
+    if len(parts) not in (4, 5) or not parts[3].isdigit():
         return None
-    return parts[0], parts[1], parts[2], int(parts[3])
+    return parts[0], parts[1], parts[2], int(parts[3]), parts[4:] != ["0"]

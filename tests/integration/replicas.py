@@ -77,11 +77,19 @@ class Replica:
 
 
 async def start_replica(
-    db_url: str, backends: list[str], tmp_path: Path, name: str, *, lease: float, storage: Path | None = None
+    db_url: str,
+    backends: list[str],
+    tmp_path: Path,
+    name: str,
+    *,
+    lease: float,
+    storage: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Replica:
+    """`env`: settings over the tests' (which poll often, to be quick)."""
     port = free_port()
     log = tmp_path / f"{name}.log"
-    env = replica_env(db_url, backends, storage or tmp_path / "outputs", name, lease)
+    env = {**replica_env(db_url, backends, storage or tmp_path / "outputs", name, lease), **(env or {})}
     # Generous: several processes start at once on a machine that may be busy.
     proc = await start(env, port, log, deadline_seconds=90)
     replica = Replica(name, proc, f"http://127.0.0.1:{port}", log)

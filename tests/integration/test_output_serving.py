@@ -145,3 +145,25 @@ async def test_a_job_whose_outputs_exceed_the_cap_fails_and_keeps_no_file(
     assert final["error"]["type"] == "output_too_large" and final["outputs"] == []
     assert "50 bytes" in final["error"]["message"]
     assert await stored(gw.state.settings.storage_dir / job["id"]) == []
+
+
+async def test_small_and_large_outputs_are_served_alike(gateway) -> None:  # noqa: ANN001
+    """A small file is sent in one piece from the event loop, a large one by FileResponse: a client
+    cannot tell which, whole or in ranges, fresh or conditional."""
+    from app.api.outputs import SMALL_FILE
+
+    final = await finished_blur(gateway)
+    for size in (1000, SMALL_FILE + 1):
+        data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        url = await plant_output(gateway, final["id"], data, "blob.bin", "application/octet-stream")
+        whole = await gateway.http.get(url)
+        assert whole.status_code == 200 and whole.content == data, size
+        headers = whole.headers
+        assert headers["content-length"] == str(size) and headers["accept-ranges"] == "bytes"
+        assert headers["content-type"] == "application/octet-stream" and headers["last-modified"]
+        assert headers["etag"].strip('"') and headers["x-content-type-options"] == "nosniff"
+        part = await gateway.http.get(url, headers={"Range": "bytes=10-19"})
+        assert part.status_code == 206 and part.content == data[10:20], size
+        assert part.headers["content-range"] == f"bytes 10-19/{size}"
+        again = await gateway.http.get(url, headers={"If-None-Match": headers["etag"]})
+        assert again.status_code == 304 and again.content == b"", size

@@ -158,7 +158,8 @@ async def test_a_replica_paused_past_its_lease_acts_no_more_when_it_resumes(
     a.signal(signal.SIGSTOP)
     paused_at = time.monotonic()
     await wait_for(lambda: _owner_is(b, lost_url, "b"), "b taking a's backend", timeout=30)
-    assert time.monotonic() - paused_at >= LEASE * 0.9  # not before the lease could run out
+    # Not before the lease could run out: it was renewed at most a quarter of it before the pause.
+    assert time.monotonic() - paused_at >= LEASE * 0.7
     done = await finals(b, ids, timeout=90)
     assert all(job["status"] == "succeeded" for job in done.values())
     sent_by_a = sum(1 for s in lost.prompt_senders.values() if s == "a")

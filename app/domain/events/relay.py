@@ -55,8 +55,9 @@ class EventRelay(Loop):
         self._wanted: list[tuple[str, int]] = []
         self._flushing: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
-        # Called for every event another replica logged (a submit, a job's end): the dispatcher
-        # of a replica that shares the backends wakes at once, whoever took the request.
+        # Called for the events another replica logged that may give a dispatcher work (a job
+        # queued, a job's end): the dispatcher of a replica that shares the backends wakes at
+        # once, whoever took the request.
         self.on_remote_event: Callable[[], None] | None = None
         # Other channels listened to on the same connection: name -> callback.
         self.channels: dict[str, Callable[..., None]] = {}
@@ -108,10 +109,10 @@ class EventRelay(Loop):
         parsed = job_events.payload_of(payload)
         if parsed is None:
             return
-        origin, job_id, user_id, seq = parsed
+        origin, job_id, user_id, seq, wakes = parsed
         if origin == self._origin:
             return
-        if self.on_remote_event is not None:
+        if wakes and self.on_remote_event is not None:
             self.on_remote_event()
         if not self._bus.listening(job_id, user_id):
             return
