@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from app.comfy.client import ComfyClient
 from app.comfy.websocket import ComfyWebSocket
-from app.db.leases import Fence
+from app.db.leases import FENCE_KEY, Fence
 from app.db.types import utcnow
 from app.dispatch.capabilities import Capabilities
 
@@ -205,3 +207,16 @@ class BackendLink:
     async def aclose(self) -> None:
         await self.ws.close()
         await self.client.aclose()
+
+
+def fenced_session(sessionmaker: async_sessionmaker[AsyncSession], link: BackendLink) -> AsyncSession:
+    """A session for the transitions of a backend's jobs: under its lease's fence, if leased
+    (each transition then commits only while the lease is still held at that generation)."""
+    if link.fence is None:
+        return sessionmaker()
+    return sessionmaker(info={FENCE_KEY: link.fence})
+
+
+def time_limit(job: Any, max_seconds: float) -> float:
+    """A job's time limit once it runs: its own (from its template), bounded by the server's."""
+    return min(job.timeout_seconds, max_seconds) if job.timeout_seconds else max_seconds

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,15 +22,21 @@ from app.comfy.errors import ComfyError
 from app.comfy.websocket import ComfyWebSocket
 from app.config import Settings
 from app.db import backends as backends_repo
+from app.db import jobs as repo
 from app.db.leases import Fence
 from app.db.models import Backend
 from app.db.state import get_or_create
-from app.dispatch.backend import BackendLink
+from app.dispatch.backend import BackendLink, InFlight, OutputSpec, fenced_session, time_limit
 from app.dispatch.capabilities import Capabilities, models_by_kind
+from app.dispatch.health import BackendHealth
 from app.dispatch.leases import LeaseKeeper
-from app.dispatch.tracker import DispatchContext, Tracker
+from app.dispatch.scheduler import FairScheduler
+from app.dispatch.tasks import TaskSupervisor
+from app.dispatch.tracker import Tracker
 from app.domain import transitions
+from app.domain.events.publish import Notifier
 from app.domain.views import rfc3339
+from app.metrics import Metrics
 
 log = logging.getLogger("app.dispatch")
 
@@ -44,39 +50,103 @@ def _never() -> bool:
 
 
 class BackendPool:
-    """The pool half of the Dispatcher (a mixin: the Dispatcher provides what is declared here)."""
+    """The backends this process follows (with leases: those this replica holds), kept in step with
+    the `backends` table. It is the lease keeper's `Owner` (app/dispatch/leases.py)."""
 
-    settings: Settings
-    ctx: DispatchContext
-    tracker: Tracker
-    links: list[BackendLink]
-    _by_url: dict[str, BackendLink]
-    _sessionmaker: async_sessionmaker[AsyncSession]
-    _started: bool
-    _stopping: bool
-    _next_sync: float
-    # Counts drains/resumes applied in this process from admin calls.
-    _local_changes: int = 0
-    # When probe_health last asked the backends (monotonic).
-    _probed_at: float = float("-inf")
-    # The backends' URLs as the table had them at the last read.
-    _registered: frozenset[str] = frozenset()
-    # Set with several dispatching replicas: `links` holds only the backends this replica leases.
-    leases: LeaseKeeper | None = None
-    # The other replicas' backends: what each can run, as its owner recorded it (digest, parsed).
-    _peer_capabilities: dict[str, tuple[str, Capabilities]]
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        notifier: Notifier,
+        metrics: Metrics,
+        scheduler: FairScheduler,
+        tracker: Tracker,
+        health: BackendHealth,
+        tasks: TaskSupervisor,
+        wake: Callable[[], None],
+        leases: LeaseKeeper | None,
+    ) -> None:
+        """`wake`: asks the dispatcher for a round now (a backend joined, a job was requeued).
+        `leases`: set with several dispatching replicas; None: this process follows every backend."""
+        self._sessionmaker = sessionmaker
+        self.settings = settings
+        self.notifier = notifier
+        self.metrics = metrics
+        self.scheduler = scheduler
+        self.tracker = tracker
+        self.health = health
+        self.tasks = tasks
+        self.wake = wake
+        self.leases = leases
+        self.links: list[BackendLink] = []
+        self.by_url: dict[str, BackendLink] = {}
+        # Set once the dispatcher started: backends that join from then on are followed at once.
+        self.started = False
+        self._next_sync = 0.0
+        # Counts drains/resumes applied in this process from admin calls.
+        self._local_changes = 0
+        # When probe_health last asked the backends (monotonic).
+        self._probed_at = float("-inf")
+        # The backends' URLs as the table had them at the last read.
+        self.registered: frozenset[str] = frozenset()
+        # The other replicas' backends: what each can run, as its owner recorded it (digest, parsed).
+        self._peer_capabilities: dict[str, tuple[str, Capabilities]] = {}
 
-    def wake(self) -> None:
-        raise NotImplementedError
+    # ---- life cycle ------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        raise NotImplementedError
+    async def start(self) -> None:
+        if self.leases is not None:
+            # Backends join `links` as their leases are taken (take_backend).
+            self.started = True
+            await self.leases.start(self)
+        else:
+            await self.load_inflight()
+            self.started = True
+            for link in self.links:
+                self._start_link(link)
 
-    async def _return_prepared(self, links: list[BackendLink] | None = None) -> None:
-        raise NotImplementedError
+    async def close_sockets(self) -> None:
+        for link in self.links:
+            await link.ws.close()
 
-    async def _load_inflight(self, backend: str | None = None) -> None:
-        raise NotImplementedError
+    async def close_clients(self) -> None:
+        for link in self.links:
+            await link.client.aclose()
+
+    async def load_inflight(self, backend: str | None = None) -> None:
+        """Rebuild what is on each backend (or on one) from the rows: the database is the truth
+        after a restart, and after a takeover."""
+        async with self._sessionmaker() as session:
+            jobs = await repo.in_flight(session, backend=backend)
+        for job in jobs:
+            link = self.by_url.get(job.backend or "")
+            if link is not None and job.prompt_id:
+                timeout = time_limit(job, self.settings.max_job_seconds)
+                flight = InFlight(job.id, job.user_id, timeout=timeout, outputs=OutputSpec.of(job))
+                if job.status == "running" and job.started_at is not None and flight.timeout is not None:
+                    flight.deadline = job.started_at.timestamp() + flight.timeout
+                link.track(job.prompt_id, flight)
+                link.needs_reconcile = True
+
+    async def return_prepared(self, links: list[BackendLink] | None = None) -> None:
+        """Jobs claimed in reserve were never sent: back to the queue, no attempt counted, and
+        their owners' turns given back to the scheduler."""
+        items = [(link, item) for link in (self.links if links is None else links) for item in link.prepared]
+        if not items:
+            return
+        for link in {link for link, _ in items}:
+            async with fenced_session(self._sessionmaker, link) as session:
+                for _, item in (pair for pair in items if pair[0] is link):
+                    await transitions.unclaim(
+                        session, item.job_id, prompt_id=item.prompt_id, count_attempt=False
+                    )
+                await session.commit()
+        for link, item in items:
+            link.drop_prepared(item.prompt_id)
+            self.scheduler.give_back(item.user_id)
+
+    # ---- the `backends` table --------------------------------------------------------------
 
     async def load(self) -> None:
         """Build a link per registered backend (without following them yet). With leases, links
@@ -115,16 +185,16 @@ class BackendPool:
             draining=draining,
         )
         self.links.append(link)
-        self._by_url[url] = link
+        self.by_url[url] = link
         return link
 
     def _start_link(self, link: BackendLink) -> None:
         link.health_failures = self.settings.health_failures
-        self.ctx.metrics.backend_up.labels(link.url).set(0)
+        self.metrics.backend_up.labels(link.url).set(0)
         link.tasks = [
-            self._spawn(self.tracker.follow(link), f"follow {link.url}"),
-            self._spawn(self._check_health_forever(link), f"health {link.url}"),
-            self._spawn(self._refresh_capabilities_forever(link), f"capabilities {link.url}"),
+            self.tasks.spawn(self.tracker.follow(link), f"follow {link.url}"),
+            self.tasks.spawn(self.health.check_forever(link), f"health {link.url}"),
+            self.tasks.spawn(self.health.refresh_forever(link), f"capabilities {link.url}"),
         ]
 
     async def _remove_link(self, link: BackendLink) -> None:
@@ -132,8 +202,8 @@ class BackendPool:
         and no job it held is lost (the API removes only drained, empty backends; a job that got
         there in a race with the removal goes back to the queue)."""
         self.links.remove(link)
-        del self._by_url[link.url]
-        await self._return_prepared([link])
+        del self.by_url[link.url]
+        await self.return_prepared([link])
         for pid, flight in list(link.inflight.items()):
             if pid in link.collecting:
                 continue
@@ -158,12 +228,19 @@ class BackendPool:
             else:
                 await asyncio.sleep(0.05)
         await link.client.aclose()
-        for gauge in (self.ctx.metrics.backend_up, self.ctx.metrics.backend_inflight):
+        for gauge in (self.metrics.backend_up, self.metrics.backend_inflight):
             try:
                 gauge.remove(link.url)
             except KeyError:
                 pass
         log.info("backend %s removed from the pool", link.url)
+
+    def sync_due(self, now: float) -> bool:
+        """Whether the table is to be read again this round (once per poll, or after a change)."""
+        if now < self._next_sync:
+            return False
+        self._next_sync = now + self.settings.dispatch_poll_seconds
+        return True
 
     async def sync_backends(self) -> None:
         """Follow the `backends` table: start new backends, stop removed ones, apply drains.
@@ -177,19 +254,19 @@ class BackendPool:
         seen = self._local_changes
         async with self._sessionmaker() as session:
             rows = {row.url: row for row in await backends_repo.all_backends(session)}
-        self._registered = frozenset(rows)
+        self.registered = frozenset(rows)
         if self.leases is not None:
             await self._follow_peer_capabilities(rows)
         for link in list(self.links):
             if link.url not in rows:
                 await self._remove_link(link)
         for url, row in rows.items():
-            known = self._by_url.get(url)
+            known = self.by_url.get(url)
             if known is None and self.leases is not None:
                 continue  # followed once its lease is taken (take_backend)
             if known is None:
                 known = await self._add_link(url, row.id, draining=row.state == "draining")
-                if self._started:
+                if self.started:
                     self._start_link(known)
                 log.info("backend %s joined the pool", url)
             # A drain or resume applied here after this read began is newer than what was read:
@@ -201,12 +278,12 @@ class BackendPool:
         """Load what the backends followed by other replicas can run, when their owners recorded a
         change (the digest in the row; the document itself is read only then)."""
         peers = self._peer_capabilities
-        for url in [u for u in peers if u not in rows or u in self._by_url]:
+        for url in [u for u in peers if u not in rows or u in self.by_url]:
             del peers[url]
         changed = [
             url
             for url, row in rows.items()
-            if url not in self._by_url
+            if url not in self.by_url
             and row.capabilities_digest is not None
             and peers.get(url, ("", None))[0] != row.capabilities_digest
         ]
@@ -225,8 +302,8 @@ class BackendPool:
             if link.capabilities is None:
                 return None
             everywhere.append(link.capabilities)
-        for url in self._registered:
-            if url in self._by_url:
+        for url in self.registered:
+            if url in self.by_url:
                 continue
             known = self._peer_capabilities.get(url)
             if known is None:
@@ -238,7 +315,7 @@ class BackendPool:
         """Whether a backend another replica follows has all the workflow needs (that replica
         picks the job then; this one neither fails it nor says it waits)."""
         return any(
-            url in self._registered and url not in self._by_url and not caps.missing(workflow)
+            url in self.registered and url not in self.by_url and not caps.missing(workflow)
             for url, (_, caps) in self._peer_capabilities.items()
         )
 
@@ -247,7 +324,7 @@ class BackendPool:
         or dropped from GATEWAY_COMFYUI_URLS) go back to the queue: nobody would follow them."""
         async with self._sessionmaker() as session:
             candidates = await backends_repo.orphaned_jobs(
-                session, sorted(self._registered | {link.url for link in self.links})
+                session, sorted(self.registered | {link.url for link in self.links})
             )
             if not candidates:
                 return
@@ -268,14 +345,14 @@ class BackendPool:
         # Subscribers hear of it from the event log (the unclaim logged a `status` event).
         for unclaimed in changed:
             if unclaimed is not None:
-                self.ctx.notifier.publish(unclaimed)
+                self.notifier.publish(unclaimed)
         if changed:
             self.wake()
 
     def backends_changed(self, url: str | None = None, *, draining: bool | None = None) -> None:
         """Called after the admin API committed a change to the pool: apply it in this process now
         (a drain stops new work at once), and re-read the table on the next round."""
-        link = self._by_url.get(url or "")
+        link = self.by_url.get(url or "")
         if link is not None and draining is not None:
             self._local_changes += 1
             link.draining = draining
@@ -294,50 +371,50 @@ class BackendPool:
             row = await backends_repo.by_url(session, url)
         if row is None:
             return False
-        if url in self._by_url:
+        if url in self.by_url:
             # Still there from a lease lost a moment ago: that one goes first.
-            await self._let_go(self._by_url[url], graceful=False)
+            await self._let_go(self.by_url[url], graceful=False)
         link = await self._add_link(url, row.id, draining=row.state == "draining")
         link.fence = fence
         keeper = self.leases
         link.may_act = lambda: keeper.valid(url, fence)
-        await self._load_inflight(url)
+        await self.load_inflight(url)
         link.needs_reconcile = True
         self._start_link(link)
-        self.ctx.metrics.backend_owned.labels(url).set(1)
+        self.metrics.backend_owned.labels(url).set(1)
         self.wake()
         return True
 
     async def drop_backend(self, url: str) -> None:
         """Give a backend up while its lease is still held (another replica joined): what was
         claimed in reserve goes back to the queue, and the rest is the next owner's to reconcile."""
-        link = self._by_url.get(url)
+        link = self.by_url.get(url)
         if link is not None:
             await self._let_go(link, graceful=True)
 
     def lease_lost(self, url: str) -> None:
         """The lease ran out: stop acting on the backend at once (`may_act` is already false)."""
-        link = self._by_url.get(url)
+        link = self.by_url.get(url)
         if link is not None:
             # Out of the pool now, so that no round uses it and a new lease builds a new link.
             self._detach(link)
-            self._spawn(self._let_go(link, graceful=False), f"let go {url}")
+            self.tasks.spawn(self._let_go(link, graceful=False), f"let go {url}")
 
     def backend_is_healthy(self, url: str) -> bool:
-        link = self._by_url.get(url)
+        link = self.by_url.get(url)
         return link is not None and link.healthy
 
     def _detach(self, link: BackendLink) -> None:
         link.may_act = _never
-        if self._by_url.get(link.url) is link:
+        if self.by_url.get(link.url) is link:
             self.links.remove(link)
-            del self._by_url[link.url]
+            del self.by_url[link.url]
 
     async def _let_go(self, link: BackendLink, *, graceful: bool) -> None:
         self._detach(link)
         if graceful:
             # The lease is still held: reserves go back to the queue, collections under way finish.
-            await self._return_prepared([link])
+            await self.return_prepared([link])
             deadline = time.monotonic() + self.settings.backend_timeout_seconds
             while link.collecting and time.monotonic() < deadline:  # noqa: ASYNC110 - a set, not an event
                 await asyncio.sleep(0.05)
@@ -355,9 +432,9 @@ class BackendPool:
         link.submitting.clear()
         await link.client.aclose()
         for gauge in (
-            self.ctx.metrics.backend_up,
-            self.ctx.metrics.backend_inflight,
-            self.ctx.metrics.backend_owned,
+            self.metrics.backend_up,
+            self.metrics.backend_inflight,
+            self.metrics.backend_owned,
         ):
             try:
                 gauge.remove(link.url)
@@ -365,33 +442,12 @@ class BackendPool:
                 pass
         log.info("backend %s: no longer followed by this replica", link.url)
 
-    async def _check_health_forever(self, link: BackendLink) -> None:
-        while not self._stopping:
-            await self.tracker.check_health(link)
-            link.observe_health()
-            await asyncio.sleep(self.settings.health_check_seconds)
-
-    async def _refresh_capabilities_forever(self, link: BackendLink) -> None:
-        """Model files come and go on a running ComfyUI: re-read /object_info now and then, so a
-        new file is routable without a restart (a reconnect re-reads it too)."""
-        period = self.settings.object_info_refresh_seconds
-        while not self._stopping:
-            # Sleeps until `period` after the last read, whoever made it (connect, health, timer).
-            due = link.capabilities_refreshed + period - time.monotonic()
-            if due > 0:
-                await asyncio.sleep(due)
-            elif link.healthy:
-                await self.tracker.refresh_object_info(link)
-            else:
-                # A backend that is down is read again when it comes back (on connect).
-                await asyncio.sleep(min(period, self.settings.health_check_seconds))
-
     def backend_health(self) -> dict[str, bool]:
         health = {link.url: link.healthy for link in self.links}
         if self.leases is not None:
             # The others' backends as their owners last reported them in the lease rows.
             for url, row in self.leases.snapshot.items():
-                if url in self._registered:
+                if url in self.registered:
                     health.setdefault(url, row.live and row.healthy)
         return health
 
@@ -402,7 +458,7 @@ class BackendPool:
         them itself: the pool as the table has it now, then each backend's /system_stats, at most
         once per GATEWAY_HEALTH_CHECK_SECONDS however often readiness is probed. A dispatching replica's
         health loops keep it current already."""
-        if self._started or time.monotonic() - self._probed_at < self.settings.health_check_seconds:
+        if self.started or time.monotonic() - self._probed_at < self.settings.health_check_seconds:
             return
         self._probed_at = time.monotonic()
         await self._follow_table()
@@ -410,11 +466,17 @@ class BackendPool:
         async def ask(link: BackendLink) -> None:
             try:
                 # Readiness probes have short timeouts of their own: a backend that hangs is down.
-                await asyncio.wait_for(self.tracker.check_health(link), PROBE_TIMEOUT)
+                await asyncio.wait_for(self.health.check(link), PROBE_TIMEOUT)
             except TimeoutError:
                 link.last_check_ok = False
 
         await asyncio.gather(*(ask(link) for link in self.links))
+
+    def object_info(self) -> dict[str, Any] | None:
+        for link in self.links:
+            if link.object_info:
+                return link.object_info
+        return None
 
     def draining(self) -> list[str]:
         return [link.url for link in self.links if link.draining]
@@ -422,8 +484,8 @@ class BackendPool:
     def backend_live(self, url: str) -> dict[str, Any] | None:
         """What this dispatcher knows of a backend now, for the admin view (on a replica that does
         not dispatch: what its last probe_health found)."""
-        link = self._by_url.get(url)
-        if link is None or not (self._started or self._probed_at > float("-inf")):
+        link = self.by_url.get(url)
+        if link is None or not (self.started or self._probed_at > float("-inf")):
             return None
         healthy = link.observe_health()
         caps = link.capabilities

@@ -8,11 +8,9 @@ have been missed the in-flight prompts are reconciled with `/queue` and `/histor
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,15 +30,12 @@ from app.comfy.messages import (
 from app.comfy.models import HistoryEntry
 from app.comfy.websocket import Connected, Disconnected
 from app.config import Settings
-from app.db import backends as backends_repo
 from app.db import jobs as repo
-from app.db.leases import FENCE_KEY
-from app.db.models import Job
-from app.db.types import utcnow
 from app.dispatch import job_errors
-from app.dispatch.backend import BackendLink, InFlight, OutputSpec
-from app.dispatch.capabilities import Capabilities
+from app.dispatch.backend import BackendLink, InFlight, OutputSpec, fenced_session
 from app.dispatch.collector import OutputTooLarge, collect
+from app.dispatch.health import BackendHealth
+from app.dispatch.tasks import TaskSupervisor
 from app.domain import transitions
 from app.domain.events.publish import Notifier
 from app.metrics import Metrics
@@ -49,27 +44,29 @@ from app.storage.base import Storage
 log = logging.getLogger("app.dispatch")
 
 
-@dataclass
-class DispatchContext:
-    sessionmaker: async_sessionmaker[AsyncSession]
-    settings: Settings
-    storage: Storage
-    notifier: Notifier
-    metrics: Metrics
-    spawn: Callable[[Coroutine[Any, Any, Any], str], object]
-    wake: Callable[[], None]
-
-    def session(self, link: BackendLink) -> AsyncSession:
-        """A session for the transitions of a backend's jobs: under its lease's fence, if leased
-        (each transition then commits only while the lease is still held at that generation)."""
-        if link.fence is None:
-            return self.sessionmaker()
-        return self.sessionmaker(info={FENCE_KEY: link.fence})
-
-
 class Tracker:
-    def __init__(self, ctx: DispatchContext) -> None:
-        self.ctx = ctx
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        storage: Storage,
+        notifier: Notifier,
+        metrics: Metrics,
+        tasks: TaskSupervisor,
+        health: BackendHealth,
+        wake: Callable[[], None],
+    ) -> None:
+        """`wake`: asks the dispatcher for a round now (a slot came free, a backend needs
+        reconciling)."""
+        self.sessionmaker = sessionmaker
+        self.settings = settings
+        self.storage = storage
+        self.notifier = notifier
+        self.metrics = metrics
+        self.tasks = tasks
+        self.health = health
+        self.wake = wake
 
     # ---- the socket ------------------------------------------------------------------------
 
@@ -91,41 +88,23 @@ class Tracker:
                 # A message about one of our prompts that could not be handled: its job can no
                 # longer be followed, so it fails now and frees its slot instead of holding it.
                 self._ended_on_backend(link, pid)
-                self.ctx.spawn(
+                self.tasks.spawn(
                     self.fail_unexpected(link, pid, f"handling {type(event).__name__}", exc, stop=True),
                     f"failed {pid}",
                 )
 
     async def handle(self, link: BackendLink, msg: object) -> None:
+        """One message from the backend's socket: the order of the cases matters (the guards
+        match a prompt we follow; anything else is ignored)."""
         match msg:
             case Connected():
-                link.connected = True
-                link.mark_reachable()
-                link.observe_health()
-                link.needs_reconcile = True
-                self.ctx.metrics.backend_up.labels(link.url).set(1)
-                self.ctx.spawn(self.refresh_object_info(link), f"object_info {link.url}")
-                self.ctx.wake()
+                self._connected(link)
             case Disconnected(reason=reason):
-                link.connected = False
-                link.last_error = reason
-                link.observe_health()
-                if link.down_since is None:
-                    link.down_since = time.monotonic()
-                # Is it gone, or only its socket? Ask now rather than at the next scheduled check.
-                self.ctx.spawn(self.check_health(link), f"health {link.url}")
-                self.ctx.metrics.backend_up.labels(link.url).set(0)
-                log.warning("lost the socket of %s: %s", link.url, reason)
+                self._disconnected(link, reason)
             case Status(queue_remaining=remaining):
                 link.queue_remaining = remaining
             case ExecutionStart(prompt_id=pid) if (flight := link.job_of(pid)) is not None:
-                flight.last_progress_persist = time.monotonic()
-                if flight.timeout is not None:
-                    flight.deadline = time.time() + flight.timeout
-                self.ctx.spawn(
-                    self._guarded(link, pid, "recording its start", self._started(link, pid)),
-                    f"running {pid}",
-                )
+                self._execution_start(link, pid, flight)
             case Progress(prompt_id=pid, node=node, value=value, max=maximum):
                 self._progress(link, pid, {"value": value, "max": maximum, "node": node})
             case ExecutionCached(prompt_id=pid, nodes=nodes) if (flight := link.job_of(pid)) is not None:
@@ -133,25 +112,10 @@ class Tracker:
             case Executing(prompt_id=pid, node=node) if (
                 node is not None and (flight := link.job_of(pid)) is not None
             ):
-                # A node starts: the one before it is done.
-                if flight.current_node is not None:
-                    flight.nodes_done.add(flight.current_node)
-                flight.current_node = node
-                self.ctx.notifier.node_started(
-                    flight.job_id,
-                    flight.user_id,
-                    {
-                        "value": 0,
-                        "max": 1,
-                        "node": node,
-                        "node_start": True,
-                        "nodes_done": len(flight.nodes_done),
-                        "current_node": node,
-                    },
-                )
+                self._node_started(flight, node)
             case Preview(prompt_id=pid) as preview if (flight := link.job_of(pid)) is not None:
                 # Previews with metadata (event 4, which we ask for) say whose they are; others are dropped.
-                self.ctx.notifier.preview(
+                self.notifier.preview(
                     flight.job_id, flight.user_id, preview.image_type, preview.image, preview.node_id
                 )
             case ExecutionSuccess(prompt_id=pid):
@@ -161,83 +125,77 @@ class Tracker:
                 # Sent after ComfyUI stored the history entry: the moment to collect.
                 if link.job_of(pid) is not None:
                     self._ended_on_backend(link, pid)
-                    self.ctx.spawn(self.finish(link, pid), f"finish {pid}")
+                    self.tasks.spawn(self.finish(link, pid), f"finish {pid}")
             case ExecutionError(prompt_id=pid) as err if link.job_of(pid) is not None:
-                self._ended_on_backend(link, pid)
-                error = job_errors.execution_error(
-                    node_id=err.node_id,
-                    node_type=err.node_type,
-                    exception_type=err.exception_type,
-                    message=err.exception_message,
-                )
-                self.ctx.spawn(
-                    self._guarded(link, pid, "recording its failure", self.fail(link, pid, error)),
-                    f"failed {pid}",
-                )
+                self._execution_error(link, pid, err)
             case ExecutionInterrupted(prompt_id=pid) if link.job_of(pid) is not None:
                 self._ended_on_backend(link, pid)
-                self.ctx.spawn(
+                self.tasks.spawn(
                     self._guarded(link, pid, "recording its interruption", self._interrupted(link, pid)),
                     f"interrupted {pid}",
                 )
             case _:
                 pass
 
-    async def check_health(self, link: BackendLink) -> None:
-        try:
-            await link.client.system_stats()
-        except ComfyError as exc:
-            link.last_check_ok = False
-            link.check_failures += 1
-            if link.check_failures == link.health_failures:
-                log.error("backend %s is down after %d failed checks: %s", link.url, link.check_failures, exc)
-                if link.down_since is None:
-                    link.down_since = time.monotonic()
-            self.ctx.metrics.backend_up.labels(link.url).set(int(link.healthy))
-            return
-        was_healthy = link.healthy
-        link.last_check_ok = True
-        link.check_failures = 0
-        link.down_since = None
-        if link.capabilities is None:
-            await self.refresh_object_info(link)
-        self.ctx.metrics.backend_up.labels(link.url).set(int(link.healthy))
-        if link.healthy and not was_healthy:
-            link.needs_reconcile = True
-            self.ctx.wake()
+    def _connected(self, link: BackendLink) -> None:
+        link.connected = True
+        link.mark_reachable()
+        link.observe_health()
+        link.needs_reconcile = True
+        self.metrics.backend_up.labels(link.url).set(1)
+        self.tasks.spawn(self.health.refresh_object_info(link), f"object_info {link.url}")
+        self.wake()
 
-    async def refresh_object_info(self, link: BackendLink) -> None:
-        # The attempt counts, so that a backend that fails to answer is not asked in a tight loop.
-        link.capabilities_refreshed = time.monotonic()
-        try:
-            info = await link.client.object_info()
-        except ComfyError as exc:
-            log.warning("object_info of %s: %s", link.url, exc)
-            return
-        link.object_info = info
-        link.capabilities = Capabilities.from_object_info(info)
-        link.capabilities_at = utcnow()
-        await self._record_capabilities(link, link.capabilities)
-        # A backend's node definitions are hundreds of thousands of long-lived objects: out of the
-        # garbage collector's sight, full collections do not pause every live stream to walk them
-        # (50 backends' definitions: 0.3 s per full collection; bench/sse.py showed the pauses).
-        gc.freeze()
-        self.ctx.wake()
+    def _disconnected(self, link: BackendLink, reason: str) -> None:
+        link.connected = False
+        link.last_error = reason
+        link.observe_health()
+        if link.down_since is None:
+            link.down_since = time.monotonic()
+        # Is it gone, or only its socket? Ask now rather than at the next scheduled check.
+        self.tasks.spawn(self.health.check(link), f"health {link.url}")
+        self.metrics.backend_up.labels(link.url).set(0)
+        log.warning("lost the socket of %s: %s", link.url, reason)
 
-    async def _record_capabilities(self, link: BackendLink, caps: Capabilities) -> None:
-        """Into the backends table when they changed: replicas that do not follow this backend
-        read them there, to tell a job that can run nowhere from one that waits for a backend."""
-        digest = caps.digest()
-        if digest == link.capabilities_digest or not link.may_act():
-            return
-        try:
-            async with self.ctx.sessionmaker() as session:
-                await backends_repo.publish_capabilities(session, link.url, digest, caps.to_json())
-                await session.commit()
-        except Exception as exc:  # noqa: BLE001 - this replica routes with them anyway; retried at the next read
-            log.warning("recording the capabilities of %s failed: %s", link.url, exc)
-            return
-        link.capabilities_digest = digest
+    def _execution_start(self, link: BackendLink, pid: str | None, flight: InFlight) -> None:
+        flight.last_progress_persist = time.monotonic()
+        if flight.timeout is not None:
+            flight.deadline = time.time() + flight.timeout
+        self.tasks.spawn(
+            self._guarded(link, pid, "recording its start", self.started(link, pid)),
+            f"running {pid}",
+        )
+
+    def _node_started(self, flight: InFlight, node: str) -> None:
+        # A node starts: the one before it is done.
+        if flight.current_node is not None:
+            flight.nodes_done.add(flight.current_node)
+        flight.current_node = node
+        self.notifier.node_started(
+            flight.job_id,
+            flight.user_id,
+            {
+                "value": 0,
+                "max": 1,
+                "node": node,
+                "node_start": True,
+                "nodes_done": len(flight.nodes_done),
+                "current_node": node,
+            },
+        )
+
+    def _execution_error(self, link: BackendLink, pid: str | None, err: ExecutionError) -> None:
+        self._ended_on_backend(link, pid)
+        error = job_errors.execution_error(
+            node_id=err.node_id,
+            node_type=err.node_type,
+            exception_type=err.exception_type,
+            message=err.exception_message,
+        )
+        self.tasks.spawn(
+            self._guarded(link, pid, "recording its failure", self.fail(link, pid, error)),
+            f"failed {pid}",
+        )
 
     # ---- transitions -----------------------------------------------------------------------
 
@@ -275,7 +233,7 @@ class Tracker:
             log.exception("job %s: its failure could not be recorded; it is reconciled later", flight.job_id)
             link.forget(pid)
             link.needs_reconcile = True
-            self.ctx.wake()
+            self.wake()
             return
         if stop and link.may_act():
             try:
@@ -284,11 +242,11 @@ class Tracker:
             except Exception as err:  # noqa: BLE001 - best effort: the job's outcome is recorded
                 log.warning("taking prompt %s off %s failed: %s", pid, link.url, err)
 
-    async def _started(self, link: BackendLink, pid: str | None) -> None:
+    async def started(self, link: BackendLink, pid: str | None) -> None:
         flight = link.job_of(pid)
         if flight is None or pid is None:
             return
-        async with self.ctx.session(link) as session:
+        async with fenced_session(self.sessionmaker, link) as session:
             job = await transitions.mark_running(session, flight.job_id, prompt_id=pid)
             await session.commit()
             if job is None:
@@ -297,7 +255,7 @@ class Tracker:
                     # Canceled while its POST was under way: stop it now.
                     await link.client.interrupt(pid)
                 return
-        self.ctx.notifier.publish(job)
+        self.notifier.publish(job)
 
     def _progress(self, link: BackendLink, pid: str | None, progress: dict[str, Any]) -> None:
         flight = link.job_of(pid)
@@ -305,15 +263,15 @@ class Tracker:
             return
         progress = {**progress, "nodes_done": len(flight.nodes_done), "current_node": flight.current_node}
         flight.progress = progress
-        self.ctx.notifier.progress(flight.job_id, flight.user_id, progress)
+        self.notifier.progress(flight.job_id, flight.user_id, progress)
         now = time.monotonic()
         # Live subscribers get every step; the row gets one write a second, enough for polling clients.
-        if now - flight.last_progress_persist >= self.ctx.settings.progress_persist_seconds:
+        if now - flight.last_progress_persist >= self.settings.progress_persist_seconds:
             flight.last_progress_persist = now
-            self.ctx.spawn(self._persist_progress(flight.job_id, progress), f"progress {pid}")
+            self.tasks.spawn(self._persist_progress(flight.job_id, progress), f"progress {pid}")
 
     async def _persist_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        async with self.ctx.sessionmaker() as session:
+        async with self.sessionmaker() as session:
             await repo.set_progress(session, job_id, progress)
             await session.commit()
 
@@ -321,35 +279,35 @@ class Tracker:
         """ComfyUI is done with the prompt: its slot goes to the next job right away."""
         if pid is not None and pid in link.slots:
             link.release(pid)
-            self.ctx.wake()
+            self.wake()
 
     async def fail(self, link: BackendLink, pid: str | None, error: dict[str, Any]) -> None:
         flight = link.job_of(pid)
         if flight is None or pid is None:
             return
-        await self.ctx.notifier.settle(flight.job_id)
-        async with self.ctx.session(link) as session:
+        await self.notifier.settle(flight.job_id)
+        async with fenced_session(self.sessionmaker, link) as session:
             job = await transitions.mark_failed(
                 session, flight.job_id, error=error, prompt_id=pid, progress=flight.progress
             )
             await session.commit()
         link.forget(pid)
-        self.ctx.wake()
+        self.wake()
         if job is not None:
-            self.ctx.notifier.publish(job)
+            self.notifier.publish(job)
 
     async def _interrupted(self, link: BackendLink, pid: str | None) -> None:
         flight = link.job_of(pid)
         if flight is None or pid is None:
             return
-        async with self.ctx.session(link) as session:
+        async with fenced_session(self.sessionmaker, link) as session:
             job = await repo.get_job(session, flight.job_id)
             if job is not None and job.status == "canceled":
                 # Our own cancel: nothing more to tell the backend.
                 await repo.cleanup_done(session, job.id)
                 await session.commit()
                 link.forget(pid)
-                self.ctx.wake()
+                self.wake()
                 return
         await self.fail(link, pid, job_errors.interrupted())
 
@@ -368,11 +326,11 @@ class Tracker:
                     break
             if entry is None:
                 link.needs_reconcile = True
-                self.ctx.wake()
+                self.wake()
                 return
             await self.apply_history(link, pid, entry)
         except BackendUnavailable as exc:
-            link.mark_unreachable(str(exc), self.ctx.settings.backend_retry_seconds)
+            link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
         except Exception as exc:  # noqa: BLE001 - one job's collection must not hang it for good
             await self.fail_unexpected(link, pid, "collecting its outputs", exc)
         finally:
@@ -408,7 +366,7 @@ class Tracker:
     async def _succeeded(self, link: BackendLink, pid: str, flight: InFlight, entry: HistoryEntry) -> None:
         job: OutputSpec | None = flight.outputs
         if job is None:
-            async with self.ctx.sessionmaker() as session:
+            async with self.sessionmaker() as session:
                 row = await repo.get_job(session, flight.job_id)
             if row is None or row.prompt_id != pid or row.status not in repo.ACTIVE:
                 link.forget(pid)
@@ -418,9 +376,7 @@ class Tracker:
         # that was canceled (or moved on) meanwhile, and the copies are then deleted.
         # No database connection is held while files are copied.
         try:
-            outputs = await collect(
-                link.client, self.ctx.storage, job, entry, self.ctx.settings.max_job_output_bytes
-            )
+            outputs = await collect(link.client, self.storage, job, entry, self.settings.max_job_output_bytes)
         except NotFound as exc:
             await self.fail(link, pid, job_errors.output_missing(str(exc)))
             return
@@ -434,8 +390,8 @@ class Tracker:
             # `..` that a SaveImage prefix produced: ComfyUI listed an output it will not serve.
             await self.fail(link, pid, job_errors.output_missing(str(exc)))
             return
-        await self.ctx.notifier.settle(job.id)
-        async with self.ctx.session(link) as session:
+        await self.notifier.settle(job.id)
+        async with fenced_session(self.sessionmaker, link) as session:
             session.add_all(outputs)
             done = await transitions.mark_succeeded(
                 session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress
@@ -446,85 +402,20 @@ class Tracker:
                 # Canceled while the files were copied: the cancel wins, the copies go.
                 await session.rollback()
                 for out in outputs:
-                    await self.ctx.storage.delete(out.storage_key)
+                    await self.storage.delete(out.storage_key)
         link.forget(pid)
         if done is not None:
-            self.ctx.notifier.publish(done)
-
-    # ---- reconciliation --------------------------------------------------------------------
-
-    async def reconcile(self, link: BackendLink) -> None:
-        """Compare the prompts we believe are on the backend with what it says.
-
-        /queue is read before /history: ComfyUI moves a prompt from its queue to its history
-        under one lock, so a prompt absent from both is really unknown to it.
-        """
-        if not link.may_act():
-            return  # the lease was lost: its new owner reconciles
-        queue = await link.client.get_queue()
-        running = {item.prompt_id for item in queue.running}
-        pending = {item.prompt_id for item in queue.pending}
-        if link.abandoned:
-            # Prompts whose jobs moved elsewhere while this backend was away must not run here too.
-            stale = list(link.abandoned & (running | pending))
-            try:
-                if stale:
-                    await link.client.delete_from_queue(stale)
-                    for pid in stale:
-                        await link.client.interrupt(pid)
-            except BackendUnavailable:
-                raise
-            except ComfyError as exc:
-                # Refused for good: asking on every round would keep the backend from ever being used.
-                log.error("removing abandoned prompts from %s failed: %s", link.url, exc)
-            link.abandoned.clear()
-        async with self.ctx.sessionmaker() as session:
-            jobs = await repo.in_flight(session, backend=link.url)
-        # Reset before the jobs, not after: a job that asks for another pass (its failure could not
-        # be recorded) or a reconnect meanwhile keeps it asked for.
-        link.needs_reconcile = False
-        for job in jobs:
-            job_pid = job.prompt_id
-            if job_pid is None or job_pid in link.submitting:
-                continue
-            try:
-                await self._reconcile_one(link, job, job_pid, running, pending)
-            except BackendUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one job must not stop the backend's reconciliation
-                await self.fail_unexpected(link, job_pid, "reconciling it", exc, stop=True)
-        # It answered: whatever its socket does, it is not down, and its jobs stay with it.
-        link.down_since = None
-
-    async def _reconcile_one(
-        self, link: BackendLink, job: Job, pid: str, running: set[str], pending: set[str]
-    ) -> None:
-        flight = link.inflight.get(pid)
-        if flight is None:
-            flight = InFlight(job.id, job.user_id, outputs=OutputSpec.of(job))
-            link.track(pid, flight)
-        if pid in running:
-            if job.status == "queued":
-                await self._started(link, pid)
-            return
-        if pid in pending:
-            return
-        entry = await link.client.get_history(pid)
-        if entry is not None:
-            if pid not in link.collecting:
-                await self.apply_history(link, pid, entry)
-            return
-        await self.requeue(link, pid, flight, count_attempt=True)
+            self.notifier.publish(done)
 
     async def requeue(self, link: BackendLink, pid: str, flight: InFlight, *, count_attempt: bool) -> None:
         """The backend does not have the prompt: the job goes back to the queue, or fails when
         it has been lost too often."""
-        async with self.ctx.session(link) as session:
+        async with fenced_session(self.sessionmaker, link) as session:
             job = await repo.get_job(session, flight.job_id)
             if job is None or job.prompt_id != pid:
                 link.forget(pid)
                 return
-            if count_attempt and job.attempts >= self.ctx.settings.max_attempts:
+            if count_attempt and job.attempts >= self.settings.max_attempts:
                 changed = await transitions.mark_failed(
                     session, job.id, error=job_errors.backend_lost(job.attempts), prompt_id=pid
                 )
@@ -534,7 +425,7 @@ class Tracker:
                 )
             await session.commit()
         link.forget(pid)
-        self.ctx.wake()
+        self.wake()
         if changed is not None:
             log.info(
                 "job %s: backend %s does not have prompt %s; %s", flight.job_id, link.url, pid, changed.status

@@ -75,8 +75,9 @@ class Rig:
         self.spawned: deque[Coroutine[Any, Any, Any]] = deque()
         # Whose each job is (a job is only visible to its owner).
         self.owner: dict[str, dict[str, str]] = {}
-        # The dispatcher's one seam for background work: queued here instead of run as tasks.
-        self.dispatcher.ctx.spawn = lambda coro, name: self.spawned.append(coro)
+        # The one seam for background work (every part spawns through the dispatcher's task
+        # supervisor): queued here instead of run as tasks.
+        self.dispatcher.tasks.spawn = lambda coro, name: self.spawned.append(coro)  # type: ignore[method-assign]
 
     async def settle(self) -> None:
         """Run what was spawned, and what that spawned, to the end, in order."""

@@ -14,7 +14,7 @@ from app.comfy.client import ComfyClient
 from app.comfy.messages import Executing
 from app.dispatch import staging
 from app.dispatch import tracker as tracker_module
-from app.dispatch.dispatcher import Dispatcher
+from app.dispatch.placement import RoundPlan
 from app.dispatch.tracker import Tracker
 from tests.integration.conftest import Gateway
 from tests.integration.test_uploads import png, upload
@@ -41,14 +41,14 @@ def _flight_user(link: Any, pid: str | None) -> str | None:
 def poison(stage: str, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
     """Make `stage` raise for the jobs of user `victim` only."""
     if stage == "prepare":
-        route = Dispatcher._route
+        route = RoundPlan.route
 
-        def broken_route(job, *args):  # noqa: ANN001, ANN202
+        def broken_route(self, job):  # noqa: ANN001, ANN202
             if job.user_id == victim:
                 raise RuntimeError(SECRET)
-            return route(job, *args)
+            return route(self, job)
 
-        monkeypatch.setattr(Dispatcher, "_route", staticmethod(broken_route))
+        monkeypatch.setattr(RoundPlan, "route", broken_route)
     elif stage == "staging":
 
         async def broken_stage(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
