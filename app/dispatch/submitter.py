@@ -36,6 +36,9 @@ class Submitter:
         """Submit a backend's prompts. Those with input images to upload first run on their own,
         supervised, so the round (and every other backend) never waits for an upload; the rest
         are awaited by the round, which keeps their order."""
+        # A copy: the task reads its list when it runs, and the caller goes on adding to its own
+        # (the round's tally of what it sent), which sent those prompts a second time.
+        items = list(items)
         if any(item.inputs for item in items):
             for item in items:
                 link.submitting.add(item.prompt_id)

@@ -90,3 +90,22 @@ async def test_a_canceled_job_is_taken_off_its_backend_in_the_next_round(rig: Ri
     # Once: the cleanup is recorded.
     await rig.round()
     assert rig.emu.interrupts == [{"prompt_id": pid}]
+
+
+async def test_a_round_that_sends_a_reserve_and_a_new_claim_sends_each_prompt_once(rig: Rig) -> None:
+    _, alice = await rig.gw.create_user("alice", limits=USER)
+    a1, a2, a3, a4, a5 = [await submit(rig, alice) for _ in range(5)]
+    await rig.connect()
+    assert await rig.round() == 2
+    assert [item.job_id for item in rig.link.prepared] == [a3]
+    first = [rig.prompt_of(j) for j in (a1, a2, a3)]
+    # Both slots free at once: the next round sends the reserve into one, and a job it claims
+    # into the other (and claims one more in reserve).
+    await rig.emu.wait_idle()
+    for prompt_id in first[:2]:
+        await rig.feed(Executing(node=None, prompt_id=prompt_id))
+    assert await rig.round() == 2
+    await rig.emu.wait_idle()
+    # Each once, in order: the reserve's send did not take the new claim along a second time.
+    assert rig.emu.prompts_received == [*first, rig.prompt_of(a4)]
+    assert [item.job_id for item in rig.link.prepared] == [a5]

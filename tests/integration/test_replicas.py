@@ -122,7 +122,21 @@ async def test_kill_9_of_one_replica_of_three_loses_no_job_and_runs_none_twice(
     prompts, outputs = await _prompts_and_outputs(pg_url, ids)
     executed = Counter(p for emu in emus for p in emu.executed_prompts)
     # Every job ran exactly once, and nothing else ran: counted on the backends themselves.
-    assert all(executed[prompts[j]] == 1 for j in ids), [j for j in ids if executed[prompts[j]] != 1]
+    assert all(executed[prompts[j]] == 1 for j in ids), [
+        (
+            j,
+            executed[prompts[j]],
+            victim.name,
+            owners,
+            [
+                (e.base_url, e.prompts_received.count(prompts[j]), e.executed_prompts.count(prompts[j]))
+                for e in emus
+            ],
+            [(e.base_url, e.prompt_senders.get(prompts[j])) for e in emus],
+        )
+        for j in ids
+        if executed[prompts[j]] != 1
+    ]
     assert sum(executed.values()) == len(ids)
     # Outputs of finished prompts collected once.
     assert all(outputs[j] == 1 for j in ids)
