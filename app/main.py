@@ -44,7 +44,7 @@ from app.db.migrate import upgrade_async
 from app.db.state import get_or_create, lock_startup
 from app.db.webhooks import WAKE_KEY
 from app.dispatch.dispatcher import Dispatcher
-from app.dispatch.leases import LeaseKeeper, lock_sqlite_dispatcher
+from app.dispatch.leases import TRUSTED, LeaseKeeper, lock_sqlite_dispatcher
 from app.domain.backend_registry import pool_urls, register_configured_backends
 from app.domain.events.bus import EventBus
 from app.domain.events.log import EventLog
@@ -172,12 +172,15 @@ async def running_gateway(
     )
     if settings.auto_migrate:
         await upgrade_async(settings.database_url)
-    engine = create_engine(settings.database_url)
+    # A session this replica leaves idle inside a transaction (paused, frozen) is ended by
+    # PostgreSQL by the time its leases could have run out, so its locks hold up no other replica.
+    idle = settings.backend_lease_seconds * TRUSTED
+    engine = create_engine(settings.database_url, idle_in_transaction_seconds=idle)
     # The dispatcher has connections of its own: a burst of API requests queueing for the
     # database must never hold up the loop that keeps the GPUs busy.
-    worker_engine = create_engine(settings.database_url, pool_size=4)
+    worker_engine = create_engine(settings.database_url, pool_size=4, idle_in_transaction_seconds=idle)
     # The outbound guard checks inside requests that hold a connection: it has one of its own.
-    guard_engine = create_engine(settings.database_url, pool_size=1)
+    guard_engine = create_engine(settings.database_url, pool_size=1, idle_in_transaction_seconds=idle)
     storage = build_storage(settings)
     await storage.start()
     sessionmaker = create_sessionmaker(engine)
@@ -319,7 +322,11 @@ def _dispatcher(
             # Connections of its own (two: a renewal and a hand-over may overlap): a renewal
             # must never queue behind the dispatcher's and collectors' work for a connection,
             # or a busy replica would lose its leases for want of a pooled connection.
-            create_engine(settings.database_url, pool_size=2),
+            create_engine(
+                settings.database_url,
+                pool_size=2,
+                idle_in_transaction_seconds=settings.backend_lease_seconds * TRUSTED,
+            ),
             replica_id=replica_id,
             lease_seconds=settings.backend_lease_seconds,
             name=settings.replica_name,

@@ -34,7 +34,13 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, *, echo: bool = False, pool_size: int = 10, idle_in_transaction_seconds: float | None = None
+) -> AsyncEngine:
+    """`idle_in_transaction_seconds` (PostgreSQL): the server ends a session left idle inside a
+    transaction this long, releasing its locks: a replica paused (SIGSTOP, a frozen VM) in the
+    middle of a transaction must not hold the others up (a lease row, a claim lock, a user's rate
+    bucket) for as long as it stays paused."""
     url = normalize_url(url)
     if is_sqlite(url):
         ensure_sqlite_dir(url)
@@ -65,9 +71,15 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> Async
             cur.close()
 
         return engine
+    server_settings = (
+        {}
+        if idle_in_transaction_seconds is None
+        else {"idle_in_transaction_session_timeout": str(max(1, int(idle_in_transaction_seconds * 1000)))}
+    )
     return create_async_engine(
         url,
         echo=echo,
+        connect_args={"server_settings": server_settings} if server_settings else {},
         pool_size=pool_size,
         max_overflow=2 * pool_size,
         pool_pre_ping=True,

@@ -165,13 +165,17 @@ async def renew(
 
 async def acquire(session: AsyncSession, backend: str, replica: str, name: str, ttl: float) -> int | None:
     """Take a backend's lease if it is free (never held, given back, or expired); returns the new
-    generation, or None when another replica holds it."""
+    generation, or None when another replica holds it. A lease row locked by a transition of its
+    old owner (still under way, or left open by a paused replica until the server ends its
+    session) is skipped, not waited for: the next round tries again, and the other backends are
+    taken meanwhile."""
     row = await session.execute(
         text(
             "UPDATE backend_leases SET owner = :owner, owner_name = :name, generation = generation + 1, "
             "acquired_at = clock_timestamp(), heartbeat_at = clock_timestamp(), "
             f"expires_at = clock_timestamp() + {_TTL}, healthy = false "
-            "WHERE backend = :backend AND (owner IS NULL OR expires_at <= clock_timestamp()) "
+            "WHERE backend = (SELECT backend FROM backend_leases WHERE backend = :backend "
+            "AND (owner IS NULL OR expires_at <= clock_timestamp()) FOR UPDATE SKIP LOCKED) "
             "RETURNING generation"
         ),
         {"owner": replica, "name": name, "backend": backend, "ttl": ttl},

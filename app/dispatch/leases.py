@@ -199,7 +199,12 @@ class LeaseKeeper:
             for url in give:
                 await self._give_back(url)
             for url in take:
-                await self._take(url)
+                try:
+                    await self._take(url)
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one backend's trouble must not keep the others
+                    log.warning("backend leases: taking %s failed (%s: %s)", url, type(exc).__name__, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the next round tries again
