@@ -240,17 +240,7 @@ def _wire(
     signer = UrlSigner(secret, settings.signed_url_ttl_seconds)
     bus = EventBus(on_lag=lambda sub: metrics.live_lagged.labels(sub.scope).inc())
     guard = _outbound_guard(settings, guard_sessionmaker, outbound_resolver)
-    secret_box = SecretBox(settings.webhook_secret_key or secret)
-    # The sender shares the API's connections, not the dispatcher's: receivers' pace must
-    # never hold up the loop that keeps the GPUs busy.
-    webhook_sender = WebhookSender(
-        sessionmaker=sessionmaker,
-        settings=settings,
-        signer=signer,
-        box=secret_box,
-        guard=guard,
-        metrics=metrics,
-    )
+    secret_box, webhook_sender = _webhooks(settings, sessionmaker, signer, guard, metrics, secret)
     event_log = EventLog(worker_sessionmaker, signer, bus, settings)
     # Names this replica: its own event announcements (PostgreSQL NOTIFY) and its leases.
     replica_id = uuid.uuid4().hex
@@ -262,9 +252,6 @@ def _wire(
     )
     retention = RetentionService(worker_sessionmaker, storage, settings)
     gauges = JobGauges(sessionmaker, metrics, settings.metrics_refresh_seconds)
-    fetch_url = make_fetcher(
-        guard, max_bytes=settings.max_upload_bytes, timeout=settings.url_fetch_timeout_seconds
-    )
     state = GatewayState(
         settings=settings,
         sessionmaker=sessionmaker,
@@ -278,7 +265,9 @@ def _wire(
         webhook_sender=webhook_sender,
         outbound_guard=guard,
         secret_box=secret_box,
-        fetch_url=fetch_url,
+        fetch_url=make_fetcher(
+            guard, max_bytes=settings.max_upload_bytes, timeout=settings.url_fetch_timeout_seconds
+        ),
         retention=retention,
         event_relay=relay,
         principals=ReadCache(settings.auth_cache_seconds),
@@ -290,6 +279,24 @@ def _wire(
     relay.channels[changes.CHANNEL] = state.forget_cached
     relay.on_listening.append(state.forget_cached)
     return _Parts(state, dispatcher, gauges)
+
+
+def _webhooks(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    signer: UrlSigner,
+    guard: OutboundGuard,
+    metrics: Metrics,
+    secret: str,
+) -> tuple[SecretBox, WebhookSender]:
+    """The box users' webhook secrets are sealed in, and the sender. The sender shares the API's
+    connections, not the dispatcher's: receivers' pace must never hold up the loop that keeps
+    the GPUs busy."""
+    box = SecretBox(settings.webhook_secret_key or secret)
+    sender = WebhookSender(
+        sessionmaker=sessionmaker, settings=settings, signer=signer, box=box, guard=guard, metrics=metrics
+    )
+    return box, sender
 
 
 def _outbound_guard(

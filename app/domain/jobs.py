@@ -183,6 +183,17 @@ def _check_request(principal: Principal, req: GenerateInput, settings: Settings)
     return priority
 
 
+def _resolved(doc: TemplateDocument, params: dict[str, Any], template: str) -> dict[str, Any]:
+    """The request's params checked against the template's, with defaults filled in."""
+    try:
+        return resolve_params(doc, params)
+    except ParamsInvalid as exc:
+        named = ", ".join(sorted({str(e["param"]) for e in exc.errors if e.get("param")}))
+        raise ValidationFailed(
+            f"Some params are not valid for template {template!r}: {named}.", errors=exc.errors
+        ) from None
+
+
 async def _from_template(
     session: AsyncSession,
     principal: Principal,
@@ -203,17 +214,7 @@ async def _from_template(
             exc.detail, errors=[{"field": "template", "message": "no such template"}]
         ) from None
     _check_string_lengths(doc, req.params, settings.max_param_string_length)
-    try:
-        resolved = resolve_params(doc, req.params)
-    except ParamsInvalid as exc:
-        raise ValidationFailed(
-            "Some params are not valid for template "
-            + repr(template)
-            + ": "
-            + ", ".join(sorted({str(e["param"]) for e in exc.errors if e.get("param")}))
-            + ".",
-            errors=exc.errors,
-        ) from None
+    resolved = _resolved(doc, req.params, template)
     inputs: list[dict[str, Any]] = []
     image_params = {
         name: (spec.binds(), spec.mask_of) for name, spec in doc.params.items() if spec.type == "image"
