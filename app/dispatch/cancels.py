@@ -81,19 +81,27 @@ class CancelCleanup:
             elif link.healthy and job.prompt_id not in link.submitting and link.may_act():
                 groups.setdefault(link.url, (link, []))[1].append(job)
         for link, group in groups.values():
-            pids = [job.prompt_id or "" for job in group]
-            try:
-                await link.client.delete_from_queue(pids)
-                for pid in pids:
-                    await link.client.interrupt(pid)
-            except BackendUnavailable as exc:
-                link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+            if not await self._take_off_all(link, [job.prompt_id or "" for job in group], "canceled"):
                 continue
-            except Exception:  # noqa: BLE001 - not transient: trying every round would not help
-                log.exception("taking canceled prompts %s off %s failed", pids, link.url)
             for job in group:
                 link.forget(job.prompt_id or "")
                 await self._done(job)
+
+    async def _take_off_all(self, link: BackendLink, pids: list[str], what: str) -> bool:
+        """All deletes before any interrupt: an interrupt lets the backend start its next pending
+        prompt, which must not be one of these still queued. False when the backend could not be
+        reached (the prompts stay to be taken off next time); true otherwise, done or not (an
+        error that is not transient would not pass by trying every round)."""
+        try:
+            await link.client.delete_from_queue(pids)
+            for pid in pids:
+                await link.client.interrupt(pid)
+        except BackendUnavailable as exc:
+            link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+            return False
+        except Exception:  # noqa: BLE001 - see above
+            log.exception("taking the prompts of %s jobs %s off %s failed", what, pids, link.url)
+        return True
 
     async def _take_off_deleted(self) -> None:
         """Jobs an admin deleted through another replica while they were on this replica's
@@ -115,17 +123,8 @@ class CancelCleanup:
             if job_id not in present and not link.drop_prepared(pid) and link.may_act():
                 groups.setdefault(link.url, (link, []))[1].append(pid)
         for link, pids in groups.values():
-            # All deletes before any interrupt, as for cancels (see run).
-            try:
-                await link.client.delete_from_queue(pids)
-                for pid in pids:
-                    await link.client.interrupt(pid)
-            except BackendUnavailable as exc:
-                link.mark_unreachable(str(exc), self.settings.backend_retry_seconds)
+            if not await self._take_off_all(link, pids, "deleted (through another replica)"):
                 continue
-            except ComfyError as exc:
-                log.warning("taking the prompts of deleted jobs %s off %s failed: %s", pids, link.url, exc)
-            log.info("jobs deleted through another replica: prompts %s taken off %s", pids, link.url)
             for pid in pids:
                 link.forget(pid)
             self.wake()
