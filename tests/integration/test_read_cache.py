@@ -72,13 +72,7 @@ async def test_another_replica_refuses_a_revoked_key_or_disabled_user_once_annou
     make_settings,  # noqa: ANN001
     gateway_factory,  # noqa: ANN001
 ) -> None:
-    # A long time to live: only the announcement can make replica B forget within the test.
-    settings = make_settings(
-        comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False, auth_cache_seconds=300
-    )
-    a: Gateway = await gateway_factory(settings)
-    b: Gateway = await gateway_factory(settings)
-    await asyncio.wait_for(b.state.event_relay.listening.wait(), 10)
+    a, b = await _two_replicas(make_settings, gateway_factory)
     user_id, first = await a.create_user("two-replicas")
     second = await a.http.post(f"/v1/admin/users/{user_id}/keys", headers=a.admin)
     key_id, key = second.json()["id"], {"Authorization": f"Bearer {second.json()['key']}"}
@@ -144,12 +138,7 @@ async def test_another_replica_submits_with_a_replaced_template_once_announced(
     make_settings,  # noqa: ANN001
     gateway_factory,  # noqa: ANN001
 ) -> None:
-    settings = make_settings(
-        comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False, auth_cache_seconds=300
-    )
-    a: Gateway = await gateway_factory(settings)
-    b: Gateway = await gateway_factory(settings)
-    await asyncio.wait_for(b.state.event_relay.listening.wait(), 10)
+    a, b = await _two_replicas(make_settings, gateway_factory)
     _, key = await a.create_user("templated")
     assert (await a.http.put("/v1/templates/tiny", json=tiny(8), headers=a.admin)).status_code == 201
     assert await _width_of_a_new_job(b, key) == 8  # now cached on B
@@ -158,3 +147,15 @@ async def test_another_replica_submits_with_a_replaced_template_once_announced(
     while (width := await _width_of_a_new_job(b, key)) != 16:
         assert width == 8 and time.monotonic() - start < 2, width
         await asyncio.sleep(0.02)
+
+
+async def _two_replicas(make_settings, gateway_factory) -> tuple[Gateway, Gateway]:  # noqa: ANN001
+    """Two API replicas on one database, B listening for announcements. A long time to live:
+    only an announcement can make B forget within a test."""
+    settings = make_settings(
+        comfyui_urls=["http://127.0.0.1:9"], run_dispatcher=False, auth_cache_seconds=300
+    )
+    a: Gateway = await gateway_factory(settings)
+    b: Gateway = await gateway_factory(settings)
+    await asyncio.wait_for(b.state.event_relay.listening.wait(), 10)
+    return a, b
