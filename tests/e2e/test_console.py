@@ -208,6 +208,12 @@ def test_queue_shows_live_progress_and_cancels_a_running_job(console: Console, s
     page.wait_for_function(
         "(sel) => { const p = document.querySelector(sel); return p && p.value > 1; }", arg=f"{row} progress"
     )
+    # The bar may have moved from the page's own refresh of the list first: the socket's progress
+    # frames must arrive too (within a few seconds; the job runs for longer than that).
+    for _ in range(100):
+        if any(f.get("event") == "progress" and f.get("job_id") == job["id"] for f in frames):
+            break
+        page.wait_for_timeout(100)
     assert any(f.get("event") == "progress" and f.get("job_id") == job["id"] for f in frames), (
         "no live progress frame"
     )
