@@ -114,6 +114,28 @@ async def insert_new(session: AsyncSession, job: Job) -> None:
     await session.execute(_INSERT_JOB, values)
 
 
+_OUTPUTS = cast(Table, Output.__table__)
+_INSERT_OUTPUTS = insert(_OUTPUTS)
+_OUTPUT_COLUMNS = [column.name for column in _OUTPUTS.columns]
+
+
+async def insert_outputs(session: AsyncSession, outputs: Sequence[Output]) -> None:
+    """Insert a finished job's outputs in one Core statement, in the session's transaction (the
+    ORM's unit of work cost more than the INSERT). The objects stay out of the session, with their
+    `created_at` set as the row has it."""
+    if not outputs:
+        return
+    now = utcnow()
+    rows = []
+    for out in outputs:
+        if out.created_at is None:
+            out.created_at = now
+        if out.kind is None:
+            out.kind = "images"
+        rows.append({column: getattr(out, column) for column in _OUTPUT_COLUMNS})
+    await session.execute(_INSERT_OUTPUTS, rows)
+
+
 async def reread(session: AsyncSession, job: Job) -> None:
     """The row as the database holds it now."""
     await session.refresh(job)
@@ -276,7 +298,7 @@ async def mark_succeeded(
     outputs: Sequence[Output] = (),
     progress: dict[str, Any] | None = None,
 ) -> Job | None:
-    """`outputs`: the rows the caller added to this session for the job, logged before its status.
+    """`outputs`: the job's new outputs (their events take ids before its status's).
     `progress`: the last progress seen, when the row may hold an older one."""
     stmt = _statement(
         ("succeeded", progress is not None),

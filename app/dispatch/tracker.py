@@ -392,7 +392,6 @@ class Tracker:
             return
         await self.notifier.settle(job.id)
         async with fenced_session(self.sessionmaker, link) as session:
-            session.add_all(outputs)
             done = await transitions.mark_succeeded(
                 session, job.id, prompt_id=pid, outputs=outputs, progress=flight.progress
             )

@@ -63,9 +63,11 @@ async def mark_succeeded(
     outputs: Sequence[Output] = (),
     progress: dict[str, Any] | None = None,
 ) -> Job | None:
-    """`outputs`: the rows the caller added to this session for the job, logged before its status.
-    `progress`: the last progress seen, when the row may hold an older one."""
+    """`outputs`: the job's new output rows, inserted here if the job could end (and logged before
+    its status). `progress`: the last progress seen, when the row may hold an older one."""
     job = await repo.mark_succeeded(session, job_id, prompt_id=prompt_id, outputs=outputs, progress=progress)
+    if job is not None:
+        await repo.insert_outputs(session, outputs)
     return await _record(session, job, outputs)
 
 
