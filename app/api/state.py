@@ -45,6 +45,9 @@ class DispatcherPort(Protocol):
     async def take_off(self, job: Job) -> None:
         """An admin deletes a canceled job: its prompt leaves its backend now."""
 
+    def users_changed(self) -> None:
+        """A user's limits or state changed (here or on another replica): forget what was cached."""
+
     def backends_changed(self, url: str | None = None, *, draining: bool | None = None) -> None:
         """The admin API changed the pool (`url` drained or resumed, or added, or removed)."""
 
@@ -93,6 +96,7 @@ class GatewayState:
         ignored: this is also a NOTIFY listener)."""
         self.principals.forget_all()
         self.templates.forget_all()
+        self.dispatcher.users_changed()
 
     # The loops this process runs, in the order they started: /readyz fails while one is down.
     loops: tuple[Loop, ...] = ()

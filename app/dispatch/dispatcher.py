@@ -346,6 +346,9 @@ class Dispatcher(Loop):
     async def sync_backends(self) -> None:
         await self.pool.sync_backends()
 
+    def users_changed(self) -> None:
+        self.scheduler.users.forget_all()
+
     def backends_changed(self, url: str | None = None, *, draining: bool | None = None) -> None:
         self.pool.backends_changed(url, draining=draining)
 

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db import queue
 from app.db import users as users_repo
 from app.db.models import Job, User
+from app.domain.read_cache import ReadCache
 from app.domain.users import BOOTSTRAP_ADMIN_ID, effective_limits
 
 
@@ -35,6 +36,10 @@ class FairScheduler:
         # Virtual time per user. Kept in memory: after a restart everyone starts level, which is fair.
         self._vtime: dict[str, float] = {}
         self._weights: dict[str, float] = {}
+        # Users' limits and state, read in every round but rarely changed: kept as the API's
+        # callers are (app/domain/read_cache.py), forgotten when a user changes (`users_changed`)
+        # and after GATEWAY_AUTH_CACHE_SECONDS in any case.
+        self.users: ReadCache[User] = ReadCache(settings.auth_cache_seconds)
 
     async def pick(
         self, session: AsyncSession, n: int, accept: Callable[[Job], bool] | None = None
@@ -49,12 +54,28 @@ class FairScheduler:
         waiting, in_flight = await queue.active_counts(session)
         if not waiting:
             return []
-        users = await users_repo.by_ids(session, waiting)
+        users = await self._users(session, waiting)
         capacity = self._capacity(users, waiting, in_flight, n)
         if not capacity:
             return []
         self._level(capacity)
         return await self._take_turns(session, capacity, in_flight, n, accept)
+
+    async def _users(self, session: AsyncSession, user_ids: Iterable[str]) -> dict[str, User]:
+        found: dict[str, User] = {}
+        missing = []
+        for user_id in user_ids:
+            user = self.users.get(user_id)
+            if user is None:
+                missing.append(user_id)
+            else:
+                found[user_id] = user
+        if missing:
+            generation = self.users.generation
+            for user_id, user in (await users_repo.by_ids(session, missing)).items():
+                self.users.put(user_id, user, generation)
+                found[user_id] = user
+        return found
 
     def _capacity(
         self, users: Mapping[str, User], waiting: Iterable[str], in_flight: Mapping[str, int], n: int

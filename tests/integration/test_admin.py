@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from app.domain.users import BOOTSTRAP_ADMIN_ID
@@ -200,3 +201,23 @@ async def test_admin_jobs_lists_every_users_jobs_with_filters_and_pages(gateway:
     assert [j["id"] for j in page["items"] + rest["items"]] == [j["id"] for j in everything["items"]]
     assert (await http.get("/v1/admin/jobs?limit=101", headers=admin)).status_code == 422
     assert (await http.get("/v1/admin/jobs?status=lost", headers=admin)).status_code == 422
+
+
+async def test_a_running_cap_raised_by_an_admin_lets_the_users_next_job_start_at_once(
+    gateway: Gateway,
+) -> None:
+    """The dispatcher keeps users' limits between rounds; an admin's change reaches it on commit."""
+    user_id, alice = await gateway.create_user("alice", limits={"max_running": 1})
+    slow = {"template": "txt2img", "params": {"prompt": "a", "steps": 100}}
+    first, second = [(await gateway.generate(slow, headers=alice)).json()["id"] for _ in range(2)]
+    await gateway.wait(first, {"running"}, headers=alice)
+    await asyncio.sleep(0.2)  # rounds go by: the cap holds the second job back
+    assert (await gateway.job(second, alice))["status"] == "queued"
+    resp = await gateway.http.patch(
+        f"/v1/admin/users/{user_id}", json={"limits": {"max_running": 2}}, headers=gateway.admin
+    )
+    assert resp.status_code == 200
+    # The second starts while the first still runs: the cap of 1 no longer holds it back.
+    ended = await gateway.wait(first, headers=alice)
+    started = await gateway.wait(second, {"running", "succeeded"}, headers=alice)
+    assert started["started_at"] < ended["finished_at"]

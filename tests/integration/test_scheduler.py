@@ -133,6 +133,19 @@ async def test_a_users_running_cap_holds_across_rounds(q: Queue) -> None:
     assert await q.queued() == {"a4", "a5"}
 
 
+async def test_a_users_limits_are_read_once_and_again_only_after_a_change_is_announced(q: Queue) -> None:
+    """The scheduler keeps users' limits between rounds (they are read in every round and rarely
+    change); a change counts from the round after it is announced (`users_changed`, which the
+    admin routes and other replicas' NOTIFY call), and not before."""
+    await q.user("alice", max_running=1)
+    await q.submit("alice", "a1", "a2", "a3", "a4")
+    assert await q.pick(10) == ["a1"]
+    await q.user("alice", max_running=3)  # written behind the scheduler's back: not seen yet
+    assert await q.pick(10) == []
+    q.scheduler.users.forget_all()
+    assert await q.pick(10) == ["a2", "a3"]
+
+
 async def test_priority_orders_a_users_own_jobs_and_takes_no_turn_from_others(q: Queue) -> None:
     await q.user("alice", **ROOMY)
     await q.user("bob", **ROOMY)
