@@ -236,25 +236,40 @@ def _fenced(stmt: Any, backend: Any) -> Any:
     return fenced
 
 
-async def claim(
-    session: AsyncSession, job_id: str, *, backend: str, prompt_id: str, fence: leases.Fence | None = None
-) -> Job | None:
-    """Hand a queued job to a backend. Only one dispatcher can win this; with a `fence`, only while
-    it holds the backend's lease."""
-    stmt = _statement(
-        ("claim",),
-        [Job.status == "queued", Job.backend.is_(None), Job.cancel_requested.is_(False)],
+_CLAIM = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == _JOB_ID,
+        _JOBS.c.status == "queued",
+        _JOBS.c.backend.is_(None),
+        _JOBS.c.cancel_requested.is_(False),
+    )
+    .values(
         backend=_BACKEND,
         prompt_id=_PROMPT_ID,
         dispatched_at=_NOW,
-        attempts=Job.attempts + 1,
+        attempts=_JOBS.c.attempts + 1,
         waiting_reason=None,
+        updated_at=_NOW,
     )
-    params = {"p_job_id": job_id, "p_backend": backend, "p_prompt_id": prompt_id}
+    # Only whether it matched: the claim is no status change (no events), and loading the row
+    # back into an ORM object cost more than the UPDATE.
+    .returning(_JOBS.c.id)
+)
+
+
+async def claim(
+    session: AsyncSession, job_id: str, *, backend: str, prompt_id: str, fence: leases.Fence | None = None
+) -> str | None:
+    """Hand a queued job to a backend; its id if this won, else None. Only one dispatcher can win
+    this; with a `fence`, only while it holds the backend's lease. An object of the job that the
+    session holds is not refreshed."""
+    stmt: Any = _CLAIM
+    params = {"p_job_id": job_id, "p_backend": backend, "p_prompt_id": prompt_id, "p_now": utcnow()}
     if fence is not None:
         stmt = _fenced(stmt, _BACKEND)
         params.update(leases.fence_params(fence))
-    return await _update(session, stmt, params)
+    return (await session.execute(stmt, params)).scalar()
 
 
 async def set_waiting_reason(session: AsyncSession, job_id: str, reason: str | None) -> Job | None:

@@ -128,10 +128,7 @@ class FairScheduler:
             # Ties go to the user with less in flight: a newcomer starts at the next free slot.
             user_id = min(candidates, key=lambda u: (self._vtime[u], in_flight.get(u, 0) + taken[u], u))
             if user_id not in jobs_of:
-                want = capacity[user_id]
-                # A few more than needed, in case some cannot be placed right now.
-                fetched = await queue.next_jobs(session, user_id, want if accept is None else want + 16)
-                jobs_of[user_id] = [j for j in fetched if accept is None or accept(j)][:want]
+                jobs_of[user_id] = await self._next_jobs(session, user_id, capacity[user_id], accept)
             if not jobs_of[user_id]:
                 capacity[user_id] = taken[user_id]
                 continue
@@ -139,6 +136,21 @@ class FairScheduler:
             taken[user_id] += 1
             self._vtime[user_id] += 1.0 / self._weights[user_id]
         return ordered
+
+    @staticmethod
+    async def _next_jobs(
+        session: AsyncSession, user_id: str, want: int, accept: Callable[[Job], bool] | None
+    ) -> list[Job]:
+        """A user's next `want` jobs that `accept` takes. Usually the first `want` are all
+        placeable and nothing more is read (each row comes with its graph); otherwise up to 16
+        more are looked at, in case some further back can be placed right now."""
+        fetched = await queue.next_jobs(session, user_id, want)
+        if accept is None:
+            return fetched
+        accepted = [job for job in fetched if accept(job)]
+        if len(accepted) < want and len(fetched) == want:
+            accepted = [job for job in await queue.next_jobs(session, user_id, want + 16) if accept(job)]
+        return accepted[:want]
 
     def give_back(self, user_id: str) -> None:
         """A picked job was not dispatched after all (claim lost, or a reserve returned)."""
