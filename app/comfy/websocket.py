@@ -204,6 +204,9 @@ class ComfyWebSocket:
             max_size=self.max_size,
             max_queue=self.max_queue,
             proxy=None,
+            # No permessage-deflate: the messages are small JSON and already-compressed previews,
+            # and deflating them cost CPU on both ends (ComfyUI's aiohttp accepts it if offered).
+            compression=None,
         )
 
     async def _close_politely(self, ws: ClientConnection) -> None:
