@@ -1,0 +1,63 @@
+"""Pooled PostgreSQL connections that the server closed (a restart, an admin's kill): the pool
+pings a connection that sat idle before handing it out, and trusts one used within the last half
+second (app/db/engine.py). A closed connection costs at most the one statement that met it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from app.db.engine import ALIVE_WITHOUT_PING_SECONDS, create_engine, create_sessionmaker
+from tests.conftest import PG_ADMIN_URL
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+PID = text("SELECT pg_backend_pid()")
+
+
+async def _kill(pid: int) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await conn.close()
+
+
+async def test_a_connection_closed_while_idle_is_replaced_before_anyone_uses_it(db_url: str) -> None:
+    engine = create_engine(db_url, pool_size=1)
+    sessions = create_sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            first = (await session.execute(PID)).scalar_one()
+        await _kill(first)
+        await asyncio.sleep(ALIVE_WITHOUT_PING_SECONDS + 0.3)
+        async with sessions() as session:
+            second = (await session.execute(PID)).scalar_one()
+        assert second != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_closed_just_after_use_fails_one_statement_at_most(db_url: str) -> None:
+    engine = create_engine(db_url, pool_size=1)
+    sessions = create_sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            first = (await session.execute(PID)).scalar_one()
+        await _kill(first)
+        failures = 0
+        for _ in range(2):
+            try:
+                async with sessions() as session:
+                    second = (await session.execute(PID)).scalar_one()
+                break
+            except DBAPIError as err:
+                assert err.connection_invalidated
+                failures += 1
+        assert failures <= 1 and second != first
+    finally:
+        await engine.dispose()
