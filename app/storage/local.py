@@ -16,6 +16,7 @@ from app.storage.base import RangedObject, StoredObject
 
 # Files up to this size are written in one go; larger ones in pieces of this size.
 _BUFFER = 1024 * 1024
+_SMALL = 128 * 1024
 
 
 def _open_new(tmp: Path) -> BinaryIO:
@@ -72,7 +73,12 @@ class LocalStorage:
                         fh = await anyio.to_thread.run_sync(_open_new, tmp)
                     await anyio.to_thread.run_sync(fh.writelines, buffer)
                     buffer, buffered = [], 0
-            await anyio.to_thread.run_sync(_finish, fh, tmp, final, buffer)
+            if fh is None and buffered <= _SMALL:
+                # A small file (a PNG of a few KB, a text output) is written on the loop: the
+                # thread hop cost more CPU than the write (as its reading, app/api/outputs.py).
+                _finish(None, tmp, final, buffer)
+            else:
+                await anyio.to_thread.run_sync(_finish, fh, tmp, final, buffer)
         except BaseException:
             if fh is not None:
                 fh.close()
