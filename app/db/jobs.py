@@ -8,7 +8,7 @@ transition's events and webhook deliveries in the same transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -181,13 +181,15 @@ _BACKEND = bindparam("p_backend", type_=Job.__table__.c.backend.type)
 _statements: dict[tuple[Any, ...], Any] = {}
 
 
-def _statement(key: tuple[Any, ...], where: Sequence[Any], **values: Any) -> Any:
-    """The UPDATE of one job (`p_job_id`) under `where`, RETURNING the changed row; built on first
-    use. A status change also takes the ids of its events (`p_n_events`: its outputs' and its own)
-    in the same UPDATE: the row lock orders a job's events on every replica, with no second
-    statement."""
+def _statement(key: tuple[Any, ...], parts: Callable[[], tuple[Sequence[Any], dict[str, Any]]]) -> Any:
+    """The UPDATE of one job (`p_job_id`) under the WHERE clauses and SET values `parts` returns,
+    RETURNING the changed row; built on first use (`parts` is called only then: building the
+    expressions on every call cost a good part of the statement). A status change also takes the
+    ids of its events (`p_n_events`: its outputs' and its own) in the same UPDATE: the row lock
+    orders a job's events on every replica, with no second statement."""
     stmt = _statements.get(key)
     if stmt is None:
+        where, values = parts()
         values.setdefault("updated_at", _NOW)
         if "status" in values:
             values["event_seq"] = Job.event_seq + _N_EVENTS
@@ -275,32 +277,34 @@ async def claim(
 async def set_waiting_reason(session: AsyncSession, job_id: str, reason: str | None) -> Job | None:
     stmt = _statement(
         ("waiting",),
-        [Job.status == "queued", Job.backend.is_(None)],
-        waiting_reason=bindparam("p_reason", type_=Job.__table__.c.waiting_reason.type),
+        lambda: (
+            [Job.status == "queued", Job.backend.is_(None)],
+            {"waiting_reason": bindparam("p_reason", type_=Job.__table__.c.waiting_reason.type)},
+        ),
     )
     return await _update(session, stmt, {"p_job_id": job_id, "p_reason": reason[:500] if reason else None})
 
 
 async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_attempt: bool) -> Job | None:
     """Give a job back to the queue (the backend never took it, or lost it)."""
-    values: dict[str, Any] = {"backend": None, "prompt_id": None, "dispatched_at": None, "progress": None}
-    if not count_attempt:
-        values["attempts"] = Job.attempts - 1
-    stmt = _statement(
-        ("unclaim", count_attempt),
-        [Job.prompt_id == _PROMPT_ID, Job.status.in_(ACTIVE)],
-        status="queued",
-        **values,
-    )
+
+    def parts() -> tuple[list[Any], dict[str, Any]]:
+        values: dict[str, Any] = {"backend": None, "prompt_id": None, "dispatched_at": None, "progress": None}
+        if not count_attempt:
+            values["attempts"] = Job.attempts - 1
+        return [Job.prompt_id == _PROMPT_ID, Job.status.in_(ACTIVE)], {"status": "queued", **values}
+
+    stmt = _statement(("unclaim", count_attempt), parts)
     return await _update(session, stmt, {"p_job_id": job_id, "p_prompt_id": prompt_id, "p_n_events": 1})
 
 
 async def mark_running(session: AsyncSession, job_id: str, *, prompt_id: str) -> Job | None:
     stmt = _statement(
         ("running",),
-        [Job.prompt_id == _PROMPT_ID, Job.status == "queued"],
-        status="running",
-        started_at=_NOW,
+        lambda: (
+            [Job.prompt_id == _PROMPT_ID, Job.status == "queued"],
+            {"status": "running", "started_at": _NOW},
+        ),
     )
     return await _update(session, stmt, {"p_job_id": job_id, "p_prompt_id": prompt_id, "p_n_events": 1})
 
@@ -317,12 +321,16 @@ async def mark_succeeded(
     `progress`: the last progress seen, when the row may hold an older one."""
     stmt = _statement(
         ("succeeded", progress is not None),
-        [Job.prompt_id == _PROMPT_ID, Job.status.in_(ACTIVE)],
-        status="succeeded",
-        finished_at=_NOW,
-        # A job that ran from cache never sent execution_start; it still started.
-        started_at=func.coalesce(Job.started_at, _NOW),
-        **({"progress": _PROGRESS} if progress is not None else {}),
+        lambda: (
+            [Job.prompt_id == _PROMPT_ID, Job.status.in_(ACTIVE)],
+            {
+                "status": "succeeded",
+                "finished_at": _NOW,
+                # A job that ran from cache never sent execution_start; it still started.
+                "started_at": func.coalesce(Job.started_at, _NOW),
+                **({"progress": _PROGRESS} if progress is not None else {}),
+            },
+        ),
     )
     params = {"p_job_id": job_id, "p_prompt_id": prompt_id, "p_n_events": 1}
     if progress is not None:
@@ -338,21 +346,26 @@ async def mark_failed(
     prompt_id: str | None,
     progress: dict[str, Any] | None = None,
 ) -> Job | None:
-    where: list[Any] = [Job.status.in_(ACTIVE)]
     params: dict[str, Any] = {"p_job_id": job_id, "p_error": error, "p_n_events": 1}
     if prompt_id is not None:
-        where.append(Job.prompt_id == _PROMPT_ID)
         params["p_prompt_id"] = prompt_id
     if progress is not None:
         params["p_progress"] = progress
-    stmt = _statement(
-        ("failed", prompt_id is not None, progress is not None),
-        where,
-        status="failed",
-        finished_at=_NOW,
-        error=bindparam("p_error", type_=Job.__table__.c.error.type),
-        **({"progress": _PROGRESS} if progress is not None else {}),
-    )
+
+    def parts() -> tuple[list[Any], dict[str, Any]]:
+        where: list[Any] = [Job.status.in_(ACTIVE)]
+        if prompt_id is not None:
+            where.append(Job.prompt_id == _PROMPT_ID)
+        values: dict[str, Any] = {
+            "status": "failed",
+            "finished_at": _NOW,
+            "error": bindparam("p_error", type_=Job.__table__.c.error.type),
+        }
+        if progress is not None:
+            values["progress"] = _PROGRESS
+        return where, values
+
+    stmt = _statement(("failed", prompt_id is not None, progress is not None), parts)
     return await _update(session, stmt, params)
 
 
@@ -360,10 +373,10 @@ async def mark_canceled(session: AsyncSession, job_id: str) -> Job | None:
     """Cancel a job that has not ended. `cancel_requested` stays set until the backend has been told."""
     stmt = _statement(
         ("canceled",),
-        [Job.status.in_(ACTIVE)],
-        status="canceled",
-        finished_at=_NOW,
-        cancel_requested=Job.backend.is_not(None),
+        lambda: (
+            [Job.status.in_(ACTIVE)],
+            {"status": "canceled", "finished_at": _NOW, "cancel_requested": Job.backend.is_not(None)},
+        ),
     )
     return await _update(session, stmt, {"p_job_id": job_id, "p_n_events": 1})
 
@@ -390,12 +403,12 @@ async def existing_ids(session: AsyncSession, job_ids: Sequence[str]) -> set[str
 
 
 async def cleanup_done(session: AsyncSession, job_id: str) -> Job | None:
-    stmt = _statement(("cleaned",), [Job.cancel_requested.is_(True)], cancel_requested=False)
+    stmt = _statement(("cleaned",), lambda: ([Job.cancel_requested.is_(True)], {"cancel_requested": False}))
     return await _update(session, stmt, {"p_job_id": job_id})
 
 
 async def set_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> Job | None:
-    stmt = _statement(("progress",), [Job.status.in_(ACTIVE)], progress=_PROGRESS)
+    stmt = _statement(("progress",), lambda: ([Job.status.in_(ACTIVE)], {"progress": _PROGRESS}))
     return await _update(session, stmt, {"p_job_id": job_id, "p_progress": progress})
 
 
