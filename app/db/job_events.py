@@ -16,12 +16,13 @@ the other replicas can read it from the log (app/domain/events/relay.py).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, event, insert, select, text, update
+from sqlalchemy import bindparam, case, delete, event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -51,27 +52,45 @@ class LoggedEvent:
 _INSERT_EVENTS = insert(JobEvent.__table__)  # type: ignore[arg-type]  # a Table
 
 
+# On PostgreSQL the events are inserted and announced in one statement (a data-modifying CTE runs
+# whether or not the query reads it): a second round trip per transition cost more than both.
+_INSERT_AND_NOTIFY = text(
+    "WITH logged AS ("
+    " INSERT INTO job_events (job_id, seq, event, data, created_at)"
+    " SELECT j, s, e, d::json, :now FROM unnest("
+    "  CAST(:job_ids AS varchar[]), CAST(:seqs AS integer[]), CAST(:events AS varchar[]),"
+    "  CAST(:datas AS text[])) AS t(j, s, e, d))"
+    " SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"
+).bindparams(bindparam("now", type_=JobEvent.__table__.c.created_at.type))
+
+
 async def append(session: AsyncSession, events: list[LoggedEvent]) -> None:
-    """Insert events (one statement) and, on PostgreSQL, announce them (one more)."""
+    """Insert events and, on PostgreSQL, announce them (NOTIFY is transactional: the other
+    replicas hear of them when they are committed), in one statement."""
     now = utcnow()
-    await session.execute(
-        _INSERT_EVENTS,
-        [
-            {"job_id": e.job_id, "seq": e.seq, "event": e.event, "data": e.data, "created_at": now}
-            for e in events
-        ],
-    )
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         origin = session.info.get(_ORIGIN, "")
-        # NOTIFY is transactional: the other replicas hear of the events when they are committed.
         await session.execute(
-            text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+            _INSERT_AND_NOTIFY,
             {
+                "now": now,
+                "job_ids": [e.job_id for e in events],
+                "seqs": [e.seq for e in events],
+                "events": [e.event for e in events],
+                "datas": [json.dumps(e.data) for e in events],
                 "channel": CHANNEL,
                 "payloads": [
                     f"{origin}|{e.job_id}|{e.user_id}|{e.seq}|{_waking_status(e)}|{e.event}" for e in events
                 ],
             },
+        )
+    else:
+        await session.execute(
+            _INSERT_EVENTS,
+            [
+                {"job_id": e.job_id, "seq": e.seq, "event": e.event, "data": e.data, "created_at": now}
+                for e in events
+            ],
         )
     session.info.setdefault(_PENDING, []).extend(events)
 
