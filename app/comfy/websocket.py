@@ -264,8 +264,11 @@ class ComfyWebSocket:
                     if first is not None:
                         yield first
                     while True:
+                        # No task per message (as `_until_closed` would make): close() closes
+                        # this connection, which ends the recv with ConnectionClosed.
                         try:
-                            raw = await self._until_closed(ws.recv(), closer, timeout=self.stall_timeout)
+                            async with asyncio.timeout(self.stall_timeout):
+                                raw = await ws.recv()
                         except TimeoutError:
                             reason = f"stalled: no message for {self.stall_timeout}s"
                             break
