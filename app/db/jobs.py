@@ -151,10 +151,17 @@ async def get_output(
     session: AsyncSession, job_id: str, output_id: str, *, user_id: str | None
 ) -> Output | None:
     """An output of a job; with `user_id`, only if the job is that user's."""
-    stmt = select(Output).where(Output.id == output_id, Output.job_id == job_id)
-    if user_id is not None:
-        stmt = stmt.join(Job, Job.id == Output.job_id).where(Job.user_id == user_id)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    if user_id is None:
+        found = await session.execute(_OUTPUT, {"output_id": output_id, "job_id": job_id})
+    else:
+        params = {"output_id": output_id, "job_id": job_id, "user_id": user_id}
+        found = await session.execute(_USERS_OUTPUT, params)
+    return found.scalar_one_or_none()
+
+
+# Built once (every download asks): building a statement costs more than running this one.
+_OUTPUT = select(Output).where(Output.id == bindparam("output_id"), Output.job_id == bindparam("job_id"))
+_USERS_OUTPUT = _OUTPUT.join(Job, Job.id == Output.job_id).where(Job.user_id == bindparam("user_id"))
 
 
 # The jobs ahead of a queued one, counted without scanning the queue (app/db/queue.py).
