@@ -45,5 +45,11 @@ async def lock_startup(session: AsyncSession) -> None:
 
 async def lock_claims(session: AsyncSession) -> None:
     """Several dispatching replicas pick and claim one at a time, so that per-user `max_running`
-    holds across them (the pick reads the counts its claims change); held until the commit."""
-    await session.execute(_CLAIM_LOCK)
+    holds across them (the pick reads the counts its claims change); held until the commit.
+
+    Giving jobs back to the queue takes it too (PostgreSQL only, before any row is locked): a
+    claim moves a user's counter rows queued -> dispatched and a give-back moves them the other
+    way, so the two, run at once, locked the same two rows (app/db job_counts triggers) in
+    opposite orders and deadlocked."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        await session.execute(_CLAIM_LOCK)

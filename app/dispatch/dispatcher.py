@@ -241,8 +241,7 @@ class Dispatcher(Loop):
         """Pick jobs in the scheduler's order and claim each for the backend the plan routes it
         to; in the same transaction, fail the jobs that cannot run and note why others wait."""
         async with self._sessionmaker() as session:
-            if self.leases is not None:
-                await lock_claims(session)
+            await lock_claims(session)
             for job in await self.scheduler.pick(session, plan.wanted(), accept=plan.placeable):
                 await self._claim_one(session, plan, job)
             failed = await self._fail_unplaceable(session, plan)

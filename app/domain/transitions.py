@@ -18,6 +18,7 @@ from app.db import job_events, webhooks
 from app.db import jobs as repo
 from app.db.job_events import LoggedEvent
 from app.db.models import Job, Output
+from app.db.state import lock_claims
 from app.domain.views import job_snapshot, output_snapshot
 
 
@@ -46,7 +47,9 @@ async def _record(session: AsyncSession, job: Job | None, outputs: Sequence[Outp
 
 
 async def unclaim(session: AsyncSession, job_id: str, *, prompt_id: str, count_attempt: bool) -> Job | None:
-    """Give a job back to the queue (the backend never took it, or lost it)."""
+    """Give a job back to the queue (the backend never took it, or lost it); one at a time with
+    the dispatchers' claims (see `lock_claims`)."""
+    await lock_claims(session)
     job = await repo.unclaim(session, job_id, prompt_id=prompt_id, count_attempt=count_attempt)
     return await _record(session, job)
 
