@@ -159,11 +159,15 @@ async def _send_events(websocket: WebSocket, sub: Subscription, user_id: str) ->
         json.dumps({"event": "subscribed", "job_id": None, "id": None, "data": {"user_id": user_id}})
     )
     last: dict[str, int] = {}
+    # A `lagged` frame not yet followed by any other: a second one would tell the client nothing new.
+    told = False
     while True:
         event = await sub.queue.get()
         if sub.overflowed:
             sub.overflowed = False
-            await websocket.send_text(json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}}))
+            if not told:
+                told = True
+                await websocket.send_text(json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}}))
         if event is None or v2_only(event.event, event.data):
             continue
         if event.id is not None:
@@ -174,6 +178,7 @@ async def _send_events(websocket: WebSocket, sub: Subscription, user_id: str) ->
             if event.terminal:
                 last.pop(event.job_id, None)
         await websocket.send_text(json.dumps(frame(event), separators=(",", ":")))
+        told = False
 
 
 async def _read_until_closed(websocket: WebSocket) -> None:
