@@ -91,3 +91,38 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    conn = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def fresh_database(server_url: str | None) -> str | None:
+    """A new, empty database on the PostgreSQL server of `server_url` (None, SQLite: None). A run
+    on a database that earlier runs filled measures their leftovers too (queued jobs to dispatch,
+    users' counter rows)."""
+    if server_url is None:
+        return None
+    from sqlalchemy.engine import make_url
+
+    name = f"gw_bench_{uuid.uuid4().hex[:8]}"
+    await _pg_admin(server_url, f'CREATE DATABASE "{name}"')
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_database(server_url: str | None, url: str | None) -> None:
+    """Drop a database `fresh_database` made (connected to the server's own database)."""
+    if server_url is not None and url is not None:
+        from sqlalchemy.engine import make_url
+
+        name = make_url(url).database
+        await _pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -41,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     ADMIN_KEY,
     cpu_seconds,
+    drop_database,
     free_port,
+    fresh_database,
     gateway_env,
     pct,
     start_emulator,
@@ -79,18 +82,29 @@ def workflow(i: int, job_ms: float, steps: int, real: bool) -> dict:
 class Cpu:
     """CPU seconds spent by processes (and this client) over a block."""
 
-    def __init__(self, procs: dict[str, int]) -> None:
-        self.procs = procs
+    def __init__(self, procs: dict[str, int | list[int]]) -> None:
+        self.procs = {name: pids if isinstance(pids, list) else [pids] for name, pids in procs.items()}
+
+    @staticmethod
+    def _read(pids: list[int]) -> dict[int, float]:
+        seconds = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):  # a database connection that closed meanwhile
+                seconds[pid] = cpu_seconds(pid)
+        return seconds
 
     def __enter__(self) -> Cpu:
-        self.start = {name: cpu_seconds(pid) for name, pid in self.procs.items()}
+        self.start = {name: self._read(pids) for name, pids in self.procs.items()}
         self.own = time.process_time()
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.t0
-        self.spent = {name: cpu_seconds(pid) - self.start[name] for name, pid in self.procs.items()}
+        self.spent = {}
+        for name, pids in self.procs.items():
+            end = self._read(pids)
+            self.spent[name] = sum(end[pid] - self.start[name][pid] for pid in end if pid in self.start[name])
         self.spent["client"] = time.process_time() - self.own
 
 
@@ -195,6 +209,21 @@ class Through:
         await self.http.aclose()
 
 
+async def _server_pids(url: str) -> list[int]:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    conn = await asyncpg.connect(parsed.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", parsed.database
+        )
+    finally:
+        await conn.close()
+    return [row["pid"] for row in rows]
+
+
 async def burst(client: Direct | Through, n: int, concurrency: int, make, offset: int) -> list[float]:  # noqa: ANN001
     gate = asyncio.Semaphore(concurrency)
 
@@ -256,7 +285,8 @@ async def main() -> None:
         emu_port = free_port()
         backend = f"http://127.0.0.1:{emu_port}"
     extra = {} if args.inflight is None else {"max_inflight_per_backend": args.inflight}
-    env = gateway_env(tmp, [backend], args.database_url, **extra)
+    database_url = await fresh_database(args.database_url)
+    env = gateway_env(tmp, [backend], database_url, **extra)
     if not real:
         procs.append(start_emulator(emu_port, env))
     gateway = start_gateway(gw_port, env)
@@ -302,6 +332,9 @@ async def main() -> None:
                 ]
             )
             await asyncio.sleep(1.0)
+        if database_url is not None:
+            # The database server's work for the gateway: its connections' processes.
+            watched = {**watched, "postgres": await _server_pids(database_url)}
         with Cpu(watched) as g_cpu:
             await burst(through, args.jobs, args.concurrency, make, 1_000_000)
         if spy is not None:
@@ -313,6 +346,7 @@ async def main() -> None:
         await through.close()
     finally:
         stop(procs)
+        await drop_database(args.database_url, database_url)
 
     n = args.jobs
     d_rate, g_rate = n / d_cpu.wall, n / g_cpu.wall
