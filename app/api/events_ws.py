@@ -167,7 +167,9 @@ async def _send_events(websocket: WebSocket, sub: Subscription, user_id: str) ->
             sub.overflowed = False
             if not told:
                 told = True
-                await websocket.send_text(json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}}))
+                await websocket.send_text(
+                    json.dumps({"event": "lagged", "job_id": None, "id": None, "data": {}})
+                )
         if event is None or v2_only(event.event, event.data):
             continue
         if event.id is not None:
