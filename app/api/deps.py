@@ -128,6 +128,8 @@ PrincipalDep = Annotated[Principal, Depends(_principal)]
 # The caller, not yet counted: POST /v1/generate spends its token with `charge` in the transaction
 # that stores the job, so that the token's row lock also serializes the user's quota checks.
 UncountedPrincipalDep = Annotated[Principal, Depends(_authenticated)]
+# The key as sent, for a route that authenticates it itself (in a session of its own).
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 async def _admin(principal: PrincipalDep) -> Principal:

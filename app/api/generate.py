@@ -12,14 +12,14 @@ from fastapi import APIRouter, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api import deps
-from app.api.deps import SessionDep, UncountedPrincipalDep, charge
+from app.api.deps import BearerDep, charge
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
 from app.config import Settings
 from app.db.models import Job, Upload
 from app.domain import idempotency, jobs, webhooks
 from app.domain.errors import DomainError, LimitExceeded
 from app.domain.events.bus import EventBus
-from app.domain.users import Principal
+from app.domain.users import Principal, authenticate
 from app.domain.waiting import parse_prefer_wait, until_ended
 from app.net.ssrf import OutboundGuard
 from app.storage.base import Storage
@@ -55,8 +55,7 @@ async def generate(
     body: GenerateRequest,
     request: Request,
     response: Response,
-    session: SessionDep,
-    principal: UncountedPrincipalDep,
+    credentials: BearerDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -70,26 +69,30 @@ async def generate(
     # Uploads made from image params given as data: URIs or URLs: stored with the job, or their
     # files deleted if no job comes of the request.
     new_uploads: list[Upload] = []
-    # The gateway's services straight from its state, not as dependencies: each dependency costs
-    # FastAPI's resolution on every submit.
+    # The gateway's services straight from its state, and the request's session and caller made
+    # here, not as dependencies: each dependency costs FastAPI's resolution on every submit (a
+    # session's is a generator in an exit stack). The caller's rate is charged by `_generate`.
     state = deps.state(request)
     storage = state.storage
     try:
-        return await _generate(
-            body,
-            request,
-            response,
-            session,
-            principal,
-            state.settings,
-            state.signer,
-            state.bus,
-            storage,
-            state.outbound_guard,
-            new_uploads,
-            idempotency_key,
-            prefer,
-        )
+        async with state.sessionmaker() as session:
+            key = credentials.credentials if credentials else None
+            principal = await authenticate(session, key, state.settings, state.principals)
+            return await _generate(
+                body,
+                request,
+                response,
+                session,
+                principal,
+                state.settings,
+                state.signer,
+                state.bus,
+                storage,
+                state.outbound_guard,
+                new_uploads,
+                idempotency_key,
+                prefer,
+            )
     except BaseException:
         # Emptied once the job and its uploads are committed.
         for upload in new_uploads:

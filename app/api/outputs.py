@@ -18,7 +18,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.api.deps import SessionDep, SettingsDep, SignerDep, StorageDep, authorize
+from app.api import deps
+from app.api.deps import authorize
 from app.api.schemas import PROBLEMS
 from app.config import Settings
 from app.domain import jobs
@@ -86,10 +87,6 @@ async def get_output(
     job_id: str,
     output_id: str,
     request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    signer: SignerDep,
-    storage: StorageDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     expires: Annotated[str | None, Query(max_length=20)] = None,
     signature: Annotated[str | None, Query(max_length=100)] = None,
@@ -103,16 +100,21 @@ async def get_output(
         ),
     ] = 85,
 ) -> Response:
+    # The gateway's services from its state and a session of the route's own, not dependencies:
+    # FastAPI's resolution of each (a session's is a generator in an exit stack) cost more than
+    # the lookup on the download every finished job gets.
+    gateway = deps.state(request)
+    settings, signer, storage = gateway.settings, gateway.signer, gateway.storage
     signed = signer.verify(job_id, output_id, expires, signature)
-    owner = None
-    if not signed:
-        principal = await authorize(
-            request, session, settings, credentials.credentials if credentials else None
-        )
-        owner = principal.user_id
-    output = await jobs.find_output(session, job_id, output_id, user_id=owner)
     # The request is answered from storage alone: no database connection is held while it streams.
-    await session.close()
+    async with gateway.sessionmaker() as session:
+        owner = None
+        if not signed:
+            principal = await authorize(
+                request, session, settings, credentials.credentials if credentials else None
+            )
+            owner = principal.user_id
+        output = await jobs.find_output(session, job_id, output_id, user_id=owner)
 
     key, content_type, filename, etag = (
         output.storage_key,
