@@ -123,6 +123,16 @@ async def prepare(url: str, depth: int, n_users: int) -> list[str]:
     return keys
 
 
+def total(text: str, name: str) -> float:
+    """The sum of a counter's samples over all its labels."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"{name}_total"
+    )
+
+
 def histogram(text: str, name: str) -> tuple[float, float]:
     total = count = 0.0
     for family in text_string_to_metric_families(text):
@@ -209,12 +219,20 @@ async def measure(url: str, depth: int, args: argparse.Namespace) -> dict[str, f
         result["submit_p99_ms"] = pct(latencies, 0.99) * 1e3
         (await admin.request("POST", f"/v1/admin/backends/{backend_id}/resume")).ok()
         await asyncio.sleep(1.0)
-        before = histogram((await admin.get("/metrics")).ok().body.decode(), "gateway_dispatch_round_seconds")
+        text = (await admin.get("/metrics")).ok().body.decode()
+        before, ended = (
+            histogram(text, "gateway_dispatch_round_seconds"),
+            total(text, "gateway_jobs_finished"),
+        )
         await asyncio.sleep(5.0)  # rounds that dispatch: the emulator runs each job at once
-        after = histogram((await admin.get("/metrics")).ok().body.decode(), "gateway_dispatch_round_seconds")
+        text = (await admin.get("/metrics")).ok().body.decode()
+        after = histogram(text, "gateway_dispatch_round_seconds")
         rounds = after[1] - before[1]
         result["round_ms"] = (after[0] - before[0]) / rounds * 1e3 if rounds else float("nan")
         result["rounds"] = rounds
+        # A round's time is wall time (its sends are awaited in it): how many jobs the rounds
+        # moved says whether longer rounds did more.
+        result["jobs_per_s"] = (total(text, "gateway_jobs_finished") - ended) / 5.0
         result["rss_mb"] = rss_kb(gateway.pid) / 1024
         for client in (*clients, admin):
             await client.aclose()
@@ -257,7 +275,7 @@ async def main() -> None:
         print(
             f"{depth:>7} queued: H {r['H_ms']:.3f} ms, /healthz {r['healthz_rate']:7.0f}/s | submits {r['submit_rate']:6.1f}/s "
             f"({r['submit_rate'] / r['healthz_rate']:.3f} x healthz), {r['submit_H']:5.1f} H each, p50 {r['submit_p50_ms']:6.1f} ms, "
-            f"p99 {r['submit_p99_ms']:6.1f} ms | round {r['round_ms']:6.2f} ms ({r['rounds']:.0f} rounds) | RSS {r['rss_mb']:6.1f} MB",
+            f"p99 {r['submit_p99_ms']:6.1f} ms | round {r['round_ms']:6.2f} ms ({r['rounds']:.0f} rounds, {r['jobs_per_s']:.0f} jobs/s ended) | RSS {r['rss_mb']:6.1f} MB",
             flush=True,
         )
     if len(results) >= 2:
