@@ -42,6 +42,7 @@ from harness import (  # noqa: E402
     free_port,
     gateway_env,
     pct,
+    pg_admin,
     rss_kb,
     start_emulator,
     start_gateway,
@@ -60,18 +61,6 @@ TINY = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "depth"}},
 }
-
-
-async def _pg(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(
-        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def prepare(url: str, depth: int, n_users: int) -> list[str]:
@@ -262,7 +251,7 @@ async def main() -> None:
     for depth in (int(d) for d in args.depths.split(",")):
         if args.database_url:
             name = f"gw_depth_{uuid.uuid4().hex[:8]}"
-            await _pg(args.database_url, f'CREATE DATABASE "{name}"')
+            await pg_admin(args.database_url, f'CREATE DATABASE "{name}"')
             url = make_url(args.database_url).set(database=name).render_as_string(hide_password=False)
         else:
             url = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='gw-depth-db-')}/gateway.db"
@@ -270,7 +259,7 @@ async def main() -> None:
             results[depth] = await measure(url, depth, args)
         finally:
             if args.database_url:
-                await _pg(args.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await pg_admin(args.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         r = results[depth]
         print(
             f"{depth:>7} queued: H {r['H_ms']:.3f} ms, /healthz {r['healthz_rate']:7.0f}/s | submits {r['submit_rate']:6.1f}/s "

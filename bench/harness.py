@@ -93,7 +93,8 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-async def _pg_admin(url: str, sql: str) -> None:
+async def pg_admin(url: str, sql: str) -> None:
+    """Run one statement on the PostgreSQL server of `url` (its database, outside a transaction)."""
     import asyncpg
     from sqlalchemy.engine import make_url
 
@@ -115,7 +116,7 @@ async def fresh_database(server_url: str | None) -> str | None:
     from sqlalchemy.engine import make_url
 
     name = f"gw_bench_{uuid.uuid4().hex[:8]}"
-    await _pg_admin(server_url, f'CREATE DATABASE "{name}"')
+    await pg_admin(server_url, f'CREATE DATABASE "{name}"')
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
@@ -125,4 +126,4 @@ async def drop_database(server_url: str | None, url: str | None) -> None:
         from sqlalchemy.engine import make_url
 
         name = make_url(url).database
-        await _pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

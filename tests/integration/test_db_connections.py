@@ -5,11 +5,13 @@ second (app/db/engine.py). A closed connection costs at most the one statement t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.engine import ALIVE_WITHOUT_PING_SECONDS, create_engine, create_sessionmaker
 from tests.conftest import PG_ADMIN_URL
@@ -27,37 +29,36 @@ async def _kill(pid: int) -> None:
         await conn.close()
 
 
-async def test_a_connection_closed_while_idle_is_replaced_before_anyone_uses_it(db_url: str) -> None:
+@pytest.fixture
+async def killed(db_url: str) -> AsyncIterator[tuple[async_sessionmaker[AsyncSession], int]]:
+    """A pool of one connection, used once, whose connection the server then closed; and the
+    server process id it had."""
     engine = create_engine(db_url, pool_size=1)
     sessions = create_sessionmaker(engine)
-    try:
-        async with sessions() as session:
-            first = (await session.execute(PID)).scalar_one()
-        await _kill(first)
-        await asyncio.sleep(ALIVE_WITHOUT_PING_SECONDS + 0.3)
-        async with sessions() as session:
-            second = (await session.execute(PID)).scalar_one()
-        assert second != first
-    finally:
-        await engine.dispose()
+    async with sessions() as session:
+        first = (await session.execute(PID)).scalar_one()
+    await _kill(first)
+    yield sessions, first
+    await engine.dispose()
 
 
-async def test_a_connection_closed_just_after_use_fails_one_statement_at_most(db_url: str) -> None:
-    engine = create_engine(db_url, pool_size=1)
-    sessions = create_sessionmaker(engine)
-    try:
-        async with sessions() as session:
-            first = (await session.execute(PID)).scalar_one()
-        await _kill(first)
-        failures = 0
-        for _ in range(2):
-            try:
-                async with sessions() as session:
-                    second = (await session.execute(PID)).scalar_one()
-                break
-            except DBAPIError as err:
-                assert err.connection_invalidated
-                failures += 1
-        assert failures <= 1 and second != first
-    finally:
-        await engine.dispose()
+async def test_a_connection_closed_while_idle_is_replaced_before_anyone_uses_it(killed) -> None:  # noqa: ANN001
+    sessions, first = killed
+    await asyncio.sleep(ALIVE_WITHOUT_PING_SECONDS + 0.3)
+    async with sessions() as session:
+        second = (await session.execute(PID)).scalar_one()
+    assert second != first
+
+
+async def test_a_connection_closed_just_after_use_fails_one_statement_at_most(killed) -> None:  # noqa: ANN001
+    sessions, first = killed
+    failures = 0
+    for _ in range(2):
+        try:
+            async with sessions() as session:
+                second = (await session.execute(PID)).scalar_one()
+            break
+        except DBAPIError as err:
+            assert err.connection_invalidated
+            failures += 1
+    assert failures <= 1 and second != first
