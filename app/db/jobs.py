@@ -89,51 +89,49 @@ async def list_with_labels(
 
 _JOBS = cast(Table, Job.__table__)
 _INSERT_JOB = insert(_JOBS)
-# (attribute, column name, column default) of every mapped column of a job.
-_JOB_COLUMNS = [
-    (attr.key, attr.columns[0].name, attr.columns[0].default) for attr in inspect(Job).column_attrs
-]
+_OUTPUTS = cast(Table, Output.__table__)
+_INSERT_OUTPUTS = insert(_OUTPUTS)
 
 
-async def insert_new(session: AsyncSession, job: Job) -> None:
-    """Insert a new job's row now, in the session's transaction, as one Core statement: the ORM's
-    unit of work cost more CPU than the INSERT itself on every submit. `job` is not added to the
-    session (a plain object from here on); the attributes it was not given are set to their
-    column defaults, so that it reads as the row does."""
-    given = job.__dict__
+def _columns(model: type[Any]) -> list[tuple[str, str, Any]]:
+    """(attribute, column name, column default) of every mapped column of `model`."""
+    return [(attr.key, attr.columns[0].name, attr.columns[0].default) for attr in inspect(model).column_attrs]
+
+
+_JOB_COLUMNS = _columns(Job)
+_OUTPUT_COLUMNS = _columns(Output)
+
+
+def _row(obj: Any, columns: list[tuple[str, str, Any]]) -> dict[str, Any]:
+    """The values of a new row for a Core INSERT of `obj`; the attributes it was not given are set
+    to their column defaults first, so that it reads as the row will."""
+    given = obj.__dict__
     values: dict[str, Any] = {}
-    for key, column, default in _JOB_COLUMNS:
+    for key, column, default in columns:
         if key not in given:
             value = None
             if default is not None and getattr(default, "is_scalar", False):
                 value = default.arg
             elif default is not None and getattr(default, "is_callable", False):
                 value = default.arg(None)
-            setattr(job, key, value)
-        values[column] = getattr(job, key)
-    await session.execute(_INSERT_JOB, values)
+            setattr(obj, key, value)
+        values[column] = getattr(obj, key)
+    return values
 
 
-_OUTPUTS = cast(Table, Output.__table__)
-_INSERT_OUTPUTS = insert(_OUTPUTS)
-_OUTPUT_COLUMNS = [column.name for column in _OUTPUTS.columns]
+async def insert_new(session: AsyncSession, job: Job) -> None:
+    """Insert a new job's row now, in the session's transaction, as one Core statement: the ORM's
+    unit of work cost more CPU than the INSERT itself on every submit. `job` is not added to the
+    session (a plain object from here on) and reads as the row does."""
+    await session.execute(_INSERT_JOB, _row(job, _JOB_COLUMNS))
 
 
 async def insert_outputs(session: AsyncSession, outputs: Sequence[Output]) -> None:
     """Insert a finished job's outputs in one Core statement, in the session's transaction (the
-    ORM's unit of work cost more than the INSERT). The objects stay out of the session, with their
-    `created_at` set as the row has it."""
-    if not outputs:
-        return
-    now = utcnow()
-    rows = []
-    for out in outputs:
-        if out.created_at is None:
-            out.created_at = now
-        if out.kind is None:
-            out.kind = "images"
-        rows.append({column: getattr(out, column) for column in _OUTPUT_COLUMNS})
-    await session.execute(_INSERT_OUTPUTS, rows)
+    ORM's unit of work cost more than the INSERT). The objects stay out of the session and read
+    as their rows do."""
+    if outputs:
+        await session.execute(_INSERT_OUTPUTS, [_row(out, _OUTPUT_COLUMNS) for out in outputs])
 
 
 async def reread(session: AsyncSession, job: Job) -> None:
