@@ -113,20 +113,28 @@ async def _principal(
     return await authorize(request, session, settings, credentials.credentials if credentials else None)
 
 
+async def caller(
+    request: Request, session: AsyncSession, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
+    """The caller of the key sent, not yet counted against its rate."""
+    key = credentials.credentials if credentials else None
+    gateway = state(request)
+    return await authenticate(session, key, gateway.settings, gateway.principals)
+
+
 async def _authenticated(
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    key = credentials.credentials if credentials else None
-    return await authenticate(session, key, settings, state(request).principals)
+    return await caller(request, session, credentials)
 
 
 # The caller, its request already counted against its rate (every route but generate).
 PrincipalDep = Annotated[Principal, Depends(_principal)]
-# The caller, not yet counted: POST /v1/generate spends its token with `charge` in the transaction
-# that stores the job, so that the token's row lock also serializes the user's quota checks.
+# The caller, not yet counted: a submit spends its token with `charge` in the transaction that
+# stores the job, so that the token's row lock also serializes the user's quota checks
+# (POST /v1/generate makes its caller itself with `caller`, in a session of its own).
 UncountedPrincipalDep = Annotated[Principal, Depends(_authenticated)]
 # The key as sent, for a route that authenticates it itself (in a session of its own).
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

@@ -12,14 +12,14 @@ from fastapi import APIRouter, Header, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api import deps
-from app.api.deps import BearerDep, charge
+from app.api.deps import BearerDep, caller, charge
 from app.api.schemas import PROBLEMS, GenerateRequest, JobOut
 from app.config import Settings
 from app.db.models import Job, Upload
 from app.domain import idempotency, jobs, webhooks
 from app.domain.errors import DomainError, LimitExceeded
 from app.domain.events.bus import EventBus
-from app.domain.users import Principal, authenticate
+from app.domain.users import Principal
 from app.domain.waiting import parse_prefer_wait, until_ended
 from app.net.ssrf import OutboundGuard
 from app.storage.base import Storage
@@ -76,8 +76,7 @@ async def generate(
     storage = state.storage
     try:
         async with state.sessionmaker() as session:
-            key = credentials.credentials if credentials else None
-            principal = await authenticate(session, key, state.settings, state.principals)
+            principal = await caller(request, session, credentials)
             return await _generate(
                 body,
                 request,
