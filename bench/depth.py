@@ -31,7 +31,6 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import (  # noqa: E402
     ADMIN_KEY,
     cpu_seconds,
+    drop_database,
     free_port,
+    fresh_database,
     gateway_env,
     pct,
-    pg_admin,
     rss_kb,
     start_emulator,
     start_gateway,
@@ -249,17 +249,12 @@ async def main() -> None:
     args = parser.parse_args()
     results = {}
     for depth in (int(d) for d in args.depths.split(",")):
-        if args.database_url:
-            name = f"gw_depth_{uuid.uuid4().hex[:8]}"
-            await pg_admin(args.database_url, f'CREATE DATABASE "{name}"')
-            url = make_url(args.database_url).set(database=name).render_as_string(hide_password=False)
-        else:
-            url = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='gw-depth-db-')}/gateway.db"
+        fresh = await fresh_database(args.database_url)
+        url = fresh or f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='gw-depth-db-')}/gateway.db"
         try:
             results[depth] = await measure(url, depth, args)
         finally:
-            if args.database_url:
-                await pg_admin(args.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_database(args.database_url, fresh)
         r = results[depth]
         print(
             f"{depth:>7} queued: H {r['H_ms']:.3f} ms, /healthz {r['healthz_rate']:7.0f}/s | submits {r['submit_rate']:6.1f}/s "
