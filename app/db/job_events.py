@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, case, delete, event, insert, select, text, upd
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from app.db import driver
 from app.db.models import ACTIVE, Job, JobEvent
 from app.db.types import utcnow
 
@@ -47,9 +48,8 @@ class LoggedEvent:
     data: dict[str, Any]
 
 
-# A Core INSERT of the table, built once: the ORM's bulk-insert path (it maps each dict onto the
-# mapped class first) cost more than the statement.
-_INSERT_EVENTS = insert(JobEvent.__table__)  # type: ignore[arg-type]  # a Table
+# A Core INSERT of the table, built once, run on the driver (app/db/driver.py).
+_INSERT_EVENTS = driver.Statement(insert(JobEvent.__table__))  # type: ignore[arg-type]  # a Table
 
 
 # On PostgreSQL the events are inserted and announced in one statement (a data-modifying CTE runs
@@ -85,7 +85,8 @@ async def append(session: AsyncSession, events: list[LoggedEvent]) -> None:
             },
         )
     else:
-        await session.execute(
+        await driver.execute_many(
+            session,
             _INSERT_EVENTS,
             [
                 {"job_id": e.job_id, "seq": e.seq, "event": e.event, "data": e.data, "created_at": now}

@@ -15,8 +15,10 @@ from typing import Any, cast
 from sqlalchemy import Integer, Table, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
-from app.db import leases, queue
+from app.db import driver, leases, queue
 from app.db.models import ACTIVE, TERMINAL, Job, JobEvent, Output
 from app.db.pages import After, newest_first
 from app.db.types import utcnow
@@ -88,9 +90,9 @@ async def list_with_labels(
 
 
 _JOBS = cast(Table, Job.__table__)
-_INSERT_JOB = insert(_JOBS)
+_INSERT_JOB = driver.Statement(insert(_JOBS))
 _OUTPUTS = cast(Table, Output.__table__)
-_INSERT_OUTPUTS = insert(_OUTPUTS)
+_INSERT_OUTPUTS = driver.Statement(insert(_OUTPUTS))
 
 
 def _columns(model: type[Any]) -> list[tuple[str, str, Any]]:
@@ -123,15 +125,14 @@ async def insert_new(session: AsyncSession, job: Job) -> None:
     """Insert a new job's row now, in the session's transaction, as one Core statement: the ORM's
     unit of work cost more CPU than the INSERT itself on every submit. `job` is not added to the
     session (a plain object from here on) and reads as the row does."""
-    await session.execute(_INSERT_JOB, _row(job, _JOB_COLUMNS))
+    await driver.execute_many(session, _INSERT_JOB, [_row(job, _JOB_COLUMNS)])
 
 
 async def insert_outputs(session: AsyncSession, outputs: Sequence[Output]) -> None:
     """Insert a finished job's outputs in one Core statement, in the session's transaction (the
     ORM's unit of work cost more than the INSERT). The objects stay out of the session and read
     as their rows do."""
-    if outputs:
-        await session.execute(_INSERT_OUTPUTS, [_row(out, _OUTPUT_COLUMNS) for out in outputs])
+    await driver.execute_many(session, _INSERT_OUTPUTS, [_row(out, _OUTPUT_COLUMNS) for out in outputs])
 
 
 async def reread(session: AsyncSession, job: Job) -> None:
@@ -150,16 +151,22 @@ async def get_output(
 ) -> Output | None:
     """An output of a job; with `user_id`, only if the job is that user's."""
     if user_id is None:
-        found = await session.execute(_OUTPUT, {"output_id": output_id, "job_id": job_id})
+        rows = await driver.fetch(session, _OUTPUT, {"output_id": output_id, "job_id": job_id})
     else:
         params = {"output_id": output_id, "job_id": job_id, "user_id": user_id}
-        found = await session.execute(_USERS_OUTPUT, params)
-    return found.scalar_one_or_none()
+        rows = await driver.fetch(session, _USERS_OUTPUT, params)
+    return Output(**dict(zip(_OUTPUT_KEYS, rows[0], strict=True))) if rows else None
 
 
 # Built once (every download asks): building a statement costs more than running this one.
-_OUTPUT = select(Output).where(Output.id == bindparam("output_id"), Output.job_id == bindparam("job_id"))
-_USERS_OUTPUT = _OUTPUT.join(Job, Job.id == Output.job_id).where(Job.user_id == bindparam("user_id"))
+_OUTPUT_KEYS = [key for key, _, _ in _OUTPUT_COLUMNS]
+_OUTPUT_SELECT = select(*(_OUTPUTS.c[column] for _, column, _ in _OUTPUT_COLUMNS)).where(
+    _OUTPUTS.c.id == bindparam("output_id"), _OUTPUTS.c.job_id == bindparam("job_id")
+)
+_OUTPUT = driver.Statement(_OUTPUT_SELECT)
+_USERS_OUTPUT = driver.Statement(
+    _OUTPUT_SELECT.join(_JOBS, _JOBS.c.id == _OUTPUTS.c.job_id).where(_JOBS.c.user_id == bindparam("user_id"))
+)
 
 
 # The jobs ahead of a queued one, counted without scanning the queue (app/db/queue.py).
@@ -183,10 +190,12 @@ _PROMPT_ID = bindparam("p_prompt_id", type_=Job.__table__.c.prompt_id.type)
 _PROGRESS = bindparam("p_progress", type_=Job.__table__.c.progress.type)
 _N_EVENTS = bindparam("p_n_events", type_=Integer())
 _BACKEND = bindparam("p_backend", type_=Job.__table__.c.backend.type)
-_statements: dict[tuple[Any, ...], Any] = {}
+_statements: dict[tuple[Any, ...], driver.Statement] = {}
 
 
-def _statement(key: tuple[Any, ...], parts: Callable[[], tuple[Sequence[Any], dict[str, Any]]]) -> Any:
+def _statement(
+    key: tuple[Any, ...], parts: Callable[[], tuple[Sequence[Any], dict[str, Any]]]
+) -> driver.Statement:
     """The UPDATE of one job (`p_job_id`) under the WHERE clauses and SET values `parts` returns,
     RETURNING the changed row; built on first use (`parts` is called only then: building the
     expressions on every call cost a good part of the statement). A status change also takes the
@@ -198,21 +207,30 @@ def _statement(key: tuple[Any, ...], parts: Callable[[], tuple[Sequence[Any], di
         values.setdefault("updated_at", _NOW)
         if "status" in values:
             values["event_seq"] = Job.event_seq + _N_EVENTS
-        stmt = _statements[key] = (
-            update(Job)
-            .where(Job.id == _JOB_ID, *where)
-            .values(**values)
-            .returning(Job)
-            # The returned row is the new state: it overwrites an object the session already
-            # holds (populate_existing), so evaluating the WHERE clause in Python against objects
-            # in the session (synchronize_session) would only cost time.
-            .execution_options(synchronize_session=False, populate_existing=True)
+        stmt = _statements[key] = driver.Statement(
+            update(_JOBS).where(_JOBS.c.id == _JOB_ID, *where).values(**values).returning(*_RETURNED)
         )
     return stmt
 
 
+# What a transition returns: the row without its (deferred) graph and inputs.
+_RETURNED_KEYS = [attr.key for attr in inspect(Job).column_attrs if not attr.deferred]
+_RETURNED = [inspect(Job).column_attrs[key].columns[0] for key in _RETURNED_KEYS]
+
+
+def _job(session: AsyncSession, row: tuple[Any, ...]) -> Job:
+    """The job of a returned row. An object of it that the session holds is brought up to date and
+    returned, so that no caller reads a stale copy; otherwise a new object outside the session."""
+    held = session.identity_map.get(identity_key(Job, row[0]))
+    if held is None:
+        return Job(**dict(zip(_RETURNED_KEYS, row, strict=True)))
+    for key, value in zip(_RETURNED_KEYS, row, strict=True):
+        set_committed_value(held, key, value)
+    return held
+
+
 async def _update(
-    session: AsyncSession, stmt: Any, params: dict[str, Any], *, outputs: Sequence[Output] = ()
+    session: AsyncSession, stmt: driver.Statement, params: dict[str, Any], *, outputs: Sequence[Output] = ()
 ) -> Job | None:
     """Run one of the statements above; the changed row comes back, or None if nothing matched.
     The events of a status change, and its webhook outbox rows, are written under the ids the UPDATE
@@ -226,24 +244,26 @@ async def _update(
     # backend (paused, cut off) can never commit a stale transition.
     fence = session.info.get(leases.FENCE_KEY)
     if fence is not None:
-        stmt = _fenced(stmt, Job.backend)
+        stmt = _fenced(stmt, _JOBS.c.backend)
         params.update(leases.fence_params(fence))
-    return (await session.execute(stmt, params)).scalars().first()
+    rows = await driver.fetch(session, stmt, params)
+    return _job(session, rows[0]) if rows else None
 
 
-_fenced_statements: dict[int, Any] = {}
+_fenced_statements: dict[int, driver.Statement] = {}
 
 
-def _fenced(stmt: Any, backend: Any) -> Any:
+def _fenced(stmt: driver.Statement, backend: Any) -> driver.Statement:
     """`stmt` under the lease fence of `backend` (bound as `p_fence_*`); built once per statement
     (the statements above live as long as the process, so their id is a stable key)."""
     fenced = _fenced_statements.get(id(stmt))
     if fenced is None:
-        fenced = _fenced_statements[id(stmt)] = stmt.where(leases.holds_bound(backend))
+        clause = cast(Any, stmt.clause)
+        fenced = _fenced_statements[id(stmt)] = driver.Statement(clause.where(leases.holds_bound(backend)))
     return fenced
 
 
-_CLAIM = (
+_CLAIM = driver.Statement(
     update(_JOBS)
     .where(
         _JOBS.c.id == _JOB_ID,
@@ -271,12 +291,13 @@ async def claim(
     """Hand a queued job to a backend; its id if this won, else None. Only one dispatcher can win
     this; with a `fence`, only while it holds the backend's lease. An object of the job that the
     session holds is not refreshed."""
-    stmt: Any = _CLAIM
+    stmt = _CLAIM
     params = {"p_job_id": job_id, "p_backend": backend, "p_prompt_id": prompt_id, "p_now": utcnow()}
     if fence is not None:
         stmt = _fenced(stmt, _BACKEND)
         params.update(leases.fence_params(fence))
-    return (await session.execute(stmt, params)).scalar()
+    rows = await driver.fetch(session, stmt, params)
+    return rows[0][0] if rows else None
 
 
 async def set_waiting_reason(session: AsyncSession, job_id: str, reason: str | None) -> Job | None:

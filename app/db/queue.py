@@ -15,6 +15,7 @@ from sqlalchemy import BindParameter, ColumnElement, bindparam, func, literal_co
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
+from app.db import driver
 from app.db.models import Job, JobCount
 
 _ACTIVE_COUNTS = select(JobCount.user_id, JobCount.state, JobCount.n).where(JobCount.n > 0)
@@ -96,8 +97,9 @@ _AHEAD_IN_QUEUE = select(func.count()).select_from(
     .subquery()
 )
 
-# Both counts in one round trip.
-_AHEAD = select(_ON_BACKENDS.scalar_subquery(), _AHEAD_IN_QUEUE.scalar_subquery())
+# Both counts in one round trip. Every submit asks: run on the driver (app/db/driver.py).
+_AHEAD = driver.Statement(select(_ON_BACKENDS.scalar_subquery(), _AHEAD_IN_QUEUE.scalar_subquery()))
+_AHEAD_ON_BACKEND_STMT = driver.Statement(_AHEAD_ON_BACKEND)
 
 
 async def position(session: AsyncSession, job: Job) -> int | None:
@@ -109,7 +111,7 @@ async def position(session: AsyncSession, job: Job) -> int | None:
         return None
     if job.backend is not None:
         on_backend = {"backend": job.backend, "dispatched_at": job.dispatched_at}
-        return int((await session.execute(_AHEAD_ON_BACKEND, on_backend)).scalar_one())
+        return int((await driver.fetch(session, _AHEAD_ON_BACKEND_STMT, on_backend))[0][0])
     params: dict[str, object] = {"priority": job.priority, "created_at": job.created_at, "job_id": job.id}
-    on_backends, ahead = (await session.execute(_AHEAD, params)).one()
+    on_backends, ahead = (await driver.fetch(session, _AHEAD, params))[0]
     return min(POSITION_CAP, int(on_backends) + int(ahead))
