@@ -12,7 +12,7 @@ Both clients are lean (bench/lean.py: raw HTTP/1.1 over keep-alive connections, 
 nothing fetched that the job does not need), so that "direct" is the backend's limit and not the
 client's:
 - direct: POST /prompt, wait on one shared ComfyUI WebSocket for the prompt's `executing: null`,
-  GET /history/{id}, GET /view of each image;
+  taking its images from its `executed` messages (as the gateway does), GET /view of each;
 - gateway: POST /v1/generate (a raw workflow), wait on one shared `/v1/ws` for the final status,
   GET each output's signed URL.
 `--concurrency` jobs are in the client's hands at once (submitted and not yet downloaded).
@@ -113,7 +113,9 @@ class Direct:
         self.base = base
         self.client_id = "bench-" + uuid.uuid4().hex
         self.http = LeanClient(base, pool)
-        self.ended: dict[str, asyncio.Future[None]] = {}
+        # A prompt's UI outputs by node, from its `executed` messages; handed over when it ends.
+        self.ended: dict[str, asyncio.Future[list[dict]]] = {}
+        self.outputs: dict[str, list[dict]] = {}
 
     async def open(self) -> None:
         self.ws = await websockets.connect(
@@ -125,14 +127,17 @@ class Direct:
 
     async def _read(self) -> None:
         async for raw in self.ws:
-            if isinstance(raw, bytes) or '"executing"' not in raw:
+            if isinstance(raw, bytes) or ('"executing"' not in raw and '"executed"' not in raw):
                 continue
             msg = json.loads(raw)
             data = msg["data"]
-            if msg["type"] == "executing" and data.get("node") is None:
-                fut = self.ended.get(data.get("prompt_id"))
+            pid = data.get("prompt_id")
+            if msg["type"] == "executed":
+                self.outputs.setdefault(pid, []).append(data.get("output") or {})
+            elif msg["type"] == "executing" and data.get("node") is None:
+                fut = self.ended.get(pid)
                 if fut is not None and not fut.done():
-                    fut.set_result(None)
+                    fut.set_result(self.outputs.pop(pid, []))
 
     async def run_job(self, wf: dict) -> float:
         t0 = time.perf_counter()
@@ -143,10 +148,9 @@ class Direct:
                 "/prompt", {"prompt": wf, "client_id": self.client_id, "prompt_id": prompt_id}
             )
         ).ok()
-        await ended
+        outputs = await ended
         del self.ended[prompt_id]
-        entry = (await self.http.get(f"/history/{prompt_id}")).ok().json()[prompt_id]
-        for out in entry["outputs"].values():
+        for out in outputs:
             for image in out.get("images", ()):
                 query = f"filename={image['filename']}&subfolder={image['subfolder']}&type={image['type']}"
                 (await self.http.get(f"/view?{query}")).ok()

@@ -141,6 +141,12 @@ class HistoryEntry:
     outputs_to_execute: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def succeeded_with(cls, prompt_id: str, outputs: dict[str, dict[str, Any]]) -> HistoryEntry:
+        """The entry of a prompt that succeeded with these UI outputs (its `executed` messages),
+        as /history would list it: for a caller that heard every message of the prompt."""
+        return cls(prompt_id=prompt_id, status_str="success", completed=True, outputs=outputs, messages=[])
+
     @property
     def succeeded(self) -> bool:
         return self.status_str == "success" and not self.interrupted

@@ -57,6 +57,11 @@ class InFlight:
     # node executing now.
     nodes_done: set[str] = field(default_factory=set)
     current_node: str | None = None
+    # The UI outputs of its nodes as `executed` messages told them (what /history lists), and
+    # whether every message since its `execution_start` was heard: then, once it succeeded, its
+    # outputs are known without asking /history.
+    executed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    heard_all: bool = False
 
 
 @dataclass(slots=True)
@@ -203,6 +208,12 @@ class BackendLink:
 
     def job_of(self, prompt_id: str | None) -> InFlight | None:
         return self.inflight.get(prompt_id) if prompt_id else None
+
+    def missed_messages(self) -> None:
+        """Messages may have been lost (the socket dropped, one could not be read): the prompts
+        followed now take their outputs from /history."""
+        for flight in self.inflight.values():
+            flight.heard_all = False
 
     async def aclose(self) -> None:
         await self.ws.close()

@@ -1,8 +1,10 @@
 """Following prompts on a backend: WebSocket messages become job transitions.
 
-The WebSocket is fast but lossy (it drops, it replays nothing, ComfyUI may restart), so it is
-only a trigger: outputs are always taken from `/history` (the truth), and whenever messages may
-have been missed the in-flight prompts are reconciled with `/queue` and `/history`.
+The WebSocket is fast but lossy (it drops, it replays nothing, ComfyUI may restart). A prompt
+whose every message was heard on one connection, from `execution_start` to `execution_success`,
+has its outputs from its `executed` messages (ComfyUI builds its /history entry's outputs from the
+same values); any other takes them from `/history`, and whenever messages may have been missed the
+in-flight prompts are reconciled with `/queue` and `/history`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.comfy.errors import BackendUnavailable, ComfyError, NotFound
 from app.comfy.messages import (
+    Executed,
     Executing,
     ExecutionCached,
     ExecutionError,
@@ -26,6 +29,7 @@ from app.comfy.messages import (
     Preview,
     Progress,
     Status,
+    Unknown,
 )
 from app.comfy.models import HistoryEntry
 from app.comfy.websocket import Connected, Disconnected
@@ -113,6 +117,14 @@ class Tracker:
                 node is not None and (flight := link.job_of(pid)) is not None
             ):
                 self._node_started(flight, node)
+            case Executed(prompt_id=pid, node=node, output=output) if (
+                node is not None and (flight := link.job_of(pid)) is not None
+            ):
+                if output:
+                    flight.executed[node] = output
+            case Unknown(type=kind) if kind in ("executed", "<invalid>"):
+                # An output we could not read may be one of ours.
+                link.missed_messages()
             case Preview(prompt_id=pid) as preview if (flight := link.job_of(pid)) is not None:
                 # Previews with metadata (event 4, which we ask for) say whose they are; others are dropped.
                 self.notifier.preview(
@@ -148,6 +160,7 @@ class Tracker:
 
     def _disconnected(self, link: BackendLink, reason: str) -> None:
         link.connected = False
+        link.missed_messages()
         link.last_error = reason
         link.observe_health()
         if link.down_since is None:
@@ -158,6 +171,8 @@ class Tracker:
         log.warning("lost the socket of %s: %s", link.url, reason)
 
     def _execution_start(self, link: BackendLink, pid: str | None, flight: InFlight) -> None:
+        flight.heard_all = True
+        flight.executed.clear()
         flight.last_progress_persist = time.monotonic()
         if flight.timeout is not None:
             flight.deadline = time.time() + flight.timeout
@@ -312,11 +327,16 @@ class Tracker:
         await self.fail(link, pid, job_errors.interrupted())
 
     async def finish(self, link: BackendLink, pid: str) -> None:
-        """The prompt ended: read its history entry and apply it."""
+        """The prompt ended: apply its outcome, from its messages if all were heard and it
+        succeeded, else from its history entry."""
         if pid in link.collecting:
             return
         link.collecting.add(pid)
         try:
+            flight = link.job_of(pid)
+            if flight is not None and flight.succeeded and flight.heard_all:
+                await self.apply_history(link, pid, HistoryEntry.succeeded_with(pid, flight.executed))
+                return
             entry = None
             # ComfyUI stores history before `executing: null`; a short retry covers proxies and races.
             for delay in (0.0, 0.05, 0.2, 0.5):

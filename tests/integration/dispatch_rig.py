@@ -15,10 +15,11 @@ import json
 import struct
 from collections import deque
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.comfy.messages import parse_binary, parse_text
+from app.comfy.messages import Executed, parse_binary, parse_text
 from app.comfy.websocket import Connected
 from comfy_emulator import Emulator
 from tests.integration.conftest import Gateway
@@ -110,6 +111,19 @@ class Rig:
     async def job(self, job_id: str) -> dict[str, Any]:
         """The job as its owner sees it through the API."""
         return await self.gw.job(job_id, self.owner[job_id])
+
+    async def as_written(self, messages: list[Any], prompt_id: str) -> list[Any]:
+        """`messages` with the outputs their `executed` messages name for `prompt_id` replaced by
+        the files the emulator wrote for it (a recording names the real ComfyUI's files). Call
+        once the emulator ran the prompt."""
+        entry = await self.link.client.get_history(prompt_id)
+        assert entry is not None
+        return [
+            replace(m, output=entry.outputs.get(m.node, m.output))
+            if isinstance(m, Executed) and m.prompt_id == prompt_id
+            else m
+            for m in messages
+        ]
 
 
 async def start_rig(emulator: Emulator, make_settings: Any, gateway_factory: Any, **overrides: Any) -> Rig:

@@ -5,10 +5,13 @@ about a job the dispatcher really sent: the job's transitions and the backend's 
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
+import httpx
 import pytest
 
 from app.comfy.messages import (
+    Executed,
     Executing,
     ExecutionCached,
     ExecutionError,
@@ -18,8 +21,9 @@ from app.comfy.messages import (
     Preview,
     Progress,
     Status,
+    Unknown,
 )
-from app.comfy.websocket import Disconnected
+from app.comfy.websocket import Connected, Disconnected
 from tests.integration.dispatch_rig import USER, Rig, recorded, start_rig, submit
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -97,8 +101,51 @@ async def test_nodes_served_from_the_cache_count_as_done(rig: Rig) -> None:
     flight = rig.link.job_of(pid)
     assert flight is not None and flight.nodes_done == {"1", "2", "3"} and flight.current_node is None
     await rig.emu.wait_idle()
-    await rig.feed(*ours[first(ours, ExecutionCached) + 1 :])
+    await rig.feed(*await rig.as_written(ours[first(ours, ExecutionCached) + 1 :], pid))
     assert (await rig.job(job_id))["status"] == "succeeded"
+
+
+async def test_a_run_heard_whole_takes_its_outputs_from_its_messages_without_asking_history(rig: Rig) -> None:
+    job_id, pid = await dispatched(rig)
+    await rig.emu.wait_idle()
+    messages = await rig.as_written(recorded("scenario_basic_blur", pid), pid)
+    # The backend has no history of the prompt now: only its messages can tell its outputs.
+    async with httpx.AsyncClient(base_url=rig.emu.base_url) as http:
+        resp = await http.post("/history", json={"delete": [pid]})
+    assert resp.status_code == 200 and await rig.link.client.get_history(pid) is None
+    await rig.feed(*messages)
+    job = await rig.job(job_id)
+    assert job["status"] == "succeeded" and len(job["outputs"]) == 1, job
+    image = await rig.gw.http.get(job["outputs"][0]["url"])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        [Disconnected(reason="connection lost"), Connected(sid="again", attempt=1)],
+        [Unknown(type="executed", data={"node": 3})],
+    ],
+    ids=["socket dropped", "unreadable output"],
+)
+async def test_a_run_whose_messages_may_be_incomplete_takes_its_outputs_from_history(
+    rig: Rig, lost: list[object]
+) -> None:
+    job_id, pid = await dispatched(rig)
+    await rig.emu.wait_idle()
+    messages = recorded("scenario_basic_blur", pid)
+    start = first(messages, ExecutionStart)
+    # Outputs that do not exist: taken from these messages, the job would fail as output_missing.
+    named = [
+        replace(m, output={"images": [{"filename": "never_written.png", "subfolder": "", "type": "output"}]})
+        if isinstance(m, Executed)
+        else m
+        for m in messages
+    ]
+    await rig.feed(*named[: start + 1], *lost, *named[start + 1 :])
+    job = await rig.job(job_id)
+    assert job["status"] == "succeeded" and len(job["outputs"]) == 1, job
+    assert job["outputs"][0]["filename"] != "never_written.png"
 
 
 async def test_previews_and_node_starts_reach_the_jobs_live_subscribers(rig: Rig) -> None:
