@@ -150,6 +150,8 @@ class Direct:
         ).ok()
         outputs = await ended
         del self.ended[prompt_id]
+        if not any(out.get("images") for out in outputs):
+            raise RuntimeError(f"prompt {prompt_id} ended with no images")
         for out in outputs:
             for image in out.get("images", ()):
                 query = f"filename={image['filename']}&subfolder={image['subfolder']}&type={image['type']}"
@@ -203,6 +205,8 @@ class Through:
             del self.ended[job_id]
         if final["status"] != "succeeded":
             raise RuntimeError(f"job {job_id} ended {final['status']}: {final.get('error')}")
+        if not final["outputs"]:
+            raise RuntimeError(f"job {job_id} succeeded with no outputs")
         for out in final["outputs"]:
             (await self.http.get(out["url"])).ok()
         return time.perf_counter() - t0
