@@ -155,7 +155,7 @@ async def get_output(
     else:
         params = {"output_id": output_id, "job_id": job_id, "user_id": user_id}
         rows = await driver.fetch(session, _USERS_OUTPUT, params)
-    return Output(**dict(zip(_OUTPUT_KEYS, rows[0], strict=True))) if rows else None
+    return cast(Output, driver.detached(Output, _OUTPUT_KEYS, rows[0])) if rows else None
 
 
 # Built once (every download asks): building a statement costs more than running this one.
@@ -223,7 +223,7 @@ def _job(session: AsyncSession, row: tuple[Any, ...]) -> Job:
     returned, so that no caller reads a stale copy; otherwise a new object outside the session."""
     held = session.identity_map.get(identity_key(Job, row[0]))
     if held is None:
-        return Job(**dict(zip(_RETURNED_KEYS, row, strict=True)))
+        return cast(Job, driver.detached(Job, _RETURNED_KEYS, row))
     for key, value in zip(_RETURNED_KEYS, row, strict=True):
         set_committed_value(held, key, value)
     return held

@@ -10,15 +10,16 @@ and per submit; these read only what they return, through the indexes of migrati
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import BindParameter, ColumnElement, bindparam, func, literal_column, select
+from sqlalchemy import BindParameter, ColumnElement, bindparam, func, inspect, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import undefer
 
 from app.db import driver
 from app.db.models import Job, JobCount
 
-_ACTIVE_COUNTS = select(JobCount.user_id, JobCount.state, JobCount.n).where(JobCount.n > 0)
+# A round's reads, run on the driver (app/db/driver.py) like the statements of a job's transitions.
+_ACTIVE_COUNTS = driver.Statement(select(JobCount.user_id, JobCount.state, JobCount.n).where(JobCount.n > 0))
 
 
 async def active_counts(session: AsyncSession) -> tuple[list[str], dict[str, int]]:
@@ -26,7 +27,7 @@ async def active_counts(session: AsyncSession) -> tuple[list[str], dict[str, int
     per user the jobs handed to a backend and not ended (at most the pool's slots and reserves)."""
     waiting: list[str] = []
     in_flight: dict[str, int] = {}
-    for user_id, state, n in (await session.execute(_ACTIVE_COUNTS)).all():
+    for user_id, state, n in await driver.fetch(session, _ACTIVE_COUNTS, {}):
         if state == "queued":
             waiting.append(user_id)
         else:
@@ -34,8 +35,10 @@ async def active_counts(session: AsyncSession) -> tuple[list[str], dict[str, int
     return waiting, in_flight
 
 
-_NEXT = (
-    select(Job)
+# Every column, the graph and the inputs too: dispatching needs them.
+_NEXT_KEYS = [attr.key for attr in inspect(Job).column_attrs]
+_NEXT = driver.Statement(
+    select(*(inspect(Job).column_attrs[key].columns[0] for key in _NEXT_KEYS))
     .where(
         Job.user_id == bindparam("user_id"),
         Job.status == "queued",
@@ -44,13 +47,13 @@ _NEXT = (
     )
     .order_by(Job.priority.desc(), Job.created_at, Job.id)
     .limit(bindparam("limit"))
-    .options(undefer(Job.workflow), undefer(Job.inputs))
 )
 
 
 async def next_jobs(session: AsyncSession, user_id: str, limit: int) -> list[Job]:
     """A user's next undispatched jobs in dispatch order, with what dispatching needs of them."""
-    return list((await session.execute(_NEXT, {"user_id": user_id, "limit": limit})).scalars())
+    rows = await driver.fetch(session, _NEXT, {"user_id": user_id, "limit": limit})
+    return [cast(Job, driver.detached(Job, _NEXT_KEYS, row)) for row in rows]
 
 
 #: queue_position counts at most this many jobs ahead: past it, the exact number says nothing a

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import jobs as repo
+from app.db import queue
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.models import Job, JobEvent, Output, User
 from app.domain import transitions
@@ -57,6 +58,12 @@ async def test_a_job_inserted_on_the_driver_reads_back_as_the_orm_wrote_it(sessi
     assert row.created_at.tzinfo is not None
     assert row.started_at is None
     assert (event.seq, event.event, event.data["status"]) == (1, "status", "queued")
+    # The dispatcher's read of the user's next jobs: the graph and the inputs come with them.
+    async with sessions() as session:
+        (picked,) = await queue.next_jobs(session, "u1", 5)
+        assert await queue.next_jobs(session, "u2", 5) == []
+    assert picked.id == job.id and picked.workflow == job.workflow and picked.inputs == []
+    assert picked.params == job.params and picked.created_at == job.created_at
 
 
 async def test_a_transition_returns_the_row_with_aware_times_and_decoded_values(sessions) -> None:  # noqa: ANN001
