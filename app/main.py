@@ -177,8 +177,14 @@ async def running_gateway(
     idle = settings.backend_lease_seconds * TRUSTED
     engine = create_engine(settings.database_url, idle_in_transaction_seconds=idle)
     # The dispatcher has connections of its own: a burst of API requests queueing for the
-    # database must never hold up the loop that keeps the GPUs busy.
-    worker_engine = create_engine(settings.database_url, pool_size=4, idle_in_transaction_seconds=idle)
+    # database must never hold up the loop that keeps the GPUs busy. Its work (a round, and a
+    # transition per prompt in flight) often needs more than four at once: with four kept and
+    # eight opened on demand, it opened and closed a PostgreSQL connection every two jobs, each a
+    # new server process, a handshake, type introspection and its statements prepared again. So it
+    # keeps the twelve it may have (opened as needed).
+    worker_engine = create_engine(
+        settings.database_url, pool_size=12, max_overflow=0, idle_in_transaction_seconds=idle
+    )
     # The outbound guard checks inside requests that hold a connection: it has one of its own.
     guard_engine = create_engine(settings.database_url, pool_size=1, idle_in_transaction_seconds=idle)
     storage = build_storage(settings)

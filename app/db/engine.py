@@ -37,9 +37,16 @@ def ensure_sqlite_dir(url: str) -> None:
 
 
 def create_engine(
-    url: str, *, echo: bool = False, pool_size: int = 10, idle_in_transaction_seconds: float | None = None
+    url: str,
+    *,
+    echo: bool = False,
+    pool_size: int = 10,
+    max_overflow: int | None = None,
+    idle_in_transaction_seconds: float | None = None,
 ) -> AsyncEngine:
-    """`idle_in_transaction_seconds` (PostgreSQL): the server ends a session left idle inside a
+    """`pool_size` connections are kept once opened, and `max_overflow` (default: twice as many)
+    more are opened for a burst and closed when returned (PostgreSQL).
+    `idle_in_transaction_seconds` (PostgreSQL): the server ends a session left idle inside a
     transaction this long, releasing its locks: a replica paused (SIGSTOP, a frozen VM) in the
     middle of a transaction must not hold the others up (a lease row, a claim lock, a user's rate
     bucket) for as long as it stays paused."""
@@ -83,7 +90,7 @@ def create_engine(
         echo=echo,
         connect_args={"server_settings": server_settings} if server_settings else {},
         pool_size=pool_size,
-        max_overflow=2 * pool_size,
+        max_overflow=2 * pool_size if max_overflow is None else max_overflow,
         poolclass=FairAsyncPool,
     )
     _ping_when_idle(engine)

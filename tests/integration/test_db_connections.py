@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -62,3 +62,31 @@ async def test_a_connection_closed_just_after_use_fails_one_statement_at_most(ki
             assert err.connection_invalidated
             failures += 1
     assert failures <= 1 and second != first
+
+
+BLUR = {"template": "blur", "params": {"width": 16, "height": 16}}
+
+
+async def test_the_dispatcher_keeps_its_connections_through_a_burst_of_jobs(gateway) -> None:  # noqa: ANN001
+    """Its work needs several connections at once (a round, a transition per prompt in flight):
+    each one it opened and then closed cost PostgreSQL a new server process, and the gateway a
+    handshake, type introspection and its statements prepared again."""
+    engine = gateway.dispatcher._sessionmaker.kw["bind"]
+    opened = 0
+
+    def count(_dbapi_conn: object, _record: object) -> None:
+        nonlocal opened
+        opened += 1
+
+    event.listen(engine.sync_engine, "connect", count)
+    try:
+        ids = []
+        for _ in range(3):
+            # Bursts: many jobs end, start and are claimed at the same moments.
+            sent = await asyncio.gather(*(gateway.generate(BLUR) for _ in range(20)))
+            ids += [resp.json()["id"] for resp in sent]
+            for job_id in ids[-20:]:
+                assert (await gateway.wait(job_id))["status"] == "succeeded"
+    finally:
+        event.remove(engine.sync_engine, "connect", count)
+    assert opened <= engine.pool.size()
