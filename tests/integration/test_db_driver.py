@@ -43,11 +43,17 @@ def _job(**values: object) -> Job:
     )
 
 
-async def test_a_job_inserted_on_the_driver_reads_back_as_the_orm_wrote_it(sessions) -> None:  # noqa: ANN001
-    job = _job(priority=3, timeout_seconds=1.5, meta={"k": "v"})
+async def _stored(sessions: async_sessionmaker[AsyncSession], **values: object) -> Job:
+    """A new job, inserted (with its first event) and committed."""
+    job = _job(**values)
     async with sessions() as session:
         await transitions.created(session, job)
         await session.commit()
+    return job
+
+
+async def test_a_job_inserted_on_the_driver_reads_back_as_the_orm_wrote_it(sessions) -> None:  # noqa: ANN001
+    job = await _stored(sessions, priority=3, timeout_seconds=1.5, meta={"k": "v"})
     async with sessions() as session:
         row = (await session.execute(select(Job).where(Job.id == job.id))).scalar_one()
         event = (await session.execute(select(JobEvent).where(JobEvent.job_id == job.id))).scalar_one()
@@ -67,10 +73,7 @@ async def test_a_job_inserted_on_the_driver_reads_back_as_the_orm_wrote_it(sessi
 
 
 async def test_a_transition_returns_the_row_with_aware_times_and_decoded_values(sessions) -> None:  # noqa: ANN001
-    job = _job()
-    async with sessions() as session:
-        await transitions.created(session, job)
-        await session.commit()
+    job = await _stored(sessions)
     async with sessions() as session:
         won = await repo.claim(session, job.id, backend="http://b", prompt_id="p1")
         await session.commit()
@@ -97,10 +100,7 @@ async def test_a_transition_returns_the_row_with_aware_times_and_decoded_values(
 
 
 async def test_an_object_the_session_holds_is_brought_up_to_date_by_a_transition(sessions) -> None:  # noqa: ANN001
-    job = _job()
-    async with sessions() as session:
-        await transitions.created(session, job)
-        await session.commit()
+    job = await _stored(sessions)
     async with sessions() as session:
         held = await repo.get_job(session, job.id)
         assert held is not None and held.status == "queued"
@@ -120,10 +120,7 @@ async def test_a_rollback_undoes_the_statements_run_on_the_driver(sessions) -> N
 
 
 async def test_a_duplicate_row_fails_as_sqlalchemy_reports_it_and_changes_nothing(sessions) -> None:  # noqa: ANN001
-    job = _job()
-    async with sessions() as session:
-        await transitions.created(session, job)
-        await session.commit()
+    job = await _stored(sessions)
     again = _job()
     again.id = job.id
     async with sessions() as session:
