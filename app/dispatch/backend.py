@@ -58,8 +58,10 @@ class InFlight:
     nodes_done: set[str] = field(default_factory=set)
     current_node: str | None = None
     # The UI outputs of its nodes as `executed` messages told them (what /history lists), and
-    # whether every message since its `execution_start` was heard: then, once it succeeded, its
-    # outputs are known without asking /history.
+    # whether every message since its `execution_start` was heard and none of its nodes came from
+    # the cache: then, once it succeeded, its outputs are known without asking /history. (ComfyUI
+    # announces a cached output node with `executed` only since its execution model of August
+    # 2024, a month after `execution_success` appeared: for a cached node, /history is asked.)
     executed: dict[str, dict[str, Any]] = field(default_factory=dict)
     heard_all: bool = False
 

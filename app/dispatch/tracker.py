@@ -2,7 +2,7 @@
 
 The WebSocket is fast but lossy (it drops, it replays nothing, ComfyUI may restart). A prompt
 whose every message was heard on one connection, from `execution_start` to `execution_success`,
-has its outputs from its `executed` messages (ComfyUI builds its /history entry's outputs from the
+and that ran no node from the cache, has its outputs from its `executed` messages (ComfyUI builds its /history entry's outputs from the
 same values); any other takes them from `/history`, and whenever messages may have been missed the
 in-flight prompts are reconciled with `/queue` and `/history`.
 """
@@ -113,6 +113,8 @@ class Tracker:
                 self._progress(link, pid, {"value": value, "max": maximum, "node": node})
             case ExecutionCached(prompt_id=pid, nodes=nodes) if (flight := link.job_of(pid)) is not None:
                 flight.nodes_done.update(nodes)
+                if nodes:
+                    flight.heard_all = False  # see InFlight.executed
             case Executing(prompt_id=pid, node=node) if (
                 node is not None and (flight := link.job_of(pid)) is not None
             ):
