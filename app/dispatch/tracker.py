@@ -2,9 +2,10 @@
 
 The WebSocket is fast but lossy (it drops, it replays nothing, ComfyUI may restart). A prompt
 whose every message was heard on one connection, from `execution_start` to `execution_success`,
-and that ran no node from the cache, has its outputs from its `executed` messages (ComfyUI builds its /history entry's outputs from the
-same values); any other takes them from `/history`, and whenever messages may have been missed the
-in-flight prompts are reconciled with `/queue` and `/history`.
+and that ran no node from the cache, has its outputs from its `executed` messages (ComfyUI builds
+its /history entry's outputs from the same values); any other takes them from `/history`, and
+whenever messages may have been missed the in-flight prompts are reconciled with `/queue` and
+`/history`.
 """
 
 from __future__ import annotations
