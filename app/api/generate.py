@@ -229,8 +229,11 @@ async def _commit_and_answer(
     # Subscribed before the commit: a job that ends at once still wakes its waiter.
     sub = bus.subscribe_job(job.id, statuses_only=True) if wait else None
     try:
-        # Commit before reading anything back: on SQLite a write transaction holds the database's
-        # only write lock, and reads done inside it would make the dispatcher wait for that lock.
+        # The answer (its queue position) is read in the job's own transaction: read after the
+        # commit, it took the connection a second time, which on PostgreSQL is a BEGIN and a
+        # ROLLBACK more and, under a burst, a second wait in the pool's queue. (On SQLite the read
+        # runs on the loop's thread in microseconds, so the write lock is held no longer for it.)
+        answer = await jobs.view(session, job, signer, new=True) if sub is None else {}
         await session.commit()
         new_uploads.clear()
         # After the commit, never before: the dispatcher must find the row when it wakes.
@@ -239,7 +242,7 @@ async def _commit_and_answer(
         state.metrics.jobs_submitted.labels(job.template or "(workflow)", principal.user_id).inc()
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         if sub is None:
-            return await jobs.view(session, job, signer, new=True)
+            return answer
         await session.close()  # no connection is held while waiting
         await until_ended(sub, wait or 0)
     finally:
