@@ -57,11 +57,6 @@ class _Compiled:
         return tuple(v if p is None or v is None else p(v) for p, v in zip(self.results, raw, strict=True))
 
 
-def _processor(type_: Any, dialect: Dialect, kind: str) -> Processor:
-    impl = type_.dialect_impl(dialect)
-    return impl.bind_processor(dialect) if kind == "bind" else impl.result_processor(dialect, None)
-
-
 class Statement:
     """A Core statement (with `bindparam`s for what varies) to run on the driver; compiled once
     per dialect, on first use."""
@@ -88,11 +83,13 @@ class Statement:
         for name in state.positiontup:
             bind = compiled.binds[base_of.get(name, name)]
             constant = _GIVEN if name in given else state.parameters[name]
-            params.append((name, _processor(bind.type, dialect, "bind"), constant))
+            params.append((name, bind.type.dialect_impl(dialect).bind_processor(dialect), constant))
         columns: Any = getattr(self.clause, "selected_columns", None)
         if columns is None:
             columns = getattr(self.clause, "exported_columns", ())
-        results = tuple(_processor(column.type, dialect, "result") for column in columns)
+        results = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        )
         return _Compiled(state.statement, tuple(params), results)
 
 
@@ -123,15 +120,7 @@ async def fetch(
     if conn.dialect.name != "sqlite":
         return [tuple(row) for row in await conn.execute(statement.clause, dict(values))]
     compiled = statement.compiled(conn.dialect)
-    cursor = _cursor(conn)
-    try:
-        await cursor.execute(compiled.sql, compiled.args(values))
-        rows = await cursor.fetchall()
-    except sqlite3.Error as err:
-        raise DBAPIError.instance(compiled.sql, values, err, sqlite3.Error) from err
-    finally:
-        await cursor.close()
-    return [compiled.row(row) for row in rows]
+    return [compiled.row(row) for row in await _run(conn, compiled.sql, compiled.args(values))]
 
 
 async def execute_many(
@@ -145,10 +134,20 @@ async def execute_many(
         await conn.execute(statement.clause, [dict(row) for row in rows])
         return
     compiled = statement.compiled(conn.dialect)
+    await _run(conn, compiled.sql, [compiled.args(row) for row in rows], many=True)
+
+
+async def _run(conn: AsyncConnection, sql: str, args: list[Any], *, many: bool = False) -> list[Any]:
+    """`sql` on the driver's cursor: once with `args` (its rows), or once per item of `args`
+    (`many`). A driver error comes back as SQLAlchemy reports it (IntegrityError, ...)."""
     cursor = _cursor(conn)
     try:
-        await cursor.executemany(compiled.sql, [compiled.args(row) for row in rows])
+        if many:
+            await cursor.executemany(sql, args)
+            return []
+        await cursor.execute(sql, args)
+        return list(await cursor.fetchall())
     except sqlite3.Error as err:
-        raise DBAPIError.instance(compiled.sql, rows, err, sqlite3.Error) from err
+        raise DBAPIError.instance(sql, args, err, sqlite3.Error) from err
     finally:
         await cursor.close()

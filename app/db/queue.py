@@ -61,15 +61,17 @@ async def next_jobs(session: AsyncSession, user_id: str, limit: int) -> list[Job
 POSITION_CAP = 1000
 
 _cap: ColumnElement[int] = literal_column(str(POSITION_CAP))
-_AHEAD_ON_BACKEND = select(func.count()).select_from(
-    select(Job.id)
-    .where(
-        Job.status == "queued",
-        Job.backend == bindparam("backend"),
-        Job.dispatched_at < bindparam("dispatched_at"),
+_AHEAD_ON_BACKEND = driver.Statement(
+    select(func.count()).select_from(
+        select(Job.id)
+        .where(
+            Job.status == "queued",
+            Job.backend == bindparam("backend"),
+            Job.dispatched_at < bindparam("dispatched_at"),
+        )
+        .limit(_cap)
+        .subquery()
     )
-    .limit(_cap)
-    .subquery()
 )
 _ON_BACKENDS = select(func.count()).select_from(
     select(Job.id).where(Job.status == "queued", Job.backend.is_not(None)).limit(_cap).subquery()
@@ -102,7 +104,6 @@ _AHEAD_IN_QUEUE = select(func.count()).select_from(
 
 # Both counts in one round trip. Every submit asks: run on the driver (app/db/driver.py).
 _AHEAD = driver.Statement(select(_ON_BACKENDS.scalar_subquery(), _AHEAD_IN_QUEUE.scalar_subquery()))
-_AHEAD_ON_BACKEND_STMT = driver.Statement(_AHEAD_ON_BACKEND)
 
 
 async def position(session: AsyncSession, job: Job) -> int | None:
@@ -114,7 +115,7 @@ async def position(session: AsyncSession, job: Job) -> int | None:
         return None
     if job.backend is not None:
         on_backend = {"backend": job.backend, "dispatched_at": job.dispatched_at}
-        return int((await driver.fetch(session, _AHEAD_ON_BACKEND_STMT, on_backend))[0][0])
+        return int((await driver.fetch(session, _AHEAD_ON_BACKEND, on_backend))[0][0])
     params: dict[str, object] = {"priority": job.priority, "created_at": job.created_at, "job_id": job.id}
     on_backends, ahead = (await driver.fetch(session, _AHEAD, params))[0]
     return min(POSITION_CAP, int(on_backends) + int(ahead))
